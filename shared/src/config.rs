@@ -1,0 +1,138 @@
+//! Configuration from the environment: the same names in Lambda and `relay serve`
+//! (DESIGN.md, "Configuration"). Read once at start-up by a `main`; secrets are wrapped in
+//! `Secret` the moment they are read, so no later `Debug` can print them.
+
+use crate::error::ConfigError;
+use crate::event::Family;
+use crate::secret::Secret;
+use std::collections::BTreeMap;
+
+/// Accepted Bitrix24 `application_token` values.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppTokens {
+    /// Bare tokens: accepted from any portal.
+    pub any_portal: Vec<Secret>,
+    /// `member_id:token` pairs: accepted only from that portal.
+    pub per_portal: Vec<(String, Secret)>,
+}
+
+impl AppTokens {
+    /// Parses `token` or `member_id:token`, comma-separated; blanks are ignored.
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let mut tokens = AppTokens::default();
+        for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match item.split_once(':') {
+                Some((member, token)) => {
+                    let (member, token) = (member.trim(), token.trim());
+                    if member.is_empty() || token.is_empty() {
+                        return Err(ConfigError::Invalid {
+                            name: "RELAY_B24_APP_TOKENS",
+                            reason: "an entry has an empty member_id or token".into(),
+                        });
+                    }
+                    tokens
+                        .per_portal
+                        .push((member.to_string(), Secret::new(token)));
+                }
+                None => tokens.any_portal.push(Secret::new(item)),
+            }
+        }
+        Ok(tokens)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.any_portal.is_empty() && self.per_portal.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RelayConfig {
+    pub b24_app_tokens: AppTokens,
+    pub salesman_secret: Option<Secret>,
+    /// Inbound webhook base URL, `https://x.bitrix24.ru/rest/1/xxxx/`: it holds a secret.
+    pub b24_webhook_url: Option<Secret>,
+    pub b24_client_id: Option<String>,
+    pub b24_client_secret: Option<Secret>,
+    /// OAuth server for refresh; default `https://oauth.bitrix.info`.
+    pub b24_oauth_url: String,
+    pub salesman_url: Option<String>,
+    pub salesman_login: Option<String>,
+    pub salesman_apikey: Option<Secret>,
+    pub destination_url: Option<String>,
+    pub destination_per_family: BTreeMap<Family, String>,
+    /// `whsec_…`; several space-separated during rotation, each adds a signature.
+    pub signing_secret: Option<Secret>,
+    pub queue_url: Option<String>,
+    pub dlq_url: Option<String>,
+    pub table: Option<String>,
+}
+
+fn non_empty(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl RelayConfig {
+    /// Reads every `RELAY_*` variable. Missing optional values stay `None`: a source with no
+    /// secret configured then rejects everything from it (fail closed), it does not crash.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut destination_per_family = BTreeMap::new();
+        for family in Family::ALL {
+            let name = format!("RELAY_DESTINATION_URL_{}", family.as_str().to_uppercase());
+            if let Some(url) = non_empty(&name) {
+                destination_per_family.insert(family, url);
+            }
+        }
+        Ok(RelayConfig {
+            b24_app_tokens: AppTokens::parse(
+                &non_empty("RELAY_B24_APP_TOKENS").unwrap_or_default(),
+            )?,
+            salesman_secret: non_empty("RELAY_SALESMAN_SECRET").map(Secret::new),
+            b24_webhook_url: non_empty("RELAY_B24_WEBHOOK_URL").map(Secret::new),
+            b24_client_id: non_empty("RELAY_B24_CLIENT_ID"),
+            b24_client_secret: non_empty("RELAY_B24_CLIENT_SECRET").map(Secret::new),
+            b24_oauth_url: non_empty("RELAY_B24_OAUTH_URL")
+                .unwrap_or_else(|| "https://oauth.bitrix.info".to_string()),
+            salesman_url: non_empty("RELAY_SALESMAN_URL"),
+            salesman_login: non_empty("RELAY_SALESMAN_LOGIN"),
+            salesman_apikey: non_empty("RELAY_SALESMAN_APIKEY").map(Secret::new),
+            destination_url: non_empty("RELAY_DESTINATION_URL"),
+            destination_per_family,
+            signing_secret: non_empty("RELAY_SIGNING_SECRET").map(Secret::new),
+            queue_url: non_empty("RELAY_QUEUE_URL"),
+            dlq_url: non_empty("RELAY_DLQ_URL"),
+            table: non_empty("RELAY_TABLE"),
+        })
+    }
+
+    /// The family's own destination, else the general one.
+    pub fn destination_for(&self, family: Family) -> Option<&str> {
+        self.destination_per_family
+            .get(&family)
+            .map(String::as_str)
+            .or(self.destination_url.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_tokens_accept_bare_and_pairs() {
+        let t = AppTokens::parse(" abc , m1:def,,m2:ghi ").unwrap();
+        assert_eq!(t.any_portal, vec![Secret::new("abc")]);
+        assert_eq!(
+            t.per_portal,
+            vec![
+                ("m1".to_string(), Secret::new("def")),
+                ("m2".to_string(), Secret::new("ghi"))
+            ]
+        );
+        assert!(AppTokens::parse("").unwrap().is_empty());
+        assert!(AppTokens::parse("m1:").is_err());
+        assert!(AppTokens::parse(":tok").is_err());
+    }
+}

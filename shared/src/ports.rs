@@ -1,0 +1,190 @@
+//! The traits the domain talks to. AWS (SQS + DynamoDB) implements them in `aws`, the
+//! embedded store (SQLite) in `local`; `consume` and `ingest` see only these, and the same
+//! contract tests run against both implementations so they cannot drift.
+//! Every time is Unix milliseconds (`*_ms`) and is passed in, so tests control the clock.
+
+use crate::error::StoreError;
+use crate::event::{RelayEvent, Source};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use std::time::Duration;
+
+/// Where ingress puts events. `send` returns only once the event is durably stored: ingress
+/// answers 202 after it, so an `Ok` here is a promise that nothing is lost.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    async fn send(&self, event: &RelayEvent) -> Result<(), StoreError>;
+
+    /// Hides a received message for `delay` before it is delivered again: the consumer's
+    /// retry with backoff (SQS ChangeMessageVisibility).
+    async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
+
+    /// Parks a message in the dead-letter queue at once (permanent failure) with the reason.
+    /// The caller then treats the message as handled, so it is not retried.
+    async fn park_dead_letter(
+        &self,
+        message: &QueueMessage,
+        reason: &str,
+    ) -> Result<(), StoreError>;
+}
+
+/// One message as the consumer receives it, from SQS (via Lambda) or the embedded queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueMessage {
+    pub message_id: String,
+    /// Receipt handle: what `retry_after` and deletes need.
+    pub receipt: String,
+    pub body: String,
+    pub group_id: String,
+    /// 1 on first delivery.
+    pub receive_count: u32,
+}
+
+/// A queue that hands out messages itself (the embedded store). SQS does this through the
+/// Lambda event source mapping instead, so only `relay serve` needs it.
+#[async_trait]
+pub trait PollingQueue: Queue {
+    /// Up to `max` visible messages, at most one in flight per group (FIFO order per group);
+    /// each becomes invisible for `visibility`. Messages received more than
+    /// `max_receive_count` times move to the dead-letter table instead.
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        now_ms: i64,
+    ) -> Result<Vec<QueueMessage>, StoreError>;
+    /// Done: removes the message.
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError>;
+    async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Moves dead letters back to the queue: all, those with these envelope ids, or those
+    /// parked since a time. Returns how many moved.
+    async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub body: String,
+    pub group_id: String,
+    pub reason: String,
+    pub parked_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RedriveFilter {
+    pub ids: Vec<String>,
+    pub since_ms: Option<i64>,
+}
+
+/// The idempotency record (`DEDUP#<id>`), after AWS Lambda Powertools.
+#[async_trait]
+pub trait DedupStore: Send + Sync {
+    /// One conditional write: succeeds when the record is absent, expired, or IN_PROGRESS with
+    /// a lease that has passed. Never check-then-insert.
+    async fn claim(&self, id: &str, lease_until_ms: i64, now_ms: i64) -> Result<Claim, StoreError>;
+    /// Marks the record COMPLETED; it stays until `expires_at_ms`.
+    async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError>;
+    /// Drops an IN_PROGRESS claim after a failure, so the retry can claim it at once.
+    async fn release(&self, id: &str) -> Result<(), StoreError>;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    Acquired,
+    /// Forwarded before: skip.
+    AlreadyCompleted,
+    /// Another consumer holds a live lease: retry after it.
+    HeldElsewhere {
+        lease_until_ms: i64,
+    },
+}
+
+/// The last enriched state of an entity, for `changes`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// The entity exactly as the CRM answered (no CRM token is ever in it).
+    pub entity: serde_json::Value,
+    /// Orders snapshots: the envelope `ts` of the event that produced it.
+    pub version: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotKey {
+    pub source: Source,
+    pub portal: String,
+    pub family: crate::event::Family,
+    pub entity_id: String,
+}
+
+impl SnapshotKey {
+    /// DynamoDB partition key: `SNAP#<source>#<portal>#<family>#<entity>`.
+    pub fn pk(&self) -> String {
+        format!(
+            "SNAP#{}#{}#{}#{}",
+            self.source, self.portal, self.family, self.entity_id
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSave {
+    Saved,
+    /// A snapshot with a newer version is already stored; nothing was written.
+    Stale,
+}
+
+#[async_trait]
+pub trait SnapshotStore: Send + Sync {
+    async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError>;
+    /// Conditional: writes only if no stored snapshot has a greater `version`.
+    async fn save(
+        &self,
+        key: &SnapshotKey,
+        snapshot: &Snapshot,
+    ) -> Result<SnapshotSave, StoreError>;
+    /// Deletes every snapshot of one portal (app uninstall). Returns how many.
+    async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError>;
+}
+
+/// What Bitrix24 gave one portal's app (`PORTAL#<member_id>`). Debug redacts every token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PortalTokens {
+    pub member_id: String,
+    pub domain: String,
+    pub application_token: Secret,
+    pub access_token: Secret,
+    pub refresh_token: Secret,
+    pub expires_at_ms: i64,
+    /// e.g. `https://x.bitrix24.ru/rest/`
+    pub client_endpoint: String,
+    pub scope: String,
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError>;
+    async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError>;
+    async fn delete(&self, member_id: &str) -> Result<(), StoreError>;
+    async fn list(&self) -> Result<Vec<PortalTokens>, StoreError>;
+}
+
+/// One delivery attempt, so a user can see why an event did not arrive (`ATTEMPT#<id>`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    pub event_id: String,
+    pub at_ms: i64,
+    pub destination: String,
+    /// HTTP status, if the destination answered at all.
+    pub status: Option<u16>,
+    pub latency_ms: u64,
+    /// `delivered`, `retry`, `dead_letter`, `disabled`, `skipped`.
+    pub outcome: String,
+    pub error: Option<String>,
+}
+
+#[async_trait]
+pub trait AttemptLog: Send + Sync {
+    async fn record(&self, attempt: &Attempt) -> Result<(), StoreError>;
+    /// Oldest first.
+    async fn list(&self, event_id: &str) -> Result<Vec<Attempt>, StoreError>;
+}
