@@ -188,3 +188,25 @@ pub trait AttemptLog: Send + Sync {
     /// Oldest first.
     async fn list(&self, event_id: &str) -> Result<Vec<Attempt>, StoreError>;
 }
+
+/// One Bitrix24 REST call on a portal's behalf, with authentication (inbound webhook URL or
+/// the portal's stored OAuth tokens, refreshed once on `expired_token`), the per-portal rate
+/// limiter and retries on `QUERY_LIMIT_EXCEEDED` handled inside. Returns the answer's `result`
+/// (plus `next`/`total` where the method pages: the whole answer object is in `raw`).
+#[async_trait]
+pub trait Bitrix24Rest: Send + Sync {
+    async fn call(
+        &self,
+        member_id: &str,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<RestAnswer, crate::error::EnrichError>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestAnswer {
+    /// The answer's `result`.
+    pub result: serde_json::Value,
+    /// The whole answer (`result`, `next`, `total`, `time`…).
+    pub raw: serde_json::Value,
+}

@@ -1,1 +1,0 @@
-//! (stub: filled by its issue)
