@@ -210,3 +210,34 @@ pub struct RestAnswer {
     /// The whole answer (`result`, `next`, `total`, `time`…).
     pub raw: serde_json::Value,
 }
+
+/// Where forwarded events go when no destination URL is configured (`relay serve` appends to
+/// `<data-dir>/outbox.jsonl`), so a newcomer sees the result without running a receiver.
+#[async_trait]
+pub trait Outbox: Send + Sync {
+    /// `body`: exactly the JSON that would have been POSTed.
+    async fn append(&self, body: &serde_json::Value) -> Result<(), StoreError>;
+}
+
+/// Destinations that answered 410 Gone: disabled until the user reconfigures or re-enables
+/// them (`DEST#<url hash>` on DynamoDB). Kept in the store so every consumer instance agrees.
+#[async_trait]
+pub trait DestinationStatus: Send + Sync {
+    /// `Some(reason)` when the destination is disabled.
+    async fn disabled(&self, destination: &str) -> Result<Option<String>, StoreError>;
+    async fn disable(&self, destination: &str, reason: &str, now_ms: i64)
+        -> Result<(), StoreError>;
+    async fn enable(&self, destination: &str) -> Result<(), StoreError>;
+}
+
+/// Confirms an ONAPPINSTALL before its tokens are trusted: calls `app.info` on the event's
+/// `client_endpoint` with its `access_token` and checks the answer names the same portal.
+#[async_trait]
+pub trait InstallVerifier: Send + Sync {
+    async fn verify_install(
+        &self,
+        client_endpoint: &str,
+        access_token: &Secret,
+        member_id: &str,
+    ) -> Result<bool, crate::error::EnrichError>;
+}
