@@ -1,1 +1,2 @@
 //! (stub: filled by its issue)
+pub mod secrets;
