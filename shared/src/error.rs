@@ -38,6 +38,9 @@ pub enum IngestError {
     UnknownEvent(String),
     #[error("queue unavailable")]
     Queue(#[source] StoreError),
+    /// `app.info` could not be reached to confirm an ONAPPINSTALL: 503, nothing stored.
+    #[error("install verification unavailable")]
+    VerifierUnavailable,
 }
 
 /// Why the CRM could not give an entity's current state.
