@@ -55,6 +55,13 @@ pub enum EnrichError {
     /// Bad credentials that a refresh could not fix, malformed answers, 4xx: retrying won't help.
     #[error("CRM refused: {0}")]
     Permanent(String),
+    /// The entity does not exist (any more): forwarded with `entity: null`, not an error.
+    #[error("entity not found")]
+    NotFound,
+    /// Nothing configured or stored to call this CRM portal with: forwarded with
+    /// `entity: null`, as DESIGN.md asks.
+    #[error("no credentials for {0}")]
+    NoCredentials(String),
 }
 
 /// Why a forward to the destination did not succeed.
