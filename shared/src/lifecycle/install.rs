@@ -235,7 +235,7 @@ impl AppLifecycle {
             .await
             .map_err(|e| match e {
                 EnrichError::Transient { .. } => IngestError::VerifierUnavailable,
-                EnrichError::Permanent(_) => IngestError::Unauthorized,
+                _ => IngestError::Unauthorized,
             })?;
         if !confirmed {
             tracing::warn!(portal = %member_id, "ONAPPINSTALL refused: app.info did not confirm the access token");
