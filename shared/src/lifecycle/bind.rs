@@ -191,9 +191,15 @@ pub async fn bind_all(
         }
         match rest.call(member_id, "event.bind", params).await {
             Ok(_) => report.bound += 1,
-            // Bitrix24's answer to a duplicate: ERROR_CORE "Handler already binded".
+            // Bitrix24's answer to a duplicate is ERROR_CORE "Handler already binded". The
+            // REST client may not pass the description on, so a refusal is checked against
+            // the portal's list before it counts as a failure.
             Err(EnrichError::Permanent(reason))
-                if reason.to_ascii_lowercase().contains("already binded") =>
+                if reason.to_ascii_lowercase().contains("already binded")
+                    || list_bindings(rest, member_id)
+                        .await?
+                        .iter()
+                        .any(|h| is_same(h, binding)) =>
             {
                 report.already_bound += 1
             }
