@@ -568,3 +568,37 @@ async fn offline_wake_event_is_verified_and_wakes_the_poller() {
         Err(IngestError::Unauthorized)
     ));
 }
+
+#[tokio::test]
+async fn scheduled_run_drains_every_installed_portal() {
+    let s = setup("portal10").await;
+    install(&s).await;
+    for n in 1..=3i64 {
+        s.portal
+            .record_change("ONTASKUPDATE", &n.to_string(), 1_790_000_000 + n, APP_TOKEN);
+    }
+    let queue = Arc::new(RecordingQueue::default());
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), queue.clone());
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/offline-poller-schedule.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let event = lambda_runtime::LambdaEvent::new(schedule, lambda_runtime::Context::default());
+    let summary =
+        shared::lambda::offline_poller::handle_schedule(&poller, s.tokens.as_ref(), event)
+            .await
+            .unwrap();
+    assert_eq!(summary["portals"], 1);
+    assert_eq!(summary["enqueued"], 3);
+    let sent = queue.unique();
+    assert_eq!(sent.len(), 3);
+    assert!(sent
+        .iter()
+        .all(|e| e.family == Family::Activity
+            && e.domain.as_deref() == Some(s.portal.domain.as_str())));
+    assert!(s.portal.offline_records().is_empty());
+}
