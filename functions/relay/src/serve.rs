@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// visibility timeout is six times this.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     batch_timeout: Duration,
+    /// Drain installed portals' Bitrix24 offline-event logs every SECONDS (and on
+    /// ONOFFLINEEVENT); off unless given.
+    #[arg(long, value_name = "SECONDS")]
+    poll_offline: Option<u64>,
 }
 
 pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
@@ -43,6 +47,14 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     print_banner(addr, &config, &backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let offline_wake = Arc::new(Notify::new());
+    let offline_poller = crate::poll::spawn_serve_poller(
+        args.poll_offline,
+        &config,
+        &backend,
+        offline_wake.clone(),
+        stop_rx.clone(),
+    )?;
     let drain = tokio::spawn(drain_queue(
         backend.polling_queue(),
         consumer,
@@ -60,6 +72,9 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let _ = stop_tx.send(true);
     if let Err(err) = drain.await {
         tracing::error!(error = %err, "the consumer task ended abnormally");
+    }
+    if let Some(poller) = offline_poller {
+        let _ = poller.await;
     }
     served.map_err(|e| CliError::io("serving HTTP", e))?;
     println!("relay: stopped");
