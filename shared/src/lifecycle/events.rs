@@ -116,6 +116,23 @@ mod tests {
     }
 
     #[test]
+    fn the_routing_table_sends_every_bound_event_to_its_family() {
+        for (family, events) in BITRIX24_EVENTS {
+            for e in *events {
+                assert_eq!(
+                    crate::routing::family_of(crate::event::Source::Bitrix24, e),
+                    Some(*family),
+                    "{e}"
+                );
+            }
+        }
+        assert_eq!(
+            crate::routing::family_of(crate::event::Source::Bitrix24, ONOFFLINEEVENT),
+            Some(Family::App)
+        );
+    }
+
+    #[test]
     fn lookup_ignores_case() {
         assert_eq!(family_of_bound_event("onCrmDealUpdate"), Some(Family::Deal));
         assert_eq!(

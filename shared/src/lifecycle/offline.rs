@@ -28,9 +28,10 @@
 
 use crate::error::{EnrichError, StoreError};
 use crate::event::{envelope_id, rfc3339_seconds, Family, RelayEvent, Source, ENVELOPE_VERSION};
-use crate::lifecycle::events::family_of_bound_event;
 use crate::lifecycle::install::{text_at, OfflineWake};
+use crate::parse::bitrix24::parse_bitrix24;
 use crate::ports::{Bitrix24Rest, Queue, TokenStore};
+use crate::routing::family_of;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -94,10 +95,12 @@ pub enum PollError {
 pub enum RecordRejected {
     #[error("record has no EVENT_NAME")]
     NoEventName,
-    #[error("event {0} is not one crm-relay binds")]
+    #[error("event {0} is in no family")]
     UnknownEvent(String),
     #[error("event {0} carries no entity id")]
     NoEntityId(String),
+    #[error("record cannot be read as an event: {0}")]
+    Unreadable(String),
 }
 
 /// Drains the offline-event log of portals onto the queue. Every call goes through
@@ -313,15 +316,22 @@ pub fn offline_record_envelope(
 ) -> Result<RelayEvent, RecordRejected> {
     let event = text_at(record, &["EVENT_NAME"])
         .filter(|e| !e.is_empty())
-        .ok_or(RecordRejected::NoEventName)?
-        .to_ascii_uppercase();
-    let family =
-        family_of_bound_event(&event).ok_or_else(|| RecordRejected::UnknownEvent(event.clone()))?;
+        .ok_or(RecordRejected::NoEventName)?;
+    let family = family_of(Source::Bitrix24, &event)
+        .ok_or_else(|| RecordRejected::UnknownEvent(event.to_ascii_uppercase()))?;
     let data = match record.get("EVENT_DATA") {
         Some(Value::Object(_)) => as_form_strings(&record["EVENT_DATA"]),
         _ => json!({}),
     };
-    let entity_id = entity_id_of(family, &data);
+    // Ingress's own parser reads the record as if it had been posted, so the event name and
+    // the entity id come out exactly as for the online call.
+    let mut posted = serde_json::Map::new();
+    posted.insert("event".into(), json!(event));
+    posted.insert("data".into(), data.clone());
+    posted.insert("auth".into(), json!({"member_id": member_id}));
+    let parsed =
+        parse_bitrix24(&posted).map_err(|e| RecordRejected::Unreadable(format!("{event}: {e}")))?;
+    let (event, entity_id) = (parsed.event, parsed.entity_id);
     if family != Family::App && entity_id.is_none() {
         return Err(RecordRejected::NoEntityId(event));
     }
@@ -345,14 +355,6 @@ pub fn offline_record_envelope(
         received_at: rfc3339_seconds(now),
         data,
     })
-}
-
-/// CRM events carry `FIELDS.ID`; tasks `FIELDS_AFTER.ID`.
-fn entity_id_of(family: Family, data: &Value) -> Option<String> {
-    let _ = family;
-    text_at(data, &["FIELDS", "ID"])
-        .or_else(|| text_at(data, &["FIELDS_AFTER", "ID"]))
-        .filter(|id| !id.is_empty())
 }
 
 /// JSON as PHP's `http_build_query` would have sent it: every scalar a string.
