@@ -358,7 +358,8 @@ impl InstallVerifier for AppInfoVerifier {
             .trusted_endpoint
             .clone()
             .unwrap_or_else(|| with_trailing_slash(client_endpoint));
-        let url = format!("{base}app.info.json");
+        // No `.json` suffix: portals accept both forms, the OAuth server documents this one.
+        let url = format!("{base}app.info");
         // The token goes in the form body, not the query string, so no proxy log holds it.
         let response = self
             .http
