@@ -41,6 +41,10 @@ pub enum IngestError {
     /// `app.info` could not be reached to confirm an ONAPPINSTALL: 503, nothing stored.
     #[error("install verification unavailable")]
     VerifierUnavailable,
+    /// The token store (stored application_token per portal) could not be read: the request
+    /// may be genuine, so it is not refused as unauthorized but answered 5xx.
+    #[error("token store unavailable")]
+    TokenStore(#[source] StoreError),
 }
 
 /// Why the CRM could not give an entity's current state.

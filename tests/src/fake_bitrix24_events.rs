@@ -220,6 +220,43 @@ impl FakePortal {
     }
 }
 
+/// A document as PHP's `http_build_query` sends it: nested keys in brackets
+/// (`data[FIELDS][ID]=7`), percent-encoded, every scalar a string.
+pub fn php_form(document: &Value) -> String {
+    fn walk(prefix: &str, value: &Value, out: &mut form_urlencoded::Serializer<'_, String>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}[{k}]")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    walk(&format!("{prefix}[{i}]"), v, out);
+                }
+            }
+            Value::String(s) => {
+                out.append_pair(prefix, s);
+            }
+            Value::Number(n) => {
+                out.append_pair(prefix, &n.to_string());
+            }
+            Value::Bool(b) => {
+                out.append_pair(prefix, if *b { "1" } else { "0" });
+            }
+            Value::Null => {}
+        }
+    }
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    walk("", document, &mut out);
+    out.finish()
+}
+
 /// Bitrix24 keys its coalescing on the event and its data; any stable digest will do here.
 fn message_id_of(event: &str, data: &Value) -> String {
     let digest = Sha256::digest(format!("{event}|{data}").as_bytes());

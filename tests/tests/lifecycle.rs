@@ -3,12 +3,13 @@
 //! and `relay bind`'s idempotence. REST calls go through the real client with its limiter.
 
 use async_trait::async_trait;
-use integration_tests::fake_bitrix24_events::FakePortal;
+use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
 use serde_json::json;
 use shared::config::{AppTokens, RelayConfig};
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::error::{IngestError, StoreError};
-use shared::event::{envelope_id, Family, RelayEvent, Source};
+use shared::event::{Family, RelayEvent, Source};
+use shared::ingest::{IngestReply, IngestRequest, Ingress};
 use shared::lifecycle::bind::{bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base};
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
@@ -115,7 +116,11 @@ struct Setup {
     portal: FakePortal,
     tokens: Arc<MemoryTokens>,
     snapshots: Arc<MemorySnapshots>,
-    lifecycle: AppLifecycle,
+    lifecycle: Arc<AppLifecycle>,
+    /// What ingress queued.
+    queue: Arc<RecordingQueue>,
+    /// Ingress as the functions build it in app mode: stored tokens and the app lifecycle.
+    ingress: Ingress,
 }
 
 /// A portal and the lifecycle, with `app.info` asked of the portal itself as the trusted
@@ -129,18 +134,41 @@ async fn setup(member_id: &str) -> Setup {
         Some(portal.client_endpoint.clone()),
         Some(portal.client_id.clone()),
     );
-    let lifecycle = AppLifecycle::new(
+    let lifecycle = Arc::new(AppLifecycle::new(
         Arc::new(verifier),
         tokens.clone(),
         snapshots.clone(),
         AppTokens::default(),
-    );
+    ));
+    let queue = Arc::new(RecordingQueue::default());
+    let ingress = Ingress::new(queue.clone(), RelayConfig::default())
+        .with_token_store(tokens.clone())
+        .with_app_lifecycle(lifecycle.clone());
     Setup {
         portal,
         tokens,
         snapshots,
         lifecycle,
+        queue,
+        ingress,
     }
+}
+
+/// POSTs `document` to a family's URL the way Bitrix24 does: a PHP-style form.
+async fn post(s: &Setup, family: Family, document: &serde_json::Value) -> IngestReply {
+    let body = php_form(document);
+    s.ingress
+        .handle(
+            IngestRequest {
+                family,
+                content_type: Some("application/x-www-form-urlencoded"),
+                query: None,
+                relay_token_header: None,
+                body: body.as_bytes(),
+            },
+            SystemTime::now(),
+        )
+        .await
 }
 
 fn rest_client(tokens: Arc<MemoryTokens>) -> Arc<dyn Bitrix24Rest> {
@@ -158,13 +186,8 @@ async fn install(s: &Setup) {
     let body = s
         .portal
         .install_body("access-1", "refresh-1", APP_TOKEN, 1_790_003_600);
-    let outcome = s.lifecycle.handle(&body, NOW_MS).await.unwrap();
-    assert_eq!(
-        outcome,
-        AppOutcome::Installed {
-            member_id: s.portal.member_id.clone()
-        }
-    );
+    let reply = post(s, Family::App, &body).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
 }
 
 #[tokio::test]
@@ -175,16 +198,21 @@ async fn forged_install_is_refused_and_stores_nothing() {
     let evil = FakePortal::start("victim01").await;
     evil.issue_access_token("forged-access");
     let mut body = evil.install_body("forged-access", "r", "attacker-app-token", 1_790_003_600);
-    let err = s.lifecycle.handle(&body, NOW_MS).await.unwrap_err();
-    assert!(matches!(err, IngestError::Unauthorized), "{err:?}");
+    let reply = post(&s, Family::App, &body).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
     assert_eq!(evil.calls("app.info"), 0, "the forged endpoint was asked");
     assert_eq!(s.portal.calls("app.info"), 1);
 
     // Pointing at the genuine portal with a token it never issued fails the same way.
     body["auth"]["client_endpoint"] = json!(s.portal.client_endpoint);
-    let err = s.lifecycle.handle(&body, NOW_MS).await.unwrap_err();
-    assert!(matches!(err, IngestError::Unauthorized), "{err:?}");
-    assert!(s.tokens.list().await.unwrap().is_empty());
+    let reply = post(&s, Family::App, &body).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    assert!(s.tokens.list().await.unwrap().is_empty(), "nothing stored");
+    assert!(s.queue.unique().is_empty(), "nothing queued");
+
+    // The forger's application token then opens no door: a deal event carrying it is refused.
+    let deal = evil.record_change("ONCRMDEALADD", "1", 1_790_000_000, "attacker-app-token");
+    assert_eq!(post(&s, Family::Deal, &deal).await.status, 401);
 
     // And the forger's application token opens nothing afterwards.
     let accepted = s
@@ -228,6 +256,27 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     assert_eq!(stored.scope, "crm,task,user");
     assert!(!format!("{stored:?}").contains("access-1"));
 
+    // The install itself is queued for the user's system, without a single token in it.
+    let queued = s.queue.unique();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].event, "ONAPPINSTALL");
+    let wire = serde_json::to_string(&queued[0]).unwrap();
+    for secret in [APP_TOKEN, "access-1", "refresh-1"] {
+        assert!(!wire.contains(secret), "{secret} leaked into the envelope");
+    }
+
+    // Later events of the portal pass ingress on the stored token alone (none is configured).
+    let deal = s
+        .portal
+        .record_change("ONCRMDEALUPDATE", "7405", 1_790_000_100, APP_TOKEN);
+    let reply = post(&s, Family::Deal, &deal).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let forged = s
+        .portal
+        .record_change("ONCRMDEALUPDATE", "7405", 1_790_000_101, "not-the-token");
+    assert_eq!(post(&s, Family::Deal, &forged).await.status, 401);
+    assert_eq!(s.queue.unique().len(), 2);
+
     let ok = s
         .lifecycle
         .verify_application_token("portal03", &Secret::new(APP_TOKEN))
@@ -247,8 +296,10 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
         assert!(!ok, "{member}/{token} must be refused");
     }
 
-    let test_event = json!({"event": "ONAPPTEST", "data": {}, "ts": "1",
+    let test_event = json!({"event": "ONAPPTEST", "data": {"FOO": "bar"}, "ts": "1",
         "auth": {"member_id": "portal03", "application_token": APP_TOKEN}});
+    let reply = post(&s, Family::App, &test_event).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
     assert_eq!(
         s.lifecycle.handle(&test_event, NOW_MS).await.unwrap(),
         AppOutcome::Tested {
@@ -257,10 +308,8 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     );
     let mut wrong = test_event.clone();
     wrong["auth"]["application_token"] = json!("nope");
-    assert!(matches!(
-        s.lifecycle.handle(&wrong, NOW_MS).await,
-        Err(IngestError::Unauthorized)
-    ));
+    assert_eq!(post(&s, Family::App, &wrong).await.status, 401);
+    assert_eq!(s.queue.unique().len(), 2, "tests are not forwarded");
 }
 
 #[tokio::test]
@@ -287,12 +336,8 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         json!({"event": "ONAPPUNINSTALL", "data": {"CLEAN": "0"}, "ts": "2",
             "auth": {"member_id": "portal04", "application_token": token, "domain": "x"}})
     };
-    let err = s
-        .lifecycle
-        .handle(&uninstall("guess"), NOW_MS)
-        .await
-        .unwrap_err();
-    assert!(matches!(err, IngestError::Unauthorized));
+    let reply = post(&s, Family::App, &uninstall("guess")).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
     assert!(s.tokens.get("portal04").await.unwrap().is_some());
     assert!(s.snapshots.load(&key).await.unwrap().is_some());
 
@@ -318,43 +363,23 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         .unwrap());
 }
 
-/// What ingress puts on the queue for an online POST: the same envelope id function over the
-/// body's `event`, `data` and `ts` (the body as the form parser gives it, every scalar a string).
-fn online_envelope(body: &serde_json::Value) -> RelayEvent {
-    let event = body["event"].as_str().unwrap().to_string();
-    let ts: i64 = body["ts"].as_str().unwrap().parse().unwrap();
-    let portal = body["auth"]["member_id"].as_str().unwrap().to_string();
-    let data = body["data"].clone();
-    RelayEvent {
-        v: 1,
-        id: envelope_id(Source::Bitrix24, &portal, &event, &data, ts),
-        source: Source::Bitrix24,
-        portal,
-        domain: None,
-        family: Family::Deal,
-        entity_id: data["FIELDS"]["ID"].as_str().map(str::to_string),
-        event,
-        ts,
-        received_at: "2026-11-22T10:00:00Z".into(),
-        data,
-    }
-}
-
 #[tokio::test]
 async fn offline_drain_of_120_records_loses_none_and_forwards_none_twice() {
     let s = setup("portal05").await;
     install(&s).await;
-    let queue = Arc::new(RecordingQueue::default());
+    let queue = s.queue.clone();
+    queue.sent.lock().unwrap().clear();
     let base_ts = 1_790_000_000;
     for n in 1..=120i64 {
         let body =
             s.portal
                 .record_change("ONCRMDEALUPDATE", &n.to_string(), base_ts + n, APP_TOKEN);
-        // Half of them also arrived online, before the poll.
+        // Half of them also arrived online, through ingress, before the poll.
         if n % 2 == 0 {
-            queue.send(&online_envelope(&body)).await.unwrap();
+            assert_eq!(post(&s, Family::Deal, &body).await.status, 202);
         }
     }
+    assert_eq!(queue.unique().len(), 60);
     // A repeated change of a waiting entity is coalesced into its record, as Bitrix24 does.
     s.portal
         .record_change("ONCRMDEALUPDATE", "3", base_ts + 3, APP_TOKEN);

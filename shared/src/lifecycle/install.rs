@@ -6,10 +6,9 @@ use crate::config::AppTokens;
 use crate::error::{EnrichError, IngestError};
 use crate::ports::{InstallVerifier, PortalTokens, SnapshotStore, TokenStore};
 use crate::secret::Secret;
+use crate::verify::{constant_time_eq, verify_application_token, verify_stored_application_token};
 use async_trait::async_trait;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 
 /// What an app event did; ingress turns it into its reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -115,12 +114,13 @@ impl AppLifecycle {
                 self.tokens
                     .delete(&member_id)
                     .await
-                    .map_err(IngestError::Queue)?;
+                    .map_err(IngestError::TokenStore)?;
+                // Snapshots live in the same store as the tokens (one table, one SQLite file).
                 let snapshots_deleted = self
                     .snapshots
                     .delete_portal(crate::event::Source::Bitrix24, &member_id)
                     .await
-                    .map_err(IngestError::Queue)?;
+                    .map_err(IngestError::TokenStore)?;
                 tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
                 Ok(AppOutcome::Uninstalled {
                     member_id,
@@ -142,7 +142,10 @@ impl AppLifecycle {
                         },
                         ..fresh
                     };
-                    self.tokens.put(&merged).await.map_err(IngestError::Queue)?;
+                    self.tokens
+                        .put(&merged)
+                        .await
+                        .map_err(IngestError::TokenStore)?;
                 }
                 Ok(AppOutcome::Updated { member_id })
             }
@@ -171,33 +174,20 @@ impl AppLifecycle {
         }
     }
 
-    /// True when `token` is the application token stored for this portal at install, or one
-    /// of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's `member_id:token`). Constant
-    /// time per comparison; every candidate is compared, so timing does not say which matched.
+    /// True when `token` is one of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's
+    /// `member_id:token`) or the application token stored for this portal at install: the
+    /// same checks (`verify`) ingress applies to every other family.
     pub async fn verify_application_token(
         &self,
         member_id: &str,
         token: &Secret,
     ) -> Result<bool, IngestError> {
-        if token.is_empty() {
-            return Ok(false);
+        if verify_application_token(&self.configured_tokens, member_id, Some(token)).is_ok() {
+            return Ok(true);
         }
-        let mut accepted = false;
-        for candidate in &self.configured_tokens.any_portal {
-            accepted |= tokens_equal(candidate, token);
-        }
-        for (portal, candidate) in &self.configured_tokens.per_portal {
-            accepted |= portal == member_id && tokens_equal(candidate, token);
-        }
-        if let Some(stored) = self
-            .tokens
-            .get(member_id)
+        verify_stored_application_token(self.tokens.as_ref(), member_id, Some(token))
             .await
-            .map_err(IngestError::Queue)?
-        {
-            accepted |= tokens_equal(&stored.application_token, token);
-        }
-        Ok(accepted)
+            .map_err(IngestError::TokenStore)
     }
 
     /// Uninstall and update change stored state, so only the token Bitrix24 gave this portal
@@ -211,9 +201,12 @@ impl AppLifecycle {
             .tokens
             .get(member_id)
             .await
-            .map_err(IngestError::Queue)?
+            .map_err(IngestError::TokenStore)?
         {
-            Some(stored) if !token.is_empty() && tokens_equal(&stored.application_token, token) => {
+            Some(stored)
+                if !token.is_empty()
+                    && constant_time_eq(token.expose(), stored.application_token.expose()) =>
+            {
                 Ok(stored)
             }
             _ => Err(IngestError::Unauthorized),
@@ -241,7 +234,10 @@ impl AppLifecycle {
             tracing::warn!(portal = %member_id, "ONAPPINSTALL refused: app.info did not confirm the access token");
             return Err(IngestError::Unauthorized);
         }
-        self.tokens.put(&tokens).await.map_err(IngestError::Queue)?;
+        self.tokens
+            .put(&tokens)
+            .await
+            .map_err(IngestError::TokenStore)?;
         tracing::info!(portal = %member_id, domain = %tokens.domain, "app installed; portal tokens stored");
         Ok(AppOutcome::Installed { member_id })
     }
@@ -302,13 +298,6 @@ fn with_trailing_slash(url: &str) -> String {
     } else {
         format!("{url}/")
     }
-}
-
-/// Hash both sides so the comparison is constant time whatever the lengths.
-fn tokens_equal(a: &Secret, b: &Secret) -> bool {
-    let da = Sha256::digest(a.expose().as_bytes());
-    let db = Sha256::digest(b.expose().as_bytes());
-    da.ct_eq(&db).into()
 }
 
 /// Confirms an install with `app.info`. With a trusted endpoint (the OAuth server,
