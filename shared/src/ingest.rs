@@ -123,7 +123,17 @@ impl Ingress {
             Err(error) => {
                 let reply = IngestReply::from_error(&error);
                 if reply.status >= 500 {
-                    tracing::error!(family = %req.family, status = reply.status, error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "event not queued");
+                    // The cause is the adapter's message (SQS, DynamoDB), never request data.
+                    let cause = std::error::Error::source(&error)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    tracing::error!(
+                        family = %req.family,
+                        status = reply.status,
+                        error = %error,
+                        cause = %cause,
+                        "event not queued"
+                    );
                 } else {
                     tracing::warn!(family = %req.family, status = reply.status, error = %error, "event refused");
                 }
@@ -153,58 +163,77 @@ impl Ingress {
             .unwrap_or(0);
 
         let draft = match detect_source(&document).map_err(malformed)? {
-            Source::Salesman => {
-                // The secret is in the URL, so it is checked before the body's fields are.
-                verify_salesman_secret(
-                    self.config.salesman_secret.as_ref(),
-                    req.query,
-                    req.relay_token_header,
-                )?;
-                let delivery = parse_salesman(&document).map_err(malformed)?;
-                route(Source::Salesman, &delivery.event, req.family)?;
-                let presented = salesman_presented_secrets(req.query, req.relay_token_header);
-                let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
-                known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
-                let mut data = delivery.data;
-                strip_secrets(&mut data, &known);
-                Draft {
-                    source: Source::Salesman,
-                    portal: delivery.identity,
-                    domain: None,
-                    event: delivery.event,
-                    entity_id: delivery.entity_id,
-                    // SalesMan sends no timestamp and never retries, so there is no second
-                    // delivery to recognise: the receive second stands in for `ts`. Two
-                    // identical bodies in one second are then one event (SQS FIFO drops the
-                    // duplicate), which is harmless since the consumer fetches current state.
-                    ts: received_second,
-                    data,
-                }
-            }
+            Source::Salesman => self.salesman_draft(&req, &document, received_second)?,
             Source::Bitrix24 => {
-                let delivery = parse_bitrix24(&document).map_err(malformed)?;
-                self.verify_bitrix24(&delivery.auth, &delivery.event)
-                    .await?;
-                route(Source::Bitrix24, &delivery.event, req.family)?;
-                let mut data = delivery.data;
-                strip_secrets(&mut data, &delivery.auth.secrets());
-                Draft {
-                    source: Source::Bitrix24,
-                    portal: delivery.auth.member_id,
-                    domain: delivery.auth.domain,
-                    event: delivery.event,
-                    entity_id: delivery.entity_id,
-                    // Bitrix24 always sends `ts`; should a sender omit it, the receive second
-                    // keeps the event rather than refusing it.
-                    ts: delivery.ts.unwrap_or(received_second),
-                    data,
-                }
+                self.bitrix24_draft(&req, &document, received_second)
+                    .await?
             }
         };
 
         let event = draft.into_envelope(req.family, now);
         self.queue.send(&event).await.map_err(IngestError::Queue)?;
         Ok(event)
+    }
+
+    fn salesman_draft(
+        &self,
+        req: &IngestRequest<'_>,
+        document: &serde_json::Map<String, serde_json::Value>,
+        received_second: i64,
+    ) -> Result<Draft, IngestError> {
+        // The secret is in the URL, so it is checked before the body's fields are.
+        verify_salesman_secret(
+            self.config.salesman_secret.as_ref(),
+            req.query,
+            req.relay_token_header,
+        )?;
+        let delivery = parse_salesman(document).map_err(malformed)?;
+        route(Source::Salesman, &delivery.event, req.family)?;
+        let presented = salesman_presented_secrets(req.query, req.relay_token_header);
+        let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
+        known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
+        let mut data = delivery.data;
+        strip_secrets(&mut data, &known);
+        Ok(Draft {
+            source: Source::Salesman,
+            portal: delivery.identity,
+            domain: None,
+            event: delivery.event,
+            entity_id: delivery.entity_id,
+            // SalesMan sends no timestamp and never retries, so there is no second delivery
+            // to recognise: the receive second stands in for `ts`. Two identical bodies in one
+            // second are then one event (SQS FIFO drops the duplicate), which is harmless
+            // since the consumer fetches the entity's current state anyway.
+            ts: received_second,
+            data,
+        })
+    }
+
+    /// Where ONAPPINSTALL handling (confirm with `app.info`, store the portal's tokens) hooks
+    /// in: `delivery.auth` holds the OAuth tokens as `Secret`s, and they go no further.
+    async fn bitrix24_draft(
+        &self,
+        req: &IngestRequest<'_>,
+        document: &serde_json::Map<String, serde_json::Value>,
+        received_second: i64,
+    ) -> Result<Draft, IngestError> {
+        let delivery = parse_bitrix24(document).map_err(malformed)?;
+        self.verify_bitrix24(&delivery.auth, &delivery.event)
+            .await?;
+        route(Source::Bitrix24, &delivery.event, req.family)?;
+        let mut data = delivery.data;
+        strip_secrets(&mut data, &delivery.auth.secrets());
+        Ok(Draft {
+            source: Source::Bitrix24,
+            portal: delivery.auth.member_id,
+            domain: delivery.auth.domain,
+            event: delivery.event,
+            entity_id: delivery.entity_id,
+            // Bitrix24 always sends `ts`; should a sender omit it, the receive second keeps
+            // the event rather than refusing it.
+            ts: delivery.ts.unwrap_or(received_second),
+            data,
+        })
     }
 
     /// Configured tokens first (no I/O), then the portal's stored token if a store is wired.
