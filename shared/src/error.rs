@@ -38,6 +38,13 @@ pub enum IngestError {
     UnknownEvent(String),
     #[error("queue unavailable")]
     Queue(#[source] StoreError),
+    /// `app.info` could not be reached to confirm an ONAPPINSTALL: 503, nothing stored.
+    #[error("install verification unavailable")]
+    VerifierUnavailable,
+    /// The token store (stored application_token per portal) could not be read: the request
+    /// may be genuine, so it is not refused as unauthorized but answered 5xx.
+    #[error("token store unavailable")]
+    TokenStore(#[source] StoreError),
 }
 
 /// Why the CRM could not give an entity's current state.
@@ -52,6 +59,13 @@ pub enum EnrichError {
     /// Bad credentials that a refresh could not fix, malformed answers, 4xx: retrying won't help.
     #[error("CRM refused: {0}")]
     Permanent(String),
+    /// The entity does not exist (any more): forwarded with `entity: null`, not an error.
+    #[error("entity not found")]
+    NotFound,
+    /// Nothing configured or stored to call this CRM portal with: forwarded with
+    /// `entity: null`, as DESIGN.md asks.
+    #[error("no credentials for {0}")]
+    NoCredentials(String),
 }
 
 /// Why a forward to the destination did not succeed.

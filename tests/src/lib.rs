@@ -4,5 +4,6 @@
 pub mod contract;
 pub mod destination;
 pub mod fake_bitrix24;
+pub mod fake_bitrix24_events;
 pub mod fake_salesman;
 pub mod moto;

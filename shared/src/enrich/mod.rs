@@ -1,1 +1,406 @@
-//! (stub: filled by its issue)
+//! Enrichment: which CRM call gives an event's entity, and making it (one by one, or as
+//! Bitrix24 `batch` calls when a queue batch holds several events of one portal).
+//! The entity comes back exactly as the CRM answered; gone or unconfigured gives `None`.
+
+pub mod bitrix24;
+pub mod salesman;
+
+use crate::error::EnrichError;
+use crate::event::{Family, RelayEvent, Source};
+use crate::ports::Bitrix24Rest;
+use salesman::SalesmanClient;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Bitrix24 takes at most 50 commands in one `batch`.
+pub const BATCH_LIMIT: usize = 50;
+
+/// A Bitrix24 `*.get` call and where the entity sits in its `result`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct B24Lookup {
+    pub method: &'static str,
+    pub params: Vec<(&'static str, String)>,
+    /// `tasks.task.get` → `task`, `crm.item.get` → `item`; `None`: `result` itself.
+    pub field: Option<&'static str>,
+}
+
+impl B24Lookup {
+    pub fn params_json(&self) -> Value {
+        let map: Map<String, Value> = self
+            .params
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), json!(v)))
+            .collect();
+        Value::Object(map)
+    }
+
+    /// One `cmd[key]` of a batch: `method?param=value&…`.
+    pub fn batch_command(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &self.params {
+            query.append_pair(k, v);
+        }
+        format!("{}?{}", self.method, query.finish())
+    }
+
+    fn pick(&self, result: &Value) -> Value {
+        match self.field {
+            Some(field) => result.get(field).cloned().unwrap_or(Value::Null),
+            None => result.clone(),
+        }
+    }
+}
+
+/// What to do to learn an event's entity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// App events and families without a read method: forwarded as they came, entity null.
+    AsIs,
+    /// A delete event: the entity is gone, so nothing is asked and the entity is null.
+    Deleted,
+    Bitrix24(B24Lookup),
+    /// `POST developer/v3/<kind>/info` with `{<key>: id}`.
+    Salesman {
+        kind: &'static str,
+        key: &'static str,
+        id: String,
+    },
+}
+
+/// The read method for an event, from its source, family and name.
+pub fn plan(event: &RelayEvent) -> Plan {
+    let Some(id) = event.entity_id.clone().filter(|id| !id.is_empty()) else {
+        return Plan::AsIs;
+    };
+    if event.family == Family::App {
+        return Plan::AsIs;
+    }
+    match event.source {
+        Source::Bitrix24 => plan_bitrix24(&event.event.to_ascii_uppercase(), id),
+        Source::Salesman => plan_salesman(&event.event.to_ascii_lowercase(), id),
+    }
+}
+
+fn plan_bitrix24(name: &str, id: String) -> Plan {
+    // User-field events name a field definition, not a record: nothing to read.
+    if name.contains("USERFIELD") {
+        return Plan::AsIs;
+    }
+    if name.ends_with("DELETE") {
+        return Plan::Deleted;
+    }
+    let crm = |method: &'static str| B24Lookup {
+        method,
+        params: vec![("id", id.clone())],
+        field: None,
+    };
+    let lookup = if name.starts_with("ONCRMDEAL") {
+        crm("crm.deal.get")
+    } else if name.starts_with("ONCRMLEAD") {
+        crm("crm.lead.get")
+    } else if name.starts_with("ONCRMCONTACT") {
+        crm("crm.contact.get")
+    } else if name.starts_with("ONCRMCOMPANY") {
+        crm("crm.company.get")
+    } else if name.starts_with("ONCRMREQUISITE") {
+        crm("crm.requisite.get")
+    } else if name.starts_with("ONCRMBANKDETAIL") {
+        crm("crm.requisite.bankdetail.get")
+    } else if name.starts_with("ONCRMINVOICE") {
+        crm("crm.invoice.get")
+    } else if name.starts_with("ONCRMACTIVITY") {
+        crm("crm.activity.get")
+    } else if name.starts_with("ONCRMDYNAMICITEM") && name.ends_with("_31") {
+        // Smart invoices are the smart process with entityTypeId 31.
+        B24Lookup {
+            method: "crm.item.get",
+            params: vec![("entityTypeId", "31".to_string()), ("id", id)],
+            field: Some("item"),
+        }
+    } else if name.starts_with("ONTASK") && !name.starts_with("ONTASKCOMMENT") {
+        B24Lookup {
+            method: "tasks.task.get",
+            params: vec![("taskId", id)],
+            field: Some("task"),
+        }
+    } else {
+        // Addresses (crm.address has no get) and anything newer than this table.
+        return Plan::AsIs;
+    };
+    Plan::Bitrix24(lookup)
+}
+
+fn plan_salesman(name: &str, id: String) -> Plan {
+    if name.ends_with(".delete") {
+        return Plan::Deleted;
+    }
+    let (kind, key) = match name.split('.').next().unwrap_or_default() {
+        "client" => ("client", "clid"),
+        "person" => ("person", "pid"),
+        "deal" => ("deal", "did"),
+        // lead, entry, invoice, task, history, contract, akt: v3 has no info method for them.
+        _ => return Plan::AsIs,
+    };
+    Plan::Salesman { kind, key, id }
+}
+
+/// Asks the CRMs for entities. Holds no state between batches.
+pub struct Enricher {
+    bitrix24: Option<Arc<dyn Bitrix24Rest>>,
+    salesman: Option<SalesmanClient>,
+}
+
+/// Entities fetched ahead for one queue batch, by (portal, lookup). `None`: gone.
+pub type Prefetched = HashMap<(String, B24Lookup), Option<Value>>;
+
+impl Enricher {
+    pub fn new(bitrix24: Option<Arc<dyn Bitrix24Rest>>, salesman: Option<SalesmanClient>) -> Self {
+        Enricher { bitrix24, salesman }
+    }
+
+    /// The entity for one event: `Ok(None)` when it is gone, has no read method or no
+    /// credentials are configured; an error only when retrying (or a person) can fix it.
+    pub async fn entity(
+        &self,
+        event: &RelayEvent,
+        prefetched: &Prefetched,
+    ) -> Result<Option<Value>, EnrichError> {
+        let result = match plan(event) {
+            Plan::AsIs | Plan::Deleted => return Ok(None),
+            Plan::Bitrix24(lookup) => {
+                if let Some(hit) = prefetched.get(&(event.portal.clone(), lookup.clone())) {
+                    return Ok(hit.clone());
+                }
+                let Some(client) = &self.bitrix24 else {
+                    return Ok(None);
+                };
+                client
+                    .call(&event.portal, lookup.method, lookup.params_json())
+                    .await
+                    .map(|answer| Some(lookup.pick(&answer.result)))
+            }
+            Plan::Salesman { kind, key, id } => {
+                let Some(client) = &self.salesman else {
+                    return Ok(None);
+                };
+                client.info(kind, key, &id).await.map(Some)
+            }
+        };
+        match result {
+            Err(EnrichError::NotFound) => Ok(None),
+            Err(EnrichError::NoCredentials(what)) => {
+                tracing::warn!(%what, "no CRM credentials; forwarding without entity");
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    /// Fetches, with `batch` calls, the Bitrix24 entities of every portal that has two or
+    /// more distinct lookups in this queue batch. Failures are left out: `entity` then asks
+    /// one by one, and its error decides the message's fate.
+    pub async fn prefetch(&self, events: &[&RelayEvent]) -> Prefetched {
+        let mut out = Prefetched::new();
+        let Some(client) = &self.bitrix24 else {
+            return out;
+        };
+        let mut per_portal: HashMap<&str, Vec<B24Lookup>> = HashMap::new();
+        for event in events {
+            if let Plan::Bitrix24(lookup) = plan(event) {
+                let lookups = per_portal.entry(event.portal.as_str()).or_default();
+                if !lookups.contains(&lookup) {
+                    lookups.push(lookup);
+                }
+            }
+        }
+        for (portal, lookups) in per_portal {
+            if lookups.len() < 2 {
+                continue;
+            }
+            for chunk in lookups.chunks(BATCH_LIMIT) {
+                let cmd: Map<String, Value> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| (format!("c{i}"), json!(l.batch_command())))
+                    .collect();
+                let answer = match client
+                    .call(portal, "batch", json!({"halt": 0, "cmd": cmd}))
+                    .await
+                {
+                    Ok(answer) => answer,
+                    Err(e) => {
+                        tracing::warn!(%portal, error = %e, "bitrix24 batch failed; falling back to single calls");
+                        continue;
+                    }
+                };
+                for (i, lookup) in chunk.iter().enumerate() {
+                    let key = format!("c{i}");
+                    let found = answer.result.get("result").and_then(|r| r.get(&key));
+                    let error = answer.result.get("result_error").and_then(|r| r.get(&key));
+                    let entity = match (found, error) {
+                        (Some(result), _) if !result.is_null() => Some(lookup.pick(result)),
+                        (_, Some(err)) => {
+                            let code = err.get("error").and_then(Value::as_str).unwrap_or("");
+                            let text = err
+                                .get("error_description")
+                                .and_then(Value::as_str)
+                                .unwrap_or("");
+                            if bitrix24::is_not_found(code, text) {
+                                None
+                            } else {
+                                // Anything else is decided by a single call later.
+                                continue;
+                            }
+                        }
+                        _ => continue,
+                    };
+                    out.insert((portal.to_string(), lookup.clone()), entity);
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(source: Source, family: Family, name: &str, id: Option<&str>) -> RelayEvent {
+        RelayEvent {
+            v: 1,
+            id: "x".into(),
+            source,
+            portal: "m".into(),
+            domain: None,
+            family,
+            event: name.into(),
+            entity_id: id.map(str::to_string),
+            ts: 1,
+            received_at: "2026-11-22T10:00:00Z".into(),
+            data: json!({}),
+        }
+    }
+
+    fn b24(name: &str, family: Family) -> Plan {
+        plan(&event(Source::Bitrix24, family, name, Some("7")))
+    }
+
+    fn method(p: Plan) -> (&'static str, Option<&'static str>) {
+        match p {
+            Plan::Bitrix24(l) => (l.method, l.field),
+            other => panic!("expected a Bitrix24 lookup, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bitrix24_events_map_to_their_get_method() {
+        assert_eq!(
+            method(b24("ONCRMDEALUPDATE", Family::Deal)),
+            ("crm.deal.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMLEADADD", Family::Lead)),
+            ("crm.lead.get", None)
+        );
+        assert_eq!(
+            method(b24("onCrmContactUpdate", Family::Contact)),
+            ("crm.contact.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMCOMPANYADD", Family::Company)),
+            ("crm.company.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMREQUISITEUPDATE", Family::Requisite)),
+            ("crm.requisite.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMINVOICEUPDATE", Family::Invoice)),
+            ("crm.invoice.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMACTIVITYADD", Family::Activity)),
+            ("crm.activity.get", None)
+        );
+        assert_eq!(
+            method(b24("ONTASKUPDATE", Family::Activity)),
+            ("tasks.task.get", Some("task"))
+        );
+        assert_eq!(
+            method(b24("ONCRMDYNAMICITEMUPDATE_31", Family::Invoice)),
+            ("crm.item.get", Some("item"))
+        );
+        match b24("ONCRMDYNAMICITEMUPDATE_31", Family::Invoice) {
+            Plan::Bitrix24(l) => assert_eq!(l.batch_command(), "crm.item.get?entityTypeId=31&id=7"),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn deletes_app_events_and_unknown_methods_are_not_fetched() {
+        assert_eq!(b24("ONCRMDEALDELETE", Family::Deal), Plan::Deleted);
+        assert_eq!(b24("ONTASKDELETE", Family::Activity), Plan::Deleted);
+        assert_eq!(b24("ONCRMDEALUSERFIELDUPDATE", Family::Deal), Plan::AsIs);
+        assert_eq!(b24("ONCRMADDRESSUPDATE", Family::Requisite), Plan::AsIs);
+        assert_eq!(b24("ONTASKCOMMENTADD", Family::Activity), Plan::AsIs);
+        assert_eq!(
+            plan(&event(Source::Bitrix24, Family::App, "ONAPPINSTALL", None)),
+            Plan::AsIs
+        );
+        assert_eq!(
+            plan(&event(
+                Source::Bitrix24,
+                Family::Deal,
+                "ONCRMDEALUPDATE",
+                None
+            )),
+            Plan::AsIs
+        );
+    }
+
+    #[test]
+    fn salesman_events_map_to_v3_info() {
+        let sm = |name: &str, f| plan(&event(Source::Salesman, f, name, Some("12")));
+        assert_eq!(
+            sm("deal.change.step", Family::Deal),
+            Plan::Salesman {
+                kind: "deal",
+                key: "did",
+                id: "12".into()
+            }
+        );
+        assert_eq!(
+            sm("client.change.recv", Family::Requisite),
+            Plan::Salesman {
+                kind: "client",
+                key: "clid",
+                id: "12".into()
+            }
+        );
+        assert_eq!(
+            sm("person.edit", Family::Contact),
+            Plan::Salesman {
+                kind: "person",
+                key: "pid",
+                id: "12".into()
+            }
+        );
+        assert_eq!(sm("person.delete", Family::Contact), Plan::Deleted);
+        assert_eq!(sm("invoice.add", Family::Invoice), Plan::AsIs);
+        assert_eq!(sm("lead.add", Family::Lead), Plan::AsIs);
+    }
+
+    #[test]
+    fn not_found_is_recognised_in_every_known_form() {
+        assert!(bitrix24::is_not_found("", "Not found"));
+        assert!(bitrix24::is_not_found("NOT_FOUND", "Element not found"));
+        assert!(bitrix24::is_not_found("ERROR_NOT_FOUND", ""));
+        assert!(bitrix24::is_not_found(
+            "ERROR_CORE",
+            "TASKS_ERROR_EXCEPTION_#256; Task not found or access denied.; 256/TE/ITEM_NOT_FOUND_OR_NOT_ACCESSIBLE"
+        ));
+        assert!(!bitrix24::is_not_found("ACCESS_DENIED", "Access denied"));
+    }
+}

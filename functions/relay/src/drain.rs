@@ -1,0 +1,94 @@
+//! The consumer half of `relay serve`: what the SQS event source mapping does on AWS, done
+//! by hand on the embedded queue. Receive a batch, hand it to `Consumer::process_batch`,
+//! delete what is done; back off while the queue is empty; stop between batches on shutdown.
+
+use shared::consume::Consumer;
+use shared::ports::PollingQueue;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{watch, Notify};
+
+/// SQS's largest batch, as the Lambda event source mapping would deliver.
+pub const BATCH_SIZE: usize = 10;
+/// Polls while idle start at this interval and double up to `IDLE_MAX`; a new event wakes
+/// the loop at once anyway (through `queued`).
+const IDLE_MIN: Duration = Duration::from_millis(25);
+const IDLE_MAX: Duration = Duration::from_secs(1);
+/// After a store error, wait this long before trying again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Copy, Debug)]
+pub struct DrainSettings {
+    /// How long one batch may take, like the consumer Lambda's timeout: the dedup lease of
+    /// its events ends then.
+    pub batch_timeout: Duration,
+}
+
+impl DrainSettings {
+    /// DESIGN.md, "Queue settings": visibility timeout at least 6 × the consumer timeout, so a
+    /// batch that is still running is never handed out twice.
+    pub fn visibility(&self) -> Duration {
+        self.batch_timeout * 6
+    }
+}
+
+/// Runs until `stop` turns true; a batch already received is always finished first.
+pub async fn drain_queue(
+    queue: Arc<dyn PollingQueue>,
+    consumer: Arc<Consumer>,
+    queued: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    settings: DrainSettings,
+) {
+    let mut idle = IDLE_MIN;
+    while !*stop.borrow() {
+        let now_ms = unix_ms(SystemTime::now());
+        let messages = match queue
+            .receive(BATCH_SIZE, settings.visibility(), now_ms)
+            .await
+        {
+            Ok(messages) => messages,
+            Err(err) => {
+                tracing::warn!(error = %err, "embedded queue: receive failed; retrying");
+                pause(&mut stop, &queued, STORE_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        if messages.is_empty() {
+            pause(&mut stop, &queued, idle).await;
+            idle = (idle * 2).min(IDLE_MAX);
+            continue;
+        }
+        idle = IDLE_MIN;
+        let report = consumer
+            .process_batch(&messages, settings.batch_timeout, now_ms)
+            .await;
+        let failed: HashSet<&str> = report.failed.iter().map(String::as_str).collect();
+        for message in messages
+            .iter()
+            .filter(|m| !failed.contains(m.message_id.as_str()))
+        {
+            // A failed delete only means the message comes back after its visibility
+            // timeout; the dedup record then skips it, so nothing is forwarded twice.
+            if let Err(err) = queue.delete(&message.receipt).await {
+                tracing::warn!(error = %err, message_id = %message.message_id,
+                    "embedded queue: delete failed; the message will be skipped as a duplicate");
+            }
+        }
+    }
+}
+
+/// Sleeps for `period`, or less when an event is queued or shutdown begins.
+async fn pause(stop: &mut watch::Receiver<bool>, queued: &Notify, period: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(period) => {}
+        _ = queued.notified() => {}
+        _ = stop.changed() => {}
+    }
+}
+
+pub fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

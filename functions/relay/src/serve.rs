@@ -1,0 +1,205 @@
+//! `relay serve`: every function of the flow in one process on the embedded store. The HTTP
+//! routes are the nine Function URLs, the drain loop is the consumer; both call the same
+//! `shared` code as on Lambda, only the ports differ. Ctrl-C stops intake, then the loop.
+
+use crate::backend::LocalBackend;
+use crate::cli_error::CliError;
+use crate::drain::{drain_queue, DrainSettings};
+use crate::routes::{router, RouteState};
+use shared::config::RelayConfig;
+use shared::event::Family;
+use shared::ingest::Ingress;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Listen address; port 0 picks a free port (the banner names it).
+    #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// How long one consumer batch may run (the consumer Lambda's timeout); the queue's
+    /// visibility timeout is six times this.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    batch_timeout: Duration,
+    /// Drain installed portals' Bitrix24 offline-event logs every SECONDS (and on
+    /// ONOFFLINEEVENT); off unless given.
+    #[arg(long, value_name = "SECONDS")]
+    poll_offline: Option<u64>,
+}
+
+pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
+    crate::logs::init_readable_logs();
+    let config = RelayConfig::from_env()?;
+    let backend = LocalBackend::open(data_dir)?;
+    let queued = Arc::new(Notify::new());
+    let ingress = Arc::new(Ingress::new(backend.queue(), config.clone()));
+    let consumer = Arc::new(backend.consumer(config.clone(), false)?);
+
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| CliError::io(format!("listening on {}", args.addr), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::io("reading the listen address", e))?;
+    print_banner(addr, &config, &backend);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let offline_wake = Arc::new(Notify::new());
+    let offline_poller = crate::poll::spawn_serve_poller(
+        args.poll_offline,
+        &config,
+        &backend,
+        offline_wake.clone(),
+        stop_rx.clone(),
+    )?;
+    let drain = tokio::spawn(drain_queue(
+        backend.polling_queue(),
+        consumer,
+        queued.clone(),
+        stop_rx,
+        DrainSettings {
+            batch_timeout: args.batch_timeout,
+        },
+    ));
+    let app = router(RouteState { ingress, queued });
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await;
+    println!("relay: stopping: no new requests; finishing the batch in flight");
+    let _ = stop_tx.send(true);
+    if let Err(err) = drain.await {
+        tracing::error!(error = %err, "the consumer task ended abnormally");
+    }
+    if let Some(poller) = offline_poller {
+        let _ = poller.await;
+    }
+    served.map_err(|e| CliError::io("serving HTTP", e))?;
+    println!("relay: stopped");
+    Ok(())
+}
+
+/// The first line (`relay: listening on http://…`) is what scripts and tests wait for.
+fn print_banner(addr: SocketAddr, config: &RelayConfig, backend: &LocalBackend) {
+    let base = format!("http://{addr}");
+    println!("relay: listening on {base}");
+    println!();
+    println!(
+        "  Function URLs (Bitrix24: POST as is; SalesMan: add ?token=<RELAY_SALESMAN_SECRET>)"
+    );
+    for family in Family::ALL {
+        println!("    POST {base}/{family}");
+    }
+    println!("    GET  {base}/healthz");
+    println!();
+    println!("  Secrets (values never shown):");
+    for (name, state) in secret_states(config) {
+        println!("    {name:<26} {state}");
+    }
+    println!();
+    println!("  Store:       {} (SQLite)", backend.data_dir().display());
+    let destinations: Vec<String> = Family::ALL
+        .into_iter()
+        .filter_map(|f| config.destination_for(f).map(|url| format!("{f} -> {url}")))
+        .collect();
+    if destinations.is_empty() {
+        println!(
+            "  Destination: none set (RELAY_DESTINATION_URL); forwarded events are appended to {}\n               and printed below, one line each",
+            backend.outbox_path().display()
+        );
+    } else {
+        println!("  Destinations:");
+        for line in destinations {
+            println!("    {line}");
+        }
+    }
+    println!();
+}
+
+fn secret_states(config: &RelayConfig) -> Vec<(&'static str, String)> {
+    let set = |yes: bool, otherwise: &str| {
+        if yes {
+            "set".to_string()
+        } else {
+            format!("not set: {otherwise}")
+        }
+    };
+    let tokens = &config.b24_app_tokens;
+    vec![
+        (
+            "RELAY_B24_APP_TOKENS",
+            if tokens.is_empty() {
+                "not set: every Bitrix24 event is refused (401)".to_string()
+            } else {
+                format!(
+                    "set ({} for any portal, {} per portal)",
+                    tokens.any_portal.len(),
+                    tokens.per_portal.len()
+                )
+            },
+        ),
+        (
+            "RELAY_SALESMAN_SECRET",
+            set(
+                config.salesman_secret.is_some(),
+                "every SalesMan event is refused (401)",
+            ),
+        ),
+        (
+            "RELAY_B24_WEBHOOK_URL",
+            set(
+                config.b24_webhook_url.is_some(),
+                "without it (or an OAuth app below) Bitrix24 events go out with entity null",
+            ),
+        ),
+        (
+            "RELAY_B24_CLIENT_SECRET",
+            set(
+                config.b24_client_id.is_some() && config.b24_client_secret.is_some(),
+                "no OAuth app: installed portals' tokens are not used or refreshed",
+            ),
+        ),
+        (
+            "RELAY_SALESMAN_APIKEY",
+            set(
+                config.salesman_url.is_some()
+                    && config.salesman_login.is_some()
+                    && config.salesman_apikey.is_some(),
+                "SalesMan events are forwarded without entity",
+            ),
+        ),
+        (
+            "RELAY_SIGNING_SECRET",
+            set(
+                config.signing_secret.is_some(),
+                "forwarded requests are not signed",
+            ),
+        ),
+    ]
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate => {}
+    }
+}

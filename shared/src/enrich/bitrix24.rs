@@ -1,0 +1,382 @@
+//! Bitrix24 REST client behind `ports::Bitrix24Rest`: the consumer's way to ask a portal for an
+//! entity. It authenticates (portal's stored OAuth tokens, else the inbound webhook URL),
+//! refreshes an expired token once, keeps under the portal's leaky bucket and retries its limits.
+
+use crate::config::RelayConfig;
+use crate::error::EnrichError;
+use crate::ports::{Bitrix24Rest, PortalTokens, RestAnswer, TokenStore};
+use crate::secret::Secret;
+use async_trait::async_trait;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// A portal's leaky bucket as Bitrix24 documents it: each request adds one, the bucket drains
+/// at `per_second`, and a request that would overflow `burst` is refused with 503.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    /// Standard plans: 2 requests/s sustained, blocked above 50 (Enterprise drains at 5/s).
+    fn default() -> Self {
+        RateLimit {
+            per_second: 2.0,
+            burst: 50.0,
+        }
+    }
+}
+
+struct Bucket {
+    level: f64,
+    at: Instant,
+}
+
+/// Per-portal client-side copy of the portal's bucket: waits before a request would overflow
+/// it, so a burst of events is spread out instead of being refused.
+struct Limiter {
+    limit: RateLimit,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl Limiter {
+    async fn acquire(&self, portal: &str) {
+        loop {
+            let wait = {
+                let mut buckets = match self.buckets.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                let now = Instant::now();
+                let bucket = buckets.entry(portal.to_string()).or_insert(Bucket {
+                    level: 0.0,
+                    at: now,
+                });
+                let drained = now.duration_since(bucket.at).as_secs_f64() * self.limit.per_second;
+                bucket.level = (bucket.level - drained).max(0.0);
+                bucket.at = now;
+                if bucket.level + 1.0 <= self.limit.burst {
+                    bucket.level += 1.0;
+                    None
+                } else {
+                    let excess = bucket.level + 1.0 - self.limit.burst;
+                    Some(Duration::from_secs_f64(excess / self.limit.per_second))
+                }
+            };
+            match wait {
+                None => return,
+                Some(delay) => tokio::time::sleep(delay).await,
+            }
+        }
+    }
+}
+
+/// The OAuth application, for refreshing a portal's tokens.
+#[derive(Clone)]
+struct OAuthApp {
+    server: String,
+    client_id: String,
+    client_secret: Secret,
+}
+
+enum Credentials {
+    Webhook(Secret),
+    OAuth(PortalTokens),
+}
+
+/// How one HTTP answer went, before retry decisions.
+enum Failure {
+    ExpiredToken,
+    RateLimited,
+    Enrich(EnrichError),
+}
+
+pub struct Bitrix24Client {
+    http: reqwest::Client,
+    webhook_url: Option<Secret>,
+    oauth: Option<OAuthApp>,
+    tokens: Arc<dyn TokenStore>,
+    limiter: Limiter,
+    /// First wait after `QUERY_LIMIT_EXCEEDED`; doubles per try.
+    backoff: Duration,
+    max_tries: u32,
+    timeout: Duration,
+}
+
+impl Bitrix24Client {
+    pub fn new(http: reqwest::Client, config: &RelayConfig, tokens: Arc<dyn TokenStore>) -> Self {
+        let oauth = match (&config.b24_client_id, &config.b24_client_secret) {
+            (Some(id), Some(secret)) => Some(OAuthApp {
+                server: config.b24_oauth_url.trim_end_matches('/').to_string(),
+                client_id: id.clone(),
+                client_secret: secret.clone(),
+            }),
+            _ => None,
+        };
+        Bitrix24Client {
+            http,
+            webhook_url: config.b24_webhook_url.clone(),
+            oauth,
+            tokens,
+            limiter: Limiter {
+                limit: RateLimit::default(),
+                buckets: Mutex::new(HashMap::new()),
+            },
+            backoff: Duration::from_secs(1),
+            max_tries: 5,
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// Tests use a fast bucket; production keeps the documented default.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        self.limiter.limit = limit;
+        self
+    }
+
+    /// Wait after the first refusal for rate limits, and how many tries in all.
+    pub fn with_backoff(mut self, first: Duration, max_tries: u32) -> Self {
+        self.backoff = first;
+        self.max_tries = max_tries.max(1);
+        self
+    }
+
+    async fn credentials(&self, member_id: &str) -> Result<Credentials, EnrichError> {
+        let stored = self
+            .tokens
+            .get(member_id)
+            .await
+            .map_err(|e| EnrichError::Transient {
+                reason: format!("token store: {e}"),
+                retry_after: None,
+            })?;
+        match (stored, &self.webhook_url) {
+            (Some(tokens), _) if !tokens.access_token.is_empty() => Ok(Credentials::OAuth(tokens)),
+            (_, Some(url)) => Ok(Credentials::Webhook(url.clone())),
+            _ => Err(EnrichError::NoCredentials(format!(
+                "bitrix24 portal {member_id}"
+            ))),
+        }
+    }
+
+    async fn send(
+        &self,
+        credentials: &Credentials,
+        method: &str,
+        params: &Value,
+    ) -> Result<RestAnswer, Failure> {
+        let mut body = match params {
+            Value::Object(map) => map.clone(),
+            Value::Null => serde_json::Map::new(),
+            _ => {
+                return Err(Failure::Enrich(EnrichError::Permanent(
+                    "REST params must be an object".into(),
+                )))
+            }
+        };
+        let url = match credentials {
+            Credentials::Webhook(base) => {
+                format!("{}/{method}.json", base.expose().trim_end_matches('/'))
+            }
+            Credentials::OAuth(tokens) => {
+                // In the body, not the query string: URLs end up in proxy and access logs.
+                body.insert("auth".into(), json!(tokens.access_token.expose()));
+                format!(
+                    "{}/{method}.json",
+                    tokens.client_endpoint.trim_end_matches('/')
+                )
+            }
+        };
+        let response = self
+            .http
+            .post(url)
+            .timeout(self.timeout)
+            .json(&Value::Object(body))
+            .send()
+            .await
+            .map_err(|e| {
+                Failure::Enrich(EnrichError::Transient {
+                    reason: if e.is_timeout() {
+                        format!("{method}: timed out")
+                    } else {
+                        format!("{method}: request failed")
+                    },
+                    retry_after: None,
+                })
+            })?;
+        let status = response.status().as_u16();
+        let answer: Value = match response.json().await {
+            Ok(v) => v,
+            Err(_) if status >= 500 => {
+                return Err(Failure::Enrich(EnrichError::Transient {
+                    reason: format!("{method}: portal answered {status}"),
+                    retry_after: None,
+                }))
+            }
+            Err(_) => {
+                return Err(Failure::Enrich(EnrichError::Permanent(format!(
+                    "{method}: answer {status} is not JSON"
+                ))))
+            }
+        };
+        if let Some(error) = answer.get("error") {
+            let code = error.as_str().unwrap_or_default();
+            let description = answer
+                .get("error_description")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(classify_error(status, code, description, method));
+        }
+        match answer.get("result") {
+            Some(result) if (200..300).contains(&status) => Ok(RestAnswer {
+                result: result.clone(),
+                raw: answer,
+            }),
+            _ => Err(Failure::Enrich(EnrichError::Permanent(format!(
+                "{method}: answer {status} has no result"
+            )))),
+        }
+    }
+
+    /// `grant_type=refresh_token` on the OAuth server; the new pair replaces the old one in the
+    /// token store (a refresh token works once).
+    async fn refresh(&self, old: &PortalTokens) -> Result<PortalTokens, EnrichError> {
+        let app = self.oauth.as_ref().ok_or_else(|| {
+            EnrichError::Permanent(
+                "access token expired and RELAY_B24_CLIENT_ID/_SECRET are not set".into(),
+            )
+        })?;
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("client_id", &app.client_id)
+            .append_pair("client_secret", app.client_secret.expose())
+            .append_pair("refresh_token", old.refresh_token.expose())
+            .finish();
+        let response = self
+            .http
+            .get(format!("{}/oauth/token/?{query}", app.server))
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|_| EnrichError::Transient {
+                reason: "token refresh: request failed".into(),
+                retry_after: None,
+            })?;
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
+        let (Some(access), Some(refresh)) = (text("access_token"), text("refresh_token")) else {
+            let code = text("error").unwrap_or_default();
+            return Err(if status >= 500 {
+                EnrichError::Transient {
+                    reason: format!("token refresh: OAuth server answered {status}"),
+                    retry_after: None,
+                }
+            } else {
+                EnrichError::Permanent(format!("token refresh refused ({status} {code})"))
+            });
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let expires_in = answer
+            .get("expires_in")
+            .and_then(Value::as_i64)
+            .unwrap_or(3600);
+        let fresh = PortalTokens {
+            member_id: old.member_id.clone(),
+            domain: text("domain").unwrap_or_else(|| old.domain.clone()),
+            application_token: old.application_token.clone(),
+            access_token: Secret::new(access),
+            refresh_token: Secret::new(refresh),
+            expires_at_ms: now_ms + expires_in * 1000,
+            client_endpoint: text("client_endpoint").unwrap_or_else(|| old.client_endpoint.clone()),
+            scope: text("scope").unwrap_or_else(|| old.scope.clone()),
+        };
+        self.tokens
+            .put(&fresh)
+            .await
+            .map_err(|e| EnrichError::Transient {
+                reason: format!("token store: {e}"),
+                retry_after: None,
+            })?;
+        tracing::info!(portal = %old.member_id, "bitrix24 tokens refreshed");
+        Ok(fresh)
+    }
+}
+
+/// Bitrix24 error codes as its docs and real answers give them. `Not found` comes with an
+/// empty `error` from crm.*.get (`{"error":"","error_description":"Not found"}`).
+fn classify_error(status: u16, code: &str, description: &str, method: &str) -> Failure {
+    match code {
+        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" => Failure::RateLimited,
+        "expired_token" => Failure::ExpiredToken,
+        _ if is_not_found(code, description) => Failure::Enrich(EnrichError::NotFound),
+        _ if status == 503 || status == 429 => Failure::RateLimited,
+        _ if status >= 500 || code == "INTERNAL_SERVER_ERROR" => {
+            Failure::Enrich(EnrichError::Transient {
+                reason: format!("{method}: {status} {code}"),
+                retry_after: None,
+            })
+        }
+        _ => Failure::Enrich(EnrichError::Permanent(format!("{method}: {status} {code}"))),
+    }
+}
+
+/// Also used for the per-command errors inside a `batch` answer.
+pub fn is_not_found(code: &str, description: &str) -> bool {
+    let code = code.to_ascii_uppercase();
+    let description = description.to_lowercase();
+    code == "NOT_FOUND"
+        || code == "ERROR_NOT_FOUND"
+        || description.contains("not found")
+        || description.contains("item_not_found")
+        || description.contains("не найден")
+}
+
+#[async_trait]
+impl Bitrix24Rest for Bitrix24Client {
+    async fn call(
+        &self,
+        member_id: &str,
+        method: &str,
+        params: Value,
+    ) -> Result<RestAnswer, EnrichError> {
+        let mut credentials = self.credentials(member_id).await?;
+        let mut refreshed = false;
+        let mut delay = self.backoff;
+        for _ in 0..self.max_tries {
+            self.limiter.acquire(member_id).await;
+            match self.send(&credentials, method, &params).await {
+                Ok(answer) => return Ok(answer),
+                Err(Failure::Enrich(e)) => return Err(e),
+                Err(Failure::ExpiredToken) => match (&credentials, refreshed) {
+                    (Credentials::OAuth(tokens), false) => {
+                        credentials = Credentials::OAuth(self.refresh(tokens).await?);
+                        refreshed = true;
+                    }
+                    _ => {
+                        return Err(EnrichError::Permanent(format!(
+                            "{method}: token still expired after refresh"
+                        )))
+                    }
+                },
+                Err(Failure::RateLimited) => {
+                    tracing::warn!(portal = %member_id, method, delay_ms = delay.as_millis() as u64,
+                        "bitrix24 rate limit hit; backing off");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                }
+            }
+        }
+        Err(EnrichError::Transient {
+            reason: format!("{method}: portal kept refusing (rate limit)"),
+            retry_after: Some(delay),
+        })
+    }
+}
