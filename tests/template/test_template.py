@@ -236,6 +236,25 @@ class TemplateTest(unittest.TestCase):
         self.assertIn("sqs:ChangeMessageVisibility", actions)
         self.assertIn("sqs:SendMessage", actions)
 
+    def test_ingest_functions_only_enqueue_and_read_portal_tokens(self):
+        role = self.resource("IngestRole", "AWS::IAM::Role")
+        statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        by_action = {}
+        for stmt in statements:
+            for action in stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]:
+                by_action[action] = stmt
+        self.assertEqual(
+            set(by_action),
+            {"sqs:SendMessage", "dynamodb:GetItem", "ssm:GetParameters", "ssm:GetParameter"},
+        )
+        self.assertEqual(by_action["sqs:SendMessage"]["Resource"], {"Fn::GetAtt": ["RelayQueue", "Arn"]})
+        lookup = by_action["dynamodb:GetItem"]
+        self.assertEqual(lookup["Condition"], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["PORTAL#*"]}})
+        for family in FAMILIES:
+            lid, props = self.function_by_code(f"functions/ingest-{family}")
+            expected = "AppIngestRole" if family == "app" else "IngestRole"
+            self.assertEqual(props["Role"], {"Fn::GetAtt": [expected, "Arn"]}, lid)
+
     # ------------------------------------------------------------------ alarms
     def alarm(self, logical_id):
         return self.resource(logical_id, "AWS::CloudWatch::Alarm")

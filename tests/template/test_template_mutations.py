@@ -24,6 +24,8 @@ MUTATIONS = [
     ("arm64 default", "    Default: arm64", "    Default: x86_64"),
     ("no plain secret default", "Default: /crm-relay/signing-secret", "Default: whsec_c2VjcmV0"),
     ("no plain secret in env", "RELAY_SIGNING_SECRET_PARAM: !Ref", "RELAY_SIGNING_SECRET: !Ref"),
+    # The first LeadingKeys condition in the file is the ingest role's.
+    ("ingest reads only PORTAL# items", 'dynamodb:LeadingKeys: ["PORTAL#*"]', 'dynamodb:LeadingKeys: ["*"]'),
     ("DLQ alarm", "        - {Name: QueueName, Value: !GetAtt DeadLetterQueue.QueueName}", "        - {Name: QueueName, Value: !GetAtt RelayQueue.QueueName}"),
 ]
 
@@ -34,7 +36,7 @@ class MutatedTemplateFails(unittest.TestCase):
             original = f.read()
         for what, old, new in MUTATIONS:
             with self.subTest(mutation=what):
-                self.assertIn(old, original, f"mutation '{what}' no longer applies: update MUTATIONS")
+                self.assertTrue(old in original, f"mutation '{what}' no longer applies: update MUTATIONS")
                 mutated = original.replace(old, new, 1)
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, "template.yaml")
