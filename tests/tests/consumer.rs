@@ -1,0 +1,212 @@
+//! The consumer cases (`integration_tests::consumer_cases`) on the in-memory store, plus the
+//! Lambda glue on the sample SQS events in `events/consumer/`.
+
+use integration_tests::consumer_cases::{self as cases, Auth, World, REMAINING, T0_MS};
+use integration_tests::fake_bitrix24::PortalLimits;
+use integration_tests::memory::MemoryStore;
+use integration_tests::probe::QueueProbe;
+use shared::consume::ConsumerPorts;
+use std::sync::Arc;
+
+fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
+    let store = MemoryStore::new();
+    (store.ports(), store)
+}
+
+macro_rules! on_memory {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (ports, probe) = memory();
+            cases::$name(ports, probe).await;
+        }
+    )*};
+}
+
+on_memory!(
+    duplicate_delivery_forwards_once,
+    racing_consumers_forward_once,
+    dead_consumer_is_taken_over_after_its_lease,
+    destination_failing_three_times_then_delivers_once,
+    permanent_4xx_goes_to_the_dead_letter_queue,
+    gone_disables_the_destination,
+    batch_of_200_events_stays_under_the_portal_bucket,
+    single_calls_beyond_the_burst_wait_for_the_bucket,
+    rate_limit_answers_back_off_and_retry,
+    changes_across_add_update_update,
+    signature_verifies_with_an_independent_hmac,
+    malformed_message_parks_alone,
+    fifo_group_failure_holds_back_later_messages,
+    no_token_in_forwarded_body_or_snapshot,
+    expired_token_is_refreshed_once_and_saved,
+    missing_and_deleted_entities_forward_null,
+    tasks_and_smart_invoices_unwrap_their_entity,
+    salesman_events_are_enriched_through_v3,
+);
+
+fn sample(name: &str) -> aws_lambda_events::event::sqs::SqsEvent {
+    let path = format!("{}/../events/consumer/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not an SQS event: {e}"))
+}
+
+fn lambda_event(
+    event: aws_lambda_events::event::sqs::SqsEvent,
+) -> lambda_runtime::LambdaEvent<aws_lambda_events::event::sqs::SqsEvent> {
+    let mut context = lambda_runtime::Context::default();
+    let deadline = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+    context.deadline = deadline
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    lambda_runtime::LambdaEvent::new(event, context)
+}
+
+fn failures(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn sample_fifo_batch_reports_the_failed_group_only() {
+    let store = MemoryStore::new();
+    let world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world.portal.set_entity(
+        "deal",
+        "7405",
+        serde_json::json!({"ID": "7405", "TITLE": "x"}),
+    );
+    world.portal.set_entity(
+        "deal",
+        "7406",
+        serde_json::json!({"ID": "7406", "TITLE": "y"}),
+    );
+    world.destination.fail_next(503, 1);
+    let event = sample("sqs-fifo-deal-batch.json");
+    let ids: Vec<String> = event
+        .records
+        .iter()
+        .filter_map(|r| r.message_id.clone())
+        .collect();
+
+    let response =
+        shared::lambda::consumer::handle_sqs_event(&world.consumer(), lambda_event(event)).await;
+
+    // Records 1 and 2 share deal 7405's group: 1 failed, so 2 is held back; 3 is delivered.
+    assert_eq!(failures(&response), vec![ids[0].clone(), ids[1].clone()]);
+    assert_eq!(world.destination.delivered().len(), 1);
+    assert_eq!(world.destination.delivered()[0].json()["entity_id"], "7406");
+    // The failed message was given a retry delay through its receipt handle.
+    let delays = store.delays();
+    assert_eq!(delays.len(), 2);
+    assert_eq!(delays[0].0, "AQEBexampleReceiptHandle1==");
+}
+
+#[tokio::test]
+async fn sample_with_a_non_json_body_fails_no_record() {
+    let store = MemoryStore::new();
+    let world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world
+        .portal
+        .set_entity("deal", "7406", serde_json::json!({"ID": "7406"}));
+    let response = shared::lambda::consumer::handle_sqs_event(
+        &world.consumer(),
+        lambda_event(sample("sqs-fifo-malformed.json")),
+    )
+    .await;
+    assert!(failures(&response).is_empty());
+    let parked = store.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].1.contains("malformed"));
+    assert_eq!(
+        world.destination.delivered().len(),
+        1,
+        "the good record of the group went on"
+    );
+}
+
+#[tokio::test]
+async fn without_destination_events_go_to_the_outbox() {
+    let store = MemoryStore::new();
+    let mut world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world.config.destination_url = None;
+    world.portal.set_entity(
+        "deal",
+        "1",
+        serde_json::json!({"ID": "1", "TITLE": "local"}),
+    );
+    let consumer = world.consumer().with_outbox(store.clone());
+    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALUPDATE", "1", 100);
+    let report = consumer
+        .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    let outbox = store.outbox();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0]["id"], event.id);
+    assert_eq!(outbox[0]["entity"]["TITLE"], "local");
+    assert!(world.destination.received().is_empty());
+}
+
+#[tokio::test]
+async fn without_destination_or_outbox_events_are_parked_not_lost() {
+    let store = MemoryStore::new();
+    let mut world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world.config.destination_url = None;
+    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    let parked = store.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert!(parked[0].1.contains("no destination"));
+}
+
+#[tokio::test]
+async fn unusable_signing_secret_holds_events_instead_of_sending_unsigned() {
+    let store = MemoryStore::new();
+    let mut world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world.config.signing_secret = Some(shared::secret::Secret::new("whsec_***not-base64***"));
+    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed.len(), 1);
+    assert!(world.destination.received().is_empty());
+}
