@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod crm;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -28,10 +30,8 @@ impl TempDir {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "relay-e2e-{name}-{}-{nanos}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("relay-e2e-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
     }
@@ -72,7 +72,13 @@ pub fn relay_command(data_dir: &Path, env: &[(&str, String)]) -> Command {
 impl RelayProcess {
     pub fn start(data_dir: &Path, env: &[(&str, String)]) -> Self {
         let mut child = relay_command(data_dir, env)
-            .args(["serve", "--addr", "127.0.0.1:0", "--batch-timeout", BATCH_TIMEOUT])
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--batch-timeout",
+                BATCH_TIMEOUT,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -102,9 +108,15 @@ impl RelayProcess {
                 return process;
             }
             if let Ok(Some(status)) = process.child.try_wait() {
-                panic!("relay serve exited before listening: {status}; stdout: {:?}", process.lines());
+                panic!(
+                    "relay serve exited before listening: {status}; stdout: {:?}",
+                    process.lines()
+                );
             }
-            assert!(Instant::now() < deadline, "relay serve did not start listening within {START_DEADLINE:?}");
+            assert!(
+                Instant::now() < deadline,
+                "relay serve did not start listening within {START_DEADLINE:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -169,7 +181,10 @@ pub async fn wait_for<T>(
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
