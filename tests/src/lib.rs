@@ -6,3 +6,4 @@ pub mod destination;
 pub mod fake_bitrix24;
 pub mod fake_salesman;
 pub mod moto;
+pub mod scratch;
