@@ -881,3 +881,57 @@ pub async fn salesman_events_are_enriched_through_v3(
     );
     assert_eq!(world.salesman.state().requests, 1);
 }
+
+pub async fn destination_timeout_is_retried(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .destination
+        .hold_answers_for(Duration::from_millis(500));
+    let event = b24_event(Family::Deal, "ONCRMDEALDELETE", "13", 100);
+    let report = world
+        .consumer()
+        .with_forward_timeout(Duration::from_millis(50))
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed.len(), 1, "a timeout is retried, not dropped");
+    let attempts = world
+        .ports
+        .attempts
+        .list(&event.id)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "retry");
+    assert_eq!(attempts[0].status, None);
+    assert_eq!(attempts[0].error.as_deref(), Some("timed out"));
+}
+
+pub async fn crm_outage_is_retried_and_recorded(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "14", deal("14", "Later", "NEW", "1"));
+    world.portal.inject(MethodReply::error(
+        500,
+        "INTERNAL_SERVER_ERROR",
+        "Internal server error",
+    ));
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "14", 100);
+    let consumer = world.consumer();
+    let first = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(first.failed.len(), 1);
+    assert!(
+        world.destination.received().is_empty(),
+        "nothing half-enriched is sent"
+    );
+    let second = consumer
+        .process_batch(&[message(&event, 2)], REMAINING, T0_MS + 5_000)
+        .await;
+    assert!(second.failed.is_empty());
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![("retry".into(), None), ("delivered".into(), Some(200))]
+    );
+}

@@ -42,6 +42,8 @@ on_memory!(
     missing_and_deleted_entities_forward_null,
     tasks_and_smart_invoices_unwrap_their_entity,
     salesman_events_are_enriched_through_v3,
+    destination_timeout_is_retried,
+    crm_outage_is_retried_and_recorded,
 );
 
 fn sample(name: &str) -> aws_lambda_events::event::sqs::SqsEvent {
@@ -209,4 +211,30 @@ async fn unusable_signing_secret_holds_events_instead_of_sending_unsigned() {
         .await;
     assert_eq!(report.failed.len(), 1);
     assert!(world.destination.received().is_empty());
+}
+
+#[tokio::test]
+async fn retry_after_from_the_destination_sets_the_visibility_delay() {
+    let store = MemoryStore::new();
+    let world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world
+        .destination
+        .fail_next_with_retry_after(503, 1, Some("120"));
+    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    let msg = cases::message(&event, 1);
+    let report = world
+        .consumer()
+        .process_batch(std::slice::from_ref(&msg), REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed, vec![msg.message_id.clone()]);
+    assert_eq!(
+        store.delays(),
+        vec![(msg.receipt.clone(), std::time::Duration::from_secs(120))]
+    );
 }
