@@ -9,43 +9,12 @@ use shared::consume::ConsumerPorts;
 use shared::ports::Bitrix24Rest;
 use std::sync::Arc;
 
-fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
+async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
     let store = MemoryStore::new();
     (store.ports(), store)
 }
 
-macro_rules! on_memory {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $name() {
-            let (ports, probe) = memory();
-            cases::$name(ports, probe).await;
-        }
-    )*};
-}
-
-on_memory!(
-    duplicate_delivery_forwards_once,
-    racing_consumers_forward_once,
-    dead_consumer_is_taken_over_after_its_lease,
-    destination_failing_three_times_then_delivers_once,
-    permanent_4xx_goes_to_the_dead_letter_queue,
-    gone_disables_the_destination,
-    batch_of_200_events_stays_under_the_portal_bucket,
-    single_calls_beyond_the_burst_wait_for_the_bucket,
-    rate_limit_answers_back_off_and_retry,
-    changes_across_add_update_update,
-    signature_verifies_with_an_independent_hmac,
-    malformed_message_parks_alone,
-    fifo_group_failure_holds_back_later_messages,
-    no_token_in_forwarded_body_or_snapshot,
-    expired_token_is_refreshed_once_and_saved,
-    missing_and_deleted_entities_forward_null,
-    tasks_and_smart_invoices_unwrap_their_entity,
-    salesman_events_are_enriched_through_v3,
-    destination_timeout_is_retried,
-    crm_outage_is_retried_and_recorded,
-);
+integration_tests::consumer_case_tests!(memory);
 
 fn sample(name: &str) -> aws_lambda_events::event::sqs::SqsEvent {
     let path = format!("{}/../events/consumer/{name}", env!("CARGO_MANIFEST_DIR"));
