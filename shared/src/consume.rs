@@ -257,6 +257,9 @@ impl Consumer {
                 retry_after,
             }) => {
                 tracing::warn!(event_id = %event.id, %reason, "enrichment failed; will retry");
+                // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
+                self.record(event, now_ms, "crm", None, 0, "retry", Some(reason))
+                    .await;
                 return retry(retry_after);
             }
             Err(e) => {

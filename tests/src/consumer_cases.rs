@@ -881,3 +881,143 @@ pub async fn salesman_events_are_enriched_through_v3(
     );
     assert_eq!(world.salesman.state().requests, 1);
 }
+
+pub async fn destination_timeout_is_retried(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .destination
+        .hold_answers_for(Duration::from_millis(500));
+    let event = b24_event(Family::Deal, "ONCRMDEALDELETE", "13", 100);
+    let report = world
+        .consumer()
+        .with_forward_timeout(Duration::from_millis(50))
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed.len(), 1, "a timeout is retried, not dropped");
+    let attempts = world
+        .ports
+        .attempts
+        .list(&event.id)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "retry");
+    assert_eq!(attempts[0].status, None);
+    assert_eq!(attempts[0].error.as_deref(), Some("timed out"));
+}
+
+pub async fn crm_outage_is_retried_and_recorded(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "14", deal("14", "Later", "NEW", "1"));
+    world.portal.inject(MethodReply::error(
+        500,
+        "INTERNAL_SERVER_ERROR",
+        "Internal server error",
+    ));
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "14", 100);
+    let consumer = world.consumer();
+    let first = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(first.failed.len(), 1);
+    assert!(
+        world.destination.received().is_empty(),
+        "nothing half-enriched is sent"
+    );
+    let second = consumer
+        .process_batch(&[message(&event, 2)], REMAINING, T0_MS + 5_000)
+        .await;
+    assert!(second.failed.is_empty());
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![("retry".into(), None), ("delivered".into(), Some(200))]
+    );
+}
+
+pub async fn salesman_missing_record_is_null_and_bad_key_parks(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let sm_event = |name: &str, family, id: &str, ts| {
+        let data = json!({"clid": id});
+        RelayEvent {
+            v: 1,
+            id: envelope_id(Source::Salesman, SALESMAN_IDENTITY, name, &data, ts),
+            source: Source::Salesman,
+            portal: SALESMAN_IDENTITY.into(),
+            domain: None,
+            family,
+            event: name.into(),
+            entity_id: Some(id.into()),
+            ts,
+            received_at: "2026-11-22T10:00:00Z".into(),
+            data,
+        }
+    };
+    let missing = sm_event("client.edit", Family::Company, "999", 300);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&missing, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    assert!(world.destination.delivered()[0].json()["entity"].is_null());
+
+    // A wrong API key is not fixed by retrying: parked with the reason, nothing forwarded.
+    world.salesman.state().apikey = "rotated".into();
+    let refused = sm_event("client.edit", Family::Company, "1000", 301);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&refused, 1)], REMAINING, T0_MS + 1000)
+        .await;
+    assert!(report.failed.is_empty());
+    assert_eq!(world.destination.received().len(), 1);
+    let parked = world.probe.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].1.contains("enrichment refused"),
+        "{}",
+        parked[0].1
+    );
+    assert!(!parked[0].1.contains("sm-apikey"), "no key in the reason");
+}
+
+/// Generates one `#[tokio::test]` per consumer case for a backend. `$setup` is an async fn
+/// returning `(ConsumerPorts, Arc<dyn QueueProbe>)` on fresh (or freshly keyed) storage.
+#[macro_export]
+macro_rules! consumer_case_tests {
+    ($setup:path) => {
+        $crate::consumer_case_tests!(@each $setup;
+            duplicate_delivery_forwards_once,
+            racing_consumers_forward_once,
+            dead_consumer_is_taken_over_after_its_lease,
+            destination_failing_three_times_then_delivers_once,
+            permanent_4xx_goes_to_the_dead_letter_queue,
+            gone_disables_the_destination,
+            batch_of_200_events_stays_under_the_portal_bucket,
+            single_calls_beyond_the_burst_wait_for_the_bucket,
+            rate_limit_answers_back_off_and_retry,
+            changes_across_add_update_update,
+            signature_verifies_with_an_independent_hmac,
+            malformed_message_parks_alone,
+            fifo_group_failure_holds_back_later_messages,
+            no_token_in_forwarded_body_or_snapshot,
+            expired_token_is_refreshed_once_and_saved,
+            missing_and_deleted_entities_forward_null,
+            tasks_and_smart_invoices_unwrap_their_entity,
+            salesman_events_are_enriched_through_v3,
+            salesman_missing_record_is_null_and_bad_key_parks,
+            destination_timeout_is_retried,
+            crm_outage_is_retried_and_recorded,
+        );
+    };
+    (@each $setup:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (ports, probe) = $setup().await;
+            $crate::consumer_cases::$name(ports, probe).await;
+        }
+    )*};
+}

@@ -6,43 +6,15 @@ use integration_tests::fake_bitrix24::PortalLimits;
 use integration_tests::memory::MemoryStore;
 use integration_tests::probe::QueueProbe;
 use shared::consume::ConsumerPorts;
+use shared::ports::Bitrix24Rest;
 use std::sync::Arc;
 
-fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
+async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
     let store = MemoryStore::new();
     (store.ports(), store)
 }
 
-macro_rules! on_memory {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $name() {
-            let (ports, probe) = memory();
-            cases::$name(ports, probe).await;
-        }
-    )*};
-}
-
-on_memory!(
-    duplicate_delivery_forwards_once,
-    racing_consumers_forward_once,
-    dead_consumer_is_taken_over_after_its_lease,
-    destination_failing_three_times_then_delivers_once,
-    permanent_4xx_goes_to_the_dead_letter_queue,
-    gone_disables_the_destination,
-    batch_of_200_events_stays_under_the_portal_bucket,
-    single_calls_beyond_the_burst_wait_for_the_bucket,
-    rate_limit_answers_back_off_and_retry,
-    changes_across_add_update_update,
-    signature_verifies_with_an_independent_hmac,
-    malformed_message_parks_alone,
-    fifo_group_failure_holds_back_later_messages,
-    no_token_in_forwarded_body_or_snapshot,
-    expired_token_is_refreshed_once_and_saved,
-    missing_and_deleted_entities_forward_null,
-    tasks_and_smart_invoices_unwrap_their_entity,
-    salesman_events_are_enriched_through_v3,
-);
+integration_tests::consumer_case_tests!(memory);
 
 fn sample(name: &str) -> aws_lambda_events::event::sqs::SqsEvent {
     let path = format!("{}/../events/consumer/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -209,4 +181,113 @@ async fn unusable_signing_secret_holds_events_instead_of_sending_unsigned() {
         .await;
     assert_eq!(report.failed.len(), 1);
     assert!(world.destination.received().is_empty());
+}
+
+#[tokio::test]
+async fn retry_after_from_the_destination_sets_the_visibility_delay() {
+    let store = MemoryStore::new();
+    let world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await;
+    world
+        .destination
+        .fail_next_with_retry_after(503, 1, Some("120"));
+    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    let msg = cases::message(&event, 1);
+    let report = world
+        .consumer()
+        .process_batch(std::slice::from_ref(&msg), REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed, vec![msg.message_id.clone()]);
+    assert_eq!(
+        store.delays(),
+        vec![(msg.receipt.clone(), std::time::Duration::from_secs(120))]
+    );
+}
+
+/// Hands out a stale token pair on the first read, as a consumer that read the store just
+/// before another instance refreshed would have.
+struct StaleFirstRead {
+    inner: Arc<MemoryStore>,
+    stale: std::sync::Mutex<Option<shared::ports::PortalTokens>>,
+}
+
+#[async_trait::async_trait]
+impl shared::ports::TokenStore for StaleFirstRead {
+    async fn get(
+        &self,
+        member_id: &str,
+    ) -> Result<Option<shared::ports::PortalTokens>, shared::error::StoreError> {
+        let stale = self.stale.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match stale {
+            Some(tokens) => Ok(Some(tokens)),
+            None => shared::ports::TokenStore::get(self.inner.as_ref(), member_id).await,
+        }
+    }
+    async fn put(&self, t: &shared::ports::PortalTokens) -> Result<(), shared::error::StoreError> {
+        shared::ports::TokenStore::put(self.inner.as_ref(), t).await
+    }
+    async fn delete(&self, m: &str) -> Result<(), shared::error::StoreError> {
+        shared::ports::TokenStore::delete(self.inner.as_ref(), m).await
+    }
+    async fn list(&self) -> Result<Vec<shared::ports::PortalTokens>, shared::error::StoreError> {
+        shared::ports::TokenStore::list(self.inner.as_ref()).await
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_done_elsewhere_is_picked_up_from_the_token_store() {
+    let store = MemoryStore::new();
+    let mut world = World::new(
+        store.ports(),
+        store.clone(),
+        Auth::OAuth,
+        PortalLimits::default(),
+    )
+    .await;
+    world.portal.set_entity(
+        "deal",
+        "1",
+        serde_json::json!({"ID": "1", "TITLE": "raced"}),
+    );
+    let stale = shared::ports::TokenStore::get(store.as_ref(), cases::PORTAL)
+        .await
+        .expect("tokens")
+        .expect("stored");
+    // Another consumer refreshes: the portal rotates both tokens and the store has the new pair.
+    world.portal.expire_access_token();
+    let rotated = world
+        .bitrix24_client()
+        .call(
+            cases::PORTAL,
+            "crm.deal.get",
+            serde_json::json!({"id": "1"}),
+        )
+        .await
+        .expect("the other consumer's call succeeds after its refresh");
+    assert_eq!(rotated.result["TITLE"], "raced");
+    assert_eq!(world.portal.state().refreshes, 1);
+
+    world.ports.tokens = Arc::new(StaleFirstRead {
+        inner: store.clone(),
+        stale: std::sync::Mutex::new(Some(stale)),
+    });
+    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALUPDATE", "1", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(
+        report.failed.is_empty(),
+        "not parked because of the lost refresh race"
+    );
+    assert_eq!(
+        world.destination.delivered()[0].json()["entity"]["TITLE"],
+        "raced"
+    );
+    assert_eq!(world.portal.state().refreshes, 1, "no second rotation");
 }
