@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// visibility timeout is six times this.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     batch_timeout: Duration,
+    /// Batches processed at once, like concurrent consumer Lambdas. Order per entity holds
+    /// whatever the number: the queue hands out one message per entity at a time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    consumers: u16,
 }
 
 pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
@@ -43,23 +47,30 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     print_banner(addr, &config, &backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let drain = tokio::spawn(drain_queue(
-        backend.polling_queue(),
-        consumer,
-        queued.clone(),
-        stop_rx,
-        DrainSettings {
-            batch_timeout: args.batch_timeout,
-        },
-    ));
+    let settings = DrainSettings {
+        batch_timeout: args.batch_timeout,
+    };
+    let drains: Vec<_> = (0..args.consumers)
+        .map(|_| {
+            tokio::spawn(drain_queue(
+                backend.polling_queue(),
+                consumer.clone(),
+                queued.clone(),
+                stop_rx.clone(),
+                settings,
+            ))
+        })
+        .collect();
     let app = router(RouteState { ingress, queued });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     println!("relay: stopping: no new requests; finishing the batch in flight");
     let _ = stop_tx.send(true);
-    if let Err(err) = drain.await {
-        tracing::error!(error = %err, "the consumer task ended abnormally");
+    for drain in drains {
+        if let Err(err) = drain.await {
+            tracing::error!(error = %err, "a consumer task ended abnormally");
+        }
     }
     served.map_err(|e| CliError::io("serving HTTP", e))?;
     println!("relay: stopped");
