@@ -107,7 +107,17 @@ impl Ingress {
             Err(error) => {
                 let reply = IngestReply::from_error(&error);
                 if reply.status >= 500 {
-                    tracing::error!(family = %req.family, status = reply.status, error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "event not queued");
+                    // The cause is the adapter's message (SQS, DynamoDB), never request data.
+                    let cause = std::error::Error::source(&error)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    tracing::error!(
+                        family = %req.family,
+                        status = reply.status,
+                        error = %error,
+                        cause = %cause,
+                        "event not queued"
+                    );
                 } else {
                     tracing::warn!(family = %req.family, status = reply.status, error = %error, "event refused");
                 }

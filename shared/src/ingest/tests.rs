@@ -787,3 +787,121 @@ async fn stored_application_token_is_accepted_when_a_store_is_wired() {
     assert_eq!(broken.handle(req, at(1)).await.status, 503);
     assert_eq!(queue.sent().len(), 2);
 }
+
+#[tokio::test]
+async fn salesman_envelope_id_ignores_event_case_and_encoding_within_a_second() {
+    let queue = Arc::new(RecordingQueue::default());
+    let ingress = Ingress::new(queue.clone(), config());
+    let json_body = salesman_json("deal.change.step");
+    let upper = salesman_json("DEAL.CHANGE.STEP");
+    let form = "event=Deal.Change.Step&identity=1&iduser1=3&did=812&clid=77&autor=3\
+                &stepOld=20&stepNew=60";
+    for (content_type, body) in [(JSON, json_body.as_str()), (JSON, &upper), (FORM, form)] {
+        let reply = ingress
+            .handle(
+                request(
+                    Family::Deal,
+                    content_type,
+                    GOOD_QUERY,
+                    None,
+                    body.as_bytes(),
+                ),
+                at(1_766_047_200),
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+    }
+    let sent = queue.sent();
+    assert!(sent
+        .iter()
+        .all(|e| e.id == sent[0].id && e.event == "deal.change.step"));
+    // A later second is a new delivery: SalesMan has no `ts` of its own.
+    let later = ingress
+        .handle(
+            request(Family::Deal, JSON, GOOD_QUERY, None, json_body.as_bytes()),
+            at(1_766_047_201),
+        )
+        .await;
+    assert_ne!(later.body["id"], json!(sent[0].id));
+}
+
+/// Collects what the JSON log layer writes, so a test can read the log lines.
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut out) = self.0.lock() {
+            out.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_name_the_event_but_never_a_secret_or_the_body() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    // `#[tokio::test]` runs on this thread, so a thread-local default sees every event.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let queue = Arc::new(RecordingQueue::default());
+    let ingress = Ingress::new(queue.clone(), config());
+    let good = b24_form("ONCRMDEALUPDATE", APP_TOKEN);
+    let wrong = b24_form("ONCRMDEALUPDATE", "guessed-token-123");
+    let salesman = salesman_json("deal.add");
+    for (query, body) in [
+        (None, good.as_str()),
+        (None, wrong.as_str()),
+        (GOOD_QUERY, salesman.as_str()),
+        (Some("token=guessed-secret-456"), salesman.as_str()),
+    ] {
+        let ct = if body.starts_with('{') { JSON } else { FORM };
+        ingress
+            .handle(
+                request(Family::Deal, ct, query, None, body.as_bytes()),
+                at(1),
+            )
+            .await;
+    }
+    let down = Ingress::new(Arc::new(RecordingQueue::down()), config());
+    down.handle(
+        request(Family::Deal, FORM, None, None, good.as_bytes()),
+        at(1),
+    )
+    .await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let queued = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "event queued")
+        .expect("a line for the queued event");
+    let id = &queue.sent()[0].id;
+    assert_eq!(queued["fields"]["event"], "ONCRMDEALUPDATE");
+    assert_eq!(queued["fields"]["family"], "deal");
+    assert_eq!(queued["fields"]["portal"], MEMBER);
+    assert_eq!(&queued["fields"]["envelope_id"], id);
+    assert!(lines.iter().any(|l| l["fields"]["status"] == 401));
+    assert!(lines.iter().any(|l| l["fields"]["status"] == 503));
+    for secret in [
+        APP_TOKEN,
+        SALESMAN_SECRET,
+        "guessed-token-123",
+        "guessed-secret-456",
+        "auth%5B",
+        "stepOld",
+    ] {
+        assert!(!text.contains(secret), "{secret} in logs:\n{text}");
+    }
+}

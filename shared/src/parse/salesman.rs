@@ -14,7 +14,9 @@ pub struct SalesmanDelivery {
     /// From the id field the event implies (`did` for deals…); `None` for imports, which
     /// carry lists (`clids[]`, `dids[]`), and for bulk changes without a single id.
     pub entity_id: Option<String>,
-    /// The whole document as sent; secrets are stripped later, in ingest.
+    /// The document without `event` and `identity` (they are the envelope's `event` and
+    /// `portal`, so the event name's case cannot change the envelope id); secrets are
+    /// stripped later, in ingest.
     pub data: Value,
 }
 
@@ -54,11 +56,14 @@ pub fn parse_salesman(document: &Map<String, Value>) -> Result<SalesmanDelivery,
         }
         found
     };
+    let mut data = document.clone();
+    data.remove("event");
+    data.remove("identity");
     Ok(SalesmanDelivery {
         event,
         identity,
         entity_id,
-        data: Value::Object(document.clone()),
+        data: Value::Object(data),
     })
 }
 
@@ -84,6 +89,8 @@ mod tests {
         assert_eq!(d.identity, "1");
         assert_eq!(d.entity_id.as_deref(), Some("812"));
         assert_eq!(d.data["reason"], json!("Договор подписан"));
+        assert_eq!(d.data.get("event"), None);
+        assert_eq!(d.data.get("identity"), None);
     }
 
     #[test]
