@@ -76,6 +76,23 @@ pub struct RedriveFilter {
     pub since_ms: Option<i64>,
 }
 
+impl RedriveFilter {
+    /// The one rule both queues use: an empty filter selects every dead letter; `ids` match
+    /// the envelope id or the message id; `since_ms` selects letters parked at or after it;
+    /// when both are given, both must hold.
+    pub fn selects(&self, letter: &DeadLetter, envelope_id: Option<&str>) -> bool {
+        let id_ok = self.ids.is_empty()
+            || self
+                .ids
+                .iter()
+                .any(|id| *id == letter.message_id || envelope_id == Some(id.as_str()));
+        let since_ok = self
+            .since_ms
+            .is_none_or(|since| letter.parked_at_ms >= since);
+        id_ok && since_ok
+    }
+}
+
 /// The idempotency record (`DEDUP#<id>`), after AWS Lambda Powertools.
 #[async_trait]
 pub trait DedupStore: Send + Sync {

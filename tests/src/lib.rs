@@ -10,3 +10,4 @@ pub mod loopback;
 pub mod memory;
 pub mod moto;
 pub mod probe;
+pub mod scratch;

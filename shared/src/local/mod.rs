@@ -1,1 +1,226 @@
-//! (stub: filled by its issue)
+//! The embedded store behind `relay serve`: one SQLite file (`<dir>/relay.db`, WAL) that
+//! plays SQS and DynamoDB for every port, plus `<dir>/outbox.jsonl` for forwards that have no
+//! destination. Same contract as the AWS adapters; the contract tests hold both to it.
+
+mod attempts;
+mod dedup;
+mod destinations;
+mod outbox;
+mod queue;
+mod snapshots;
+mod tokens;
+
+pub use outbox::JsonlOutbox;
+
+use crate::error::StoreError;
+use queue::PendingSend;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "relay.db";
+/// Receives after which a message moves to the dead-letter table (the template's
+/// maxReceiveCount).
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+
+/// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS queue_group_order ON queue(group_id, seq);
+CREATE TABLE IF NOT EXISTS sent_dedup (
+    dedup_id TEXT PRIMARY KEY,
+    sent_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_dedup_age ON sent_dedup(sent_at_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    parked_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedup (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    lease_until_ms INTEGER,
+    expires_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    pk TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    portal TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_portal ON snapshots(source, portal);
+CREATE TABLE IF NOT EXISTS portals (
+    member_id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    application_token TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    refresh_token TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    client_endpoint TEXT NOT NULL,
+    scope TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    status INTEGER,
+    latency_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts(event_id, at_ms, seq);
+CREATE TABLE IF NOT EXISTS destinations (
+    destination TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    disabled_at_ms INTEGER NOT NULL
+);
+";
+
+/// Every port on one SQLite database. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// `rusqlite::Connection` is `Send` but not `Sync`: one connection behind a mutex, used
+    /// only from `spawn_blocking`, so no query ever blocks the async runtime.
+    conn: Mutex<Connection>,
+    /// Sends waiting for the next group commit (see `queue`).
+    pending: Mutex<Vec<PendingSend>>,
+    max_receive_count: AtomicU32,
+    outbox: JsonlOutbox,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/relay.db` and `<dir>/outbox.jsonl`.
+    ///
+    /// WAL with `synchronous=FULL`: ingress answers 202 right after `send` returns, so a
+    /// committed send must survive a power cut, not only a killed process. Group commit in
+    /// `send` keeps that affordable under a burst (one fsync for every send waiting).
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(db("open"))?;
+        configure(&conn)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                conn: Mutex::new(conn),
+                pending: Mutex::new(Vec::new()),
+                max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
+                outbox: JsonlOutbox::new(dir.join(outbox::OUTBOX_FILE)),
+            }),
+        })
+    }
+
+    /// The data directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The outbox file (`<dir>/outbox.jsonl`).
+    pub fn outbox_path(&self) -> &Path {
+        self.inner.outbox.path()
+    }
+
+    /// Receives after which `receive` moves a message to the dead-letter table (≥ 1).
+    pub fn set_max_receive_count(&self, count: u32) {
+        self.inner
+            .max_receive_count
+            .store(count.max(1), Ordering::Relaxed);
+    }
+
+    fn max_receive_count(&self) -> u32 {
+        self.inner.max_receive_count.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` on the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || work(&mut lock(&inner.conn)))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite worker failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    // A second process (relay replay while serve runs) waits for the lock instead of failing.
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(db("busy_timeout"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(db("journal_mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "sqlite refused WAL mode (got {mode}); is the data directory on a network share?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db("synchronous"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db("user_version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "data directory was written by a newer relay (schema {version}, this build knows {SCHEMA_VERSION})"
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(db("schema"))?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(db("user_version"))?;
+    Ok(())
+}
+
+/// A poisoned lock only means another query panicked; SQLite rolled its transaction back
+/// when the statement was dropped, so the connection is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Maps a SQLite error to `StoreError`, naming the operation (never the values bound).
+fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Unavailable(format!("sqlite {operation}: {e}"))
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
