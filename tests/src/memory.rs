@@ -75,7 +75,7 @@ impl QueueProbe for MemoryStore {
         self.lock()
             .parked
             .iter()
-            .map(|(m, r)| (m.message_id.clone(), r.clone()))
+            .map(|(m, r)| (m.body.clone(), r.clone()))
             .collect()
     }
 }
