@@ -28,18 +28,34 @@ pub fn moto_endpoint() -> String {
     }
 }
 
-/// `shared::aws::sdk_config()` (the functions' own configuration) pointed at `endpoint`.
-pub async fn sdk_config_for(endpoint: &str) -> SdkConfig {
-    shared::aws::sdk_config()
-        .await
-        .into_builder()
-        .endpoint_url(endpoint)
-        .build()
+/// The SDK configuration for the shared moto server: exactly what the functions build
+/// (`shared::aws::sdk_config()`), which finds moto through `AWS_ENDPOINT_URL`.
+pub async fn moto_config() -> SdkConfig {
+    // Fail with the clear message before the SDK fails with a connection error.
+    let _ = moto_endpoint();
+    shared::aws::sdk_config().await
 }
 
-/// The SDK configuration for the shared moto server.
-pub async fn moto_config() -> SdkConfig {
-    sdk_config_for(&moto_endpoint()).await
+/// An SQS client with the functions' configuration, aimed at `endpoint` (a private server).
+/// Set on the service config: `AWS_ENDPOINT_URL` in the environment outranks an endpoint set
+/// on the shared `SdkConfig`.
+pub async fn sqs_client_for(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = shared::aws::sdk_config().await;
+    aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&config)
+            .endpoint_url(endpoint)
+            .build(),
+    )
+}
+
+/// A DynamoDB client with the functions' configuration, aimed at `endpoint`.
+pub async fn dynamo_client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
+    let config = shared::aws::sdk_config().await;
+    aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config)
+            .endpoint_url(endpoint)
+            .build(),
+    )
 }
 
 /// A name no other test (in this or another test binary) uses: prefix, process, counter, time.
