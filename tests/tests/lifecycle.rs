@@ -299,7 +299,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     let test_event = json!({"event": "ONAPPTEST", "data": {"FOO": "bar"}, "ts": "1",
         "auth": {"member_id": "portal03", "application_token": APP_TOKEN}});
     let reply = post(&s, Family::App, &test_event).await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
     assert_eq!(
         s.lifecycle.handle(&test_event, NOW_MS).await.unwrap(),
         AppOutcome::Tested {
@@ -309,7 +309,13 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     let mut wrong = test_event.clone();
     wrong["auth"]["application_token"] = json!("nope");
     assert_eq!(post(&s, Family::App, &wrong).await.status, 401);
-    assert_eq!(s.queue.unique().len(), 2, "tests are not forwarded");
+    let queued = s.queue.unique();
+    assert_eq!(
+        queued.len(),
+        3,
+        "the test travels to the destination like any event"
+    );
+    assert_eq!(queued[2].event, "ONAPPTEST");
 }
 
 #[tokio::test]
