@@ -169,6 +169,15 @@ mod tests {
                 assert_eq!(sent.len(), 1, "{}", file.display());
                 assert_eq!(sent[0].family, family);
                 assert_eq!(body["id"], serde_json::json!(sent[0].id));
+                let wire = serde_json::to_string(&sent[0]).unwrap();
+                for placeholder in [
+                    "local-dev-app-token",
+                    "local-dev-salesman-secret",
+                    "local-dev-access-token",
+                    "local-dev-refresh-token",
+                ] {
+                    assert!(!wire.contains(placeholder), "{}: {wire}", file.display());
+                }
                 checked += 1;
             }
         }
