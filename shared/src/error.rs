@@ -38,6 +38,10 @@ pub enum IngestError {
     UnknownEvent(String),
     #[error("queue unavailable")]
     Queue(#[source] StoreError),
+    /// The token store (stored application_token per portal) could not be read: the request
+    /// may be genuine, so it is not refused as unauthorized but answered 5xx.
+    #[error("token store unavailable")]
+    TokenStore(#[source] StoreError),
 }
 
 /// Why the CRM could not give an entity's current state.

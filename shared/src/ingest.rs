@@ -1,13 +1,22 @@
 //! Transport-free ingress: (family, content type, query, headers, body) -> reply.
 //! The Lambda entrypoints and `relay serve` both call `Ingress::handle`; it parses, verifies,
 //! routes, strips secrets, builds the envelope and answers only after the queue has it.
-//! (Interface fixed; the body is written by the ingress issue.)
 
 use crate::config::RelayConfig;
-use crate::event::Family;
-use crate::ports::Queue;
+use crate::error::IngestError;
+use crate::event::{envelope_id, rfc3339_seconds, Family, RelayEvent, Source, ENVELOPE_VERSION};
+use crate::parse::bitrix24::{parse_bitrix24, Bitrix24Auth};
+use crate::parse::salesman::parse_salesman;
+use crate::parse::{body_encoding, decode_document, detect_source, strip_secrets, ParseError};
+use crate::ports::{Queue, TokenStore};
+use crate::routing::route;
+use crate::verify::{
+    salesman_presented_secrets, verify_application_token, verify_salesman_secret,
+    verify_stored_application_token,
+};
+use serde_json::json;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bodies above this get 413 before anything is parsed.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -33,22 +42,241 @@ pub struct IngestReply {
     pub body: serde_json::Value,
 }
 
+impl IngestReply {
+    /// The one place an `IngestError` becomes an HTTP status.
+    pub fn from_error(error: &IngestError) -> Self {
+        let status = match error {
+            IngestError::Malformed(_) => 400,
+            IngestError::Unauthorized => 401,
+            IngestError::TooLarge { .. } => 413,
+            IngestError::UnsupportedContentType => 415,
+            IngestError::WrongFamily { .. } | IngestError::UnknownEvent(_) => 422,
+            IngestError::Queue(_) | IngestError::TokenStore(_) => 503,
+        };
+        let body = match error {
+            IngestError::WrongFamily { expected, .. } => {
+                json!({"error": error.to_string(), "family": expected})
+            }
+            _ => json!({"error": error.to_string()}),
+        };
+        IngestReply { status, body }
+    }
+}
+
 pub struct Ingress {
     queue: Arc<dyn Queue>,
-    #[allow(dead_code)]
     config: RelayConfig,
+    /// Extension point: application_tokens stored per portal at install time, accepted in
+    /// addition to `RELAY_B24_APP_TOKENS`. `None`: only the configured tokens count.
+    token_store: Option<Arc<dyn TokenStore>>,
 }
 
 impl Ingress {
     pub fn new(queue: Arc<dyn Queue>, config: RelayConfig) -> Self {
-        Ingress { queue, config }
+        Ingress {
+            queue,
+            config,
+            token_store: None,
+        }
+    }
+
+    /// Also accepts a Bitrix24 event whose application_token equals the one stored for its
+    /// portal (`PORTAL#<member_id>`), for apps installed through ONAPPINSTALL.
+    pub fn with_token_store(mut self, store: Arc<dyn TokenStore>) -> Self {
+        self.token_store = Some(store);
+        self
     }
 
     pub async fn handle(&self, req: IngestRequest<'_>, now: SystemTime) -> IngestReply {
-        let _ = (&self.queue, req, now);
-        IngestReply {
-            status: 501,
-            body: serde_json::json!({"error": "not implemented yet"}),
+        match self.accept(req, now).await {
+            Ok(event) => {
+                tracing::info!(
+                    source = %event.source,
+                    event = %event.event,
+                    family = %event.family,
+                    portal = %event.portal,
+                    entity_id = event.entity_id.as_deref().unwrap_or("-"),
+                    envelope_id = %event.id,
+                    "event queued"
+                );
+                IngestReply {
+                    status: 202,
+                    body: json!({"id": event.id}),
+                }
+            }
+            Err(error) => {
+                let reply = IngestReply::from_error(&error);
+                if reply.status >= 500 {
+                    // The cause is the adapter's message (SQS, DynamoDB), never request data.
+                    let cause = std::error::Error::source(&error)
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    tracing::error!(
+                        family = %req.family,
+                        status = reply.status,
+                        error = %error,
+                        cause = %cause,
+                        "event not queued"
+                    );
+                } else {
+                    tracing::warn!(family = %req.family, status = reply.status, error = %error, "event refused");
+                }
+                reply
+            }
+        }
+    }
+
+    /// Everything up to and including the queue: the envelope once `Queue::send` said Ok.
+    async fn accept(
+        &self,
+        req: IngestRequest<'_>,
+        now: SystemTime,
+    ) -> Result<RelayEvent, IngestError> {
+        // Size first: nothing of an oversized body is read.
+        if req.body.len() > MAX_BODY_BYTES {
+            return Err(IngestError::TooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        let encoding = body_encoding(req.content_type, req.body)
+            .map_err(|_| IngestError::UnsupportedContentType)?;
+        let document = decode_document(encoding, req.body).map_err(malformed)?;
+        let received_second = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+
+        let draft = match detect_source(&document).map_err(malformed)? {
+            Source::Salesman => self.salesman_draft(&req, &document, received_second)?,
+            Source::Bitrix24 => {
+                self.bitrix24_draft(&req, &document, received_second)
+                    .await?
+            }
+        };
+
+        let event = draft.into_envelope(req.family, now);
+        self.queue.send(&event).await.map_err(IngestError::Queue)?;
+        Ok(event)
+    }
+
+    fn salesman_draft(
+        &self,
+        req: &IngestRequest<'_>,
+        document: &serde_json::Map<String, serde_json::Value>,
+        received_second: i64,
+    ) -> Result<Draft, IngestError> {
+        // The secret is in the URL, so it is checked before the body's fields are.
+        verify_salesman_secret(
+            self.config.salesman_secret.as_ref(),
+            req.query,
+            req.relay_token_header,
+        )?;
+        let delivery = parse_salesman(document).map_err(malformed)?;
+        route(Source::Salesman, &delivery.event, req.family)?;
+        let presented = salesman_presented_secrets(req.query, req.relay_token_header);
+        let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
+        known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
+        let mut data = delivery.data;
+        strip_secrets(&mut data, &known);
+        Ok(Draft {
+            source: Source::Salesman,
+            portal: delivery.identity,
+            domain: None,
+            event: delivery.event,
+            entity_id: delivery.entity_id,
+            // SalesMan sends no timestamp and never retries, so there is no second delivery
+            // to recognise: the receive second stands in for `ts`. Two identical bodies in one
+            // second are then one event (SQS FIFO drops the duplicate), which is harmless
+            // since the consumer fetches the entity's current state anyway.
+            ts: received_second,
+            data,
+        })
+    }
+
+    /// Where ONAPPINSTALL handling (confirm with `app.info`, store the portal's tokens) hooks
+    /// in: `delivery.auth` holds the OAuth tokens as `Secret`s, and they go no further.
+    async fn bitrix24_draft(
+        &self,
+        req: &IngestRequest<'_>,
+        document: &serde_json::Map<String, serde_json::Value>,
+        received_second: i64,
+    ) -> Result<Draft, IngestError> {
+        let delivery = parse_bitrix24(document).map_err(malformed)?;
+        self.verify_bitrix24(&delivery.auth, &delivery.event)
+            .await?;
+        route(Source::Bitrix24, &delivery.event, req.family)?;
+        let mut data = delivery.data;
+        strip_secrets(&mut data, &delivery.auth.secrets());
+        Ok(Draft {
+            source: Source::Bitrix24,
+            portal: delivery.auth.member_id,
+            domain: delivery.auth.domain,
+            event: delivery.event,
+            entity_id: delivery.entity_id,
+            // Bitrix24 always sends `ts`; should a sender omit it, the receive second keeps
+            // the event rather than refusing it.
+            ts: delivery.ts.unwrap_or(received_second),
+            data,
+        })
+    }
+
+    /// Configured tokens first (no I/O), then the portal's stored token if a store is wired.
+    async fn verify_bitrix24(&self, auth: &Bitrix24Auth, event: &str) -> Result<(), IngestError> {
+        let presented = auth.application_token.as_ref();
+        if verify_application_token(&self.config.b24_app_tokens, &auth.member_id, presented).is_ok()
+        {
+            return Ok(());
+        }
+        if let Some(store) = &self.token_store {
+            if verify_stored_application_token(store.as_ref(), &auth.member_id, presented)
+                .await
+                .map_err(IngestError::TokenStore)?
+            {
+                return Ok(());
+            }
+        }
+        tracing::warn!(portal = %auth.member_id, event = %event, "application_token rejected");
+        Err(IngestError::Unauthorized)
+    }
+}
+
+fn malformed(error: ParseError) -> IngestError {
+    match error {
+        ParseError::UnsupportedContentType => IngestError::UnsupportedContentType,
+        other => IngestError::Malformed(other.to_string()),
+    }
+}
+
+/// The envelope's fields once parsed, verified and stripped.
+struct Draft {
+    source: Source,
+    portal: String,
+    domain: Option<String>,
+    event: String,
+    entity_id: Option<String>,
+    ts: i64,
+    data: serde_json::Value,
+}
+
+impl Draft {
+    fn into_envelope(self, family: Family, now: SystemTime) -> RelayEvent {
+        RelayEvent {
+            v: ENVELOPE_VERSION,
+            id: envelope_id(self.source, &self.portal, &self.event, &self.data, self.ts),
+            source: self.source,
+            portal: self.portal,
+            domain: self.domain,
+            family,
+            event: self.event,
+            entity_id: self.entity_id,
+            ts: self.ts,
+            received_at: rfc3339_seconds(now),
+            data: self.data,
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod recording_queue;
+#[cfg(test)]
+mod tests;

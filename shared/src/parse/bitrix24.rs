@@ -1,0 +1,290 @@
+//! Bitrix24 event deliveries: a decoded document (`event`, `event_handler_id`, `data`, `ts`,
+//! `auth`) -> a typed delivery with the portal, the entity id and the credentials split off.
+//! Verification and routing come after this, in `verify` and `routing`.
+
+use super::{event_name, identifier, ParseError, MAX_ENTITY_ID_LEN, MAX_PORTAL_LEN};
+use crate::secret::Secret;
+use serde_json::{Map, Value};
+
+/// What Bitrix24 sent, with every credential in `auth` (and never in `data`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Bitrix24Delivery {
+    /// Canonical: upper-case (`onCrmRequisiteUserFieldUpdate` is `ONCRMREQUISITEUSERFIELDUPDATE`).
+    pub event: String,
+    pub event_handler_id: Option<String>,
+    /// `ts`: queue time, Unix seconds. `None` when the sender left it out.
+    pub ts: Option<i64>,
+    /// The entity the event is about: `data[FIELDS][ID]`, for tasks `data[FIELDS_AFTER][ID]`
+    /// (or `FIELDS_BEFORE` on delete); `None` for app events.
+    pub entity_id: Option<String>,
+    pub auth: Bitrix24Auth,
+    /// `data` as sent (an empty object when absent); secrets are stripped later, in ingest.
+    pub data: Value,
+}
+
+/// `auth[...]`. Debug redacts every token (they are `Secret`s).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Bitrix24Auth {
+    /// The portal.
+    pub member_id: String,
+    pub domain: Option<String>,
+    /// The only proof of origin (fixed per app per portal).
+    pub application_token: Option<Secret>,
+    /// Present on app events (ONAPPINSTALL) and handlers bound with OAuth; absent for robots,
+    /// workflows and outgoing webhooks. Ingress never queues them.
+    pub access_token: Option<Secret>,
+    pub refresh_token: Option<Secret>,
+    /// Unix seconds when `access_token` expires.
+    pub expires: Option<i64>,
+    pub client_endpoint: Option<String>,
+    pub server_endpoint: Option<String>,
+    pub scope: Option<String>,
+}
+
+impl Bitrix24Auth {
+    /// Every credential value present, for value-based stripping.
+    pub fn secrets(&self) -> Vec<&str> {
+        [
+            &self.application_token,
+            &self.access_token,
+            &self.refresh_token,
+        ]
+        .into_iter()
+        .flatten()
+        .map(Secret::expose)
+        .collect()
+    }
+}
+
+/// Reads a decoded Bitrix24 document (form or JSON alike).
+pub fn parse_bitrix24(document: &Map<String, Value>) -> Result<Bitrix24Delivery, ParseError> {
+    let event = event_name(document)?.to_ascii_uppercase();
+    let auth = match document.get("auth") {
+        Some(Value::Object(auth)) => parse_auth(auth)?,
+        Some(_) => return Err(ParseError::Invalid("auth")),
+        None => return Err(ParseError::Missing("auth")),
+    };
+    let data = match document.get("data") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        // PHP's http_build_query drops empty arrays, so an event without fields may send
+        // `data=` or nothing at all.
+        Some(Value::String(s)) if s.is_empty() => Value::Object(Map::new()),
+        Some(_) => return Err(ParseError::Invalid("data")),
+    };
+    let ts = match document.get("ts") {
+        None => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(parse_unix_seconds(s).ok_or(ParseError::Invalid("ts"))?),
+        Some(Value::Number(n)) => Some(
+            n.as_i64()
+                .filter(|t| *t > 0)
+                .ok_or(ParseError::Invalid("ts"))?,
+        ),
+        Some(_) => return Err(ParseError::Invalid("ts")),
+    };
+    let event_handler_id = match document.get("event_handler_id") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let entity_id = entity_id(&event, &data)?;
+    Ok(Bitrix24Delivery {
+        event,
+        event_handler_id,
+        ts,
+        entity_id,
+        auth,
+        data,
+    })
+}
+
+fn parse_unix_seconds(s: &str) -> Option<i64> {
+    s.trim().parse::<i64>().ok().filter(|t| *t > 0)
+}
+
+fn parse_auth(auth: &Map<String, Value>) -> Result<Bitrix24Auth, ParseError> {
+    let text = |key: &str| match auth.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let member_id = identifier(auth.get("member_id"), "auth[member_id]", MAX_PORTAL_LEN)?
+        .ok_or(ParseError::Missing("auth[member_id]"))?;
+    Ok(Bitrix24Auth {
+        member_id,
+        domain: text("domain"),
+        application_token: text("application_token").map(Secret::new),
+        access_token: text("access_token").map(Secret::new),
+        refresh_token: text("refresh_token").map(Secret::new),
+        expires: text("expires").and_then(|s| parse_unix_seconds(&s)),
+        client_endpoint: text("client_endpoint"),
+        server_endpoint: text("server_endpoint"),
+        scope: text("scope"),
+    })
+}
+
+/// App-level events concern the portal, not an entity.
+fn is_app_event(event: &str) -> bool {
+    event.starts_with("ONAPP") || event == "ONOFFLINEEVENT"
+}
+
+/// The entity id by the event's kind. Tasks send `FIELDS_AFTER` (gone on delete, when only
+/// `FIELDS_BEFORE` has the id); the side without fields is the string `undefined`, which
+/// `.get("ID")` on a string skips naturally.
+fn entity_id(event: &str, data: &Value) -> Result<Option<String>, ParseError> {
+    if is_app_event(event) {
+        return Ok(None);
+    }
+    let containers: &[&str] = if event.starts_with("ONTASK") {
+        &["FIELDS_AFTER", "FIELDS_BEFORE"]
+    } else {
+        &["FIELDS"]
+    };
+    for container in containers {
+        let id = data.get(container).and_then(|fields| fields.get("ID"));
+        if let Some(id) = identifier(id, "data[FIELDS][ID]", MAX_ENTITY_ID_LEN)? {
+            return Ok(Some(id));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{decode_document, BodyEncoding};
+    use serde_json::json;
+
+    fn form(body: &str) -> Result<Bitrix24Delivery, ParseError> {
+        parse_bitrix24(&decode_document(BodyEncoding::Form, body.as_bytes()).unwrap())
+    }
+
+    /// Shaped like the official sample of ONCRMDEALUPDATE (b24restdocs, events/index.md).
+    const DEAL_UPDATE: &str = "event=ONCRMDEALUPDATE&event_handler_id=25\
+        &data%5BFIELDS%5D%5BID%5D=7405&ts=1766047124\
+        &auth%5Bdomain%5D=example.bitrix24.ru\
+        &auth%5Bclient_endpoint%5D=https%3A%2F%2Fexample.bitrix24.ru%2Frest%2F\
+        &auth%5Bserver_endpoint%5D=https%3A%2F%2Foauth.bitrix.info%2Frest%2F\
+        &auth%5Bmember_id%5D=a1b2c3d4e5f60718293a4b5c6d7e8f90\
+        &auth%5Bapplication_token%5D=local-dev-app-token";
+
+    #[test]
+    fn crm_event_from_a_php_form() {
+        let d = form(DEAL_UPDATE).unwrap();
+        assert_eq!(d.event, "ONCRMDEALUPDATE");
+        assert_eq!(d.event_handler_id.as_deref(), Some("25"));
+        assert_eq!(d.ts, Some(1766047124));
+        assert_eq!(d.entity_id.as_deref(), Some("7405"));
+        assert_eq!(d.auth.member_id, "a1b2c3d4e5f60718293a4b5c6d7e8f90");
+        assert_eq!(d.auth.domain.as_deref(), Some("example.bitrix24.ru"));
+        assert_eq!(
+            d.auth.application_token,
+            Some(Secret::new("local-dev-app-token"))
+        );
+        assert_eq!(d.data, json!({"FIELDS": {"ID": "7405"}}));
+    }
+
+    #[test]
+    fn the_same_document_as_json_reads_the_same() {
+        let json_body = json!({
+            "event": "ONCRMDEALUPDATE", "event_handler_id": "25",
+            "data": {"FIELDS": {"ID": "7405"}}, "ts": "1766047124",
+            "auth": {
+                "domain": "example.bitrix24.ru",
+                "client_endpoint": "https://example.bitrix24.ru/rest/",
+                "server_endpoint": "https://oauth.bitrix.info/rest/",
+                "member_id": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+                "application_token": "local-dev-app-token"
+            }
+        })
+        .to_string();
+        let from_json =
+            parse_bitrix24(&decode_document(BodyEncoding::Json, json_body.as_bytes()).unwrap())
+                .unwrap();
+        assert_eq!(from_json, form(DEAL_UPDATE).unwrap());
+    }
+
+    #[test]
+    fn event_names_are_upper_cased() {
+        let d =
+            form("event=onCrmRequisiteUserFieldUpdate&data[FIELDS][ID]=3&ts=1&auth[member_id]=m")
+                .unwrap();
+        assert_eq!(d.event, "ONCRMREQUISITEUSERFIELDUPDATE");
+    }
+
+    #[test]
+    fn task_events_take_fields_after_and_tolerate_undefined() {
+        let add = form(
+            "event=ONTASKADD&data[FIELDS_BEFORE]=undefined&data[FIELDS_AFTER][ID]=42\
+             &data[IS_ACCESSIBLE_BEFORE]=N&data[IS_ACCESSIBLE_AFTER]=undefined\
+             &ts=1766047124&auth[member_id]=m",
+        )
+        .unwrap();
+        assert_eq!(add.entity_id.as_deref(), Some("42"));
+        assert_eq!(add.data["FIELDS_BEFORE"], json!("undefined"));
+        // On delete the task is gone: only FIELDS_BEFORE has its id.
+        let delete = form(
+            "event=ONTASKDELETE&data[FIELDS_BEFORE][ID]=42&data[FIELDS_AFTER]=undefined\
+             &ts=1766047124&auth[member_id]=m",
+        )
+        .unwrap();
+        assert_eq!(delete.entity_id.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn app_install_has_no_entity_and_keeps_its_tokens_out_of_data() {
+        let d = form(
+            "event=ONAPPINSTALL&data[VERSION]=1&data[ACTIVE]=Y&data[INSTALLED]=Y\
+             &data[LANGUAGE_ID]=ru&ts=1766047124&auth[access_token]=acc-123\
+             &auth[expires]=1766050724&auth[expires_in]=3600&auth[scope]=crm%2Ctask\
+             &auth[domain]=example.bitrix24.ru&auth[status]=L&auth[member_id]=m\
+             &auth[refresh_token]=ref-456&auth[application_token]=app-789",
+        )
+        .unwrap();
+        assert_eq!(d.entity_id, None);
+        assert_eq!(d.auth.access_token, Some(Secret::new("acc-123")));
+        assert_eq!(d.auth.refresh_token, Some(Secret::new("ref-456")));
+        assert_eq!(d.auth.expires, Some(1766050724));
+        assert_eq!(d.auth.scope.as_deref(), Some("crm,task"));
+        assert_eq!(d.auth.secrets(), vec!["app-789", "acc-123", "ref-456"]);
+        assert!(!d.data.to_string().contains("acc-123"));
+        let debug = format!("{d:?}");
+        assert!(!debug.contains("acc-123") && !debug.contains("ref-456"));
+    }
+
+    #[test]
+    fn required_and_invalid_fields() {
+        assert_eq!(
+            form("event=ONCRMDEALADD&data[FIELDS][ID]=1"),
+            Err(ParseError::Missing("auth"))
+        );
+        assert_eq!(
+            form("event=ONCRMDEALADD&auth[domain]=x"),
+            Err(ParseError::Missing("auth[member_id]"))
+        );
+        assert_eq!(
+            form("event=ONCRMDEALADD&auth=x"),
+            Err(ParseError::Invalid("auth"))
+        );
+        assert_eq!(
+            form("event=ONCRMDEALADD&ts=soon&auth[member_id]=m"),
+            Err(ParseError::Invalid("ts"))
+        );
+        assert_eq!(
+            form("event=ONCRMDEALADD&data=x&auth[member_id]=m"),
+            Err(ParseError::Invalid("data"))
+        );
+        assert_eq!(
+            form("event=ONCRMDEALADD&data[FIELDS][ID]=1%232&auth[member_id]=m"),
+            Err(ParseError::Invalid("data[FIELDS][ID]"))
+        );
+        assert_eq!(
+            form("event=ONCRMDEALADD&auth[member_id]=a%20b"),
+            Err(ParseError::Invalid("auth[member_id]"))
+        );
+        // Empty `ts` and empty `data` are what PHP writes for absent values.
+        let d = form("event=ONCRMDEALADD&ts=&data=&auth[member_id]=m").unwrap();
+        assert_eq!((d.ts, d.entity_id, d.data), (None, None, json!({})));
+    }
+}
