@@ -670,3 +670,29 @@ async fn online_and_offline_copies_reach_the_destination_once() {
         .collect();
     assert_eq!(deals.len(), 20, "every deal forwarded, enriched");
 }
+
+#[tokio::test]
+async fn app_update_with_the_stored_token_keeps_the_fresh_oauth_tokens() {
+    let s = setup("portal12").await;
+    install(&s).await;
+    let update = |token: &str| {
+        json!({"event": "ONAPPUPDATE", "data": {"VERSION": "2", "LANGUAGE_ID": "ru"}, "ts": "5",
+            "auth": {"member_id": "portal12", "application_token": token, "domain": s.portal.domain,
+                "access_token": "access-2", "refresh_token": "refresh-2", "expires": "1790007200",
+                "client_endpoint": s.portal.client_endpoint, "scope": "crm,task,user"}})
+    };
+    assert_eq!(post(&s, Family::App, &update("forged")).await.status, 401);
+    let kept = s.tokens.get("portal12").await.unwrap().unwrap();
+    assert_eq!(
+        kept.access_token.expose(),
+        "access-1",
+        "a forged update changes nothing"
+    );
+
+    assert_eq!(post(&s, Family::App, &update(APP_TOKEN)).await.status, 202);
+    let fresh = s.tokens.get("portal12").await.unwrap().unwrap();
+    assert_eq!(fresh.access_token.expose(), "access-2");
+    assert_eq!(fresh.refresh_token.expose(), "refresh-2");
+    assert_eq!(fresh.expires_at_ms, 1_790_007_200_000);
+    assert_eq!(fresh.application_token.expose(), APP_TOKEN);
+}
