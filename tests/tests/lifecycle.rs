@@ -696,3 +696,53 @@ async fn app_update_with_the_stored_token_keeps_the_fresh_oauth_tokens() {
     assert_eq!(fresh.expires_at_ms, 1_790_007_200_000);
     assert_eq!(fresh.application_token.expose(), APP_TOKEN);
 }
+
+#[tokio::test]
+async fn a_coalesced_record_matches_the_latest_online_call_and_recovers_a_lost_one() {
+    let s = setup("portal13").await;
+    install(&s).await;
+    s.queue.sent.lock().unwrap().clear();
+    // Deal 5 changes twice; both online calls arrive. The log keeps one record, stamped
+    // with the second change.
+    for at in [1_790_000_010, 1_790_000_020] {
+        let body = s
+            .portal
+            .record_change("ONCRMDEALUPDATE", "5", at, APP_TOKEN);
+        assert_eq!(post(&s, Family::Deal, &body).await.status, 202);
+    }
+    // Deal 6 changes twice; the second online call is lost.
+    let first = s
+        .portal
+        .record_change("ONCRMDEALUPDATE", "6", 1_790_000_030, APP_TOKEN);
+    assert_eq!(post(&s, Family::Deal, &first).await.status, 202);
+    s.portal
+        .record_change("ONCRMDEALUPDATE", "6", 1_790_000_040, APP_TOKEN);
+    assert_eq!(s.portal.offline_records().len(), 2);
+
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), s.queue.clone());
+    let portal = PortalRef {
+        member_id: "portal13".into(),
+        domain: None,
+    };
+    poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    let ts_by_entity: BTreeSet<(String, i64)> = s
+        .queue
+        .unique()
+        .iter()
+        .map(|e| (e.entity_id.clone().unwrap(), e.ts))
+        .collect();
+    let expected: BTreeSet<(String, i64)> = [
+        ("5".to_string(), 1_790_000_010),
+        ("5".to_string(), 1_790_000_020),
+        ("6".to_string(), 1_790_000_030),
+        ("6".to_string(), 1_790_000_040),
+    ]
+    .into();
+    assert_eq!(
+        ts_by_entity, expected,
+        "deal 5's record is its second call again; deal 6's lost call is recovered"
+    );
+}
