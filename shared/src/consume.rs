@@ -257,6 +257,9 @@ impl Consumer {
                 retry_after,
             }) => {
                 tracing::warn!(event_id = %event.id, %reason, "enrichment failed; will retry");
+                // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
+                self.record(event, now_ms, "crm", None, 0, "retry", Some(reason))
+                    .await;
                 return retry(retry_after);
             }
             Err(e) => {
@@ -418,7 +421,7 @@ impl Consumer {
             }
             Err(ForwardError::Gone) => {
                 let reason = "destination answered 410 Gone".to_string();
-                tracing::error!(destination = %shown, "DESTINATION DISABLED: it answered 410 Gone; \
+                tracing::error!(destination_host = %url_host(url), "DESTINATION DISABLED: it answered 410 Gone; \
                     no event goes there until it is re-enabled; events are parked in the DLQ");
                 if let Err(e) = self.ports.destinations.disable(url, &reason, now_ms).await {
                     tracing::error!(error = %e, "could not store the disabled destination");
@@ -547,6 +550,14 @@ pub fn forward_body(event: &RelayEvent, entity: Option<&Value>, changes: &[Value
     body
 }
 
+/// Only the host goes into log lines: some receivers put a secret in the path.
+fn url_host(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "<invalid url>".to_string())
+}
+
 /// A destination as shown in the attempt log: no user info, no query (either may hold a key).
 fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
@@ -586,6 +597,10 @@ mod tests {
         assert_eq!(
             redact_url("https://u:p@example.com/hook?token=s3cret#x"),
             "https://example.com/hook"
+        );
+        assert_eq!(
+            url_host("https://u:p@example.com/hook/s3cret"),
+            "example.com"
         );
     }
 

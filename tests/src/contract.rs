@@ -1,1 +1,584 @@
-//! (stub)
+//! The ports' contract: plain async checks that every implementation (SQLite in `relay serve`,
+//! SQS + DynamoDB on moto) must pass, run by `contract_sqlite.rs` and `contract_moto.rs`, so
+//! the embedded store and the cloud cannot drift apart. Each check panics with what broke.
+
+use async_trait::async_trait;
+use shared::aws::sqs::SqsQueue;
+use shared::event::{envelope_id, Family, RelayEvent, Source};
+use shared::local::SqliteStore;
+use shared::ports::{
+    Attempt, AttemptLog, Claim, DeadLetter, DedupStore, DestinationStatus, PollingQueue,
+    PortalTokens, Queue, QueueMessage, RedriveFilter, Snapshot, SnapshotKey, SnapshotSave,
+    SnapshotStore, TokenStore,
+};
+use shared::secret::Secret;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An arbitrary fixed "now" for the clock-driven checks (2026-11-22T10:00:00Z).
+const T0: i64 = 1_795_860_000_000;
+
+fn unique(label: &str) -> String {
+    crate::moto::unique_name(label)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A Bitrix24 deal event about `entity_id` (`n` varies the data, so the id).
+pub fn sample_event(portal: &str, entity_id: &str, n: i64) -> RelayEvent {
+    let data = serde_json::json!({"FIELDS": {"ID": entity_id}, "n": n});
+    RelayEvent {
+        v: 1,
+        id: envelope_id(
+            Source::Bitrix24,
+            portal,
+            "ONCRMDEALUPDATE",
+            &data,
+            1_766_047_124 + n,
+        ),
+        source: Source::Bitrix24,
+        portal: portal.to_string(),
+        domain: Some("example.bitrix24.ru".into()),
+        family: Family::Deal,
+        event: "ONCRMDEALUPDATE".into(),
+        entity_id: Some(entity_id.to_string()),
+        ts: 1_766_047_124 + n,
+        received_at: "2026-11-22T10:00:00Z".into(),
+        data,
+    }
+}
+
+// ---- DedupStore ------------------------------------------------------------------------------
+
+/// Absent → Acquired; a second claim while the lease is live → HeldElsewhere with that lease.
+pub async fn dedup_claim_then_held(store: &dyn DedupStore) {
+    let id = unique("dedup");
+    assert_eq!(
+        store.claim(&id, T0 + 1_000, T0).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.claim(&id, T0 + 5_000, T0 + 10).await.unwrap(),
+        Claim::HeldElsewhere {
+            lease_until_ms: T0 + 1_000
+        },
+        "a live lease must refuse a second claim and name its end"
+    );
+}
+
+/// A lease that has passed (a consumer died after claiming) is taken over, with the new lease.
+pub async fn dedup_expired_lease_is_taken_over(store: &dyn DedupStore) {
+    let id = unique("dedup");
+    assert_eq!(
+        store.claim(&id, T0 + 1_000, T0).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.claim(&id, T0 + 9_000, T0 + 1_000).await.unwrap(),
+        Claim::Acquired,
+        "a lease ending at now has passed"
+    );
+    assert_eq!(
+        store.claim(&id, T0 + 9_500, T0 + 2_000).await.unwrap(),
+        Claim::HeldElsewhere {
+            lease_until_ms: T0 + 9_000
+        },
+        "the take-over's own lease must hold"
+    );
+}
+
+/// COMPLETED refuses claims until its own expiry (read from the record, not TTL), then a
+/// claim succeeds again.
+pub async fn dedup_completed_until_it_expires(store: &dyn DedupStore) {
+    let id = unique("dedup");
+    assert_eq!(
+        store.claim(&id, T0 + 1_000, T0).await.unwrap(),
+        Claim::Acquired
+    );
+    store.complete(&id, T0 + 60_000).await.unwrap();
+    assert_eq!(
+        store.claim(&id, T0 + 3_000, T0 + 2_000).await.unwrap(),
+        Claim::AlreadyCompleted
+    );
+    assert_eq!(
+        store.claim(&id, T0 + 62_000, T0 + 59_999).await.unwrap(),
+        Claim::AlreadyCompleted,
+        "still completed one millisecond before its expiry"
+    );
+    assert_eq!(
+        store.claim(&id, T0 + 61_000, T0 + 60_000).await.unwrap(),
+        Claim::Acquired,
+        "an expired COMPLETED record must not block the event forever"
+    );
+}
+
+/// Release after a failure lets the retry claim at once; release never drops a COMPLETED record.
+pub async fn dedup_release(store: &dyn DedupStore) {
+    let id = unique("dedup");
+    assert_eq!(
+        store.claim(&id, T0 + 60_000, T0).await.unwrap(),
+        Claim::Acquired
+    );
+    store.release(&id).await.unwrap();
+    assert_eq!(
+        store.claim(&id, T0 + 60_000, T0 + 1).await.unwrap(),
+        Claim::Acquired,
+        "a released claim is free before its lease ends"
+    );
+    store.complete(&id, T0 + 600_000).await.unwrap();
+    store.release(&id).await.unwrap();
+    assert_eq!(
+        store.claim(&id, T0 + 60_000, T0 + 2).await.unwrap(),
+        Claim::AlreadyCompleted,
+        "release must not undo a completion (that would forward twice)"
+    );
+}
+
+/// Eight consumers claim one id at the same moment: exactly one wins, the rest see its lease.
+pub async fn dedup_racing_claims_have_one_winner(store: Arc<dyn DedupStore>) {
+    let id = unique("dedup");
+    let claims: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, id) = (Arc::clone(&store), id.clone());
+            tokio::spawn(async move { store.claim(&id, T0 + 30_000 + i, T0).await })
+        })
+        .collect();
+    let mut acquired = 0;
+    let mut held = 0;
+    for claim in claims {
+        match claim.await.unwrap().unwrap() {
+            Claim::Acquired => acquired += 1,
+            Claim::HeldElsewhere { lease_until_ms } => {
+                assert!((T0 + 30_000..T0 + 30_008).contains(&lease_until_ms));
+                held += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((acquired, held), (1, 7), "exactly one claim may win");
+}
+
+// ---- SnapshotStore ---------------------------------------------------------------------------
+
+fn snapshot_key(portal: &str, entity_id: &str) -> SnapshotKey {
+    SnapshotKey {
+        source: Source::Bitrix24,
+        portal: portal.to_string(),
+        family: Family::Deal,
+        entity_id: entity_id.to_string(),
+    }
+}
+
+/// Save and load round-trip the entity exactly; an older version is Stale and changes nothing;
+/// the same version may be written again (a redelivery); a newer one replaces it.
+pub async fn snapshot_versions(store: &dyn SnapshotStore) {
+    let key = snapshot_key(&unique("portal"), "7405");
+    assert_eq!(store.load(&key).await.unwrap(), None);
+    let v2 = Snapshot {
+        entity: serde_json::json!({"ID": "7405", "TITLE": "Сделка №1", "OPPORTUNITY": "100.00", "UF_CRM_1": ["a", null]}),
+        version: 2,
+    };
+    assert_eq!(store.save(&key, &v2).await.unwrap(), SnapshotSave::Saved);
+    assert_eq!(store.load(&key).await.unwrap(), Some(v2.clone()));
+    let v1 = Snapshot {
+        entity: serde_json::json!({"ID": "7405", "TITLE": "old"}),
+        version: 1,
+    };
+    assert_eq!(store.save(&key, &v1).await.unwrap(), SnapshotSave::Stale);
+    assert_eq!(
+        store.load(&key).await.unwrap(),
+        Some(v2.clone()),
+        "a stale save must not write"
+    );
+    assert_eq!(store.save(&key, &v2).await.unwrap(), SnapshotSave::Saved);
+    let v3 = Snapshot {
+        entity: serde_json::json!({"ID": "7405", "TITLE": "new"}),
+        version: 3,
+    };
+    assert_eq!(store.save(&key, &v3).await.unwrap(), SnapshotSave::Saved);
+    assert_eq!(store.load(&key).await.unwrap(), Some(v3));
+}
+
+/// Uninstall deletes every snapshot of that portal and source, and nothing else (not portal
+/// `<p>x`, whose key shares the prefix, nor the same portal id under the other source).
+pub async fn snapshot_delete_portal(store: &dyn SnapshotStore) {
+    let portal = unique("portal");
+    let snap = Snapshot {
+        entity: serde_json::json!({"ID": "1"}),
+        version: 1,
+    };
+    let mine = [snapshot_key(&portal, "1"), snapshot_key(&portal, "2")];
+    let neighbour = snapshot_key(&format!("{portal}x"), "1");
+    let other_source = SnapshotKey {
+        source: Source::Salesman,
+        ..snapshot_key(&portal, "1")
+    };
+    for key in mine.iter().chain([&neighbour, &other_source]) {
+        assert_eq!(store.save(key, &snap).await.unwrap(), SnapshotSave::Saved);
+    }
+    assert_eq!(
+        store
+            .delete_portal(Source::Bitrix24, &portal)
+            .await
+            .unwrap(),
+        2
+    );
+    for key in &mine {
+        assert_eq!(store.load(key).await.unwrap(), None);
+    }
+    assert!(store.load(&neighbour).await.unwrap().is_some());
+    assert!(store.load(&other_source).await.unwrap().is_some());
+}
+
+// ---- TokenStore ------------------------------------------------------------------------------
+
+fn tokens(member_id: &str, refresh: &str) -> PortalTokens {
+    PortalTokens {
+        member_id: member_id.to_string(),
+        domain: "example.bitrix24.ru".into(),
+        application_token: Secret::new("app-token-1"),
+        access_token: Secret::new("access-1"),
+        refresh_token: Secret::new(refresh),
+        // Long past: an expired access token must not make the record vanish (it is how the
+        // refresh token renews it).
+        expires_at_ms: 1_000,
+        client_endpoint: "https://example.bitrix24.ru/rest/".into(),
+        scope: "crm,task".into(),
+    }
+}
+
+/// Put, get, overwrite (a refresh), list and delete portal tokens.
+pub async fn tokens_crud(store: &dyn TokenStore) {
+    let member = unique("member");
+    let other = unique("member");
+    assert_eq!(store.get(&member).await.unwrap(), None);
+    store.put(&tokens(&member, "refresh-1")).await.unwrap();
+    store.put(&tokens(&other, "refresh-x")).await.unwrap();
+    assert_eq!(
+        store.get(&member).await.unwrap(),
+        Some(tokens(&member, "refresh-1"))
+    );
+    store.put(&tokens(&member, "refresh-2")).await.unwrap();
+    let got = store.get(&member).await.unwrap().unwrap();
+    assert_eq!(got.refresh_token.expose(), "refresh-2");
+    let listed = store.list().await.unwrap();
+    assert!(listed.contains(&tokens(&member, "refresh-2")));
+    assert!(listed.contains(&tokens(&other, "refresh-x")));
+    store.delete(&member).await.unwrap();
+    assert_eq!(store.get(&member).await.unwrap(), None);
+    assert!(store.get(&other).await.unwrap().is_some());
+}
+
+// ---- AttemptLog ------------------------------------------------------------------------------
+
+fn attempt(event_id: &str, at_ms: i64, status: Option<u16>, outcome: &str) -> Attempt {
+    Attempt {
+        event_id: event_id.to_string(),
+        at_ms,
+        destination: "https://hooks.example/crm".into(),
+        status,
+        latency_ms: 12,
+        outcome: outcome.into(),
+        error: status
+            .filter(|s| *s >= 500)
+            .map(|s| format!("destination answered {s}")),
+    }
+}
+
+/// Attempts of one event come back oldest first whatever order they were recorded in, two in
+/// the same millisecond both kept, and no other event's attempts mixed in.
+pub async fn attempts_oldest_first(log: &dyn AttemptLog) {
+    let id = unique("event");
+    let recorded = [
+        attempt(&id, T0 + 300, Some(200), "delivered"),
+        attempt(&id, T0 + 100, None, "retry"),
+        attempt(&id, T0 + 200, Some(503), "retry"),
+        attempt(&id, T0 + 200, Some(502), "retry"),
+    ];
+    for a in &recorded {
+        log.record(a).await.unwrap();
+    }
+    log.record(&attempt(&unique("event"), T0, Some(200), "delivered"))
+        .await
+        .unwrap();
+    let listed = log.list(&id).await.unwrap();
+    assert_eq!(listed.len(), 4);
+    let times: Vec<i64> = listed.iter().map(|a| a.at_ms).collect();
+    assert_eq!(times, vec![T0 + 100, T0 + 200, T0 + 200, T0 + 300]);
+    assert_eq!(listed[0], recorded[1]);
+    assert_eq!(listed[3], recorded[0]);
+    assert!(listed.contains(&recorded[2]) && listed.contains(&recorded[3]));
+    assert_eq!(log.list(&unique("event")).await.unwrap(), vec![]);
+}
+
+// ---- DestinationStatus -----------------------------------------------------------------------
+
+/// 410 disables one destination (with its reason) until enabled again; others stay enabled.
+pub async fn destination_disable_enable(status: &dyn DestinationStatus) {
+    let dest = format!("https://hooks.example/{}?token=abc", unique("d"));
+    let other = format!("https://hooks.example/{}", unique("d"));
+    assert_eq!(status.disabled(&dest).await.unwrap(), None);
+    status
+        .disable(&dest, "answered 410 Gone", T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.disabled(&dest).await.unwrap().as_deref(),
+        Some("answered 410 Gone")
+    );
+    assert_eq!(status.disabled(&other).await.unwrap(), None);
+    status.enable(&dest).await.unwrap();
+    assert_eq!(status.disabled(&dest).await.unwrap(), None);
+}
+
+// ---- Queue -----------------------------------------------------------------------------------
+
+/// What a queue check needs besides `Queue`: the consumer's side of the same queue (Lambda's
+/// event source mapping on SQS, `PollingQueue` on SQLite) and its dead letters.
+#[async_trait]
+pub trait QueueProbe: Send + Sync {
+    /// Messages visible now (up to 10), hidden for `visibility` once received.
+    async fn receive_now(&self, visibility: Duration) -> Vec<QueueMessage>;
+    async fn delete(&self, receipt: &str);
+    async fn dead_letters(&self) -> Vec<DeadLetter>;
+    async fn redrive(&self, filter: &RedriveFilter) -> usize;
+}
+
+#[async_trait]
+impl QueueProbe for SqsQueue {
+    async fn receive_now(&self, visibility: Duration) -> Vec<QueueMessage> {
+        self.receive(10, visibility).await.unwrap()
+    }
+    async fn delete(&self, receipt: &str) {
+        SqsQueue::delete(self, receipt).await.unwrap()
+    }
+    async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.list_dead_letters().await.unwrap()
+    }
+    async fn redrive(&self, filter: &RedriveFilter) -> usize {
+        self.redrive_dead_letters(filter).await.unwrap()
+    }
+}
+
+#[async_trait]
+impl QueueProbe for SqliteStore {
+    async fn receive_now(&self, visibility: Duration) -> Vec<QueueMessage> {
+        PollingQueue::receive(self, 10, visibility, now_ms())
+            .await
+            .unwrap()
+    }
+    async fn delete(&self, receipt: &str) {
+        PollingQueue::delete(self, receipt).await.unwrap()
+    }
+    async fn dead_letters(&self) -> Vec<DeadLetter> {
+        PollingQueue::list_dead_letters(self).await.unwrap()
+    }
+    async fn redrive(&self, filter: &RedriveFilter) -> usize {
+        PollingQueue::redrive(self, filter).await.unwrap()
+    }
+}
+
+fn body_event(message: &QueueMessage) -> RelayEvent {
+    serde_json::from_str(&message.body).expect("queue body is an envelope")
+}
+
+const HIDE: Duration = Duration::from_secs(30);
+
+/// A sent envelope comes back whole, in its entity's group, on its first receive; the same
+/// envelope sent twice (a CRM retry inside the dedup window) is queued once.
+pub async fn queue_send_receive(queue: &dyn Queue, probe: &dyn QueueProbe) {
+    let event = sample_event(&unique("portal"), "7405", 1);
+    queue.send(&event).await.unwrap();
+    queue.send(&event).await.unwrap();
+    let got = probe.receive_now(HIDE).await;
+    assert_eq!(got.len(), 1, "one envelope sent twice is one message");
+    assert_eq!(body_event(&got[0]), event);
+    assert_eq!(got[0].group_id, event.message_group_id());
+    assert_eq!(got[0].receive_count, 1);
+    assert!(!got[0].receipt.is_empty() && !got[0].message_id.is_empty());
+    assert!(
+        probe.receive_now(HIDE).await.is_empty(),
+        "a received message stays hidden"
+    );
+    probe.delete(&got[0].receipt).await;
+}
+
+/// Messages of one entity come out in the order they were sent.
+pub async fn queue_group_order(queue: &dyn Queue, probe: &dyn QueueProbe) {
+    let portal = unique("portal");
+    let sent: Vec<RelayEvent> = (0..3).map(|n| sample_event(&portal, "1", n)).collect();
+    for event in &sent {
+        queue.send(event).await.unwrap();
+    }
+    let mut order = Vec::new();
+    for _ in 0..10 {
+        if order.len() == sent.len() {
+            break;
+        }
+        for message in probe.receive_now(HIDE).await {
+            order.push(body_event(&message).id);
+            probe.delete(&message.receipt).await;
+        }
+    }
+    let expected: Vec<String> = sent.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(order, expected);
+}
+
+/// `retry_after(0)` makes a received message visible again at once (with a higher receive
+/// count); a longer delay keeps it hidden.
+pub async fn queue_retry_after(queue: &dyn Queue, probe: &dyn QueueProbe) {
+    let event = sample_event(&unique("portal"), "9", 1);
+    queue.send(&event).await.unwrap();
+    let first = probe.receive_now(HIDE).await;
+    assert_eq!(first.len(), 1);
+    assert!(probe.receive_now(HIDE).await.is_empty());
+    queue
+        .retry_after(&first[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    let again = probe.receive_now(HIDE).await;
+    assert_eq!(
+        again.len(),
+        1,
+        "retry_after(0) must make the message visible"
+    );
+    assert_eq!(body_event(&again[0]).id, event.id);
+    assert_eq!(again[0].receive_count, 2);
+    queue
+        .retry_after(&again[0].receipt, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert!(probe.receive_now(HIDE).await.is_empty());
+}
+
+/// A parked message lands in the dead-letter queue with its body, group and reason, and is
+/// gone from the queue once the consumer treats it as handled.
+pub async fn queue_park_dead_letter(queue: &dyn Queue, probe: &dyn QueueProbe) {
+    let event = sample_event(&unique("portal"), "11", 1);
+    queue.send(&event).await.unwrap();
+    let got = probe.receive_now(HIDE).await;
+    assert_eq!(got.len(), 1);
+    let before_ms = now_ms() - 1_000;
+    queue
+        .park_dead_letter(&got[0], "destination answered 400")
+        .await
+        .unwrap();
+    probe.delete(&got[0].receipt).await;
+    let letters = probe.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].body, got[0].body);
+    assert_eq!(letters[0].group_id, event.message_group_id());
+    assert_eq!(letters[0].reason, "destination answered 400");
+    assert!(letters[0].parked_at_ms >= before_ms);
+    // Listing does not consume: the letter is still there.
+    assert_eq!(probe.dead_letters().await.len(), 1);
+    assert!(
+        probe.receive_now(HIDE).await.is_empty(),
+        "a parked message must not be delivered again"
+    );
+}
+
+/// Redrive moves selected dead letters back: by envelope id, by time, then all.
+pub async fn queue_redrive(queue: &dyn Queue, probe: &dyn QueueProbe) {
+    let portal = unique("portal");
+    let (a, b) = (sample_event(&portal, "1", 1), sample_event(&portal, "2", 1));
+    queue.send(&a).await.unwrap();
+    queue.send(&b).await.unwrap();
+    let got = probe.receive_now(HIDE).await;
+    assert_eq!(got.len(), 2);
+    for message in &got {
+        queue.park_dead_letter(message, "permanent").await.unwrap();
+        probe.delete(&message.receipt).await;
+    }
+    assert_eq!(probe.dead_letters().await.len(), 2);
+    let by_id = RedriveFilter {
+        ids: vec![a.id.clone()],
+        since_ms: None,
+    };
+    assert_eq!(probe.redrive(&by_id).await, 1);
+    let back = probe.receive_now(HIDE).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(body_event(&back[0]), a);
+    assert_eq!(back[0].group_id, a.message_group_id());
+    probe.delete(&back[0].receipt).await;
+    let left = probe.dead_letters().await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(body_event_of(&left[0]).id, b.id);
+    let future = RedriveFilter {
+        ids: vec![],
+        since_ms: Some(now_ms() + 3_600_000),
+    };
+    assert_eq!(probe.redrive(&future).await, 0);
+    assert_eq!(probe.redrive(&RedriveFilter::default()).await, 1);
+    assert!(probe.dead_letters().await.is_empty());
+    let back = probe.receive_now(HIDE).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(body_event(&back[0]).id, b.id);
+}
+
+fn body_event_of(letter: &DeadLetter) -> RelayEvent {
+    serde_json::from_str(&letter.body).expect("dead letter body is an envelope")
+}
+
+// ---- PollingQueue (the embedded queue's own delivery rules) ----------------------------------
+
+/// One message in flight per group: the next of a group waits until the first is deleted,
+/// while other groups are delivered meanwhile.
+pub async fn polling_one_in_flight_per_group(queue: &dyn PollingQueue) {
+    let portal = unique("portal");
+    let (a1, a2, b1) = (
+        sample_event(&portal, "a", 1),
+        sample_event(&portal, "a", 2),
+        sample_event(&portal, "b", 1),
+    );
+    for e in [&a1, &a2, &b1] {
+        queue.send(e).await.unwrap();
+    }
+    let got = queue.receive(10, HIDE, T0).await.unwrap();
+    let ids: Vec<String> = got.iter().map(|m| body_event(m).id).collect();
+    assert_eq!(ids, vec![a1.id.clone(), b1.id.clone()]);
+    assert!(queue.receive(10, HIDE, T0).await.unwrap().is_empty());
+    queue.delete(&got[0].receipt).await.unwrap();
+    let next = queue.receive(10, HIDE, T0).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(body_event(&next[0]).id, a2.id);
+}
+
+/// An unfinished message reappears when its visibility ends; after `max_receive_count`
+/// receives it moves to the dead-letter table, and its group moves on.
+pub async fn polling_visibility_and_max_receives(queue: &dyn PollingQueue, max_receive_count: u32) {
+    let portal = unique("portal");
+    let (poison, next) = (sample_event(&portal, "p", 1), sample_event(&portal, "p", 2));
+    queue.send(&poison).await.unwrap();
+    queue.send(&next).await.unwrap();
+    let step = HIDE.as_millis() as i64;
+    let mut now = T0;
+    for expected_count in 1..=max_receive_count {
+        let got = queue.receive(10, HIDE, now).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(body_event(&got[0]).id, poison.id);
+        assert_eq!(got[0].receive_count, expected_count);
+        assert!(queue
+            .receive(10, HIDE, now + step - 1)
+            .await
+            .unwrap()
+            .is_empty());
+        now += step;
+    }
+    let got = queue.receive(10, HIDE, now).await.unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "the group must move on past a dead-lettered message"
+    );
+    assert_eq!(body_event(&got[0]).id, next.id);
+    let letters = queue.list_dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(body_event_of(&letters[0]).id, poison.id);
+    assert!(letters[0].reason.contains(&max_receive_count.to_string()));
+}

@@ -1,1 +1,129 @@
-//! (stub)
+//! A loopback destination (the user's system): records every request's headers and body,
+//! and answers with a chosen failure the next N times, optionally with `Retry-After`.
+
+use crate::loopback::{serve, LoopbackServer};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// Header names lower-case.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// What this destination answered.
+    pub answered: u16,
+}
+
+impl Received {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("destination got JSON")
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Default)]
+struct DestinationState {
+    received: Vec<Received>,
+    /// (status, Retry-After) answers still to give, in order.
+    failures: VecDeque<(u16, Option<String>)>,
+    /// Held before answering: lets a test keep a delivery in flight.
+    delay: Duration,
+}
+
+pub struct Destination {
+    state: Arc<Mutex<DestinationState>>,
+    server: LoopbackServer,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Destination {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(DestinationState::default()));
+        let router = axum::Router::new()
+            .fallback(receive)
+            .with_state(state.clone());
+        Destination {
+            state,
+            server: serve(router).await,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/hooks/crm", self.server.base_url)
+    }
+
+    /// The next `times` requests answer `status`.
+    pub fn fail_next(&self, status: u16, times: usize) {
+        self.fail_next_with_retry_after(status, times, None);
+    }
+
+    pub fn fail_next_with_retry_after(&self, status: u16, times: usize, retry_after: Option<&str>) {
+        let mut s = lock(&self.state);
+        for _ in 0..times {
+            s.failures
+                .push_back((status, retry_after.map(str::to_string)));
+        }
+    }
+
+    pub fn hold_answers_for(&self, delay: Duration) {
+        lock(&self.state).delay = delay;
+    }
+
+    /// Every request, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.state).received.clone()
+    }
+
+    /// Requests answered 2xx.
+    pub fn delivered(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| (200..300).contains(&r.answered))
+            .collect()
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<Mutex<DestinationState>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (answer, delay) = {
+        let mut s = lock(&state);
+        let answer = s.failures.pop_front();
+        let status = answer.as_ref().map(|a| a.0).unwrap_or(200);
+        s.received.push(Received {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect(),
+            body: body.to_vec(),
+            answered: status,
+        });
+        (answer, s.delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    match answer {
+        None => (StatusCode::OK, "ok").into_response(),
+        Some((status, retry_after)) => {
+            let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            match retry_after {
+                Some(value) => (code, [("retry-after", value)], "failed").into_response(),
+                None => (code, "failed").into_response(),
+            }
+        }
+    }
+}

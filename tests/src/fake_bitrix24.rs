@@ -1,1 +1,536 @@
-//! (stub)
+//! A loopback Bitrix24 portal: the same URL forms (inbound webhook `/rest/<user>/<code>/<method>.json`,
+//! OAuth `/rest/<method>.json` with `auth`), the same error bodies and statuses, a leaky bucket,
+//! `batch`, and an `/oauth/token/` refresh endpoint. One server is one portal.
+//!
+//! Methods live in a table (`register`), so tests and other suites can add `app.info`,
+//! `event.bind`… with a closure over the portal's state.
+
+use crate::loopback::{serve, LoopbackServer};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// What a method answers: the `result`, or an error as Bitrix24 writes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MethodReply {
+    Result(Value),
+    Error {
+        status: u16,
+        error: String,
+        description: String,
+    },
+}
+
+impl MethodReply {
+    pub fn error(status: u16, error: &str, description: &str) -> Self {
+        MethodReply::Error {
+            status,
+            error: error.into(),
+            description: description.into(),
+        }
+    }
+
+    /// `crm.*.get` for a missing id: 400 with an empty `error` (as real portals answer).
+    pub fn crm_not_found() -> Self {
+        MethodReply::error(400, "", "Not found")
+    }
+
+    pub fn query_limit_exceeded() -> Self {
+        MethodReply::error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
+    }
+}
+
+/// A method: reads or changes the portal's state given the call's params.
+pub type MethodHandler = Arc<dyn Fn(&mut PortalState, &Value) -> MethodReply + Send + Sync>;
+
+/// Everything a test may look at or change. Entities are kept per kind (`deal`, `lead`,
+/// `task`, `item:31`…) by id, exactly as the methods return them.
+pub struct PortalState {
+    pub member_id: String,
+    pub domain: String,
+    pub webhook_user: String,
+    pub webhook_code: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Tokens that now answer `expired_token`.
+    pub expired_tokens: HashSet<String>,
+    pub entities: HashMap<String, BTreeMap<String, Value>>,
+    /// Free room for methods added later (event bindings, offline events…).
+    pub extra: HashMap<String, Value>,
+    /// REST requests received (a `batch` is one), refused ones included.
+    pub requests: u64,
+    /// Requests refused with 503 `QUERY_LIMIT_EXCEEDED` by the bucket.
+    pub limited: u64,
+    pub refreshes: u64,
+    /// Method names in arrival order (`batch` once per batch).
+    pub calls: Vec<String>,
+    /// Answers forced on the next REST requests, before any method runs.
+    pub injected: VecDeque<MethodReply>,
+    bucket_rate: f64,
+    bucket_burst: f64,
+    bucket_level: f64,
+    bucket_at: Instant,
+    token_serial: u64,
+}
+
+impl PortalState {
+    pub fn entity(&self, kind: &str, id: &str) -> Option<&Value> {
+        self.entities.get(kind).and_then(|m| m.get(id))
+    }
+
+    pub fn set_entity(&mut self, kind: &str, id: &str, value: Value) {
+        self.entities
+            .entry(kind.to_string())
+            .or_default()
+            .insert(id.to_string(), value);
+    }
+
+    /// The leaky bucket: drains at `rate`/s; a request that would overflow `burst` is refused.
+    fn admit(&mut self) -> bool {
+        let now = Instant::now();
+        let drained = now.duration_since(self.bucket_at).as_secs_f64() * self.bucket_rate;
+        self.bucket_level = (self.bucket_level - drained).max(0.0);
+        self.bucket_at = now;
+        if self.bucket_level + 1.0 > self.bucket_burst {
+            false
+        } else {
+            self.bucket_level += 1.0;
+            true
+        }
+    }
+}
+
+/// The bucket the portal enforces. Bitrix24: 2/s, blocked above 50.
+#[derive(Clone, Copy, Debug)]
+pub struct PortalLimits {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for PortalLimits {
+    fn default() -> Self {
+        PortalLimits {
+            per_second: 2.0,
+            burst: 50.0,
+        }
+    }
+}
+
+type Methods = Arc<Mutex<HashMap<String, MethodHandler>>>;
+
+#[derive(Clone)]
+struct Shared {
+    state: Arc<Mutex<PortalState>>,
+    methods: Methods,
+    base_url: Arc<Mutex<String>>,
+}
+
+pub struct FakeBitrix24 {
+    shared: Shared,
+    server: LoopbackServer,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl FakeBitrix24 {
+    pub async fn start(member_id: &str, limits: PortalLimits) -> Self {
+        let state = PortalState {
+            member_id: member_id.to_string(),
+            domain: format!("{member_id}.bitrix24.test"),
+            webhook_user: "1".into(),
+            webhook_code: "whcode0123456789".into(),
+            client_id: "local.app.1".into(),
+            client_secret: "client-secret-xyz".into(),
+            access_token: "access-0-SECRET".into(),
+            refresh_token: "refresh-0-SECRET".into(),
+            expired_tokens: HashSet::new(),
+            entities: HashMap::new(),
+            extra: HashMap::new(),
+            requests: 0,
+            limited: 0,
+            refreshes: 0,
+            calls: Vec::new(),
+            injected: VecDeque::new(),
+            bucket_rate: limits.per_second,
+            bucket_burst: limits.burst,
+            bucket_level: 0.0,
+            bucket_at: Instant::now(),
+            token_serial: 0,
+        };
+        let shared = Shared {
+            state: Arc::new(Mutex::new(state)),
+            methods: Arc::new(Mutex::new(default_methods())),
+            base_url: Arc::new(Mutex::new(String::new())),
+        };
+        let router = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        let server = serve(router).await;
+        *lock(&shared.base_url) = server.base_url.clone();
+        FakeBitrix24 { shared, server }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.server.base_url
+    }
+
+    /// Inbound webhook base, as Bitrix24 shows it: `…/rest/<user>/<code>/`.
+    pub fn webhook_url(&self) -> String {
+        let s = self.state();
+        format!(
+            "{}/rest/{}/{}/",
+            self.server.base_url, s.webhook_user, s.webhook_code
+        )
+    }
+
+    /// OAuth `client_endpoint`: `…/rest/`.
+    pub fn client_endpoint(&self) -> String {
+        format!("{}/rest/", self.server.base_url)
+    }
+
+    /// The OAuth server (`RELAY_B24_OAUTH_URL`); here the same server.
+    pub fn oauth_url(&self) -> String {
+        self.server.base_url.clone()
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, PortalState> {
+        lock(&self.shared.state)
+    }
+
+    /// Adds or replaces a method.
+    pub fn register(
+        &self,
+        method: &str,
+        handler: impl Fn(&mut PortalState, &Value) -> MethodReply + Send + Sync + 'static,
+    ) {
+        lock(&self.shared.methods).insert(method.to_string(), Arc::new(handler));
+    }
+
+    pub fn set_entity(&self, kind: &str, id: &str, value: Value) {
+        self.state().set_entity(kind, id, value);
+    }
+
+    pub fn remove_entity(&self, kind: &str, id: &str) {
+        if let Some(m) = self.state().entities.get_mut(kind) {
+            m.remove(id);
+        }
+    }
+
+    /// The current access token starts answering 401 `expired_token`.
+    pub fn expire_access_token(&self) {
+        let mut s = self.state();
+        let token = s.access_token.clone();
+        s.expired_tokens.insert(token);
+    }
+
+    pub fn inject(&self, reply: MethodReply) {
+        self.state().injected.push_back(reply);
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.state().requests
+    }
+
+    pub fn limited(&self) -> u64 {
+        self.state().limited
+    }
+}
+
+/// `crm.<x>.get` over entities of kind `kind`, param `id`.
+fn crm_get(kind: &'static str) -> MethodHandler {
+    Arc::new(move |s: &mut PortalState, p: &Value| {
+        let id = param(p, "id").or_else(|| param(p, "ID"));
+        match id {
+            None => MethodReply::error(400, "", "ID is not defined or invalid."),
+            Some(id) => match s.entity(kind, &id) {
+                Some(v) => MethodReply::Result(v.clone()),
+                None => MethodReply::crm_not_found(),
+            },
+        }
+    })
+}
+
+fn default_methods() -> HashMap<String, MethodHandler> {
+    let mut m: HashMap<String, MethodHandler> = HashMap::new();
+    for (method, kind) in [
+        ("crm.deal.get", "deal"),
+        ("crm.lead.get", "lead"),
+        ("crm.contact.get", "contact"),
+        ("crm.company.get", "company"),
+        ("crm.requisite.get", "requisite"),
+        ("crm.requisite.bankdetail.get", "bankdetail"),
+        ("crm.invoice.get", "invoice"),
+        ("crm.activity.get", "activity"),
+    ] {
+        m.insert(method.into(), crm_get(kind));
+    }
+    m.insert(
+        "crm.item.get".into(),
+        Arc::new(|s: &mut PortalState, p: &Value| {
+            let (Some(etid), Some(id)) = (param(p, "entityTypeId"), param(p, "id")) else {
+                return MethodReply::error(400, "400", "entityTypeId and id are required");
+            };
+            match s.entity(&format!("item:{etid}"), &id) {
+                Some(v) => MethodReply::Result(json!({ "item": v })),
+                None => MethodReply::error(400, "NOT_FOUND", "Element not found"),
+            }
+        }),
+    );
+    m.insert(
+        "tasks.task.get".into(),
+        Arc::new(|s: &mut PortalState, p: &Value| {
+            let id = param(p, "taskId").unwrap_or_default();
+            match s.entity("task", &id) {
+                Some(v) => MethodReply::Result(json!({ "task": v })),
+                None => MethodReply::error(
+                    400,
+                    "ERROR_CORE",
+                    "TASKS_ERROR_EXCEPTION_#256; Task not found or access denied.; 256/TE/ITEM_NOT_FOUND_OR_NOT_ACCESSIBLE<br>",
+                ),
+            }
+        }),
+    );
+    m
+}
+
+/// A param as a string, whether sent as a JSON number or string.
+pub fn param(params: &Value, key: &str) -> Option<String> {
+    match params.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn answer(reply: MethodReply) -> Response {
+    match reply {
+        MethodReply::Result(result) => Json(json!({
+            "result": result,
+            "time": {"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0, "operating": 0}
+        }))
+        .into_response(),
+        MethodReply::Error {
+            status,
+            error,
+            description,
+        } => (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response(),
+    }
+}
+
+/// Params from the query string and the body (JSON, or a flat form with `cmd[key]=`).
+fn params_of(uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Value {
+    let mut map = Map::new();
+    let add_pairs = |raw: &[u8], map: &mut Map<String, Value>| {
+        for (k, v) in form_urlencoded::parse(raw) {
+            if let Some(key) = k.strip_prefix("cmd[").and_then(|r| r.strip_suffix(']')) {
+                let cmd = map.entry("cmd").or_insert_with(|| json!({}));
+                if let Value::Object(cmd) = cmd {
+                    cmd.insert(key.to_string(), json!(v));
+                }
+            } else {
+                map.insert(k.into_owned(), json!(v));
+            }
+        }
+    };
+    if let Some(q) = uri.query() {
+        add_pairs(q.as_bytes(), &mut map);
+    }
+    let is_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if is_json {
+        if let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) {
+            map.extend(body);
+        }
+    } else {
+        add_pairs(body, &mut map);
+    }
+    Value::Object(map)
+}
+
+async fn handle(
+    State(shared): State<Shared>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let params = params_of(&uri, &headers, &body);
+    let path = uri.path().to_string();
+    if path.trim_end_matches('/') == "/oauth/token" {
+        return refresh(&shared, &params);
+    }
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut state = lock(&shared.state);
+    // Authenticate by URL form: webhook `/rest/<user>/<code>/<method>.json`, OAuth `/rest/<method>.json`.
+    let method = match segments.as_slice() {
+        ["rest", user, code, method] => {
+            if *user != state.webhook_user || *code != state.webhook_code {
+                return answer(MethodReply::error(
+                    401,
+                    "INVALID_CREDENTIALS",
+                    "Invalid request credentials",
+                ));
+            }
+            method.trim_end_matches(".json").to_string()
+        }
+        ["rest", method] => {
+            let auth = param(&params, "auth").unwrap_or_default();
+            if state.expired_tokens.contains(&auth) {
+                state.requests += 1;
+                return answer(MethodReply::error(
+                    401,
+                    "expired_token",
+                    "The access token provided has expired.",
+                ));
+            }
+            if auth.is_empty() || auth != state.access_token {
+                state.requests += 1;
+                return answer(MethodReply::error(
+                    401,
+                    "invalid_token",
+                    "The access token provided is invalid.",
+                ));
+            }
+            method.trim_end_matches(".json").to_string()
+        }
+        _ => return (StatusCode::NOT_FOUND, "not a REST path").into_response(),
+    };
+    state.requests += 1;
+    state.calls.push(method.clone());
+    if !state.admit() {
+        state.limited += 1;
+        return answer(MethodReply::query_limit_exceeded());
+    }
+    if let Some(forced) = state.injected.pop_front() {
+        return answer(forced);
+    }
+    let methods = lock(&shared.methods).clone();
+    if method == "batch" {
+        return answer(run_batch(&mut state, &methods, &params));
+    }
+    match methods.get(&method) {
+        Some(handler) => answer(handler(&mut state, &params)),
+        None => answer(MethodReply::error(
+            404,
+            "ERROR_METHOD_NOT_FOUND",
+            "Method not found!",
+        )),
+    }
+}
+
+/// `batch`: each `cmd[key]` is `method?query`; results and errors keyed alike. Empty maps
+/// are `[]`, as PHP writes them.
+fn run_batch(
+    state: &mut PortalState,
+    methods: &HashMap<String, MethodHandler>,
+    params: &Value,
+) -> MethodReply {
+    let Some(Value::Object(cmd)) = params.get("cmd") else {
+        return MethodReply::error(400, "INVALID_ARG_VALUE", "cmd is required");
+    };
+    if cmd.len() > 50 {
+        return MethodReply::error(
+            400,
+            "ERROR_BATCH_LENGTH_EXCEEDED",
+            "Max batch length exceeded",
+        );
+    }
+    let halt = param(params, "halt").is_some_and(|h| h == "1" || h == "true");
+    let mut results = Map::new();
+    let mut errors = Map::new();
+    for (key, command) in cmd {
+        let command = command.as_str().unwrap_or_default();
+        let (method, query) = command.split_once('?').unwrap_or((command, ""));
+        let mut sub = Map::new();
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            sub.insert(k.into_owned(), json!(v));
+        }
+        let reply = match methods.get(method) {
+            Some(handler) => handler(state, &Value::Object(sub)),
+            None => MethodReply::error(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
+        };
+        match reply {
+            MethodReply::Result(r) => {
+                results.insert(key.clone(), r);
+            }
+            MethodReply::Error {
+                error, description, ..
+            } => {
+                errors.insert(
+                    key.clone(),
+                    json!({"error": error, "error_description": description}),
+                );
+                if halt {
+                    break;
+                }
+            }
+        }
+    }
+    let php = |m: Map<String, Value>| {
+        if m.is_empty() {
+            json!([])
+        } else {
+            Value::Object(m)
+        }
+    };
+    MethodReply::Result(json!({
+        "result": php(results),
+        "result_error": php(errors),
+        "result_total": [],
+        "result_next": [],
+        "result_time": [],
+    }))
+}
+
+/// `GET /oauth/token/?grant_type=refresh_token&client_id&client_secret&refresh_token`: a new
+/// pair; the old refresh token stops working (Bitrix24 refresh tokens are single-use).
+fn refresh(shared: &Shared, params: &Value) -> Response {
+    let mut s = lock(&shared.state);
+    let ok = param(params, "grant_type").as_deref() == Some("refresh_token")
+        && param(params, "client_id").as_deref() == Some(s.client_id.as_str())
+        && param(params, "client_secret").as_deref() == Some(s.client_secret.as_str())
+        && param(params, "refresh_token").as_deref() == Some(s.refresh_token.as_str());
+    if !ok {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_grant", "error_description": "Invalid refresh token"})),
+        )
+            .into_response();
+    }
+    s.token_serial += 1;
+    s.refreshes += 1;
+    let old = s.access_token.clone();
+    s.expired_tokens.insert(old);
+    s.access_token = format!("access-{}-SECRET", s.token_serial);
+    s.refresh_token = format!("refresh-{}-SECRET", s.token_serial);
+    let base = lock(&shared.base_url).clone();
+    Json(json!({
+        "access_token": s.access_token,
+        "expires": 4102444800i64,
+        "expires_in": 3600,
+        "scope": "crm,task",
+        "domain": "oauth.bitrix.info",
+        "server_endpoint": "https://oauth.bitrix.info/rest/",
+        "status": "L",
+        "client_endpoint": format!("{base}/rest/"),
+        "member_id": s.member_id,
+        "user_id": 1,
+        "refresh_token": s.refresh_token,
+    }))
+    .into_response()
+}

@@ -8,7 +8,6 @@ use crate::drain::{drain_queue, DrainSettings};
 use crate::routes::{router, RouteState};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::ingest::Ingress;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +27,10 @@ pub struct ServeArgs {
     /// ONOFFLINEEVENT); off unless given.
     #[arg(long, value_name = "SECONDS")]
     poll_offline: Option<u64>,
+    /// Batches processed at once, like concurrent consumer Lambdas. Order per entity holds
+    /// whatever the number: the queue hands out one message per entity at a time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    consumers: u16,
 }
 
 pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
@@ -35,7 +38,12 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let config = RelayConfig::from_env()?;
     let backend = LocalBackend::open(data_dir)?;
     let queued = Arc::new(Notify::new());
-    let ingress = Arc::new(Ingress::new(backend.queue(), config.clone()));
+    let offline_wake = Arc::new(Notify::new());
+    let ingress = Arc::new(crate::app_mode::serve_ingress(
+        &backend,
+        config.clone(),
+        offline_wake.clone(),
+    )?);
     let consumer = Arc::new(backend.consumer(config.clone(), false)?);
 
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -47,7 +55,6 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     print_banner(addr, &config, &backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let offline_wake = Arc::new(Notify::new());
     let offline_poller = crate::poll::spawn_serve_poller(
         args.poll_offline,
         &config,
@@ -55,23 +62,30 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
         offline_wake.clone(),
         stop_rx.clone(),
     )?;
-    let drain = tokio::spawn(drain_queue(
-        backend.polling_queue(),
-        consumer,
-        queued.clone(),
-        stop_rx,
-        DrainSettings {
-            batch_timeout: args.batch_timeout,
-        },
-    ));
+    let settings = DrainSettings {
+        batch_timeout: args.batch_timeout,
+    };
+    let drains: Vec<_> = (0..args.consumers)
+        .map(|_| {
+            tokio::spawn(drain_queue(
+                backend.polling_queue(),
+                consumer.clone(),
+                queued.clone(),
+                stop_rx.clone(),
+                settings,
+            ))
+        })
+        .collect();
     let app = router(RouteState { ingress, queued });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     println!("relay: stopping: no new requests; finishing the batch in flight");
     let _ = stop_tx.send(true);
-    if let Err(err) = drain.await {
-        tracing::error!(error = %err, "the consumer task ended abnormally");
+    for drain in drains {
+        if let Err(err) = drain.await {
+            tracing::error!(error = %err, "a consumer task ended abnormally");
+        }
     }
     if let Some(poller) = offline_poller {
         let _ = poller.await;

@@ -96,6 +96,59 @@ impl SqsQueue {
         Ok(())
     }
 
+    /// Every message in the DLQ, oldest first per group, without removing any: each is
+    /// received (hidden briefly) and made visible again at the end.
+    pub async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let dlq = self.require_dlq()?;
+        let mut letters: Vec<DeadLetter> = Vec::new();
+        let mut held = Vec::new();
+        let result = async {
+            for _ in 0..MAX_REDRIVE_ROUNDS {
+                let out = self
+                    .client
+                    .receive_message()
+                    .queue_url(dlq)
+                    .max_number_of_messages(10)
+                    .visibility_timeout(REDRIVE_HOLD_SECS)
+                    .wait_time_seconds(0)
+                    .message_system_attribute_names(MessageSystemAttributeName::All)
+                    .message_attribute_names("All")
+                    .send()
+                    .await
+                    .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
+                if out.messages().is_empty() {
+                    break;
+                }
+                for message in out.messages() {
+                    held.push(message.receipt_handle().unwrap_or_default().to_string());
+                    let letter = to_dead_letter(message);
+                    if !letters.iter().any(|l| l.message_id == letter.message_id) {
+                        letters.push(letter);
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        }
+        .await;
+        self.release_held(dlq, held).await;
+        result.map(|()| letters)
+    }
+
+    /// Makes DLQ messages that a listing or redrive only looked at visible again.
+    async fn release_held(&self, dlq: &str, held: Vec<String>) {
+        for receipt in held {
+            // Best effort: a receipt not released here reappears when its hold expires.
+            let _ = self
+                .client
+                .change_message_visibility()
+                .queue_url(dlq)
+                .receipt_handle(receipt)
+                .visibility_timeout(0)
+                .send()
+                .await;
+        }
+    }
+
     /// Moves dead letters back to the main queue: all of them, those whose envelope id is in
     /// `filter.ids`, and/or those parked at or after `filter.since_ms`. Returns how many moved.
     ///
@@ -157,16 +210,7 @@ impl SqsQueue {
         }
         .await;
         // Whatever happened above, give back what was only looked at.
-        for receipt in held {
-            let _ = self
-                .client
-                .change_message_visibility()
-                .queue_url(dlq)
-                .receipt_handle(receipt)
-                .visibility_timeout(0)
-                .send()
-                .await;
-        }
+        self.release_held(dlq, held).await;
         result.map(|()| moved)
     }
 }

@@ -242,6 +242,22 @@ impl Bitrix24Client {
         }
     }
 
+    /// A refresh token works once: when another consumer refreshed first, ours is refused,
+    /// and the pair it saved in the token store is the one to use.
+    async fn refresh_or_reload(&self, old: &PortalTokens) -> Result<PortalTokens, EnrichError> {
+        match self.refresh(old).await {
+            Ok(fresh) => Ok(fresh),
+            Err(EnrichError::Permanent(reason)) => match self.credentials(&old.member_id).await {
+                Ok(Credentials::OAuth(stored)) if stored.access_token != old.access_token => {
+                    tracing::info!(portal = %old.member_id, "tokens were refreshed elsewhere; using them");
+                    Ok(stored)
+                }
+                _ => Err(EnrichError::Permanent(reason)),
+            },
+            Err(other) => Err(other),
+        }
+    }
+
     /// `grant_type=refresh_token` on the OAuth server; the new pair replaces the old one in the
     /// token store (a refresh token works once).
     async fn refresh(&self, old: &PortalTokens) -> Result<PortalTokens, EnrichError> {
@@ -357,7 +373,7 @@ impl Bitrix24Rest for Bitrix24Client {
                 Err(Failure::Enrich(e)) => return Err(e),
                 Err(Failure::ExpiredToken) => match (&credentials, refreshed) {
                     (Credentials::OAuth(tokens), false) => {
-                        credentials = Credentials::OAuth(self.refresh(tokens).await?);
+                        credentials = Credentials::OAuth(self.refresh_or_reload(tokens).await?);
                         refreshed = true;
                     }
                     _ => {

@@ -6,3 +6,4 @@ pub mod bind;
 pub mod events;
 pub mod install;
 pub mod offline;
+pub mod wiring;

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod crm;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,6 +20,8 @@ pub const FORWARD_DEADLINE: Duration = Duration::from_secs(120);
 /// The consumer's per-batch budget in tests: small, so that after a kill -9 the killed
 /// process's claims (lease) and in-flight messages (6 × this) come back within seconds.
 pub const BATCH_TIMEOUT: &str = "2s";
+/// Consumer tasks of the relay under test (`relay serve --consumers`).
+pub const CONSUMERS: usize = 4;
 
 /// A data dir under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);

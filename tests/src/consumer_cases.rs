@@ -1,0 +1,1025 @@
+//! The consumer's behaviour, written once as functions over `ConsumerPorts`, so the same cases
+//! run on the in-memory store, the embedded SQLite store and DynamoDB + SQS on moto.
+//! Each case starts its own fake portal, SalesMan and destination on loopback.
+
+use crate::destination::Destination;
+use crate::fake_bitrix24::{FakeBitrix24, MethodReply, PortalLimits};
+use crate::fake_salesman::FakeSalesman;
+use crate::probe::QueueProbe;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use shared::config::RelayConfig;
+use shared::consume::{Consumer, ConsumerPorts};
+use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
+use shared::event::{envelope_id, Family, RelayEvent, Source};
+use shared::ports::{Bitrix24Rest, Claim, PortalTokens, QueueMessage, SnapshotKey};
+use shared::secret::Secret;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Standard Webhooks specification's example secret.
+pub const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const PORTAL: &str = "a1b2c3d4member";
+pub const SALESMAN_IDENTITY: &str = "1";
+/// A fixed clock: tests pass time in, so leases and expiries are exact.
+pub const T0_MS: i64 = 1_766_000_000_000;
+pub const REMAINING: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Auth {
+    /// `RELAY_B24_WEBHOOK_URL`.
+    Webhook,
+    /// Stored portal tokens + OAuth app credentials.
+    OAuth,
+}
+
+/// One case's surroundings: fakes on loopback and the ports under test.
+pub struct World {
+    pub portal: FakeBitrix24,
+    pub salesman: FakeSalesman,
+    pub destination: Destination,
+    pub ports: ConsumerPorts,
+    pub probe: Arc<dyn QueueProbe>,
+    pub config: RelayConfig,
+    pub limits: PortalLimits,
+}
+
+impl World {
+    pub async fn new(
+        ports: ConsumerPorts,
+        probe: Arc<dyn QueueProbe>,
+        auth: Auth,
+        limits: PortalLimits,
+    ) -> World {
+        let portal = FakeBitrix24::start(PORTAL, limits).await;
+        let salesman = FakeSalesman::start("robot", "sm-apikey-SECRET").await;
+        let destination = Destination::start().await;
+        let mut config = RelayConfig {
+            destination_url: Some(destination.url()),
+            signing_secret: Some(Secret::new(SIGNING_SECRET)),
+            salesman_url: Some(salesman.url()),
+            salesman_login: Some("robot".into()),
+            salesman_apikey: Some(Secret::new("sm-apikey-SECRET")),
+            b24_oauth_url: portal.oauth_url(),
+            ..RelayConfig::default()
+        };
+        match auth {
+            Auth::Webhook => config.b24_webhook_url = Some(Secret::new(portal.webhook_url())),
+            Auth::OAuth => {
+                let (client_id, client_secret, access, refresh) = {
+                    let s = portal.state();
+                    (
+                        s.client_id.clone(),
+                        s.client_secret.clone(),
+                        s.access_token.clone(),
+                        s.refresh_token.clone(),
+                    )
+                };
+                config.b24_client_id = Some(client_id);
+                config.b24_client_secret = Some(Secret::new(client_secret));
+                ports
+                    .tokens
+                    .put(&PortalTokens {
+                        member_id: PORTAL.into(),
+                        domain: format!("{PORTAL}.bitrix24.test"),
+                        application_token: Secret::new("app-token-SECRET"),
+                        access_token: Secret::new(access),
+                        refresh_token: Secret::new(refresh),
+                        expires_at_ms: T0_MS + 3_600_000,
+                        client_endpoint: portal.client_endpoint(),
+                        scope: "crm,task".into(),
+                    })
+                    .await
+                    .expect("store portal tokens");
+            }
+        }
+        World {
+            portal,
+            salesman,
+            destination,
+            ports,
+            probe,
+            config,
+            limits,
+        }
+    }
+
+    /// The REST client a consumer uses: the portal's bucket with a margin of two requests
+    /// (requests reach the portal a little later than the client counts them).
+    pub fn bitrix24_client(&self) -> Bitrix24Client {
+        Bitrix24Client::new(
+            reqwest::Client::new(),
+            &self.config,
+            self.ports.tokens.clone(),
+        )
+        .with_rate_limit(RateLimit {
+            per_second: self.limits.per_second,
+            burst: (self.limits.burst - 2.0).max(1.0),
+        })
+        .with_backoff(Duration::from_millis(10), 5)
+    }
+
+    /// A fresh consumer instance (as another Lambda would be) over the same ports.
+    pub fn consumer(&self) -> Consumer {
+        let client: Arc<dyn Bitrix24Rest> = Arc::new(self.bitrix24_client());
+        Consumer::new(
+            self.ports.clone(),
+            self.config.clone(),
+            Some(client),
+            reqwest::Client::new(),
+        )
+    }
+}
+
+fn fast_limits() -> PortalLimits {
+    PortalLimits::default()
+}
+
+static MESSAGE_SERIAL: AtomicU64 = AtomicU64::new(0);
+
+/// A Bitrix24 envelope as ingress builds it (data carries only the ID).
+pub fn b24_event(family: Family, name: &str, entity_id: &str, ts: i64) -> RelayEvent {
+    let data = if name.starts_with("ONTASK") {
+        json!({"FIELDS_AFTER": {"ID": entity_id}})
+    } else {
+        json!({"FIELDS": {"ID": entity_id}})
+    };
+    RelayEvent {
+        v: 1,
+        id: envelope_id(Source::Bitrix24, PORTAL, name, &data, ts),
+        source: Source::Bitrix24,
+        portal: PORTAL.into(),
+        domain: Some(format!("{PORTAL}.bitrix24.test")),
+        family,
+        event: name.into(),
+        entity_id: Some(entity_id.into()),
+        ts,
+        received_at: "2026-11-22T10:00:00Z".into(),
+        data,
+    }
+}
+
+/// An SQS message carrying `event` (a new message id each time, as SQS gives).
+pub fn message(event: &RelayEvent, receive_count: u32) -> QueueMessage {
+    let serial = MESSAGE_SERIAL.fetch_add(1, Ordering::Relaxed);
+    QueueMessage {
+        message_id: format!("msg-{serial}"),
+        receipt: format!("receipt-{serial}"),
+        body: serde_json::to_string(event).expect("envelope serialises"),
+        group_id: event.message_group_id(),
+        receive_count,
+    }
+}
+
+fn deal(id: &str, title: &str, stage: &str, amount: &str) -> Value {
+    json!({"ID": id, "TITLE": title, "STAGE_ID": stage, "OPPORTUNITY": amount, "CURRENCY_ID": "RUB"})
+}
+
+async fn outcomes(world: &World, event_id: &str) -> Vec<(String, Option<u16>)> {
+    world
+        .ports
+        .attempts
+        .list(event_id)
+        .await
+        .expect("attempt log readable")
+        .into_iter()
+        .map(|a| (a.outcome, a.status))
+        .collect()
+}
+
+pub async fn duplicate_delivery_forwards_once(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "7405", deal("7405", "Big", "NEW", "100"));
+    let consumer = world.consumer();
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "7405", 100);
+
+    let first = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    // The same delivery again, as a second SQS message (ingress saw it twice).
+    let second = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS + 5_000)
+        .await;
+
+    assert!(first.failed.is_empty() && second.failed.is_empty());
+    assert_eq!(
+        world.destination.received().len(),
+        1,
+        "forwarded exactly once"
+    );
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![("delivered".into(), Some(200)), ("skipped".into(), None)]
+    );
+}
+
+pub async fn racing_consumers_forward_once(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "1", deal("1", "Race", "NEW", "1"));
+    // Keep the first delivery in flight while the second consumer tries to claim.
+    world
+        .destination
+        .hold_answers_for(Duration::from_millis(200));
+    let (a, b) = (world.consumer(), world.consumer());
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 100);
+    let (ma, mb) = (message(&event, 1), message(&event, 1));
+
+    let (ra, rb) = tokio::join!(
+        a.process_batch(std::slice::from_ref(&ma), REMAINING, T0_MS),
+        b.process_batch(std::slice::from_ref(&mb), REMAINING, T0_MS)
+    );
+    assert_eq!(
+        world.destination.received().len(),
+        1,
+        "one of the racers forwarded"
+    );
+    assert_eq!(
+        ra.failed.len() + rb.failed.len(),
+        1,
+        "the loser is told to retry later"
+    );
+    // The loser's retry, after the winner completed, is a skipped duplicate.
+    let loser = if ra.failed.is_empty() { &mb } else { &ma };
+    let retry = a
+        .process_batch(std::slice::from_ref(loser), REMAINING, T0_MS + 61_000)
+        .await;
+    assert!(retry.failed.is_empty());
+    assert_eq!(world.destination.received().len(), 1);
+}
+
+pub async fn dead_consumer_is_taken_over_after_its_lease(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "9", deal("9", "Crash", "NEW", "1"));
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "9", 100);
+    // A consumer claimed it with a 30 s lease and then died.
+    let claimed = world
+        .ports
+        .dedup
+        .claim(&event.id, T0_MS + 30_000, T0_MS)
+        .await
+        .expect("claim");
+    assert_eq!(claimed, Claim::Acquired);
+
+    let consumer = world.consumer();
+    let during = consumer
+        .process_batch(&[message(&event, 2)], REMAINING, T0_MS + 10_000)
+        .await;
+    assert_eq!(during.failed.len(), 1, "the live lease is respected");
+    assert!(world.destination.received().is_empty());
+
+    let after = consumer
+        .process_batch(&[message(&event, 3)], REMAINING, T0_MS + 31_000)
+        .await;
+    assert!(after.failed.is_empty(), "the expired lease is taken over");
+    assert_eq!(world.destination.delivered().len(), 1);
+}
+
+pub async fn destination_failing_three_times_then_delivers_once(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "5", deal("5", "Flaky", "NEW", "1"));
+    world.destination.fail_next(503, 2);
+    world
+        .destination
+        .fail_next_with_retry_after(429, 1, Some("120"));
+    let consumer = world.consumer();
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "5", 100);
+
+    for receive in 1..=3u32 {
+        let report = consumer
+            .process_batch(
+                &[message(&event, receive)],
+                REMAINING,
+                T0_MS + receive as i64 * 1000,
+            )
+            .await;
+        assert_eq!(report.failed.len(), 1, "attempt {receive} must be retried");
+    }
+    let last = consumer
+        .process_batch(&[message(&event, 4)], REMAINING, T0_MS + 10_000)
+        .await;
+    assert!(last.failed.is_empty());
+
+    assert_eq!(world.destination.delivered().len(), 1, "delivered once");
+    let ids: Vec<String> = world
+        .destination
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![event.id.clone(); 4],
+        "every try carries the same webhook-id"
+    );
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![
+            ("retry".into(), Some(503)),
+            ("retry".into(), Some(503)),
+            ("retry".into(), Some(429)),
+            ("delivered".into(), Some(200)),
+        ]
+    );
+}
+
+pub async fn permanent_4xx_goes_to_the_dead_letter_queue(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "6", deal("6", "Refused", "NEW", "1"));
+    world.destination.fail_next(422, 1);
+    let consumer = world.consumer();
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "6", 100);
+    let msg = message(&event, 1);
+
+    let report = consumer
+        .process_batch(std::slice::from_ref(&msg), REMAINING, T0_MS)
+        .await;
+    assert!(
+        report.failed.is_empty(),
+        "a permanent failure is not retried by SQS"
+    );
+    let parked = world.probe.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, msg.body, "the message itself is parked");
+    assert!(
+        parked[0].1.contains("422"),
+        "reason names the status: {}",
+        parked[0].1
+    );
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![("dead_letter".into(), Some(422))]
+    );
+    // Replayed from the DLQ once the receiver is fixed, it is delivered (claim was released).
+    let replay = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS + 60_000)
+        .await;
+    assert!(replay.failed.is_empty());
+    assert_eq!(world.destination.delivered().len(), 1);
+}
+
+pub async fn gone_disables_the_destination(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "1", deal("1", "A", "NEW", "1"));
+    world
+        .portal
+        .set_entity("deal", "2", deal("2", "B", "NEW", "1"));
+    world.destination.fail_next(410, 1);
+    let consumer = world.consumer();
+    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 100);
+    let second = b24_event(Family::Deal, "ONCRMDEALUPDATE", "2", 101);
+
+    let r1 = consumer
+        .process_batch(&[message(&first, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(r1.failed.is_empty());
+    let disabled = world
+        .ports
+        .destinations
+        .disabled(&world.destination.url())
+        .await
+        .expect("destination status readable");
+    assert!(disabled.is_some(), "410 disables the destination");
+
+    let r2 = consumer
+        .process_batch(&[message(&second, 1)], REMAINING, T0_MS + 1000)
+        .await;
+    assert!(r2.failed.is_empty());
+    assert_eq!(
+        world.destination.received().len(),
+        1,
+        "nothing more is sent there"
+    );
+    assert_eq!(
+        world.probe.parked().await.len(),
+        2,
+        "both events are kept in the DLQ"
+    );
+    assert_eq!(
+        outcomes(&world, &second.id).await,
+        vec![("disabled".into(), None)]
+    );
+}
+
+pub async fn batch_of_200_events_stays_under_the_portal_bucket(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, PortalLimits::default()).await;
+    let mut messages = Vec::new();
+    for i in 1..=200 {
+        let id = i.to_string();
+        world
+            .portal
+            .set_entity("deal", &id, deal(&id, "Bulk", "NEW", "1"));
+        messages.push(message(
+            &b24_event(Family::Deal, "ONCRMDEALUPDATE", &id, 100),
+            1,
+        ));
+    }
+    let report = world
+        .consumer()
+        .process_batch(&messages, REMAINING, T0_MS)
+        .await;
+
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    assert_eq!(world.destination.delivered().len(), 200);
+    assert_eq!(world.portal.limited(), 0, "the portal never answered 503");
+    assert_eq!(
+        world.portal.requests(),
+        4,
+        "200 lookups go as 4 batch calls of 50"
+    );
+    assert!(world.portal.state().calls.iter().all(|c| c == "batch"));
+    // Every forwarded entity is the portal's own record.
+    for r in world.destination.delivered() {
+        let body = r.json();
+        assert_eq!(body["entity"]["ID"], body["entity_id"]);
+    }
+}
+
+/// Single calls, more than the bucket holds: the client-side limiter spreads them out.
+pub async fn single_calls_beyond_the_burst_wait_for_the_bucket(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    // Slow enough that scheduling jitter on a loaded machine (up to ~80 ms between the client's
+    // count and the portal's) stays inside the client's two-request margin.
+    let limits = PortalLimits {
+        per_second: 25.0,
+        burst: 10.0,
+    };
+    let world = World::new(ports, probe, Auth::Webhook, limits).await;
+    world
+        .portal
+        .set_entity("deal", "1", deal("1", "A", "NEW", "1"));
+    let client = world.bitrix24_client();
+    for _ in 0..30 {
+        let answer = client
+            .call(PORTAL, "crm.deal.get", json!({"id": "1"}))
+            .await
+            .expect("crm.deal.get answers");
+        assert_eq!(answer.result["TITLE"], "A");
+    }
+    assert_eq!(world.portal.requests(), 30);
+    assert_eq!(world.portal.limited(), 0, "the portal never answered 503");
+}
+
+pub async fn rate_limit_answers_back_off_and_retry(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "3", deal("3", "Busy", "NEW", "1"));
+    world.portal.inject(MethodReply::query_limit_exceeded());
+    world.portal.inject(MethodReply::error(
+        429,
+        "OPERATION_TIME_LIMIT",
+        "Method is blocked due to operation time limit.",
+    ));
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "3", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    assert_eq!(world.portal.requests(), 3, "two refusals, then the answer");
+    assert_eq!(
+        world.destination.delivered()[0].json()["entity"]["TITLE"],
+        "Busy"
+    );
+}
+
+pub async fn changes_across_add_update_update(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let consumer = world.consumer();
+    let steps = [
+        ("ONCRMDEALADD", deal("42", "New deal", "NEW", "100")),
+        ("ONCRMDEALUPDATE", deal("42", "Renamed", "NEW", "100")),
+        ("ONCRMDEALUPDATE", deal("42", "Renamed", "WON", "250")),
+    ];
+    for (i, (name, state)) in steps.iter().enumerate() {
+        world.portal.set_entity("deal", "42", state.clone());
+        let event = b24_event(Family::Deal, name, "42", 100 + i as i64);
+        let report = consumer
+            .process_batch(&[message(&event, 1)], REMAINING, T0_MS + i as i64 * 1000)
+            .await;
+        assert!(report.failed.is_empty());
+    }
+    let bodies: Vec<Value> = world
+        .destination
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    assert_eq!(bodies[0]["changes"], json!([]), "empty on first sight");
+    assert_eq!(bodies[0]["entity"], steps[0].1);
+    assert_eq!(
+        bodies[1]["changes"],
+        json!([{"field": "TITLE", "old": "New deal", "new": "Renamed"}])
+    );
+    assert_eq!(
+        bodies[2]["changes"],
+        json!([
+            {"field": "OPPORTUNITY", "old": "100", "new": "250"},
+            {"field": "STAGE_ID", "old": "NEW", "new": "WON"},
+        ])
+    );
+    assert_eq!(bodies[2]["entity"], steps[2].1);
+    let key = SnapshotKey {
+        source: Source::Bitrix24,
+        portal: PORTAL.into(),
+        family: Family::Deal,
+        entity_id: "42".into(),
+    };
+    let stored = world.ports.snapshots.load(&key).await.expect("snapshot");
+    assert_eq!(
+        stored.map(|s| (s.entity, s.version)),
+        Some((steps[2].1.clone(), 102))
+    );
+}
+
+pub async fn signature_verifies_with_an_independent_hmac(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "8", deal("8", "Signed", "NEW", "1"));
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "8", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+
+    let got = &world.destination.delivered()[0];
+    let (id, ts, sig) = (
+        got.header("webhook-id"),
+        got.header("webhook-timestamp"),
+        got.header("webhook-signature"),
+    );
+    assert_eq!(id, event.id);
+    assert_eq!(ts, (T0_MS / 1000).to_string());
+    assert_eq!(got.header("content-type"), "application/json");
+    // Verify as a receiver would, straight from the spec: HMAC-SHA256 over "id.ts.body"
+    // with the base64-decoded secret after `whsec_`.
+    let key = BASE64
+        .decode(SIGNING_SECRET.trim_start_matches("whsec_"))
+        .expect("secret is base64");
+    let mut mac = <Hmac<Sha256>>::new_from_slice(&key).expect("hmac key");
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(&got.body);
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    assert_eq!(sig, expected);
+    // And a body changed by one byte would not verify.
+    let mut tampered = <Hmac<Sha256>>::new_from_slice(&key).expect("hmac key");
+    tampered.update(format!("{id}.{ts}.").as_bytes());
+    tampered.update(&got.body[1..]);
+    assert_ne!(
+        sig,
+        format!("v1,{}", BASE64.encode(tampered.finalize().into_bytes()))
+    );
+}
+
+pub async fn malformed_message_parks_alone(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "11", deal("11", "After", "NEW", "1"));
+    let good = b24_event(Family::Deal, "ONCRMDEALUPDATE", "11", 100);
+    let good_msg = message(&good, 1);
+    let bad = QueueMessage {
+        message_id: "bad-1".into(),
+        receipt: "bad-receipt".into(),
+        body: "{\"v\":1,\"id\":".into(),
+        group_id: good.message_group_id(),
+        receive_count: 1,
+    };
+    let report = world
+        .consumer()
+        .process_batch(&[bad, good_msg], REMAINING, T0_MS)
+        .await;
+    assert!(
+        report.failed.is_empty(),
+        "neither fails: {:?}",
+        report.failed
+    );
+    let parked = world.probe.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, "{\"v\":1,\"id\":");
+    assert!(parked[0].1.contains("malformed"));
+    assert_eq!(world.destination.delivered().len(), 1, "its group goes on");
+}
+
+pub async fn fifo_group_failure_holds_back_later_messages(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "1", deal("1", "A", "NEW", "1"));
+    world
+        .portal
+        .set_entity("deal", "2", deal("2", "B", "NEW", "1"));
+    world.destination.fail_next(503, 1);
+    let a1 = b24_event(Family::Deal, "ONCRMDEALADD", "1", 100);
+    let a2 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 101);
+    let b1 = b24_event(Family::Deal, "ONCRMDEALADD", "2", 100);
+    let batch = [message(&a1, 1), message(&a2, 1), message(&b1, 1)];
+    let report = world
+        .consumer()
+        .process_batch(&batch, REMAINING, T0_MS)
+        .await;
+
+    assert_eq!(
+        report.failed,
+        vec![batch[0].message_id.clone(), batch[1].message_id.clone()],
+        "the failed message and the later one of its group"
+    );
+    let ids: Vec<String> = world
+        .destination
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![a1.id.clone(), b1.id.clone()],
+        "a2 was not sent ahead of a1"
+    );
+    assert!(
+        outcomes(&world, &a2.id).await.is_empty(),
+        "a2 was not processed"
+    );
+    // a2 was released, not claimed: the next delivery processes it in order.
+    let next = world
+        .consumer()
+        .process_batch(&batch[..2], REMAINING, T0_MS + 10_000)
+        .await;
+    assert!(next.failed.is_empty());
+    let delivered: Vec<String> = world
+        .destination
+        .delivered()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(delivered, vec![b1.id.clone(), a1.id.clone(), a2.id.clone()]);
+}
+
+pub async fn no_token_in_forwarded_body_or_snapshot(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::OAuth, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "77", deal("77", "Secret-free", "NEW", "1"));
+    // An old-style message whose data still holds `auth`: it must not leave either.
+    let mut event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "77", 100);
+    event.data["auth"] =
+        json!({"access_token": "access-0-SECRET", "application_token": "app-token-SECRET"});
+    let report = world
+        .consumer()
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    let body = String::from_utf8(world.destination.delivered()[0].body.clone()).expect("utf8");
+    assert!(body.contains("Secret-free"), "entity came through OAuth");
+    assert!(
+        !body.contains("SECRET"),
+        "no token in the forwarded body: {body}"
+    );
+    let key = SnapshotKey {
+        source: Source::Bitrix24,
+        portal: PORTAL.into(),
+        family: Family::Deal,
+        entity_id: "77".into(),
+    };
+    let snapshot = world
+        .ports
+        .snapshots
+        .load(&key)
+        .await
+        .expect("snapshot")
+        .expect("saved");
+    assert!(!snapshot.entity.to_string().contains("SECRET"));
+}
+
+pub async fn expired_token_is_refreshed_once_and_saved(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::OAuth, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "12", deal("12", "Fresh", "NEW", "1"));
+    world.portal.expire_access_token();
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "12", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    assert_eq!(world.portal.state().refreshes, 1);
+    assert_eq!(
+        world.destination.delivered()[0].json()["entity"]["TITLE"],
+        "Fresh"
+    );
+    let stored = world
+        .ports
+        .tokens
+        .get(PORTAL)
+        .await
+        .expect("tokens")
+        .expect("stored");
+    let (access, refresh) = {
+        let s = world.portal.state();
+        (s.access_token.clone(), s.refresh_token.clone())
+    };
+    assert_eq!(stored.access_token.expose(), access);
+    assert_eq!(
+        stored.refresh_token.expose(),
+        refresh,
+        "the new refresh token is saved"
+    );
+    assert_eq!(stored.application_token.expose(), "app-token-SECRET");
+}
+
+pub async fn missing_and_deleted_entities_forward_null(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let consumer = world.consumer();
+    let gone = b24_event(Family::Deal, "ONCRMDEALUPDATE", "404", 100);
+    let task_gone = b24_event(Family::Activity, "ONTASKUPDATE", "405", 100);
+    let deleted = b24_event(Family::Deal, "ONCRMDEALDELETE", "406", 100);
+    for event in [&gone, &task_gone, &deleted] {
+        let report = consumer
+            .process_batch(&[message(event, 1)], REMAINING, T0_MS)
+            .await;
+        assert!(report.failed.is_empty(), "{} is not an error", event.event);
+    }
+    assert_eq!(world.portal.requests(), 2, "a delete event asks nothing");
+    let bodies: Vec<Value> = world
+        .destination
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(bodies.len(), 3);
+    assert!(bodies
+        .iter()
+        .all(|b| b["entity"].is_null() && b["changes"] == json!([])));
+}
+
+pub async fn tasks_and_smart_invoices_unwrap_their_entity(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("task", "31", json!({"id": "31", "title": "Call back"}));
+    world
+        .portal
+        .set_entity("item:31", "5", json!({"id": 5, "title": "Invoice #5"}));
+    let consumer = world.consumer();
+    for event in [
+        b24_event(Family::Activity, "ONTASKUPDATE", "31", 100),
+        b24_event(Family::Invoice, "ONCRMDYNAMICITEMUPDATE_31", "5", 100),
+    ] {
+        let report = consumer
+            .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+            .await;
+        assert!(report.failed.is_empty());
+    }
+    let bodies: Vec<Value> = world
+        .destination
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(bodies[0]["entity"]["title"], "Call back");
+    assert_eq!(bodies[1]["entity"]["title"], "Invoice #5");
+}
+
+pub async fn salesman_events_are_enriched_through_v3(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world.salesman.set_record(
+        "deal",
+        "12",
+        json!({"did": 12, "title": "SM deal", "step": "40"}),
+    );
+    let data = json!({"did": "12", "stepOld": "20", "stepNew": "40"});
+    let name = "deal.change.step";
+    let event = RelayEvent {
+        v: 1,
+        id: envelope_id(Source::Salesman, SALESMAN_IDENTITY, name, &data, 200),
+        source: Source::Salesman,
+        portal: SALESMAN_IDENTITY.into(),
+        domain: None,
+        family: Family::Deal,
+        event: name.into(),
+        entity_id: Some("12".into()),
+        ts: 200,
+        received_at: "2026-11-22T10:00:00Z".into(),
+        data,
+    };
+    let lead = RelayEvent {
+        event: "lead.add".into(),
+        family: Family::Lead,
+        id: "f".repeat(64),
+        ..event.clone()
+    };
+    let report = world
+        .consumer()
+        .process_batch(&[message(&event, 1), message(&lead, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    let bodies: Vec<Value> = world
+        .destination
+        .delivered()
+        .iter()
+        .map(|r| r.json())
+        .collect();
+    assert_eq!(bodies[0]["entity"]["title"], "SM deal");
+    assert!(
+        bodies[1]["entity"].is_null(),
+        "lead has no v3 info method: as is"
+    );
+    assert_eq!(world.salesman.state().requests, 1);
+}
+
+pub async fn destination_timeout_is_retried(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .destination
+        .hold_answers_for(Duration::from_millis(500));
+    let event = b24_event(Family::Deal, "ONCRMDEALDELETE", "13", 100);
+    let report = world
+        .consumer()
+        .with_forward_timeout(Duration::from_millis(50))
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed.len(), 1, "a timeout is retried, not dropped");
+    let attempts = world
+        .ports
+        .attempts
+        .list(&event.id)
+        .await
+        .expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "retry");
+    assert_eq!(attempts[0].status, None);
+    assert_eq!(attempts[0].error.as_deref(), Some("timed out"));
+}
+
+pub async fn crm_outage_is_retried_and_recorded(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "14", deal("14", "Later", "NEW", "1"));
+    world.portal.inject(MethodReply::error(
+        500,
+        "INTERNAL_SERVER_ERROR",
+        "Internal server error",
+    ));
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "14", 100);
+    let consumer = world.consumer();
+    let first = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    assert_eq!(first.failed.len(), 1);
+    assert!(
+        world.destination.received().is_empty(),
+        "nothing half-enriched is sent"
+    );
+    let second = consumer
+        .process_batch(&[message(&event, 2)], REMAINING, T0_MS + 5_000)
+        .await;
+    assert!(second.failed.is_empty());
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![("retry".into(), None), ("delivered".into(), Some(200))]
+    );
+}
+
+pub async fn salesman_missing_record_is_null_and_bad_key_parks(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let sm_event = |name: &str, family, id: &str, ts| {
+        let data = json!({"clid": id});
+        RelayEvent {
+            v: 1,
+            id: envelope_id(Source::Salesman, SALESMAN_IDENTITY, name, &data, ts),
+            source: Source::Salesman,
+            portal: SALESMAN_IDENTITY.into(),
+            domain: None,
+            family,
+            event: name.into(),
+            entity_id: Some(id.into()),
+            ts,
+            received_at: "2026-11-22T10:00:00Z".into(),
+            data,
+        }
+    };
+    let missing = sm_event("client.edit", Family::Company, "999", 300);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&missing, 1)], REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty());
+    assert!(world.destination.delivered()[0].json()["entity"].is_null());
+
+    // A wrong API key is not fixed by retrying: parked with the reason, nothing forwarded.
+    world.salesman.state().apikey = "rotated".into();
+    let refused = sm_event("client.edit", Family::Company, "1000", 301);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&refused, 1)], REMAINING, T0_MS + 1000)
+        .await;
+    assert!(report.failed.is_empty());
+    assert_eq!(world.destination.received().len(), 1);
+    let parked = world.probe.parked().await;
+    assert_eq!(parked.len(), 1);
+    assert!(
+        parked[0].1.contains("enrichment refused"),
+        "{}",
+        parked[0].1
+    );
+    assert!(!parked[0].1.contains("sm-apikey"), "no key in the reason");
+}
+
+/// Generates one `#[tokio::test]` per consumer case for a backend. `$setup` is an async fn
+/// returning `(ConsumerPorts, Arc<dyn QueueProbe>)` on fresh (or freshly keyed) storage.
+#[macro_export]
+macro_rules! consumer_case_tests {
+    ($setup:path) => {
+        $crate::consumer_case_tests!(@each $setup;
+            duplicate_delivery_forwards_once,
+            racing_consumers_forward_once,
+            dead_consumer_is_taken_over_after_its_lease,
+            destination_failing_three_times_then_delivers_once,
+            permanent_4xx_goes_to_the_dead_letter_queue,
+            gone_disables_the_destination,
+            batch_of_200_events_stays_under_the_portal_bucket,
+            single_calls_beyond_the_burst_wait_for_the_bucket,
+            rate_limit_answers_back_off_and_retry,
+            changes_across_add_update_update,
+            signature_verifies_with_an_independent_hmac,
+            malformed_message_parks_alone,
+            fifo_group_failure_holds_back_later_messages,
+            no_token_in_forwarded_body_or_snapshot,
+            expired_token_is_refreshed_once_and_saved,
+            missing_and_deleted_entities_forward_null,
+            tasks_and_smart_invoices_unwrap_their_entity,
+            salesman_events_are_enriched_through_v3,
+            salesman_missing_record_is_null_and_bad_key_parks,
+            destination_timeout_is_retried,
+            crm_outage_is_retried_and_recorded,
+        );
+    };
+    (@each $setup:path; $($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (ports, probe) = $setup().await;
+            $crate::consumer_cases::$name(ports, probe).await;
+        }
+    )*};
+}

@@ -1,0 +1,47 @@
+//! What the consumer cases need to see of a queue beyond the `Queue` port: the parked
+//! messages. Each backend (memory, SQLite, SQS on moto) implements it its own way.
+
+use async_trait::async_trait;
+use shared::ports::DeadLetter;
+
+#[async_trait]
+pub trait QueueProbe: Send + Sync {
+    /// (body, reason) of every message parked in the dead-letter queue, oldest first. Bodies,
+    /// not message ids: SQS gives a parked message a new id in the DLQ.
+    async fn parked(&self) -> Vec<(String, String)>;
+}
+
+fn oldest_first(mut letters: Vec<DeadLetter>) -> Vec<(String, String)> {
+    letters.sort_by_key(|d| d.parked_at_ms);
+    letters.into_iter().map(|d| (d.body, d.reason)).collect()
+}
+
+/// The probe for any queue that lists its own dead letters (the embedded SQLite queue).
+/// `keep` holds whatever must live as long as the store (its scratch directory).
+pub struct PollingQueueProbe<K: Send + Sync = ()> {
+    pub queue: std::sync::Arc<dyn shared::ports::PollingQueue>,
+    pub keep: K,
+}
+
+#[async_trait]
+impl<K: Send + Sync> QueueProbe for PollingQueueProbe<K> {
+    async fn parked(&self) -> Vec<(String, String)> {
+        oldest_first(
+            self.queue
+                .list_dead_letters()
+                .await
+                .expect("dead letters readable"),
+        )
+    }
+}
+
+#[async_trait]
+impl QueueProbe for shared::aws::sqs::SqsQueue {
+    async fn parked(&self) -> Vec<(String, String)> {
+        oldest_first(
+            self.list_dead_letters()
+                .await
+                .expect("DLQ readable on moto"),
+        )
+    }
+}

@@ -1,0 +1,261 @@
+//! Ingress onto SQS FIFO on moto, over the wire: sample Function URL events through the
+//! Lambda glue and `Ingress::handle` into `SqsQueue`, read back with a plain SQS client
+//! (body, MessageGroupId, MessageDeduplicationId); a stopped or silent queue gives 503 / an
+//! error within the SDK timeouts, never a 202 and never a hang.
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use integration_tests::contract::sample_event;
+use integration_tests::moto::{
+    create_fifo_queues, create_table, dynamo_client_for, moto_config, sqs_client_for, unique_name,
+    MotoServer, MAX_RECEIVE_COUNT,
+};
+use shared::aws::dynamo::DynamoStore;
+use shared::aws::sqs::SqsQueue;
+use shared::aws::OPERATION_TIMEOUT;
+use shared::config::{AppTokens, RelayConfig};
+use shared::error::StoreError;
+use shared::event::{Family, RelayEvent};
+use shared::ingest::Ingress;
+use shared::lambda::ingest::handle_function_url_request;
+use shared::ports::{Claim, DedupStore, Queue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Longer than the SDK's own operation timeout: if this fires, the timeouts are not applied.
+const HANG_GUARD: Duration = Duration::from_secs(OPERATION_TIMEOUT.as_secs() * 3);
+
+/// The application token of the samples in events/ (see events/README.md).
+const SAMPLE_APP_TOKEN: &str = "local-dev-app-token";
+
+fn ingress_on(queue: SqsQueue) -> Ingress {
+    let config = RelayConfig {
+        b24_app_tokens: AppTokens::parse(SAMPLE_APP_TOKEN).unwrap(),
+        ..RelayConfig::default()
+    };
+    Ingress::new(Arc::new(queue), config)
+}
+
+/// A Function URL event from events/, as Lambda would hand it to the ingest function.
+fn sample_request(path: &str) -> lambda_http::Request {
+    let file = format!("{}/../events/{path}", env!("CARGO_MANIFEST_DIR"));
+    let json = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    lambda_http::request::from_str(&json).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+async fn post(ingress: &Ingress, path: &str) -> (u16, serde_json::Value) {
+    let response = handle_function_url_request(ingress, Family::Deal, sample_request(path)).await;
+    let body: serde_json::Value =
+        serde_json::from_slice(response.body().as_ref()).expect("JSON answer");
+    (response.status().as_u16(), body)
+}
+
+#[tokio::test]
+async fn a_function_url_event_is_queued_on_sqs_before_202() {
+    let config = moto_config().await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let queues = create_fifo_queues(&client, MAX_RECEIVE_COUNT).await;
+    let ingress = ingress_on(SqsQueue::from_conf(
+        &config,
+        &queues.queue_url,
+        Some(queues.dlq_url),
+    ));
+
+    let (status, body) = post(&ingress, "ingest-deal/bitrix24-form.json").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"]
+        .as_str()
+        .expect("202 names the envelope id")
+        .to_string();
+
+    let out = client
+        .receive_message()
+        .queue_url(&queues.queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .expect("receive from moto");
+    assert_eq!(out.messages().len(), 1);
+    let message = &out.messages()[0];
+    let raw = message.body().unwrap();
+    assert!(
+        !raw.contains(SAMPLE_APP_TOKEN),
+        "no token may enter the queue"
+    );
+    let event: RelayEvent = serde_json::from_str(raw).expect("body is the envelope");
+    assert_eq!(event.id, id);
+    assert_eq!(event.event, "ONCRMDEALUPDATE");
+    assert_eq!(event.entity_id.as_deref(), Some("7405"));
+    let attrs = message.attributes().expect("system attributes");
+    assert_eq!(
+        attrs[&MessageSystemAttributeName::MessageGroupId],
+        "bitrix24#a1b2c3d4e5f60718293a4b5c6d7e8f90#deal#7405"
+    );
+    assert_eq!(
+        attrs[&MessageSystemAttributeName::MessageDeduplicationId],
+        id
+    );
+}
+
+#[tokio::test]
+async fn ingress_answers_503_once_the_queue_is_down() {
+    let mut moto = MotoServer::spawn();
+    let client = sqs_client_for(moto.endpoint()).await;
+    let queues = create_fifo_queues(&client, MAX_RECEIVE_COUNT).await;
+    let ingress = ingress_on(SqsQueue::new(
+        client,
+        &queues.queue_url,
+        Some(queues.dlq_url),
+    ));
+    let (status, body) = post(&ingress, "ingest-deal/bitrix24-form.json").await;
+    assert_eq!(status, 202, "{body}");
+
+    moto.kill();
+    let (status, body) =
+        tokio::time::timeout(HANG_GUARD, post(&ingress, "ingest-deal/bitrix24-json.json"))
+            .await
+            .expect("ingress must answer within the SDK timeouts when the queue is down");
+    assert_eq!(
+        status, 503,
+        "an event the queue did not take must not get a 2xx: {body}"
+    );
+    assert!(body.get("id").is_none());
+}
+
+#[tokio::test]
+async fn envelopes_arrive_with_their_group_and_dedup_ids() {
+    let config = moto_config().await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let queues = create_fifo_queues(&client, MAX_RECEIVE_COUNT).await;
+    let queue = SqsQueue::from_conf(&config, &queues.queue_url, Some(queues.dlq_url.clone()));
+    let portal = unique_name("portal");
+    let sent = [
+        sample_event(&portal, "7405", 1),
+        sample_event(&portal, "7406", 1),
+        sample_event(&portal, "7405", 2),
+    ];
+    for event in &sent {
+        queue.send(event).await.expect("send to moto");
+    }
+
+    let mut received: HashMap<String, (RelayEvent, String, String)> = HashMap::new();
+    for _ in 0..10 {
+        if received.len() == sent.len() {
+            break;
+        }
+        let out = client
+            .receive_message()
+            .queue_url(&queues.queue_url)
+            .max_number_of_messages(10)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive from moto");
+        for message in out.messages() {
+            let event: RelayEvent =
+                serde_json::from_str(message.body().unwrap()).expect("body is the envelope");
+            let attrs = message.attributes().expect("system attributes");
+            let group = attrs[&MessageSystemAttributeName::MessageGroupId].clone();
+            let dedup = attrs[&MessageSystemAttributeName::MessageDeduplicationId].clone();
+            received.insert(event.id.clone(), (event, group, dedup));
+            client
+                .delete_message()
+                .queue_url(&queues.queue_url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(received.len(), sent.len());
+    for event in &sent {
+        let (body, group, dedup) = &received[&event.id];
+        assert_eq!(body, event, "the body is the envelope, unchanged");
+        assert_eq!(
+            group,
+            &format!(
+                "bitrix24#{portal}#deal#{}",
+                event.entity_id.as_deref().unwrap()
+            )
+        );
+        assert_eq!(dedup, &event.id);
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_queue_is_an_error_not_a_loss() {
+    let mut moto = MotoServer::spawn();
+    let client = sqs_client_for(moto.endpoint()).await;
+    let queues = create_fifo_queues(&client, MAX_RECEIVE_COUNT).await;
+    let queue = SqsQueue::new(client, &queues.queue_url, Some(queues.dlq_url));
+    let portal = unique_name("portal");
+    queue
+        .send(&sample_event(&portal, "1", 1))
+        .await
+        .expect("send while the queue is up");
+
+    moto.kill();
+    let outcome = tokio::time::timeout(HANG_GUARD, queue.send(&sample_event(&portal, "1", 2)))
+        .await
+        .expect("a send to a stopped queue must fail within the SDK timeouts, not hang");
+    match outcome {
+        Err(StoreError::Unavailable(reason)) => {
+            assert!(reason.starts_with("sqs SendMessage"), "{reason}");
+            assert!(
+                !reason.contains("testing"),
+                "no credential in errors: {reason}"
+            );
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_table_is_an_error_for_the_consumer() {
+    let mut moto = MotoServer::spawn();
+    let client = dynamo_client_for(moto.endpoint()).await;
+    let table = create_table(&client).await;
+    let store = DynamoStore::new(client, table);
+    assert_eq!(
+        store.claim("e1", 2_000, 1_000).await.unwrap(),
+        Claim::Acquired
+    );
+
+    moto.kill();
+    let outcome = tokio::time::timeout(HANG_GUARD, store.claim("e2", 2_000, 1_000))
+        .await
+        .expect("a claim on a stopped table must fail within the SDK timeouts");
+    assert!(
+        matches!(&outcome, Err(StoreError::Unavailable(r)) if r.contains("dedup claim")),
+        "{outcome:?}"
+    );
+}
+
+/// A server that accepts connections and never answers (a network black hole): only the
+/// attempt and operation timeouts stop the call.
+#[tokio::test]
+async fn a_silent_queue_times_out_instead_of_hanging() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // Bounded: the SDK makes at most a few connections before giving up.
+        for _ in 0..16 {
+            match listener.accept().await {
+                Ok((socket, _)) => held.push(socket),
+                Err(_) => break,
+            }
+        }
+    });
+    let client = sqs_client_for(&endpoint).await;
+    let queue = SqsQueue::new(client, format!("{endpoint}/123456789012/q.fifo"), None);
+    let outcome = tokio::time::timeout(HANG_GUARD, queue.send(&sample_event("p", "1", 1)))
+        .await
+        .expect("the SDK timeouts must end a call to a silent server");
+    assert!(
+        matches!(&outcome, Err(StoreError::Unavailable(r)) if r.contains("timed out")),
+        "{outcome:?}"
+    );
+    hold.abort();
+}
