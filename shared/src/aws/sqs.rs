@@ -108,22 +108,11 @@ impl SqsQueue {
         let mut held = Vec::new();
         let result = async {
             for _ in 0..MAX_REDRIVE_ROUNDS {
-                let out = self
-                    .client
-                    .receive_message()
-                    .queue_url(dlq)
-                    .max_number_of_messages(10)
-                    .visibility_timeout(REDRIVE_HOLD_SECS)
-                    .wait_time_seconds(0)
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
-                    .message_attribute_names("All")
-                    .send()
-                    .await
-                    .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
-                if out.messages().is_empty() {
+                let messages = self.hold_dead_letters(dlq).await?;
+                if messages.is_empty() {
                     break;
                 }
-                for message in out.messages() {
+                for message in &messages {
                     held.push(message.receipt_handle().unwrap_or_default().to_string());
                     let letter = to_dead_letter(message);
                     if !letters.iter().any(|l| l.message_id == letter.message_id) {
@@ -136,6 +125,26 @@ impl SqsQueue {
         .await;
         self.release_held(dlq, held).await;
         result.map(|()| letters)
+    }
+
+    /// Receives up to 10 DLQ messages with their attributes, hidden for `REDRIVE_HOLD_SECS`.
+    async fn hold_dead_letters(
+        &self,
+        dlq: &str,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, StoreError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(REDRIVE_HOLD_SECS)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
+        Ok(out.messages.unwrap_or_default())
     }
 
     /// Makes DLQ messages that a listing or redrive only looked at visible again.
@@ -169,22 +178,11 @@ impl SqsQueue {
         let mut held = Vec::new();
         let result = async {
             for _ in 0..MAX_REDRIVE_ROUNDS {
-                let out = self
-                    .client
-                    .receive_message()
-                    .queue_url(dlq)
-                    .max_number_of_messages(10)
-                    .visibility_timeout(REDRIVE_HOLD_SECS)
-                    .wait_time_seconds(0)
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
-                    .message_attribute_names("All")
-                    .send()
-                    .await
-                    .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
-                if out.messages().is_empty() {
+                let messages = self.hold_dead_letters(dlq).await?;
+                if messages.is_empty() {
                     break;
                 }
-                for message in out.messages() {
+                for message in &messages {
                     let letter = to_dead_letter(message);
                     let receipt = message.receipt_handle().unwrap_or_default().to_string();
                     if !filter.selects(&letter, envelope_id_of(&letter.body).as_deref()) {
