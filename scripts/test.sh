@@ -13,9 +13,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 MOTO_VERSION="5.2.5"
-# moto's server needs flask + flask-cors; the [dynamodb,sqs] extras keep the venv at ~140 MB
-# instead of the ~300 MB of moto[server]. Pinned so every machine runs the same emulator.
-PY_PACKAGES=("moto[dynamodb,sqs]==${MOTO_VERSION}" "flask==3.1.3" "flask-cors==6.0.5")
+# moto's server needs flask + flask-cors; the [dynamodb,sqs,ssm] extras keep the venv small
+# (moto[server] is ~300 MB). ssm serves the SecureString secrets test. Pinned so every
+# machine runs the same emulator.
+PY_PACKAGES=("moto[dynamodb,sqs,ssm]==${MOTO_VERSION}" "flask==3.1.3" "flask-cors==6.0.5")
 VENV="$ROOT/.venv-moto"
 MOTO_BIN="$VENV/bin/moto_server"
 MOTO_LOG="$ROOT/target/moto-server.log"
@@ -39,6 +40,7 @@ moto_installed() {
     [[ -x "$MOTO_BIN" ]] &&
         "$VENV/bin/python" - "$MOTO_VERSION" <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
+import yaml  # brought by the ssm extra: an older venv without it is reinstalled
 sys.exit(0 if m.version("moto") == sys.argv[1] else 1)
 PY
 }

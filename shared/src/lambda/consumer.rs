@@ -2,7 +2,10 @@
 //! Record bodies stay strings until `consume` parses them, so one message that is not even
 //! JSON fails alone instead of failing the whole invocation (and so its whole batch).
 
-use crate::consume::Consumer;
+use crate::consume::{Consumer, ConsumerPorts};
+use crate::enrich::bitrix24::Bitrix24Client;
+use crate::lambda::resources::FunctionResources;
+use crate::ports::Bitrix24Rest;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use std::sync::Arc;
@@ -85,12 +88,26 @@ pub async fn serve(consumer: Arc<Consumer>) -> Result<(), Error> {
     .await
 }
 
-/// Runs the consumer function: builds clients once, then handles SQS batches.
-///
-/// TODO(integrator): build `ConsumerPorts` from the AWS adapters in `crate::aws` (SQS queue,
-/// DynamoDB dedup/snapshots/tokens/attempts/destinations, written by the stores work), the
-/// `Bitrix24Client` over the token store, then `serve(Arc::new(Consumer::new(..)))`.
+/// Runs the consumer function: the AWS stores, the Bitrix24 client (with its per-portal rate
+/// limiter, which must outlive single invocations) and the consumer are built once per cold
+/// start; every SQS batch then goes to `serve`.
 pub async fn run() -> Result<(), Error> {
     crate::logging::init_json_logs();
-    Err("consumer function is not wired yet: AWS ports are built by the integrator (see lambda::consumer::run)".into())
+    let resources = FunctionResources::from_env().await?;
+    let store = resources.require_store()?;
+    let ports = ConsumerPorts {
+        queue: resources.queue.clone(),
+        dedup: store.clone(),
+        snapshots: store.clone(),
+        tokens: store.clone(),
+        attempts: store.clone(),
+        destinations: store.clone(),
+    };
+    let bitrix24: Arc<dyn Bitrix24Rest> = Arc::new(Bitrix24Client::new(
+        resources.http.clone(),
+        &resources.config,
+        store,
+    ));
+    let consumer = Consumer::new(ports, resources.config, Some(bitrix24), resources.http);
+    serve(Arc::new(consumer)).await
 }

@@ -2,9 +2,11 @@
 //! Nothing here decides about an event; it only moves bytes and headers between lambda_http
 //! and the transport-free `Ingress`.
 
-use crate::config::RelayConfig;
+use crate::error::ConfigError;
 use crate::event::Family;
 use crate::ingest::{IngestRequest, Ingress};
+use crate::lambda::resources::FunctionResources;
+use crate::lifecycle::wiring::{app_mode_ingress, inline_poll_wake};
 use lambda_http::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{service_fn, Body, Request, Response};
@@ -78,34 +80,32 @@ pub async fn serve(family: Family, ingress: Arc<Ingress>) -> Result<(), lambda_h
     .await
 }
 
-/// Runs one family's ingest function: builds the SQS client once, then serves requests.
+/// Runs one family's ingest function: the queue (and, with RELAY_TABLE, the token store for
+/// installed apps) is built once per cold start, then every request goes to `serve`.
 pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
-    let config = RelayConfig::from_env()?;
-    let _ = config;
-    // TODO(integrator): the adapters live on other branches (stores: `aws::sdk_config`,
-    // `aws::sqs::SqsQueue`, `aws::dynamo::DynamoStore`; lifecycle: `AppLifecycle`). Once
-    // merged, build them here once per cold start and hand over to `serve`:
-    //   crate::logging::init_json_logs();
-    //   let sdk = crate::aws::sdk_config().await;
-    //   let queue_url = config.queue_url.clone().ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
-    //   let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
-    //   let mut ingress = Ingress::new(queue, config.clone());
-    //   if let Some(table) = &config.table {
-    //       ingress = ingress.with_token_store(Arc::new(DynamoStore::from_conf(&sdk, table)));
-    //   }   // and for Family::App: .with_app_lifecycle(...)
-    //   serve(family, Arc::new(ingress)).await
-    // (and replace the test `run_without_a_queue_is_an_error_not_a_panic`).
-    Err(format!(
-        "ingest-{family}: no queue is wired yet (TODO in shared::lambda::ingest::run): \
-         the SQS adapter must be connected before this function can accept events"
-    )
-    .into())
+    crate::logging::init_json_logs();
+    let FunctionResources {
+        config,
+        queue,
+        store,
+        http,
+    } = FunctionResources::from_env().await?;
+    let ingress = match (family, store) {
+        (Family::App, Some(store)) => {
+            let wake = inline_poll_wake(queue.clone(), &config, store.clone(), http.clone());
+            app_mode_ingress(queue, config, store.clone(), store, http, Some(wake))
+        }
+        (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE").into()),
+        (_, Some(store)) => Ingress::new(queue, config).with_token_store(store),
+        (_, None) => Ingress::new(queue, config),
+    };
+    serve(family, Arc::new(ingress)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AppTokens;
+    use crate::config::{AppTokens, RelayConfig};
     use crate::ingest::recording_queue::RecordingQueue;
     use crate::secret::Secret;
     use std::path::{Path, PathBuf};
@@ -261,12 +261,5 @@ mod tests {
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers().get(ALLOW).unwrap(), "POST");
         assert!(queue.sent().is_empty());
-    }
-
-    #[tokio::test]
-    /// Until the SQS adapter is wired (see `run`); replace with a wiring test then.
-    async fn run_without_a_queue_is_an_error_not_a_panic() {
-        let error = run(Family::Deal).await.unwrap_err().to_string();
-        assert!(error.contains("no queue is wired"), "{error}");
     }
 }

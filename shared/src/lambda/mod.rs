@@ -4,3 +4,4 @@
 pub mod consumer;
 pub mod ingest;
 pub mod offline_poller;
+pub mod resources;

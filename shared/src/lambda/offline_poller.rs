@@ -2,10 +2,8 @@
 //! not matter) -> `OfflinePoller::poll_all` over every installed portal -> a summary.
 //! Clients are built once per container; the schedule is the only trigger.
 
-use crate::aws::dynamo::DynamoStore;
-use crate::aws::sqs::SqsQueue;
 use crate::enrich::bitrix24::Bitrix24Client;
-use crate::error::ConfigError;
+use crate::lambda::resources::FunctionResources;
 use crate::lifecycle::offline::OfflinePoller;
 use crate::ports::TokenStore;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -50,21 +48,10 @@ pub async fn handle_schedule(
 /// client once, then polls on every scheduled invocation.
 pub async fn run() -> Result<(), Error> {
     crate::logging::init_json_logs();
-    let sdk = crate::aws::sdk_config().await;
-    // Plain settings from the environment, secrets (client secret, webhook URL) from SSM.
-    let config = crate::aws::secrets::load_config(&sdk).await?;
-    let table = config
-        .table
-        .clone()
-        .ok_or(ConfigError::Missing("RELAY_TABLE"))?;
-    let queue_url = config
-        .queue_url
-        .clone()
-        .ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
-    let store = Arc::new(DynamoStore::from_conf(&sdk, table));
-    let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
-    let http = reqwest::Client::builder().build()?;
-    let rest = Arc::new(Bitrix24Client::new(http, &config, store.clone()));
+    let resources = FunctionResources::from_env().await?;
+    let store = resources.require_store()?;
+    let (config, queue) = (resources.config, resources.queue);
+    let rest = Arc::new(Bitrix24Client::new(resources.http, &config, store.clone()));
     let poller = Arc::new(OfflinePoller::new(rest, queue));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let poller = Arc::clone(&poller);
