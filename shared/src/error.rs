@@ -38,6 +38,9 @@ pub enum IngestError {
     UnknownEvent(String),
     #[error("queue unavailable")]
     Queue(#[source] StoreError),
+    /// `app.info` could not be reached to confirm an ONAPPINSTALL: 503, nothing stored.
+    #[error("install verification unavailable")]
+    VerifierUnavailable,
     /// The token store (stored application_token per portal) could not be read: the request
     /// may be genuine, so it is not refused as unauthorized but answered 5xx.
     #[error("token store unavailable")]

@@ -5,6 +5,7 @@
 use crate::config::RelayConfig;
 use crate::error::IngestError;
 use crate::event::{envelope_id, rfc3339_seconds, Family, RelayEvent, Source, ENVELOPE_VERSION};
+use crate::lifecycle::install::AppLifecycle;
 use crate::parse::bitrix24::{parse_bitrix24, Bitrix24Auth};
 use crate::parse::salesman::parse_salesman;
 use crate::parse::{body_encoding, decode_document, detect_source, strip_secrets, ParseError};
@@ -51,7 +52,9 @@ impl IngestReply {
             IngestError::TooLarge { .. } => 413,
             IngestError::UnsupportedContentType => 415,
             IngestError::WrongFamily { .. } | IngestError::UnknownEvent(_) => 422,
-            IngestError::Queue(_) | IngestError::TokenStore(_) => 503,
+            IngestError::Queue(_)
+            | IngestError::TokenStore(_)
+            | IngestError::VerifierUnavailable => 503,
         };
         let body = match error {
             IngestError::WrongFamily { expected, .. } => {
@@ -69,6 +72,9 @@ pub struct Ingress {
     /// Extension point: application_tokens stored per portal at install time, accepted in
     /// addition to `RELAY_B24_APP_TOKENS`. `None`: only the configured tokens count.
     token_store: Option<Arc<dyn TokenStore>>,
+    /// The app family's install/uninstall handling (`ingest::app`); `None`: app events are
+    /// verified and queued like any other.
+    app_lifecycle: Option<Arc<AppLifecycle>>,
 }
 
 impl Ingress {
@@ -77,7 +83,14 @@ impl Ingress {
             queue,
             config,
             token_store: None,
+            app_lifecycle: None,
         }
+    }
+
+    /// Hands the app family's events to `lifecycle` (see `ingest::app`).
+    pub fn with_app_lifecycle(mut self, lifecycle: Arc<AppLifecycle>) -> Self {
+        self.app_lifecycle = Some(lifecycle);
+        self
     }
 
     /// Also accepts a Bitrix24 event whose application_token equals the one stored for its
@@ -88,6 +101,9 @@ impl Ingress {
     }
 
     pub async fn handle(&self, req: IngestRequest<'_>, now: SystemTime) -> IngestReply {
+        if req.family == Family::App && self.app_lifecycle.is_some() {
+            return self.handle_app(req, now).await;
+        }
         match self.accept(req, now).await {
             Ok(event) => {
                 tracing::info!(
@@ -147,58 +163,77 @@ impl Ingress {
             .unwrap_or(0);
 
         let draft = match detect_source(&document).map_err(malformed)? {
-            Source::Salesman => {
-                // The secret is in the URL, so it is checked before the body's fields are.
-                verify_salesman_secret(
-                    self.config.salesman_secret.as_ref(),
-                    req.query,
-                    req.relay_token_header,
-                )?;
-                let delivery = parse_salesman(&document).map_err(malformed)?;
-                route(Source::Salesman, &delivery.event, req.family)?;
-                let presented = salesman_presented_secrets(req.query, req.relay_token_header);
-                let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
-                known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
-                let mut data = delivery.data;
-                strip_secrets(&mut data, &known);
-                Draft {
-                    source: Source::Salesman,
-                    portal: delivery.identity,
-                    domain: None,
-                    event: delivery.event,
-                    entity_id: delivery.entity_id,
-                    // SalesMan sends no timestamp and never retries, so there is no second
-                    // delivery to recognise: the receive second stands in for `ts`. Two
-                    // identical bodies in one second are then one event (SQS FIFO drops the
-                    // duplicate), which is harmless since the consumer fetches current state.
-                    ts: received_second,
-                    data,
-                }
-            }
+            Source::Salesman => self.salesman_draft(&req, &document, received_second)?,
             Source::Bitrix24 => {
-                let delivery = parse_bitrix24(&document).map_err(malformed)?;
-                self.verify_bitrix24(&delivery.auth, &delivery.event)
-                    .await?;
-                route(Source::Bitrix24, &delivery.event, req.family)?;
-                let mut data = delivery.data;
-                strip_secrets(&mut data, &delivery.auth.secrets());
-                Draft {
-                    source: Source::Bitrix24,
-                    portal: delivery.auth.member_id,
-                    domain: delivery.auth.domain,
-                    event: delivery.event,
-                    entity_id: delivery.entity_id,
-                    // Bitrix24 always sends `ts`; should a sender omit it, the receive second
-                    // keeps the event rather than refusing it.
-                    ts: delivery.ts.unwrap_or(received_second),
-                    data,
-                }
+                self.bitrix24_draft(&req, &document, received_second)
+                    .await?
             }
         };
 
         let event = draft.into_envelope(req.family, now);
         self.queue.send(&event).await.map_err(IngestError::Queue)?;
         Ok(event)
+    }
+
+    fn salesman_draft(
+        &self,
+        req: &IngestRequest<'_>,
+        document: &serde_json::Map<String, serde_json::Value>,
+        received_second: i64,
+    ) -> Result<Draft, IngestError> {
+        // The secret is in the URL, so it is checked before the body's fields are.
+        verify_salesman_secret(
+            self.config.salesman_secret.as_ref(),
+            req.query,
+            req.relay_token_header,
+        )?;
+        let delivery = parse_salesman(document).map_err(malformed)?;
+        route(Source::Salesman, &delivery.event, req.family)?;
+        let presented = salesman_presented_secrets(req.query, req.relay_token_header);
+        let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
+        known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
+        let mut data = delivery.data;
+        strip_secrets(&mut data, &known);
+        Ok(Draft {
+            source: Source::Salesman,
+            portal: delivery.identity,
+            domain: None,
+            event: delivery.event,
+            entity_id: delivery.entity_id,
+            // SalesMan sends no timestamp and never retries, so there is no second delivery
+            // to recognise: the receive second stands in for `ts`. Two identical bodies in one
+            // second are then one event (SQS FIFO drops the duplicate), which is harmless
+            // since the consumer fetches the entity's current state anyway.
+            ts: received_second,
+            data,
+        })
+    }
+
+    /// Where ONAPPINSTALL handling (confirm with `app.info`, store the portal's tokens) hooks
+    /// in: `delivery.auth` holds the OAuth tokens as `Secret`s, and they go no further.
+    async fn bitrix24_draft(
+        &self,
+        req: &IngestRequest<'_>,
+        document: &serde_json::Map<String, serde_json::Value>,
+        received_second: i64,
+    ) -> Result<Draft, IngestError> {
+        let delivery = parse_bitrix24(document).map_err(malformed)?;
+        self.verify_bitrix24(&delivery.auth, &delivery.event)
+            .await?;
+        route(Source::Bitrix24, &delivery.event, req.family)?;
+        let mut data = delivery.data;
+        strip_secrets(&mut data, &delivery.auth.secrets());
+        Ok(Draft {
+            source: Source::Bitrix24,
+            portal: delivery.auth.member_id,
+            domain: delivery.auth.domain,
+            event: delivery.event,
+            entity_id: delivery.entity_id,
+            // Bitrix24 always sends `ts`; should a sender omit it, the receive second keeps
+            // the event rather than refusing it.
+            ts: delivery.ts.unwrap_or(received_second),
+            data,
+        })
     }
 
     /// Configured tokens first (no I/O), then the portal's stored token if a store is wired.
@@ -257,6 +292,7 @@ impl Draft {
     }
 }
 
+mod app;
 #[cfg(test)]
 pub(crate) mod recording_queue;
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod event;
 pub mod forward;
 pub mod ingest;
 pub mod lambda;
+pub mod lifecycle;
 pub mod local;
 pub mod logging;
 pub mod parse;

@@ -5,6 +5,7 @@ pub mod consumer_cases;
 pub mod contract;
 pub mod destination;
 pub mod fake_bitrix24;
+pub mod fake_bitrix24_events;
 pub mod fake_salesman;
 pub mod loopback;
 pub mod memory;

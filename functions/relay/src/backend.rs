@@ -51,6 +51,10 @@ impl LocalBackend {
         self.store.clone()
     }
 
+    pub fn token_store(&self) -> Arc<dyn TokenStore> {
+        self.store.clone()
+    }
+
     /// The consumer of `relay serve`: every port on the embedded store, and the outbox file
     /// (with one printed line per event) for families without a destination.
     /// `outbox_to_stderr`: where the outbox lines are printed (stdout for `serve`).

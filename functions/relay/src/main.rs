@@ -4,11 +4,13 @@
 
 mod attempts;
 mod backend;
+mod bind;
 mod cli_error;
 mod dead_letters;
 mod drain;
 mod invoke;
 mod logs;
+mod poll;
 mod printing_outbox;
 mod replay;
 mod routes;
@@ -47,6 +49,10 @@ enum Command {
     DeadLetters,
     /// Sign a body the Standard Webhooks way with RELAY_SIGNING_SECRET, to test a receiver.
     Sign(sign::SignArgs),
+    /// Drain the Bitrix24 offline-event log of installed portals onto the queue once.
+    Poll(poll::PollArgs),
+    /// Register (or list, or remove) each family's URL for its Bitrix24 events on a portal.
+    Bind(bind::BindArgs),
 }
 
 #[tokio::main]
@@ -59,6 +65,8 @@ async fn main() -> ExitCode {
         Command::Attempts(args) => attempts::run(args, &cli.data_dir).await,
         Command::DeadLetters => dead_letters::run(&cli.data_dir).await,
         Command::Sign(args) => sign::run(args),
+        Command::Poll(args) => poll::run(args, &cli.data_dir).await,
+        Command::Bind(args) => bind::run(args, &cli.data_dir).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// whatever the number: the queue hands out one message per entity at a time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     consumers: u16,
+    /// Drain installed portals' Bitrix24 offline-event logs every SECONDS (and on
+    /// ONOFFLINEEVENT); off unless given.
+    #[arg(long, value_name = "SECONDS")]
+    poll_offline: Option<u64>,
 }
 
 pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
@@ -47,6 +51,14 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     print_banner(addr, &config, &backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let offline_wake = Arc::new(Notify::new());
+    let offline_poller = crate::poll::spawn_serve_poller(
+        args.poll_offline,
+        &config,
+        &backend,
+        offline_wake.clone(),
+        stop_rx.clone(),
+    )?;
     let settings = DrainSettings {
         batch_timeout: args.batch_timeout,
     };
@@ -71,6 +83,9 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
         if let Err(err) = drain.await {
             tracing::error!(error = %err, "a consumer task ended abnormally");
         }
+    }
+    if let Some(poller) = offline_poller {
+        let _ = poller.await;
     }
     served.map_err(|e| CliError::io("serving HTTP", e))?;
     println!("relay: stopped");

@@ -3,3 +3,4 @@
 
 pub mod consumer;
 pub mod ingest;
+pub mod offline_poller;

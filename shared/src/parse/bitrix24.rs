@@ -65,7 +65,7 @@ pub fn parse_bitrix24(document: &Map<String, Value>) -> Result<Bitrix24Delivery,
         None => return Err(ParseError::Missing("auth")),
     };
     let data = match document.get("data") {
-        None => Value::Object(Map::new()),
+        None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v.clone(),
         // PHP's http_build_query drops empty arrays, so an event without fields may send
         // `data=` or nothing at all.

@@ -1,0 +1,124 @@
+//! `relay bind`: registers each family's URL for that family's Bitrix24 events on a portal
+//! (`event.bind`), lists (`--list`, `event.get`) or removes (`--remove`, `event.unbind`) them.
+//! The plan comes from `shared::lifecycle::bind`; this module only reads arguments and prints.
+
+use crate::backend::{http_client, Backend};
+use crate::cli_error::CliError;
+use crate::poll::poll_ports;
+use shared::config::RelayConfig;
+use shared::enrich::bitrix24::Bitrix24Client;
+use shared::lifecycle::bind::{
+    bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base, urls_from_stack_outputs,
+    FamilyUrls,
+};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args)]
+pub struct BindArgs {
+    /// The portal (member_id) whose stored OAuth tokens are used. Optional when exactly one
+    /// portal is installed, or when only RELAY_B24_WEBHOOK_URL is configured.
+    #[arg(long)]
+    member_id: Option<String>,
+    /// Where `relay serve` is reachable from Bitrix24: each family binds `<base-url>/<family>`.
+    #[arg(long, conflicts_with = "stack_outputs")]
+    base_url: Option<String>,
+    /// SAM stack outputs (`sam list stack-outputs --output json`): `<Family>IngestUrl` keys.
+    #[arg(long)]
+    stack_outputs: Option<PathBuf>,
+    /// Also record the events in the portal's offline log and bind ONOFFLINEEVENT.
+    #[arg(long)]
+    offline: bool,
+    /// Show what the portal has bound (`event.get`) and change nothing.
+    #[arg(long, conflicts_with = "remove")]
+    list: bool,
+    /// Unbind what `relay bind` would bind.
+    #[arg(long)]
+    remove: bool,
+}
+
+/// Used when no portal is installed and the inbound webhook URL authenticates instead.
+const WEBHOOK_PORTAL: &str = "webhook";
+
+pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
+    crate::logs::init_readable_logs();
+    let config = RelayConfig::from_env()?;
+    let backend = Backend::from_env(data_dir).await?;
+    let tokens = poll_ports(&backend)?.tokens;
+    let member_id = match args.member_id.clone() {
+        Some(member_id) => member_id,
+        None => {
+            let installed = tokens.list().await?;
+            match (installed.as_slice(), &config.b24_webhook_url) {
+                ([one], _) => one.member_id.clone(),
+                ([], Some(_)) => WEBHOOK_PORTAL.to_string(),
+                ([], None) => {
+                    return Err(CliError::Usage(
+                        "no portal installed and RELAY_B24_WEBHOOK_URL not set: install the app first (docs/bitrix24.md)".into(),
+                    ))
+                }
+                (many, _) => {
+                    let names: Vec<&str> = many.iter().map(|t| t.member_id.as_str()).collect();
+                    return Err(CliError::Usage(format!(
+                        "several portals installed ({}): choose one with --member-id",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    let rest = Bitrix24Client::new(http_client()?, &config, tokens);
+
+    if args.list {
+        let rows = list_bindings(&rest, &member_id).await.map_err(handler)?;
+        if rows.is_empty() {
+            println!("{member_id}: no handlers bound");
+        }
+        for row in rows {
+            let target = if row.offline {
+                "(offline log)".to_string()
+            } else {
+                row.handler
+            };
+            println!("{:<28} {target}", row.event);
+        }
+        return Ok(());
+    }
+
+    let urls = family_urls(&args)?;
+    let plan = plan_bindings(&urls, args.offline);
+    if args.remove {
+        let report = unbind_all(&rest, &member_id, &plan)
+            .await
+            .map_err(handler)?;
+        println!(
+            "{member_id}: removed {} handler(s) of {} planned",
+            report.removed,
+            plan.len()
+        );
+        return Ok(());
+    }
+    let report = bind_all(&rest, &member_id, &plan).await.map_err(handler)?;
+    println!(
+        "{member_id}: bound {} handler(s), {} already bound",
+        report.bound, report.already_bound
+    );
+    Ok(())
+}
+
+fn family_urls(args: &BindArgs) -> Result<FamilyUrls, CliError> {
+    match (&args.base_url, &args.stack_outputs) {
+        (Some(base), None) => Ok(urls_from_base(base)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| CliError::io(format!("reading {}", path.display()), e))?;
+            urls_from_stack_outputs(&text).map_err(handler)
+        }
+        _ => Err(CliError::Usage(
+            "say where the families are served: --base-url <url> or --stack-outputs <file>".into(),
+        )),
+    }
+}
+
+fn handler(e: impl std::fmt::Display) -> CliError {
+    CliError::Handler(e.to_string())
+}

@@ -1,0 +1,75 @@
+//! Lambda glue for the offline poller: an EventBridge schedule (any JSON; its content does
+//! not matter) -> `OfflinePoller::poll_all` over every installed portal -> a summary.
+//! Clients are built once per container; the schedule is the only trigger.
+
+use crate::aws::dynamo::DynamoStore;
+use crate::aws::sqs::SqsQueue;
+use crate::config::RelayConfig;
+use crate::enrich::bitrix24::Bitrix24Client;
+use crate::error::ConfigError;
+use crate::lifecycle::offline::OfflinePoller;
+use crate::ports::TokenStore;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One scheduled run: drains every portal in the token store. Errs (so the Lambda's error
+/// metric and alarm see it) when a portal could not be polled, after trying all of them.
+pub async fn handle_schedule(
+    poller: &OfflinePoller,
+    tokens: &dyn TokenStore,
+    event: LambdaEvent<Value>,
+) -> Result<Value, Error> {
+    let _ = event.payload;
+    let results = poller.poll_all(tokens, SystemTime::now()).await?;
+    let (mut enqueued, mut marked_error) = (0, 0);
+    let mut failed = Vec::new();
+    for (portal, outcome) in &results {
+        match outcome {
+            Ok(report) => {
+                enqueued += report.enqueued;
+                marked_error += report.marked_error;
+            }
+            Err(_) => failed.push(portal.clone()),
+        }
+    }
+    let summary = json!({"portals": results.len(), "enqueued": enqueued,
+        "marked_error": marked_error, "failed_portals": failed});
+    if failed.is_empty() {
+        Ok(summary)
+    } else {
+        Err(format!(
+            "offline poll failed for {} portal(s): {summary}",
+            failed.len()
+        )
+        .into())
+    }
+}
+
+/// Runs the offline-poller function: builds the SDK clients, the token store and the REST
+/// client once, then polls on every scheduled invocation.
+pub async fn run() -> Result<(), Error> {
+    crate::logging::init_json_logs();
+    let config = RelayConfig::from_env()?;
+    let table = config
+        .table
+        .clone()
+        .ok_or(ConfigError::Missing("RELAY_TABLE"))?;
+    let queue_url = config
+        .queue_url
+        .clone()
+        .ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
+    let sdk = crate::aws::sdk_config().await;
+    let store = Arc::new(DynamoStore::from_conf(&sdk, table));
+    let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
+    let http = reqwest::Client::builder().build()?;
+    let rest = Arc::new(Bitrix24Client::new(http, &config, store.clone()));
+    let poller = Arc::new(OfflinePoller::new(rest, queue));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
+        let poller = Arc::clone(&poller);
+        let store = Arc::clone(&store);
+        async move { handle_schedule(&poller, store.as_ref(), event).await }
+    }))
+    .await
+}

@@ -1,0 +1,435 @@
+//! The app family's own events: ONAPPINSTALL is trusted only after `app.info` confirms its
+//! access token, then the portal's tokens go to the token store (never to a message or a log);
+//! ONAPPUNINSTALL forgets the portal; ONAPPTEST answers; ONOFFLINEEVENT wakes the poller.
+
+use crate::config::AppTokens;
+use crate::error::{EnrichError, IngestError};
+use crate::ports::{InstallVerifier, PortalTokens, SnapshotStore, TokenStore};
+use crate::secret::Secret;
+use crate::verify::{constant_time_eq, verify_application_token, verify_stored_application_token};
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// What an app event did; ingress turns it into its reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppOutcome {
+    /// ONAPPINSTALL confirmed by `app.info`; the portal's tokens are stored.
+    Installed { member_id: String },
+    /// ONAPPUPDATE with the stored application token; the OAuth tokens are refreshed.
+    Updated { member_id: String },
+    /// ONAPPUNINSTALL with the stored application token: tokens and snapshots are gone.
+    Uninstalled {
+        member_id: String,
+        snapshots_deleted: usize,
+    },
+    /// ONAPPTEST: the URL works and the token is right.
+    Tested { member_id: String },
+    /// ONOFFLINEEVENT: offline records are waiting; the poller was woken.
+    OfflineWake { member_id: String },
+}
+
+impl AppOutcome {
+    pub fn member_id(&self) -> &str {
+        match self {
+            AppOutcome::Installed { member_id }
+            | AppOutcome::Updated { member_id }
+            | AppOutcome::Uninstalled { member_id, .. }
+            | AppOutcome::Tested { member_id }
+            | AppOutcome::OfflineWake { member_id } => member_id,
+        }
+    }
+
+    /// Whether ingress should also queue the event (with `auth` stripped, as always) so the
+    /// user's system learns of installs and uninstalls. Tests and wake-ups are plumbing.
+    pub fn forward_to_destination(&self) -> bool {
+        matches!(
+            self,
+            AppOutcome::Installed { .. }
+                | AppOutcome::Updated { .. }
+                | AppOutcome::Uninstalled { .. }
+        )
+    }
+}
+
+/// Something that starts an offline poll of one portal: a notify in `relay serve`, an inline
+/// poll in Lambda. Failure to wake is not the sender's problem: the schedule polls anyway.
+#[async_trait]
+pub trait OfflineWake: Send + Sync {
+    async fn wake(&self, member_id: &str);
+}
+
+/// The app family's event handling, called by ingress for every event of that family, and
+/// the application-token check every Bitrix24 event of a portal goes through.
+pub struct AppLifecycle {
+    verifier: Arc<dyn InstallVerifier>,
+    tokens: Arc<dyn TokenStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+    configured_tokens: AppTokens,
+    wake: Option<Arc<dyn OfflineWake>>,
+}
+
+impl AppLifecycle {
+    pub fn new(
+        verifier: Arc<dyn InstallVerifier>,
+        tokens: Arc<dyn TokenStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        configured_tokens: AppTokens,
+    ) -> Self {
+        AppLifecycle {
+            verifier,
+            tokens,
+            snapshots,
+            configured_tokens,
+            wake: None,
+        }
+    }
+
+    pub fn with_offline_wake(mut self, wake: Arc<dyn OfflineWake>) -> Self {
+        self.wake = Some(wake);
+        self
+    }
+
+    /// `body`: the whole parsed Bitrix24 document (`event`, `data`, `ts`, `auth`), as the
+    /// form or JSON parser produced it. Every refusal is `Unauthorized` without detail.
+    pub async fn handle(
+        &self,
+        body: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<AppOutcome, IngestError> {
+        let event = text_at(body, &["event"])
+            .ok_or_else(|| IngestError::Malformed("missing event".into()))?
+            .to_ascii_uppercase();
+        let member_id = text_at(body, &["auth", "member_id"]).ok_or(IngestError::Unauthorized)?;
+        let application_token =
+            text_at(body, &["auth", "application_token"]).ok_or(IngestError::Unauthorized)?;
+        let application_token = Secret::new(application_token);
+        match event.as_str() {
+            "ONAPPINSTALL" => {
+                self.install(body, member_id, application_token, now_ms)
+                    .await
+            }
+            "ONAPPUNINSTALL" => {
+                self.require_stored_token(&member_id, &application_token)
+                    .await?;
+                self.tokens
+                    .delete(&member_id)
+                    .await
+                    .map_err(IngestError::TokenStore)?;
+                // Snapshots live in the same store as the tokens (one table, one SQLite file).
+                let snapshots_deleted = self
+                    .snapshots
+                    .delete_portal(crate::event::Source::Bitrix24, &member_id)
+                    .await
+                    .map_err(IngestError::TokenStore)?;
+                tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
+                Ok(AppOutcome::Uninstalled {
+                    member_id,
+                    snapshots_deleted,
+                })
+            }
+            "ONAPPUPDATE" => {
+                let stored = self
+                    .require_stored_token(&member_id, &application_token)
+                    .await?;
+                // An update carries fresh OAuth tokens: keep them, the old refresh token may
+                // already be spent.
+                if let Some(fresh) = tokens_from_auth(body, &member_id, application_token, now_ms) {
+                    let merged = PortalTokens {
+                        scope: if fresh.scope.is_empty() {
+                            stored.scope
+                        } else {
+                            fresh.scope
+                        },
+                        ..fresh
+                    };
+                    self.tokens
+                        .put(&merged)
+                        .await
+                        .map_err(IngestError::TokenStore)?;
+                }
+                Ok(AppOutcome::Updated { member_id })
+            }
+            "ONAPPTEST" => {
+                if !self
+                    .verify_application_token(&member_id, &application_token)
+                    .await?
+                {
+                    return Err(IngestError::Unauthorized);
+                }
+                Ok(AppOutcome::Tested { member_id })
+            }
+            "ONOFFLINEEVENT" => {
+                if !self
+                    .verify_application_token(&member_id, &application_token)
+                    .await?
+                {
+                    return Err(IngestError::Unauthorized);
+                }
+                if let Some(wake) = &self.wake {
+                    wake.wake(&member_id).await;
+                }
+                Ok(AppOutcome::OfflineWake { member_id })
+            }
+            _ => Err(IngestError::UnknownEvent(event)),
+        }
+    }
+
+    /// True when `token` is one of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's
+    /// `member_id:token`) or the application token stored for this portal at install: the
+    /// same checks (`verify`) ingress applies to every other family.
+    pub async fn verify_application_token(
+        &self,
+        member_id: &str,
+        token: &Secret,
+    ) -> Result<bool, IngestError> {
+        if verify_application_token(&self.configured_tokens, member_id, Some(token)).is_ok() {
+            return Ok(true);
+        }
+        verify_stored_application_token(self.tokens.as_ref(), member_id, Some(token))
+            .await
+            .map_err(IngestError::TokenStore)
+    }
+
+    /// Uninstall and update change stored state, so only the token Bitrix24 gave this portal
+    /// at install may ask for them (a configured outgoing-webhook token may not).
+    async fn require_stored_token(
+        &self,
+        member_id: &str,
+        token: &Secret,
+    ) -> Result<PortalTokens, IngestError> {
+        match self
+            .tokens
+            .get(member_id)
+            .await
+            .map_err(IngestError::TokenStore)?
+        {
+            Some(stored)
+                if !token.is_empty()
+                    && constant_time_eq(token.expose(), stored.application_token.expose()) =>
+            {
+                Ok(stored)
+            }
+            _ => Err(IngestError::Unauthorized),
+        }
+    }
+
+    async fn install(
+        &self,
+        body: &serde_json::Value,
+        member_id: String,
+        application_token: Secret,
+        now_ms: i64,
+    ) -> Result<AppOutcome, IngestError> {
+        let tokens = tokens_from_auth(body, &member_id, application_token, now_ms)
+            .ok_or(IngestError::Unauthorized)?;
+        let confirmed = self
+            .verifier
+            .verify_install(&tokens.client_endpoint, &tokens.access_token, &member_id)
+            .await
+            .map_err(|e| match e {
+                EnrichError::Transient { .. } => IngestError::VerifierUnavailable,
+                _ => IngestError::Unauthorized,
+            })?;
+        if !confirmed {
+            tracing::warn!(portal = %member_id, "ONAPPINSTALL refused: app.info did not confirm the access token");
+            return Err(IngestError::Unauthorized);
+        }
+        self.tokens
+            .put(&tokens)
+            .await
+            .map_err(IngestError::TokenStore)?;
+        tracing::info!(portal = %member_id, domain = %tokens.domain, "app installed; portal tokens stored");
+        Ok(AppOutcome::Installed { member_id })
+    }
+}
+
+/// The portal's tokens from an install/update `auth` block; `None` when a required one is
+/// missing. `expires` is absolute (Unix seconds); older senders give only `expires_in`.
+fn tokens_from_auth(
+    body: &serde_json::Value,
+    member_id: &str,
+    application_token: Secret,
+    now_ms: i64,
+) -> Option<PortalTokens> {
+    let access_token = text_at(body, &["auth", "access_token"]).filter(|t| !t.is_empty())?;
+    let refresh_token = text_at(body, &["auth", "refresh_token"]).unwrap_or_default();
+    let domain = text_at(body, &["auth", "domain"]).unwrap_or_default();
+    let client_endpoint = text_at(body, &["auth", "client_endpoint"])
+        .filter(|e| !e.is_empty())
+        .or_else(|| (!domain.is_empty()).then(|| format!("https://{domain}/rest/")))?;
+    let expires_at_ms =
+        match text_at(body, &["auth", "expires"]).and_then(|s| s.parse::<i64>().ok()) {
+            Some(expires) => expires.saturating_mul(1000),
+            None => {
+                let expires_in = text_at(body, &["auth", "expires_in"])
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(3600);
+                now_ms.saturating_add(expires_in.saturating_mul(1000))
+            }
+        };
+    Some(PortalTokens {
+        member_id: member_id.to_string(),
+        domain,
+        application_token,
+        access_token: Secret::new(access_token),
+        refresh_token: Secret::new(refresh_token),
+        expires_at_ms,
+        client_endpoint: with_trailing_slash(&client_endpoint),
+        scope: text_at(body, &["auth", "scope"]).unwrap_or_default(),
+    })
+}
+
+/// A string or number at `path` as text: form bodies give strings, JSON bodies may not.
+pub(crate) fn text_at(value: &serde_json::Value, path: &[&str]) -> Option<String> {
+    let mut cur = value;
+    for key in path {
+        cur = cur.get(*key)?;
+    }
+    match cur {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn with_trailing_slash(url: &str) -> String {
+    if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    }
+}
+
+/// Confirms an install with `app.info`. With a trusted endpoint (the OAuth server,
+/// `<RELAY_B24_OAUTH_URL>/rest/`), the answer comes from Bitrix24 itself whatever the event
+/// claims; without one, from the event's `client_endpoint`, which a forger could point at a
+/// server of his own: use that mode only where the portal URL is known to be genuine.
+pub struct AppInfoVerifier {
+    http: reqwest::Client,
+    trusted_endpoint: Option<String>,
+    /// When set, the answer's `client_id` must be this app's (RELAY_B24_CLIENT_ID).
+    client_id: Option<String>,
+}
+
+impl AppInfoVerifier {
+    pub fn new(
+        http: reqwest::Client,
+        trusted_endpoint: Option<String>,
+        client_id: Option<String>,
+    ) -> Self {
+        AppInfoVerifier {
+            http,
+            trusted_endpoint: trusted_endpoint.map(|e| with_trailing_slash(&e)),
+            client_id,
+        }
+    }
+
+    /// The production setup: `app.info` on the OAuth server (`<oauth_url>/rest/`).
+    pub fn via_oauth_server(
+        http: reqwest::Client,
+        oauth_url: &str,
+        client_id: Option<String>,
+    ) -> Self {
+        let base = format!("{}/rest/", oauth_url.trim_end_matches('/'));
+        AppInfoVerifier::new(http, Some(base), client_id)
+    }
+}
+
+#[async_trait]
+impl InstallVerifier for AppInfoVerifier {
+    async fn verify_install(
+        &self,
+        client_endpoint: &str,
+        access_token: &Secret,
+        member_id: &str,
+    ) -> Result<bool, EnrichError> {
+        let base = self
+            .trusted_endpoint
+            .clone()
+            .unwrap_or_else(|| with_trailing_slash(client_endpoint));
+        // No `.json` suffix: portals accept both forms, the OAuth server documents this one.
+        let url = format!("{base}app.info");
+        // The token goes in the form body, not the query string, so no proxy log holds it.
+        let response = self
+            .http
+            .post(&url)
+            .form(&[("auth", access_token.expose())])
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| EnrichError::Transient {
+                reason: format!("app.info unreachable: {}", e.without_url()),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(EnrichError::Transient {
+                reason: format!("app.info answered {status}"),
+                retry_after: None,
+            });
+        }
+        let answer: serde_json::Value = match response.json().await {
+            Ok(answer) => answer,
+            Err(_) => return Ok(false),
+        };
+        if !status.is_success() || answer.get("error").is_some() {
+            return Ok(false);
+        }
+        Ok(app_info_confirms(
+            &answer,
+            member_id,
+            self.client_id.as_deref(),
+        ))
+    }
+}
+
+/// The portal `app.info` names is in `result.install.member_id` (the documented fields
+/// ID/CODE/STATUS… say nothing of the portal); `result.client_id` is the app's.
+fn app_info_confirms(answer: &serde_json::Value, member_id: &str, client_id: Option<&str>) -> bool {
+    let answered_member = text_at(answer, &["result", "install", "member_id"]);
+    let member_ok = answered_member.as_deref() == Some(member_id) && !member_id.is_empty();
+    let client_ok = match client_id {
+        None => true,
+        Some(expected) => text_at(answer, &["result", "client_id"]).as_deref() == Some(expected),
+    };
+    member_ok && client_ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn app_info_must_name_the_same_portal_and_app() {
+        let answer = json!({"result": {"ID": 7, "CODE": "local.1", "client_id": "local.1",
+            "install": {"installed": true, "member_id": "m1", "domain": "a.bitrix24.ru"}}});
+        assert!(app_info_confirms(&answer, "m1", None));
+        assert!(app_info_confirms(&answer, "m1", Some("local.1")));
+        assert!(!app_info_confirms(&answer, "m2", None));
+        assert!(!app_info_confirms(&answer, "m1", Some("local.2")));
+        assert!(!app_info_confirms(
+            &json!({"result": {"ID": 7}}),
+            "m1",
+            None
+        ));
+        assert!(!app_info_confirms(&answer, "", None));
+    }
+
+    #[test]
+    fn install_tokens_use_absolute_expiry_and_endpoint() {
+        let body = json!({"auth": {"access_token": "a", "refresh_token": "r", "expires": "1700000000",
+            "domain": "x.bitrix24.ru", "scope": "crm", "client_endpoint": "https://x.bitrix24.ru/rest"}});
+        let t = tokens_from_auth(&body, "m1", Secret::new("app"), 5).unwrap();
+        assert_eq!(t.expires_at_ms, 1_700_000_000_000);
+        assert_eq!(t.client_endpoint, "https://x.bitrix24.ru/rest/");
+        assert_eq!(t.access_token.expose(), "a");
+        let no_access = json!({"auth": {"domain": "x.bitrix24.ru"}});
+        assert!(tokens_from_auth(&no_access, "m1", Secret::new("app"), 5).is_none());
+        let relative =
+            json!({"auth": {"access_token": "a", "expires_in": "60", "domain": "x.bitrix24.ru"}});
+        let t = tokens_from_auth(&relative, "m1", Secret::new("app"), 1_000).unwrap();
+        assert_eq!(t.expires_at_ms, 61_000);
+        assert_eq!(t.client_endpoint, "https://x.bitrix24.ru/rest/");
+    }
+}

@@ -1,0 +1,54 @@
+//! How a `main` turns on app mode: ingress that accepts the stored application tokens and
+//! hands the app family to the lifecycle, with installs confirmed by `app.info` on the OAuth
+//! server. Used by `relay serve` and by the Lambda glue, so both behave the same.
+
+use crate::config::RelayConfig;
+use crate::enrich::bitrix24::Bitrix24Client;
+use crate::ingest::Ingress;
+use crate::lifecycle::install::{AppInfoVerifier, AppLifecycle, OfflineWake};
+use crate::lifecycle::offline::{InlinePollWake, OfflinePoller};
+use crate::ports::{Queue, SnapshotStore, TokenStore};
+use std::sync::Arc;
+
+/// Ingress in app mode. `wake`: what ONOFFLINEEVENT triggers (a notify in `relay serve`,
+/// [`inline_poll_wake`] on Lambda); `None` leaves it to the schedule.
+pub fn app_mode_ingress(
+    queue: Arc<dyn Queue>,
+    config: RelayConfig,
+    tokens: Arc<dyn TokenStore>,
+    snapshots: Arc<dyn SnapshotStore>,
+    http: reqwest::Client,
+    wake: Option<Arc<dyn OfflineWake>>,
+) -> Ingress {
+    let verifier = AppInfoVerifier::via_oauth_server(
+        http,
+        &config.b24_oauth_url,
+        config.b24_client_id.clone(),
+    );
+    let mut lifecycle = AppLifecycle::new(
+        Arc::new(verifier),
+        tokens.clone(),
+        snapshots,
+        config.b24_app_tokens.clone(),
+    );
+    if let Some(wake) = wake {
+        lifecycle = lifecycle.with_offline_wake(wake);
+    }
+    Ingress::new(queue, config)
+        .with_token_store(tokens)
+        .with_app_lifecycle(Arc::new(lifecycle))
+}
+
+/// Lambda's ONOFFLINEEVENT: the app function drains that portal before it answers.
+pub fn inline_poll_wake(
+    queue: Arc<dyn Queue>,
+    config: &RelayConfig,
+    tokens: Arc<dyn TokenStore>,
+    http: reqwest::Client,
+) -> Arc<dyn OfflineWake> {
+    let rest = Arc::new(Bitrix24Client::new(http, config, tokens.clone()));
+    Arc::new(InlinePollWake {
+        poller: Arc::new(OfflinePoller::new(rest, queue)),
+        tokens,
+    })
+}

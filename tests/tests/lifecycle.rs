@@ -1,0 +1,629 @@
+//! The Bitrix24 app lifecycle against a loopback portal: verified install, token checks of
+//! later events, uninstall, the offline-event poller (paging, clearing, errors, online twins)
+//! and `relay bind`'s idempotence. REST calls go through the real client with its limiter.
+
+use async_trait::async_trait;
+use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
+use serde_json::json;
+use shared::config::{AppTokens, RelayConfig};
+use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
+use shared::error::{IngestError, StoreError};
+use shared::event::{Family, RelayEvent, Source};
+use shared::ingest::{IngestReply, IngestRequest, Ingress};
+use shared::lifecycle::bind::{bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base};
+use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
+use shared::lifecycle::offline::{OfflinePoller, PortalRef};
+use shared::ports::{
+    Bitrix24Rest, PortalTokens, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave,
+    SnapshotStore, TokenStore,
+};
+use shared::secret::Secret;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+const APP_TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
+const NOW_MS: i64 = 1_790_000_000_000;
+
+#[derive(Default)]
+struct MemoryTokens(Mutex<BTreeMap<String, PortalTokens>>);
+
+#[async_trait]
+impl TokenStore for MemoryTokens {
+    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
+        Ok(self.0.lock().unwrap().get(member_id).cloned())
+    }
+    async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(tokens.member_id.clone(), tokens.clone());
+        Ok(())
+    }
+    async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
+        self.0.lock().unwrap().remove(member_id);
+        Ok(())
+    }
+    async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
+        Ok(self.0.lock().unwrap().values().cloned().collect())
+    }
+}
+
+#[derive(Default)]
+struct MemorySnapshots(Mutex<BTreeMap<String, (SnapshotKey, Snapshot)>>);
+
+#[async_trait]
+impl SnapshotStore for MemorySnapshots {
+    async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .get(&key.pk())
+            .map(|(_, s)| s.clone()))
+    }
+    async fn save(&self, key: &SnapshotKey, s: &Snapshot) -> Result<SnapshotSave, StoreError> {
+        self.0
+            .lock()
+            .unwrap()
+            .insert(key.pk(), (key.clone(), s.clone()));
+        Ok(SnapshotSave::Saved)
+    }
+    async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
+        let mut map = self.0.lock().unwrap();
+        let before = map.len();
+        map.retain(|_, (k, _)| !(k.source == source && k.portal == portal));
+        Ok(before - map.len())
+    }
+}
+
+/// Keeps what was sent, dropping a repeated id as SQS FIFO does with MessageDeduplicationId;
+/// refuses events whose entity is in `refuse` (a queue that cannot take them).
+#[derive(Default)]
+struct RecordingQueue {
+    sent: Mutex<Vec<RelayEvent>>,
+    refuse: Mutex<HashSet<String>>,
+}
+
+impl RecordingQueue {
+    fn unique(&self) -> Vec<RelayEvent> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Queue for RecordingQueue {
+    async fn send(&self, event: &RelayEvent) -> Result<(), StoreError> {
+        let entity = event.entity_id.clone().unwrap_or_default();
+        if self.refuse.lock().unwrap().contains(&entity) {
+            return Err(StoreError::Unavailable("queue refused".into()));
+        }
+        let mut sent = self.sent.lock().unwrap();
+        if !sent.iter().any(|e| e.id == event.id) {
+            sent.push(event.clone());
+        }
+        Ok(())
+    }
+    async fn retry_after(&self, _: &str, _: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn park_dead_letter(&self, _: &QueueMessage, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+struct Setup {
+    portal: FakePortal,
+    tokens: Arc<MemoryTokens>,
+    snapshots: Arc<MemorySnapshots>,
+    lifecycle: Arc<AppLifecycle>,
+    /// What ingress queued.
+    queue: Arc<RecordingQueue>,
+    /// Ingress as the functions build it in app mode: stored tokens and the app lifecycle.
+    ingress: Ingress,
+}
+
+/// A portal and the lifecycle, with `app.info` asked of the portal itself as the trusted
+/// endpoint (in production: the OAuth server), so no forged `client_endpoint` is believed.
+async fn setup(member_id: &str) -> Setup {
+    let portal = FakePortal::start(member_id).await;
+    let tokens = Arc::new(MemoryTokens::default());
+    let snapshots = Arc::new(MemorySnapshots::default());
+    let verifier = AppInfoVerifier::new(
+        reqwest::Client::new(),
+        Some(portal.client_endpoint.clone()),
+        Some(portal.client_id.clone()),
+    );
+    let lifecycle = Arc::new(AppLifecycle::new(
+        Arc::new(verifier),
+        tokens.clone(),
+        snapshots.clone(),
+        AppTokens::default(),
+    ));
+    let queue = Arc::new(RecordingQueue::default());
+    let ingress = Ingress::new(queue.clone(), RelayConfig::default())
+        .with_token_store(tokens.clone())
+        .with_app_lifecycle(lifecycle.clone());
+    Setup {
+        portal,
+        tokens,
+        snapshots,
+        lifecycle,
+        queue,
+        ingress,
+    }
+}
+
+/// POSTs `document` to a family's URL the way Bitrix24 does: a PHP-style form.
+async fn post(s: &Setup, family: Family, document: &serde_json::Value) -> IngestReply {
+    let body = php_form(document);
+    s.ingress
+        .handle(
+            IngestRequest {
+                family,
+                content_type: Some("application/x-www-form-urlencoded"),
+                query: None,
+                relay_token_header: None,
+                body: body.as_bytes(),
+            },
+            SystemTime::now(),
+        )
+        .await
+}
+
+fn rest_client(tokens: Arc<MemoryTokens>) -> Arc<dyn Bitrix24Rest> {
+    Arc::new(
+        Bitrix24Client::new(reqwest::Client::new(), &RelayConfig::default(), tokens)
+            .with_rate_limit(RateLimit {
+                per_second: 1000.0,
+                burst: 1000.0,
+            }),
+    )
+}
+
+async fn install(s: &Setup) {
+    s.portal.issue_access_token("access-1");
+    let body = s
+        .portal
+        .install_body("access-1", "refresh-1", APP_TOKEN, 1_790_003_600);
+    let reply = post(s, Family::App, &body).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+}
+
+#[tokio::test]
+async fn forged_install_is_refused_and_stores_nothing() {
+    let s = setup("victim01").await;
+    s.portal.issue_access_token("genuine-access");
+    // A forger runs his own "portal" that vouches for his token under the victim's member_id.
+    let evil = FakePortal::start("victim01").await;
+    evil.issue_access_token("forged-access");
+    let mut body = evil.install_body("forged-access", "r", "attacker-app-token", 1_790_003_600);
+    let reply = post(&s, Family::App, &body).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    assert_eq!(evil.calls("app.info"), 0, "the forged endpoint was asked");
+    assert_eq!(s.portal.calls("app.info"), 1);
+
+    // Pointing at the genuine portal with a token it never issued fails the same way.
+    body["auth"]["client_endpoint"] = json!(s.portal.client_endpoint);
+    let reply = post(&s, Family::App, &body).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    assert!(s.tokens.list().await.unwrap().is_empty(), "nothing stored");
+    assert!(s.queue.unique().is_empty(), "nothing queued");
+
+    // The forger's application token then opens no door: a deal event carrying it is refused.
+    let deal = evil.record_change("ONCRMDEALADD", "1", 1_790_000_000, "attacker-app-token");
+    assert_eq!(post(&s, Family::Deal, &deal).await.status, 401);
+
+    // And the forger's application token opens nothing afterwards.
+    let accepted = s
+        .lifecycle
+        .verify_application_token("victim01", &Secret::new("attacker-app-token"))
+        .await
+        .unwrap();
+    assert!(!accepted);
+}
+
+#[tokio::test]
+async fn client_endpoint_mode_refuses_a_token_the_portal_rejects() {
+    let portal = FakePortal::start("portal02").await;
+    let tokens = Arc::new(MemoryTokens::default());
+    let lifecycle = AppLifecycle::new(
+        Arc::new(AppInfoVerifier::new(reqwest::Client::new(), None, None)),
+        tokens.clone(),
+        Arc::new(MemorySnapshots::default()),
+        AppTokens::default(),
+    );
+    let body = portal.install_body("never-issued", "r", APP_TOKEN, 1_790_003_600);
+    let err = lifecycle.handle(&body, NOW_MS).await.unwrap_err();
+    assert!(matches!(err, IngestError::Unauthorized), "{err:?}");
+    assert!(tokens.list().await.unwrap().is_empty());
+    portal.issue_access_token("never-issued");
+    lifecycle.handle(&body, NOW_MS).await.unwrap();
+    assert_eq!(tokens.list().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn genuine_install_then_events_are_verified_by_the_stored_token() {
+    let s = setup("portal03").await;
+    install(&s).await;
+    let stored = s.tokens.get("portal03").await.unwrap().unwrap();
+    assert_eq!(stored.application_token.expose(), APP_TOKEN);
+    assert_eq!(stored.access_token.expose(), "access-1");
+    assert_eq!(stored.refresh_token.expose(), "refresh-1");
+    assert_eq!(stored.expires_at_ms, 1_790_003_600_000);
+    assert_eq!(stored.client_endpoint, s.portal.client_endpoint);
+    assert_eq!(stored.domain, s.portal.domain);
+    assert_eq!(stored.scope, "crm,task,user");
+    assert!(!format!("{stored:?}").contains("access-1"));
+
+    // The install itself is queued for the user's system, without a single token in it.
+    let queued = s.queue.unique();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].event, "ONAPPINSTALL");
+    let wire = serde_json::to_string(&queued[0]).unwrap();
+    for secret in [APP_TOKEN, "access-1", "refresh-1"] {
+        assert!(!wire.contains(secret), "{secret} leaked into the envelope");
+    }
+
+    // Later events of the portal pass ingress on the stored token alone (none is configured).
+    let deal = s
+        .portal
+        .record_change("ONCRMDEALUPDATE", "7405", 1_790_000_100, APP_TOKEN);
+    let reply = post(&s, Family::Deal, &deal).await;
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
+    let forged = s
+        .portal
+        .record_change("ONCRMDEALUPDATE", "7405", 1_790_000_101, "not-the-token");
+    assert_eq!(post(&s, Family::Deal, &forged).await.status, 401);
+    assert_eq!(s.queue.unique().len(), 2);
+
+    let ok = s
+        .lifecycle
+        .verify_application_token("portal03", &Secret::new(APP_TOKEN))
+        .await
+        .unwrap();
+    assert!(ok, "a later event with the stored token is accepted");
+    for (member, token) in [
+        ("portal03", "wrong"),
+        ("other", APP_TOKEN),
+        ("portal03", ""),
+    ] {
+        let ok = s
+            .lifecycle
+            .verify_application_token(member, &Secret::new(token))
+            .await
+            .unwrap();
+        assert!(!ok, "{member}/{token} must be refused");
+    }
+
+    let test_event = json!({"event": "ONAPPTEST", "data": {"FOO": "bar"}, "ts": "1",
+        "auth": {"member_id": "portal03", "application_token": APP_TOKEN}});
+    let reply = post(&s, Family::App, &test_event).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(
+        s.lifecycle.handle(&test_event, NOW_MS).await.unwrap(),
+        AppOutcome::Tested {
+            member_id: "portal03".into()
+        }
+    );
+    let mut wrong = test_event.clone();
+    wrong["auth"]["application_token"] = json!("nope");
+    assert_eq!(post(&s, Family::App, &wrong).await.status, 401);
+    assert_eq!(s.queue.unique().len(), 2, "tests are not forwarded");
+}
+
+#[tokio::test]
+async fn uninstall_with_a_wrong_token_is_refused() {
+    let s = setup("portal04").await;
+    install(&s).await;
+    let key = SnapshotKey {
+        source: Source::Bitrix24,
+        portal: "portal04".into(),
+        family: Family::Deal,
+        entity_id: "7".into(),
+    };
+    s.snapshots
+        .save(
+            &key,
+            &Snapshot {
+                entity: json!({"ID": "7"}),
+                version: 1,
+            },
+        )
+        .await
+        .unwrap();
+    let uninstall = |token: &str| {
+        json!({"event": "ONAPPUNINSTALL", "data": {"CLEAN": "0"}, "ts": "2",
+            "auth": {"member_id": "portal04", "application_token": token, "domain": "x"}})
+    };
+    let reply = post(&s, Family::App, &uninstall("guess")).await;
+    assert_eq!(reply.status, 401, "{:?}", reply.body);
+    assert!(s.tokens.get("portal04").await.unwrap().is_some());
+    assert!(s.snapshots.load(&key).await.unwrap().is_some());
+
+    let outcome = s
+        .lifecycle
+        .handle(&uninstall(APP_TOKEN), NOW_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcome,
+        AppOutcome::Uninstalled {
+            member_id: "portal04".into(),
+            snapshots_deleted: 1
+        }
+    );
+    assert!(s.tokens.get("portal04").await.unwrap().is_none());
+    assert!(s.snapshots.load(&key).await.unwrap().is_none());
+    // Gone means gone: the old token no longer verifies anything.
+    assert!(!s
+        .lifecycle
+        .verify_application_token("portal04", &Secret::new(APP_TOKEN))
+        .await
+        .unwrap());
+}
+
+#[tokio::test]
+async fn offline_drain_of_120_records_loses_none_and_forwards_none_twice() {
+    let s = setup("portal05").await;
+    install(&s).await;
+    let queue = s.queue.clone();
+    queue.sent.lock().unwrap().clear();
+    let base_ts = 1_790_000_000;
+    for n in 1..=120i64 {
+        let body =
+            s.portal
+                .record_change("ONCRMDEALUPDATE", &n.to_string(), base_ts + n, APP_TOKEN);
+        // Half of them also arrived online, through ingress, before the poll.
+        if n % 2 == 0 {
+            assert_eq!(post(&s, Family::Deal, &body).await.status, 202);
+        }
+    }
+    assert_eq!(queue.unique().len(), 60);
+    // A repeated change of a waiting entity is coalesced into its record, as Bitrix24 does.
+    s.portal
+        .record_change("ONCRMDEALUPDATE", "3", base_ts + 3, APP_TOKEN);
+    assert_eq!(s.portal.offline_records().len(), 120);
+
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), queue.clone());
+    let portal = PortalRef {
+        member_id: "portal05".into(),
+        domain: Some(s.portal.domain.clone()),
+    };
+    let report = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(report.fetched, 120);
+    assert_eq!(report.enqueued, 120);
+    assert_eq!(report.cleared, 120);
+    assert_eq!(report.marked_error, 0);
+    assert_eq!(report.pages, 3, "50 + 50 + 20");
+    assert!(s.portal.offline_records().is_empty(), "everything cleared");
+    assert_eq!(s.portal.calls("event.offline.clear"), 3);
+
+    let sent = queue.unique();
+    assert_eq!(
+        sent.len(),
+        120,
+        "one envelope per change, online twins included"
+    );
+    let entities: BTreeSet<i64> = sent
+        .iter()
+        .map(|e| e.entity_id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(entities, (1..=120).collect::<BTreeSet<_>>());
+    assert!(sent
+        .iter()
+        .all(|e| e.family == Family::Deal && e.event == "ONCRMDEALUPDATE"));
+
+    // A second run finds nothing and sends nothing.
+    let again = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(again.fetched, 0);
+    assert_eq!(queue.unique().len(), 120);
+}
+
+#[tokio::test]
+async fn enqueue_failure_marks_records_as_errors_and_leaves_them_for_the_next_run() {
+    let s = setup("portal06").await;
+    install(&s).await;
+    let queue = Arc::new(RecordingQueue::default());
+    for n in 1..=30i64 {
+        s.portal
+            .record_change("ONCRMLEADADD", &n.to_string(), 1_790_000_000 + n, APP_TOKEN);
+    }
+    let refused: HashSet<String> = (1..=10).map(|n| (n * 3).to_string()).collect();
+    *queue.refuse.lock().unwrap() = refused.clone();
+
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), queue.clone()).with_page_size(8);
+    let portal = PortalRef {
+        member_id: "portal06".into(),
+        domain: None,
+    };
+    let first = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(first.enqueued, 20);
+    assert_eq!(first.marked_error, 10);
+    let left = s.portal.offline_records();
+    assert_eq!(left.len(), 10, "refused records stay in the portal's log");
+    assert!(left.iter().all(|r| r.error && r.process_id.is_none()));
+    assert!(s.portal.calls("event.offline.error") >= 1);
+    let queued: BTreeSet<String> = queue
+        .unique()
+        .iter()
+        .filter_map(|e| e.entity_id.clone())
+        .collect();
+    assert!(queued.is_disjoint(&refused.iter().cloned().collect()));
+
+    // The queue recovers: the next run takes the erroneous records and clears them.
+    queue.refuse.lock().unwrap().clear();
+    let second = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(second.enqueued, 10);
+    assert_eq!(second.marked_error, 0);
+    assert!(s.portal.offline_records().is_empty());
+    assert_eq!(queue.unique().len(), 30);
+    assert!(queue.unique().iter().all(|e| e.family == Family::Lead));
+}
+
+#[tokio::test]
+async fn a_queue_that_keeps_failing_does_not_loop_within_a_run() {
+    let s = setup("portal07").await;
+    install(&s).await;
+    let queue = Arc::new(RecordingQueue::default());
+    for n in 1..=5i64 {
+        s.portal.record_change(
+            "ONCRMCONTACTUPDATE",
+            &n.to_string(),
+            1_790_000_000 + n,
+            APP_TOKEN,
+        );
+    }
+    *queue.refuse.lock().unwrap() = (1..=5).map(|n: i64| n.to_string()).collect();
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), queue.clone()).with_page_size(2);
+    let portal = PortalRef {
+        member_id: "portal07".into(),
+        domain: None,
+    };
+    poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    // Second run: the error records are retried once each, fail again, and the run ends.
+    let second = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(second.enqueued, 0);
+    assert!(second.pages <= 4, "pages: {}", second.pages);
+    assert_eq!(s.portal.offline_records().len(), 5);
+    assert!(queue.unique().is_empty());
+}
+
+#[tokio::test]
+async fn relay_bind_twice_produces_one_handler_per_event() {
+    let s = setup("portal08").await;
+    install(&s).await;
+    let rest = rest_client(s.tokens.clone());
+    let urls = urls_from_base("https://relay.example.com/");
+    let plan = plan_bindings(&urls, true);
+
+    let first = bind_all(rest.as_ref(), "portal08", &plan).await.unwrap();
+    assert_eq!(first.bound, plan.len());
+    let second = bind_all(rest.as_ref(), "portal08", &plan).await.unwrap();
+    assert_eq!(second.bound, 0);
+    assert_eq!(second.already_bound, plan.len());
+
+    let rows = s.portal.bound();
+    assert_eq!(rows.len(), plan.len(), "one handler per event");
+    let unique: BTreeSet<_> = rows
+        .iter()
+        .map(|r| (r.event.clone(), r.handler.clone(), r.offline))
+        .collect();
+    assert_eq!(unique.len(), rows.len());
+    assert!(rows
+        .iter()
+        .any(|r| r.event == "ONCRMDEALUPDATE" && r.handler == "https://relay.example.com/deal"));
+    assert!(rows
+        .iter()
+        .any(|r| r.event == "ONCRMDEALUPDATE" && r.offline));
+    assert!(rows
+        .iter()
+        .any(|r| r.event == "ONOFFLINEEVENT" && r.handler == "https://relay.example.com/app"));
+
+    // The portal's own duplicate refusal, which bind_all also takes as success.
+    let dup = rest
+        .call(
+            "portal08",
+            "event.bind",
+            json!({"event": "ONCRMDEALADD", "handler": "https://relay.example.com/deal"}),
+        )
+        .await;
+    assert!(dup.is_err());
+    assert_eq!(s.portal.bound().len(), plan.len());
+
+    let listed = list_bindings(rest.as_ref(), "portal08").await.unwrap();
+    assert_eq!(listed.len(), plan.len());
+
+    let removed = unbind_all(rest.as_ref(), "portal08", &plan).await.unwrap();
+    assert_eq!(removed.removed, plan.len());
+    assert!(s.portal.bound().is_empty());
+}
+
+#[tokio::test]
+async fn offline_wake_event_is_verified_and_wakes_the_poller() {
+    let s = setup("portal09").await;
+    install(&s).await;
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let lifecycle = AppLifecycle::new(
+        Arc::new(AppInfoVerifier::new(reqwest::Client::new(), None, None)),
+        s.tokens.clone(),
+        s.snapshots.clone(),
+        AppTokens::default(),
+    )
+    .with_offline_wake(Arc::new(shared::lifecycle::offline::NotifyWake(
+        notify.clone(),
+    )));
+    let wake = json!({"event": "ONOFFLINEEVENT", "data": {"type": "update", "event": "ONCRMDEALUPDATE", "minTimeout": "5"},
+        "ts": "3", "auth": {"member_id": "portal09", "application_token": APP_TOKEN}});
+    let outcome = lifecycle.handle(&wake, NOW_MS).await.unwrap();
+    assert_eq!(
+        outcome,
+        AppOutcome::OfflineWake {
+            member_id: "portal09".into()
+        }
+    );
+    // The wake left a permit, so this returns at once; the bound only keeps a broken wake
+    // from hanging the suite.
+    tokio::time::timeout(Duration::from_secs(5), notify.notified())
+        .await
+        .expect("ONOFFLINEEVENT did not wake the poller");
+
+    let mut forged = wake.clone();
+    forged["auth"]["application_token"] = json!("x");
+    assert!(matches!(
+        lifecycle.handle(&forged, NOW_MS).await,
+        Err(IngestError::Unauthorized)
+    ));
+}
+
+#[tokio::test]
+async fn scheduled_run_drains_every_installed_portal() {
+    let s = setup("portal10").await;
+    install(&s).await;
+    for n in 1..=3i64 {
+        s.portal
+            .record_change("ONTASKUPDATE", &n.to_string(), 1_790_000_000 + n, APP_TOKEN);
+    }
+    let queue = Arc::new(RecordingQueue::default());
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), queue.clone());
+    let schedule: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../events/offline-poller-schedule.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let event = lambda_runtime::LambdaEvent::new(schedule, lambda_runtime::Context::default());
+    let summary =
+        shared::lambda::offline_poller::handle_schedule(&poller, s.tokens.as_ref(), event)
+            .await
+            .unwrap();
+    assert_eq!(summary["portals"], 1);
+    assert_eq!(summary["enqueued"], 3);
+    let sent = queue.unique();
+    assert_eq!(sent.len(), 3);
+    assert!(sent
+        .iter()
+        .all(|e| e.family == Family::Activity
+            && e.domain.as_deref() == Some(s.portal.domain.as_str())));
+    assert!(s.portal.offline_records().is_empty());
+}
