@@ -1,7 +1,7 @@
-//! Envelopes through `SqsQueue` to SQS FIFO on moto, read back with a plain SQS client, and
-//! what ingress sees when the queue is down: an error, fast, never a hang. (`Ingress::handle`
-//! has not landed on the ingress branch yet, so these drive `SqsQueue` directly; the 202/503
-//! mapping is the ingress issue's to test on top.)
+//! Ingress onto SQS FIFO on moto, over the wire: sample Function URL events through the
+//! Lambda glue and `Ingress::handle` into `SqsQueue`, read back with a plain SQS client
+//! (body, MessageGroupId, MessageDeduplicationId); a stopped or silent queue gives 503 / an
+//! error within the SDK timeouts, never a 202 and never a hang.
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use integration_tests::contract::sample_event;
@@ -12,14 +12,116 @@ use integration_tests::moto::{
 use shared::aws::dynamo::DynamoStore;
 use shared::aws::sqs::SqsQueue;
 use shared::aws::OPERATION_TIMEOUT;
+use shared::config::{AppTokens, RelayConfig};
 use shared::error::StoreError;
-use shared::event::RelayEvent;
+use shared::event::{Family, RelayEvent};
+use shared::ingest::Ingress;
+use shared::lambda::ingest::handle_function_url_request;
 use shared::ports::{Claim, DedupStore, Queue};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Longer than the SDK's own operation timeout: if this fires, the timeouts are not applied.
 const HANG_GUARD: Duration = Duration::from_secs(OPERATION_TIMEOUT.as_secs() * 3);
+
+/// The application token of the samples in events/ (see events/README.md).
+const SAMPLE_APP_TOKEN: &str = "local-dev-app-token";
+
+fn ingress_on(queue: SqsQueue) -> Ingress {
+    let config = RelayConfig {
+        b24_app_tokens: AppTokens::parse(SAMPLE_APP_TOKEN).unwrap(),
+        ..RelayConfig::default()
+    };
+    Ingress::new(Arc::new(queue), config)
+}
+
+/// A Function URL event from events/, as Lambda would hand it to the ingest function.
+fn sample_request(path: &str) -> lambda_http::Request {
+    let file = format!("{}/../events/{path}", env!("CARGO_MANIFEST_DIR"));
+    let json = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{file}: {e}"));
+    lambda_http::request::from_str(&json).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+async fn post(ingress: &Ingress, path: &str) -> (u16, serde_json::Value) {
+    let response = handle_function_url_request(ingress, Family::Deal, sample_request(path)).await;
+    let body: serde_json::Value =
+        serde_json::from_slice(response.body().as_ref()).expect("JSON answer");
+    (response.status().as_u16(), body)
+}
+
+#[tokio::test]
+async fn a_function_url_event_is_queued_on_sqs_before_202() {
+    let config = moto_config().await;
+    let client = aws_sdk_sqs::Client::new(&config);
+    let queues = create_fifo_queues(&client, MAX_RECEIVE_COUNT).await;
+    let ingress = ingress_on(SqsQueue::from_conf(
+        &config,
+        &queues.queue_url,
+        Some(queues.dlq_url),
+    ));
+
+    let (status, body) = post(&ingress, "ingest-deal/bitrix24-form.json").await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"]
+        .as_str()
+        .expect("202 names the envelope id")
+        .to_string();
+
+    let out = client
+        .receive_message()
+        .queue_url(&queues.queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .expect("receive from moto");
+    assert_eq!(out.messages().len(), 1);
+    let message = &out.messages()[0];
+    let raw = message.body().unwrap();
+    assert!(
+        !raw.contains(SAMPLE_APP_TOKEN),
+        "no token may enter the queue"
+    );
+    let event: RelayEvent = serde_json::from_str(raw).expect("body is the envelope");
+    assert_eq!(event.id, id);
+    assert_eq!(event.event, "ONCRMDEALUPDATE");
+    assert_eq!(event.entity_id.as_deref(), Some("7405"));
+    let attrs = message.attributes().expect("system attributes");
+    assert_eq!(
+        attrs[&MessageSystemAttributeName::MessageGroupId],
+        "bitrix24#a1b2c3d4e5f60718293a4b5c6d7e8f90#deal#7405"
+    );
+    assert_eq!(
+        attrs[&MessageSystemAttributeName::MessageDeduplicationId],
+        id
+    );
+}
+
+#[tokio::test]
+async fn ingress_answers_503_once_the_queue_is_down() {
+    let mut moto = MotoServer::spawn();
+    let client = sqs_client_for(moto.endpoint()).await;
+    let queues = create_fifo_queues(&client, MAX_RECEIVE_COUNT).await;
+    let ingress = ingress_on(SqsQueue::new(
+        client,
+        &queues.queue_url,
+        Some(queues.dlq_url),
+    ));
+    let (status, body) = post(&ingress, "ingest-deal/bitrix24-form.json").await;
+    assert_eq!(status, 202, "{body}");
+
+    moto.kill();
+    let (status, body) =
+        tokio::time::timeout(HANG_GUARD, post(&ingress, "ingest-deal/bitrix24-json.json"))
+            .await
+            .expect("ingress must answer within the SDK timeouts when the queue is down");
+    assert_eq!(
+        status, 503,
+        "an event the queue did not take must not get a 2xx: {body}"
+    );
+    assert!(body.get("id").is_none());
+}
 
 #[tokio::test]
 async fn envelopes_arrive_with_their_group_and_dedup_ids() {

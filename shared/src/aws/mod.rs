@@ -26,6 +26,10 @@ pub const MAX_ATTEMPTS: u32 = 2;
 /// The SDK configuration every function uses, from the environment (`AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, credentials, …, as aws-config reads them) with one rustls+ring HTTPS
 /// client and short timeouts, so an outage becomes an error fast instead of a hung Lambda.
+///
+/// To aim one client somewhere else, set `endpoint_url` on that service's config builder
+/// (`aws_sdk_sqs::config::Builder::from(&config)`): an `AWS_ENDPOINT_URL` in the environment
+/// outranks an endpoint set on the `SdkConfig` itself.
 pub async fn sdk_config() -> SdkConfig {
     let http_client = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))

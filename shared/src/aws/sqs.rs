@@ -9,6 +9,7 @@ use crate::ports::{DeadLetter, Queue, QueueMessage, RedriveFilter};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
+use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Message attribute on a parked message: why it was parked.
@@ -96,30 +97,22 @@ impl SqsQueue {
         Ok(())
     }
 
-    /// Every message in the DLQ, oldest first per group, without removing any: each is
-    /// received (hidden briefly) and made visible again at the end.
+    /// The messages in the DLQ, oldest first per group, without removing any: each is
+    /// received (hidden briefly) and made visible again at the end. A FIFO queue hands out
+    /// later messages of a group only once the earlier ones are gone, so a listing shows at
+    /// most one receive's worth (up to 10) per group; redrive has no such limit for the
+    /// messages it moves.
     pub async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let dlq = self.require_dlq()?;
         let mut letters: Vec<DeadLetter> = Vec::new();
         let mut held = Vec::new();
         let result = async {
             for _ in 0..MAX_REDRIVE_ROUNDS {
-                let out = self
-                    .client
-                    .receive_message()
-                    .queue_url(dlq)
-                    .max_number_of_messages(10)
-                    .visibility_timeout(REDRIVE_HOLD_SECS)
-                    .wait_time_seconds(0)
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
-                    .message_attribute_names("All")
-                    .send()
-                    .await
-                    .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
-                if out.messages().is_empty() {
+                let messages = self.hold_dead_letters(dlq).await?;
+                if messages.is_empty() {
                     break;
                 }
-                for message in out.messages() {
+                for message in &messages {
                     held.push(message.receipt_handle().unwrap_or_default().to_string());
                     let letter = to_dead_letter(message);
                     if !letters.iter().any(|l| l.message_id == letter.message_id) {
@@ -132,6 +125,26 @@ impl SqsQueue {
         .await;
         self.release_held(dlq, held).await;
         result.map(|()| letters)
+    }
+
+    /// Receives up to 10 DLQ messages with their attributes, hidden for `REDRIVE_HOLD_SECS`.
+    async fn hold_dead_letters(
+        &self,
+        dlq: &str,
+    ) -> Result<Vec<aws_sdk_sqs::types::Message>, StoreError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(dlq)
+            .max_number_of_messages(10)
+            .visibility_timeout(REDRIVE_HOLD_SECS)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
+        Ok(out.messages.unwrap_or_default())
     }
 
     /// Makes DLQ messages that a listing or redrive only looked at visible again.
@@ -165,22 +178,11 @@ impl SqsQueue {
         let mut held = Vec::new();
         let result = async {
             for _ in 0..MAX_REDRIVE_ROUNDS {
-                let out = self
-                    .client
-                    .receive_message()
-                    .queue_url(dlq)
-                    .max_number_of_messages(10)
-                    .visibility_timeout(REDRIVE_HOLD_SECS)
-                    .wait_time_seconds(0)
-                    .message_system_attribute_names(MessageSystemAttributeName::All)
-                    .message_attribute_names("All")
-                    .send()
-                    .await
-                    .map_err(|e| store_error("sqs ReceiveMessage (DLQ)", e))?;
-                if out.messages().is_empty() {
+                let messages = self.hold_dead_letters(dlq).await?;
+                if messages.is_empty() {
                     break;
                 }
-                for message in out.messages() {
+                for message in &messages {
                     let letter = to_dead_letter(message);
                     let receipt = message.receipt_handle().unwrap_or_default().to_string();
                     if !filter.selects(&letter, envelope_id_of(&letter.body).as_deref()) {
@@ -261,9 +263,7 @@ impl Queue for SqsQueue {
             .queue_url(dlq)
             .message_body(&message.body)
             .message_group_id(group_or_default(&message.group_id))
-            // The SQS message id is the same on every receive of one message, so parking it
-            // twice (a Lambda retry) leaves one dead letter.
-            .message_deduplication_id(&message.message_id)
+            .message_deduplication_id(park_dedup_id(message))
             .message_attributes(REASON_ATTRIBUTE, string_attribute("String", reason)?)
             .message_attributes(
                 PARKED_AT_ATTRIBUTE,
@@ -273,6 +273,17 @@ impl Queue for SqsQueue {
             .await
             .map_err(|e| store_error("sqs SendMessage (DLQ)", e))?;
         Ok(())
+    }
+}
+
+/// The SQS message id is the same on every receive of one message, so parking it twice (a
+/// Lambda retry) leaves one dead letter. A message without one (not from SQS) is keyed by
+/// its body.
+fn park_dedup_id(message: &QueueMessage) -> String {
+    if message.message_id.is_empty() || message.message_id.len() > 128 {
+        hex::encode(Sha256::digest(message.body.as_bytes()))
+    } else {
+        message.message_id.clone()
     }
 }
 
@@ -421,6 +432,23 @@ mod tests {
         assert!(!by_id.selects(&letter("m", 0), None));
         assert!(since.selects(&letter("m", 100), None));
         assert!(!since.selects(&letter("m", 99), None));
+    }
+
+    #[test]
+    fn parking_is_keyed_by_message_id_or_else_the_body() {
+        let mut message = QueueMessage {
+            message_id: "5fea7756-0ea4-451a-a703-a558b933e274".into(),
+            receipt: "r".into(),
+            body: "{}".into(),
+            group_id: "g".into(),
+            receive_count: 1,
+        };
+        assert_eq!(park_dedup_id(&message), message.message_id);
+        message.message_id.clear();
+        let by_body = park_dedup_id(&message);
+        assert_eq!(by_body.len(), 64);
+        message.body = "{ }".into();
+        assert_ne!(park_dedup_id(&message), by_body);
     }
 
     #[test]

@@ -82,12 +82,19 @@ pub async fn serve(family: Family, ingress: Arc<Ingress>) -> Result<(), lambda_h
 pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
     let config = RelayConfig::from_env()?;
     let _ = config;
-    // TODO(integrator): the SQS adapter (`crate::aws::SqsQueue`) is written by the stores
-    // helper. Wire it here, once per cold start, then hand over to `serve`:
+    // TODO(integrator): the adapters live on other branches (stores: `aws::sdk_config`,
+    // `aws::sqs::SqsQueue`, `aws::dynamo::DynamoStore`; lifecycle: `AppLifecycle`). Once
+    // merged, build them here once per cold start and hand over to `serve`:
     //   crate::logging::init_json_logs();
-    //   let queue = Arc::new(crate::aws::SqsQueue::from_env(&config).await?);
-    //   let ingress = Ingress::new(queue, config); // optionally .with_token_store(dynamo)
+    //   let sdk = crate::aws::sdk_config().await;
+    //   let queue_url = config.queue_url.clone().ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
+    //   let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
+    //   let mut ingress = Ingress::new(queue, config.clone());
+    //   if let Some(table) = &config.table {
+    //       ingress = ingress.with_token_store(Arc::new(DynamoStore::from_conf(&sdk, table)));
+    //   }   // and for Family::App: .with_app_lifecycle(...)
     //   serve(family, Arc::new(ingress)).await
+    // (and replace the test `run_without_a_queue_is_an_error_not_a_panic`).
     Err(format!(
         "ingest-{family}: no queue is wired yet (TODO in shared::lambda::ingest::run): \
          the SQS adapter must be connected before this function can accept events"
@@ -162,6 +169,15 @@ mod tests {
                 assert_eq!(sent.len(), 1, "{}", file.display());
                 assert_eq!(sent[0].family, family);
                 assert_eq!(body["id"], serde_json::json!(sent[0].id));
+                let wire = serde_json::to_string(&sent[0]).unwrap();
+                for placeholder in [
+                    "local-dev-app-token",
+                    "local-dev-salesman-secret",
+                    "local-dev-access-token",
+                    "local-dev-refresh-token",
+                ] {
+                    assert!(!wire.contains(placeholder), "{}: {wire}", file.display());
+                }
                 checked += 1;
             }
         }

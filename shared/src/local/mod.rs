@@ -13,7 +13,7 @@ mod tokens;
 pub use outbox::JsonlOutbox;
 
 use crate::error::StoreError;
-use queue::PendingSend;
+use queue::PendingSends;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -109,7 +109,7 @@ struct Inner {
     /// only from `spawn_blocking`, so no query ever blocks the async runtime.
     conn: Mutex<Connection>,
     /// Sends waiting for the next group commit (see `queue`).
-    pending: Mutex<Vec<PendingSend>>,
+    pending: Mutex<PendingSends>,
     max_receive_count: AtomicU32,
     outbox: JsonlOutbox,
 }
@@ -117,9 +117,13 @@ struct Inner {
 impl SqliteStore {
     /// Opens (creating if needed) `<dir>/relay.db` and `<dir>/outbox.jsonl`.
     ///
-    /// WAL with `synchronous=FULL`: ingress answers 202 right after `send` returns, so a
-    /// committed send must survive a power cut, not only a killed process. Group commit in
-    /// `send` keeps that affordable under a burst (one fsync for every send waiting).
+    /// WAL mode. Sends commit with `synchronous=FULL`: ingress answers 202 right after `send`
+    /// returns, so an accepted event must survive a power cut, not only a killed process;
+    /// group commit keeps that to one fsync per round of waiting sends. Everything else
+    /// (receive, delete, claims, attempts) commits at NORMAL, which in WAL mode survives a
+    /// killed process; a power cut may undo the last of those steps, which only replays
+    /// work: the message is delivered again and forwarded with the same `webhook-id`, as
+    /// after a crash between forward and complete.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -134,7 +138,7 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 conn: Mutex::new(conn),
-                pending: Mutex::new(Vec::new()),
+                pending: Mutex::new(PendingSends::default()),
                 max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
                 outbox: JsonlOutbox::new(dir.join(outbox::OUTBOX_FILE)),
             }),
@@ -187,7 +191,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
             "sqlite refused WAL mode (got {mode}); is the data directory on a network share?"
         )));
     }
-    conn.pragma_update(None, "synchronous", "FULL")
+    conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(db("synchronous"))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))

@@ -2,7 +2,7 @@
 //! cloud build. Per-group order with one message in flight per group, visibility timeouts,
 //! receive counts, a dead-letter table after too many receives, and redrive.
 
-use super::{db, duration_ms, lock, unix_ms_now, SqliteStore};
+use super::{db, duration_ms, lock, unix_ms_now, Inner, SqliteStore};
 use crate::error::StoreError;
 use crate::event::RelayEvent;
 use crate::ports::{DeadLetter, PollingQueue, Queue, QueueMessage, RedriveFilter};
@@ -19,9 +19,18 @@ pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 const MAX_DEAD_LETTER_ROUNDS: usize = 1000;
 
 /// One send waiting for the next group commit.
-pub(super) struct PendingSend {
+struct PendingSend {
     message: NewMessage,
     done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Sends not yet committed, and whether a committer is running. One committer at a time
+/// drains everything that queued up while it committed, so a burst costs one fsync per
+/// round instead of one per event.
+#[derive(Default)]
+pub(super) struct PendingSends {
+    queue: Vec<PendingSend>,
+    committer_running: bool,
 }
 
 struct NewMessage {
@@ -34,7 +43,49 @@ fn new_message_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-/// Commits every pending send in one transaction: one fsync for the whole burst.
+/// Commits rounds of pending sends until none are left, then steps down.
+fn run_committer(inner: &Inner) {
+    // If a commit panics, the next sender must be able to start a committer again; the
+    // senders of the lost round see their channel closed and report the store unavailable.
+    struct StepDownOnPanic<'a>(&'a Inner);
+    impl Drop for StepDownOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                lock(&self.0.pending).committer_running = false;
+            }
+        }
+    }
+    let _guard = StepDownOnPanic(inner);
+    loop {
+        let batch = {
+            let mut pending = lock(&inner.pending);
+            if pending.queue.is_empty() {
+                pending.committer_running = false;
+                return;
+            }
+            std::mem::take(&mut pending.queue)
+        };
+        let result = commit_durably(&mut lock(&inner.conn), &batch).map_err(|e| e.to_string());
+        for pending in batch {
+            let _ = pending.done.send(result.clone());
+        }
+    }
+}
+
+/// Commits a round of sends with `synchronous=FULL`: the WAL is fsynced before the senders
+/// hear Ok, because ingress answers 202 on it. The rest of the store runs at NORMAL (see
+/// `SqliteStore::open`); one FULL commit also makes every earlier WAL frame durable.
+fn commit_durably(conn: &mut Connection, batch: &[PendingSend]) -> Result<(), StoreError> {
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(db("send: synchronous"))?;
+    let result = commit_sends(conn, batch, unix_ms_now());
+    let restored = conn
+        .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db("send: synchronous"));
+    result.and(restored)
+}
+
+/// Commits a round of sends in one transaction: one fsync for all of them.
 fn commit_sends(
     conn: &mut Connection,
     batch: &[PendingSend],
@@ -80,34 +131,28 @@ fn commit_sends(
 #[async_trait]
 impl Queue for SqliteStore {
     /// Returns once the event is committed (and fsynced). Sends that arrive while a commit
-    /// runs are committed together by whichever of them takes the connection next.
+    /// runs are committed together in the committer's next round.
     async fn send(&self, event: &RelayEvent) -> Result<(), StoreError> {
         let body = serde_json::to_string(event)
             .map_err(|e| StoreError::Corrupt(format!("envelope does not serialize: {e}")))?;
         let (done, committed) = oneshot::channel();
-        lock(&self.inner.pending).push(PendingSend {
-            message: NewMessage {
-                dedup_id: event.deduplication_id().to_string(),
-                group_id: event.message_group_id(),
-                body,
-            },
-            done,
-        });
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut conn = lock(&inner.conn);
-            let batch = std::mem::take(&mut *lock(&inner.pending));
-            if batch.is_empty() {
-                // An earlier sender's commit took ours along.
-                return;
-            }
-            let result = commit_sends(&mut conn, &batch, unix_ms_now()).map_err(|e| e.to_string());
-            for pending in batch {
-                let _ = pending.done.send(result.clone());
-            }
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("sqlite worker failed: {e}")))?;
+        let start_committer = {
+            let mut pending = lock(&self.inner.pending);
+            pending.queue.push(PendingSend {
+                message: NewMessage {
+                    dedup_id: event.deduplication_id().to_string(),
+                    group_id: event.message_group_id(),
+                    body,
+                },
+                done,
+            });
+            !std::mem::replace(&mut pending.committer_running, true)
+        };
+        if start_committer {
+            let inner = Arc::clone(&self.inner);
+            // Detached on purpose: it keeps committing for later senders after ours is done.
+            tokio::task::spawn_blocking(move || run_committer(&inner));
+        }
         match committed.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(StoreError::Unavailable(reason)),
