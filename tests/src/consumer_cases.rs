@@ -467,8 +467,10 @@ pub async fn single_calls_beyond_the_burst_wait_for_the_bucket(
     ports: ConsumerPorts,
     probe: Arc<dyn QueueProbe>,
 ) {
+    // Slow enough that scheduling jitter on a loaded machine (up to ~80 ms between the client's
+    // count and the portal's) stays inside the client's two-request margin.
     let limits = PortalLimits {
-        per_second: 200.0,
+        per_second: 25.0,
         burst: 10.0,
     };
     let world = World::new(ports, probe, Auth::Webhook, limits).await;
@@ -476,14 +478,14 @@ pub async fn single_calls_beyond_the_burst_wait_for_the_bucket(
         .portal
         .set_entity("deal", "1", deal("1", "A", "NEW", "1"));
     let client = world.bitrix24_client();
-    for _ in 0..40 {
+    for _ in 0..30 {
         let answer = client
             .call(PORTAL, "crm.deal.get", json!({"id": "1"}))
             .await
             .expect("crm.deal.get answers");
         assert_eq!(answer.result["TITLE"], "A");
     }
-    assert_eq!(world.portal.requests(), 40);
+    assert_eq!(world.portal.requests(), 30);
     assert_eq!(world.portal.limited(), 0, "the portal never answered 503");
 }
 
