@@ -1,6 +1,7 @@
-//! A loopback Bitrix24 portal for the app lifecycle: `app.info`, `event.bind/unbind/get` (with
-//! the real "Handler already binded" refusal) and the offline-event log with `process_id`
-//! claims and latest-state coalescing, at the real URL form `<client_endpoint><method>.json`.
+//! The app lifecycle's methods on the loopback portal of `fake_bitrix24`: `app.info`,
+//! `event.bind/unbind/get` (with the real "Handler already binded" refusal) and the
+//! offline-event log with `process_id` claims and latest-state coalescing, registered into
+//! `FakeBitrix24`'s method table, so the same URL forms, tokens and leaky bucket apply.
 //!
 //! Offline semantics, after offline-events.md and event.offline.*.md:
 //! - a change of an entity already waiting in the log (same `MESSAGE_ID`, not claimed by a
@@ -12,16 +13,11 @@
 //! - `event.offline.clear` deletes records of the process (by `id`, `message_id` or all);
 //! - `event.offline.error` marks records of the process erroneous and releases the claim.
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
-use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use crate::fake_bitrix24::{param, FakeBitrix24, MethodReply, PortalLimits, PortalState};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One registered handler (`event.get` row).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,75 +42,90 @@ pub struct OfflineRecord {
 }
 
 #[derive(Default)]
-struct PortalState {
-    access_tokens: HashSet<String>,
+struct EventsState {
     handlers: Vec<BoundRow>,
     offline: Vec<OfflineRecord>,
     next_record_id: u64,
     next_process: u64,
-    calls: Vec<String>,
 }
 
+/// A `FakeBitrix24` with the lifecycle's methods; derefs to the portal for everything else.
 pub struct FakePortal {
+    pub fake: FakeBitrix24,
     pub member_id: String,
     pub domain: String,
     pub client_id: String,
     /// `http://127.0.0.1:<port>/rest/`: the portal's `client_endpoint`.
     pub client_endpoint: String,
-    state: Arc<Mutex<PortalState>>,
-    _server: tokio::task::JoinHandle<()>,
+    events: Arc<Mutex<EventsState>>,
 }
 
-#[derive(Clone)]
-struct Shared {
-    member_id: String,
-    domain: String,
-    client_id: String,
-    client_endpoint: String,
-    state: Arc<Mutex<PortalState>>,
+impl std::ops::Deref for FakePortal {
+    type Target = FakeBitrix24;
+    fn deref(&self) -> &FakeBitrix24 {
+        &self.fake
+    }
+}
+
+fn lock(events: &Mutex<EventsState>) -> MutexGuard<'_, EventsState> {
+    events.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl FakePortal {
-    /// Starts the portal on an ephemeral loopback port.
+    /// A portal with a bucket wide enough that only the client's own limiter paces calls.
     pub async fn start(member_id: &str) -> FakePortal {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
-            .await
-            .expect("bind fake portal");
-        let addr = listener.local_addr().expect("local addr");
-        let state = Arc::new(Mutex::new(PortalState {
-            next_record_id: 1,
-            ..PortalState::default()
-        }));
-        let shared = Shared {
-            member_id: member_id.to_string(),
-            domain: format!("{member_id}.bitrix24.test"),
-            client_id: "local.5f0000000000a1.00000001".to_string(),
-            client_endpoint: format!("http://{addr}/rest/"),
-            state: state.clone(),
+        FakePortal::start_with_limits(
+            member_id,
+            PortalLimits {
+                per_second: 1000.0,
+                burst: 1000.0,
+            },
+        )
+        .await
+    }
+
+    pub async fn start_with_limits(member_id: &str, limits: PortalLimits) -> FakePortal {
+        let fake = FakeBitrix24::start(member_id, limits).await;
+        let (domain, client_id) = {
+            let s = fake.state();
+            (s.domain.clone(), s.client_id.clone())
         };
-        let app = Router::new()
-            .route("/rest/{method}", any(rest_call))
-            .with_state(shared.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakePortal {
-            member_id: shared.member_id,
-            domain: shared.domain,
-            client_id: shared.client_id,
-            client_endpoint: shared.client_endpoint,
-            state,
-            _server: server,
-        }
+        let portal = FakePortal {
+            client_endpoint: fake.client_endpoint(),
+            fake,
+            member_id: member_id.to_string(),
+            domain,
+            client_id,
+            events: Arc::new(Mutex::new(EventsState {
+                next_record_id: 1,
+                ..EventsState::default()
+            })),
+        };
+        portal.register_methods();
+        portal
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PortalState> {
-        self.state.lock().expect("portal state")
-    }
-
-    /// An access token this portal accepts (what it hands out at install).
+    /// The access token the portal accepts from now on (what it hands out at install).
     pub fn issue_access_token(&self, token: &str) {
-        self.lock().access_tokens.insert(token.to_string());
+        self.fake.state().access_token = token.to_string();
+    }
+
+    /// How many times `method` was called.
+    pub fn calls(&self, method: &str) -> usize {
+        self.fake
+            .state()
+            .calls
+            .iter()
+            .filter(|m| *m == method)
+            .count()
+    }
+
+    pub fn offline_records(&self) -> Vec<OfflineRecord> {
+        lock(&self.events).offline.clone()
+    }
+
+    pub fn bound(&self) -> Vec<BoundRow> {
+        lock(&self.events).handlers.clone()
     }
 
     /// One change of an entity: written to the offline log (coalesced per entity) as Bitrix24
@@ -134,10 +145,14 @@ impl FakePortal {
             "FIELDS"
         };
         // The log keeps the typed value; the online form body has every scalar as a string.
-        let logged = json!({ data_key: {"ID": entity_id.parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(entity_id))} });
+        let typed_id = entity_id
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| json!(entity_id));
+        let logged = json!({ data_key: {"ID": typed_id} });
         let message_id = message_id_of(&event, &logged);
         {
-            let mut state = self.lock();
+            let mut state = lock(&self.events);
             let waiting = state
                 .offline
                 .iter_mut()
@@ -206,18 +221,207 @@ impl FakePortal {
         })
     }
 
-    pub fn offline_records(&self) -> Vec<OfflineRecord> {
-        self.lock().offline.clone()
+    fn register_methods(&self) {
+        let client_endpoint = self.client_endpoint.clone();
+        self.fake
+            .register("app.info", move |s: &mut PortalState, _: &Value| {
+                app_info(s, &client_endpoint)
+            });
+        let events = self.events.clone();
+        self.fake
+            .register("event.bind", move |_, p| event_bind(&mut lock(&events), p));
+        let events = self.events.clone();
+        self.fake.register("event.unbind", move |_, p| {
+            event_unbind(&mut lock(&events), p)
+        });
+        let events = self.events.clone();
+        self.fake.register("event.get", move |_, _| {
+            let rows: Vec<Value> = lock(&events)
+                .handlers
+                .iter()
+                .map(|h| {
+                    json!({"event": h.event, "handler": h.handler, "auth_type": h.auth_type,
+                           "offline": if h.offline { 1 } else { 0 }})
+                })
+                .collect();
+            MethodReply::Result(Value::Array(rows))
+        });
+        let events = self.events.clone();
+        self.fake.register("event.offline.get", move |_, p| {
+            offline_get(&mut lock(&events), p)
+        });
+        let events = self.events.clone();
+        self.fake.register("event.offline.clear", move |_, p| {
+            offline_clear(&mut lock(&events), p)
+        });
+        let events = self.events.clone();
+        self.fake.register("event.offline.error", move |_, p| {
+            offline_error(&mut lock(&events), p)
+        });
     }
+}
 
-    pub fn bound(&self) -> Vec<BoundRow> {
-        self.lock().handlers.clone()
-    }
+fn app_info(s: &PortalState, client_endpoint: &str) -> MethodReply {
+    MethodReply::Result(json!({
+        "ID": 7,
+        "CODE": s.client_id,
+        "VERSION": 1,
+        "STATUS": "L",
+        "INSTALLED": true,
+        "PAYMENT_EXPIRED": "N",
+        "DAYS": null,
+        "LANGUAGE_ID": "ru",
+        "LICENSE": "ru_project",
+        "client_id": s.client_id,
+        "install": {
+            "installed": true,
+            "version": 1,
+            "status": "L",
+            "scope": "crm,task,user",
+            "domain": s.domain,
+            "uri": format!("https://{}", s.domain),
+            "client_endpoint": client_endpoint,
+            "server_endpoint": "https://oauth.bitrix.info/rest/",
+            "member_id": s.member_id,
+        }
+    }))
+}
 
-    /// How many times `method` was called.
-    pub fn calls(&self, method: &str) -> usize {
-        self.lock().calls.iter().filter(|m| *m == method).count()
+fn list(params: &Value, key: &str) -> Option<Vec<String>> {
+    match params.get(key) {
+        Some(Value::Array(items)) => Some(
+            items
+                .iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
     }
+}
+
+fn event_bind(state: &mut EventsState, params: &Value) -> MethodReply {
+    let Some(event) = param(params, "event") else {
+        return MethodReply::error(400, "ERROR_ARGUMENT", "Event name is empty");
+    };
+    if !known_event(&event) {
+        return MethodReply::error(400, "ERROR_EVENT_NOT_FOUND", "Event not found");
+    }
+    let offline = param(params, "event_type").as_deref() == Some("offline");
+    let handler = param(params, "handler").unwrap_or_default();
+    if !offline && handler.is_empty() {
+        return MethodReply::error(400, "ERROR_ARGUMENT", "Handler is empty");
+    }
+    let row = BoundRow {
+        event: event.to_ascii_uppercase(),
+        handler: if offline { String::new() } else { handler },
+        auth_type: param(params, "auth_type").unwrap_or_else(|| "0".into()),
+        offline,
+    };
+    if state.handlers.contains(&row) {
+        return MethodReply::error(400, "ERROR_CORE", "Handler already binded");
+    }
+    state.handlers.push(row);
+    MethodReply::Result(json!(true))
+}
+
+fn event_unbind(state: &mut EventsState, params: &Value) -> MethodReply {
+    let event = param(params, "event").map(|e| e.to_ascii_uppercase());
+    let handler = param(params, "handler");
+    let offline = param(params, "event_type").as_deref() == Some("offline");
+    let before = state.handlers.len();
+    state.handlers.retain(|h| {
+        !(event.as_deref().is_none_or(|e| h.event == e)
+            && h.offline == offline
+            && (offline || handler.as_deref().is_none_or(|x| h.handler == x)))
+    });
+    MethodReply::Result(json!({"count": before - state.handlers.len()}))
+}
+
+fn offline_get(state: &mut EventsState, params: &Value) -> MethodReply {
+    let clear = param(params, "clear").as_deref() != Some("0");
+    let want_errors = param(params, "error").as_deref() == Some("1");
+    let limit = param(params, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .max(1);
+    let process_id = match param(params, "process_id").filter(|p| !p.is_empty()) {
+        Some(p) => p,
+        None => {
+            state.next_process += 1;
+            format!("{:032x}", state.next_process)
+        }
+    };
+    let mut order: Vec<usize> = (0..state.offline.len()).collect();
+    order.sort_by_key(|&i| (state.offline[i].timestamp_x, state.offline[i].id));
+    let mut picked = Vec::new();
+    // The caller's own uncleared records first, then unclaimed ones.
+    for &i in &order {
+        let r = &state.offline[i];
+        if picked.len() < limit
+            && r.process_id.as_deref() == Some(process_id.as_str())
+            && r.error == want_errors
+        {
+            picked.push(i);
+        }
+    }
+    for &i in &order {
+        let r = &state.offline[i];
+        if picked.len() < limit && r.process_id.is_none() && r.error == want_errors {
+            picked.push(i);
+        }
+    }
+    let events: Vec<Value> = picked
+        .iter()
+        .map(|&i| record_json(&state.offline[i]))
+        .collect();
+    if clear {
+        let drop: HashSet<u64> = picked.iter().map(|&i| state.offline[i].id).collect();
+        state.offline.retain(|r| !drop.contains(&r.id));
+        MethodReply::Result(json!({"process_id": null, "events": events}))
+    } else {
+        for &i in &picked {
+            state.offline[i].process_id = Some(process_id.clone());
+        }
+        MethodReply::Result(json!({"process_id": process_id, "events": events}))
+    }
+}
+
+fn offline_clear(state: &mut EventsState, params: &Value) -> MethodReply {
+    let Some(process_id) = param(params, "process_id") else {
+        return MethodReply::error(400, "ERROR_ARGUMENT", "process_id is required");
+    };
+    let ids = list(params, "id");
+    let message_ids = list(params, "message_id");
+    state.offline.retain(|r| {
+        let of_process = r.process_id.as_deref() == Some(process_id.as_str());
+        let selected = match (&ids, &message_ids) {
+            (Some(ids), _) => ids.contains(&r.id.to_string()),
+            (None, Some(m)) => m.contains(&r.message_id),
+            (None, None) => true,
+        };
+        !(of_process && selected)
+    });
+    MethodReply::Result(json!(true))
+}
+
+fn offline_error(state: &mut EventsState, params: &Value) -> MethodReply {
+    let Some(process_id) = param(params, "process_id") else {
+        return MethodReply::error(400, "ERROR_ARGUMENT", "process_id is required");
+    };
+    let message_ids = list(params, "message_id").unwrap_or_default();
+    for r in state.offline.iter_mut() {
+        if r.process_id.as_deref() == Some(process_id.as_str())
+            && message_ids.contains(&r.message_id)
+        {
+            r.error = true;
+            r.process_id = None;
+        }
+    }
+    MethodReply::Result(json!(true))
 }
 
 /// A document as PHP's `http_build_query` sends it: nested keys in brackets
@@ -267,67 +471,6 @@ fn hex_prefix(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn rest_error(status: StatusCode, code: &str, description: &str) -> Response {
-    (
-        status,
-        Json(json!({"error": code, "error_description": description})),
-    )
-        .into_response()
-}
-
-fn ok(result: Value) -> Response {
-    Json(json!({"result": result, "time": {"start": 0, "finish": 0, "duration": 0}}))
-        .into_response()
-}
-
-/// Query string, then form or JSON body, as Bitrix24 accepts all three.
-fn params_of(query: Option<String>, headers: &HeaderMap, body: &[u8]) -> Map<String, Value> {
-    let mut params = Map::new();
-    if let Some(q) = query {
-        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            params.insert(k.into_owned(), Value::String(v.into_owned()));
-        }
-    }
-    let is_json = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if is_json {
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
-            params.extend(map);
-        }
-    } else {
-        for (k, v) in form_urlencoded::parse(body) {
-            params.insert(k.into_owned(), Value::String(v.into_owned()));
-        }
-    }
-    params
-}
-
-fn text(params: &Map<String, Value>, key: &str) -> Option<String> {
-    match params.get(key) {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn list(params: &Map<String, Value>, key: &str) -> Option<Vec<String>> {
-    match params.get(key) {
-        Some(Value::Array(items)) => Some(
-            items
-                .iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                })
-                .collect(),
-        ),
-        _ => None,
-    }
-}
-
 fn timestamp_x(secs: i64) -> String {
     // Bitrix24 writes the portal's local time with its offset; Moscow time here.
     let local = secs + 3 * 3600;
@@ -370,209 +513,4 @@ fn record_json(r: &OfflineRecord) -> Value {
 fn known_event(event: &str) -> bool {
     shared::lifecycle::events::family_of_bound_event(event).is_some()
         || event.eq_ignore_ascii_case(shared::lifecycle::events::ONOFFLINEEVENT)
-}
-
-async fn rest_call(
-    State(portal): State<Shared>,
-    Path(method): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let method = method
-        .strip_suffix(".json")
-        .unwrap_or(&method)
-        .to_ascii_lowercase();
-    let params = params_of(query, &headers, &body);
-    let mut state = portal.state.lock().expect("portal state");
-    state.calls.push(method.clone());
-    let token = text(&params, "auth").unwrap_or_default();
-    if !state.access_tokens.contains(&token) {
-        return rest_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "The access token provided is invalid.",
-        );
-    }
-    match method.as_str() {
-        "app.info" => ok(json!({
-            "ID": 7,
-            "CODE": portal.client_id,
-            "VERSION": 1,
-            "STATUS": "L",
-            "INSTALLED": true,
-            "PAYMENT_EXPIRED": "N",
-            "DAYS": null,
-            "LANGUAGE_ID": "ru",
-            "LICENSE": "ru_project",
-            "client_id": portal.client_id,
-            "install": {
-                "installed": true,
-                "version": 1,
-                "status": "L",
-                "scope": "crm,task,user",
-                "domain": portal.domain,
-                "uri": format!("https://{}", portal.domain),
-                "client_endpoint": portal.client_endpoint,
-                "server_endpoint": "https://oauth.bitrix.info/rest/",
-                "member_id": portal.member_id,
-            }
-        })),
-        "event.bind" => {
-            let Some(event) = text(&params, "event") else {
-                return rest_error(
-                    StatusCode::BAD_REQUEST,
-                    "ERROR_ARGUMENT",
-                    "Event name is empty",
-                );
-            };
-            if !known_event(&event) {
-                return rest_error(
-                    StatusCode::BAD_REQUEST,
-                    "ERROR_EVENT_NOT_FOUND",
-                    "Event not found",
-                );
-            }
-            let offline = text(&params, "event_type").as_deref() == Some("offline");
-            let handler = text(&params, "handler").unwrap_or_default();
-            if !offline && handler.is_empty() {
-                return rest_error(
-                    StatusCode::BAD_REQUEST,
-                    "ERROR_ARGUMENT",
-                    "Handler is empty",
-                );
-            }
-            let row = BoundRow {
-                event: event.to_ascii_uppercase(),
-                handler: if offline { String::new() } else { handler },
-                auth_type: text(&params, "auth_type").unwrap_or_else(|| "0".into()),
-                offline,
-            };
-            if state.handlers.contains(&row) {
-                return rest_error(
-                    StatusCode::BAD_REQUEST,
-                    "ERROR_CORE",
-                    "Handler already binded",
-                );
-            }
-            state.handlers.push(row);
-            ok(json!(true))
-        }
-        "event.unbind" => {
-            let event = text(&params, "event").map(|e| e.to_ascii_uppercase());
-            let handler = text(&params, "handler");
-            let offline = text(&params, "event_type").as_deref() == Some("offline");
-            let before = state.handlers.len();
-            state.handlers.retain(|h| {
-                !(event.as_deref().is_none_or(|e| h.event == e)
-                    && h.offline == offline
-                    && (offline || handler.as_deref().is_none_or(|x| h.handler == x)))
-            });
-            ok(json!({"count": before - state.handlers.len()}))
-        }
-        "event.get" => {
-            let rows: Vec<Value> = state
-                .handlers
-                .iter()
-                .map(|h| {
-                    json!({"event": h.event, "handler": h.handler, "auth_type": h.auth_type,
-                           "offline": if h.offline { 1 } else { 0 }})
-                })
-                .collect();
-            ok(Value::Array(rows))
-        }
-        "event.offline.get" => {
-            let clear = text(&params, "clear").as_deref() != Some("0");
-            let want_errors = text(&params, "error").as_deref() == Some("1");
-            let limit = text(&params, "limit")
-                .and_then(|l| l.parse::<usize>().ok())
-                .unwrap_or(50)
-                .max(1);
-            let process_id = match text(&params, "process_id").filter(|p| !p.is_empty()) {
-                Some(p) => p,
-                None => {
-                    state.next_process += 1;
-                    format!("{:032x}", state.next_process)
-                }
-            };
-            let mut order: Vec<usize> = (0..state.offline.len()).collect();
-            order.sort_by_key(|&i| (state.offline[i].timestamp_x, state.offline[i].id));
-            let mut picked = Vec::new();
-            // The caller's own uncleared records first, then unclaimed ones.
-            for &i in &order {
-                let r = &state.offline[i];
-                if picked.len() < limit
-                    && r.process_id.as_deref() == Some(process_id.as_str())
-                    && r.error == want_errors
-                {
-                    picked.push(i);
-                }
-            }
-            for &i in &order {
-                let r = &state.offline[i];
-                if picked.len() < limit && r.process_id.is_none() && r.error == want_errors {
-                    picked.push(i);
-                }
-            }
-            let events: Vec<Value> = picked
-                .iter()
-                .map(|&i| record_json(&state.offline[i]))
-                .collect();
-            if clear {
-                let drop: HashSet<u64> = picked.iter().map(|&i| state.offline[i].id).collect();
-                state.offline.retain(|r| !drop.contains(&r.id));
-                ok(json!({"process_id": null, "events": events}))
-            } else {
-                for &i in &picked {
-                    state.offline[i].process_id = Some(process_id.clone());
-                }
-                ok(json!({"process_id": process_id, "events": events}))
-            }
-        }
-        "event.offline.clear" => {
-            let Some(process_id) = text(&params, "process_id") else {
-                return rest_error(
-                    StatusCode::BAD_REQUEST,
-                    "ERROR_ARGUMENT",
-                    "process_id is required",
-                );
-            };
-            let ids = list(&params, "id");
-            let message_ids = list(&params, "message_id");
-            state.offline.retain(|r| {
-                let of_process = r.process_id.as_deref() == Some(process_id.as_str());
-                let selected = match (&ids, &message_ids) {
-                    (Some(ids), _) => ids.contains(&r.id.to_string()),
-                    (None, Some(m)) => m.contains(&r.message_id),
-                    (None, None) => true,
-                };
-                !(of_process && selected)
-            });
-            ok(json!(true))
-        }
-        "event.offline.error" => {
-            let Some(process_id) = text(&params, "process_id") else {
-                return rest_error(
-                    StatusCode::BAD_REQUEST,
-                    "ERROR_ARGUMENT",
-                    "process_id is required",
-                );
-            };
-            let message_ids = list(&params, "message_id").unwrap_or_default();
-            for r in state.offline.iter_mut() {
-                if r.process_id.as_deref() == Some(process_id.as_str())
-                    && message_ids.contains(&r.message_id)
-                {
-                    r.error = true;
-                    r.process_id = None;
-                }
-            }
-            ok(json!(true))
-        }
-        _ => rest_error(
-            StatusCode::NOT_FOUND,
-            "ERROR_METHOD_NOT_FOUND",
-            "Method not found!",
-        ),
-    }
 }

@@ -3,9 +3,12 @@
 //! and `relay bind`'s idempotence. REST calls go through the real client with its limiter.
 
 use async_trait::async_trait;
+use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
+use integration_tests::memory::MemoryStore;
 use serde_json::json;
 use shared::config::{AppTokens, RelayConfig};
+use shared::consume::Consumer;
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::error::{IngestError, StoreError};
 use shared::event::{Family, RelayEvent, Source};
@@ -14,74 +17,24 @@ use shared::lifecycle::bind::{bind_all, list_bindings, plan_bindings, unbind_all
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
 use shared::ports::{
-    Bitrix24Rest, PortalTokens, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave,
-    SnapshotStore, TokenStore,
+    Bitrix24Rest, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotStore, TokenStore,
 };
 use shared::secret::Secret;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 const APP_TOKEN: &str = "51856fefc120afa4b628cc82d3935cce";
 const NOW_MS: i64 = 1_790_000_000_000;
 
-#[derive(Default)]
-struct MemoryTokens(Mutex<BTreeMap<String, PortalTokens>>);
-
-#[async_trait]
-impl TokenStore for MemoryTokens {
-    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-        Ok(self.0.lock().unwrap().get(member_id).cloned())
-    }
-    async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(tokens.member_id.clone(), tokens.clone());
-        Ok(())
-    }
-    async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
-        self.0.lock().unwrap().remove(member_id);
-        Ok(())
-    }
-    async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
-        Ok(self.0.lock().unwrap().values().cloned().collect())
-    }
-}
-
-#[derive(Default)]
-struct MemorySnapshots(Mutex<BTreeMap<String, (SnapshotKey, Snapshot)>>);
-
-#[async_trait]
-impl SnapshotStore for MemorySnapshots {
-    async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self
-            .0
-            .lock()
-            .unwrap()
-            .get(&key.pk())
-            .map(|(_, s)| s.clone()))
-    }
-    async fn save(&self, key: &SnapshotKey, s: &Snapshot) -> Result<SnapshotSave, StoreError> {
-        self.0
-            .lock()
-            .unwrap()
-            .insert(key.pk(), (key.clone(), s.clone()));
-        Ok(SnapshotSave::Saved)
-    }
-    async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
-        let mut map = self.0.lock().unwrap();
-        let before = map.len();
-        map.retain(|_, (k, _)| !(k.source == source && k.portal == portal));
-        Ok(before - map.len())
-    }
-}
-
 /// Keeps what was sent, dropping a repeated id as SQS FIFO does with MessageDeduplicationId;
 /// refuses events whose entity is in `refuse` (a queue that cannot take them).
 #[derive(Default)]
 struct RecordingQueue {
     sent: Mutex<Vec<RelayEvent>>,
+    /// Every accepted send, repeats included: what a consumer sees once SQS's 5-minute
+    /// deduplication window has passed.
+    every_send: Mutex<Vec<RelayEvent>>,
     refuse: Mutex<HashSet<String>>,
 }
 
@@ -98,6 +51,7 @@ impl Queue for RecordingQueue {
         if self.refuse.lock().unwrap().contains(&entity) {
             return Err(StoreError::Unavailable("queue refused".into()));
         }
+        self.every_send.lock().unwrap().push(event.clone());
         let mut sent = self.sent.lock().unwrap();
         if !sent.iter().any(|e| e.id == event.id) {
             sent.push(event.clone());
@@ -114,8 +68,10 @@ impl Queue for RecordingQueue {
 
 struct Setup {
     portal: FakePortal,
-    tokens: Arc<MemoryTokens>,
-    snapshots: Arc<MemorySnapshots>,
+    /// Tokens and snapshots (and, for the consumer, everything else) in memory.
+    store: Arc<MemoryStore>,
+    tokens: Arc<MemoryStore>,
+    snapshots: Arc<MemoryStore>,
     lifecycle: Arc<AppLifecycle>,
     /// What ingress queued.
     queue: Arc<RecordingQueue>,
@@ -127,8 +83,8 @@ struct Setup {
 /// endpoint (in production: the OAuth server), so no forged `client_endpoint` is believed.
 async fn setup(member_id: &str) -> Setup {
     let portal = FakePortal::start(member_id).await;
-    let tokens = Arc::new(MemoryTokens::default());
-    let snapshots = Arc::new(MemorySnapshots::default());
+    let store = MemoryStore::new();
+    let (tokens, snapshots) = (store.clone(), store.clone());
     let verifier = AppInfoVerifier::new(
         reqwest::Client::new(),
         Some(portal.client_endpoint.clone()),
@@ -146,6 +102,7 @@ async fn setup(member_id: &str) -> Setup {
         .with_app_lifecycle(lifecycle.clone());
     Setup {
         portal,
+        store,
         tokens,
         snapshots,
         lifecycle,
@@ -171,7 +128,7 @@ async fn post(s: &Setup, family: Family, document: &serde_json::Value) -> Ingest
         .await
 }
 
-fn rest_client(tokens: Arc<MemoryTokens>) -> Arc<dyn Bitrix24Rest> {
+fn rest_client(tokens: Arc<MemoryStore>) -> Arc<dyn Bitrix24Rest> {
     Arc::new(
         Bitrix24Client::new(reqwest::Client::new(), &RelayConfig::default(), tokens)
             .with_rate_limit(RateLimit {
@@ -200,8 +157,12 @@ async fn forged_install_is_refused_and_stores_nothing() {
     let mut body = evil.install_body("forged-access", "r", "attacker-app-token", 1_790_003_600);
     let reply = post(&s, Family::App, &body).await;
     assert_eq!(reply.status, 401, "{:?}", reply.body);
-    assert_eq!(evil.calls("app.info"), 0, "the forged endpoint was asked");
-    assert_eq!(s.portal.calls("app.info"), 1);
+    assert_eq!(evil.requests(), 0, "the forged endpoint was asked");
+    assert_eq!(
+        s.portal.requests(),
+        1,
+        "app.info asked of the trusted endpoint"
+    );
 
     // Pointing at the genuine portal with a token it never issued fails the same way.
     body["auth"]["client_endpoint"] = json!(s.portal.client_endpoint);
@@ -226,11 +187,11 @@ async fn forged_install_is_refused_and_stores_nothing() {
 #[tokio::test]
 async fn client_endpoint_mode_refuses_a_token_the_portal_rejects() {
     let portal = FakePortal::start("portal02").await;
-    let tokens = Arc::new(MemoryTokens::default());
+    let tokens = MemoryStore::new();
     let lifecycle = AppLifecycle::new(
         Arc::new(AppInfoVerifier::new(reqwest::Client::new(), None, None)),
         tokens.clone(),
-        Arc::new(MemorySnapshots::default()),
+        tokens.clone(),
         AppTokens::default(),
     );
     let body = portal.install_body("never-issued", "r", APP_TOKEN, 1_790_003_600);
@@ -299,7 +260,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     let test_event = json!({"event": "ONAPPTEST", "data": {"FOO": "bar"}, "ts": "1",
         "auth": {"member_id": "portal03", "application_token": APP_TOKEN}});
     let reply = post(&s, Family::App, &test_event).await;
-    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.status, 202, "{:?}", reply.body);
     assert_eq!(
         s.lifecycle.handle(&test_event, NOW_MS).await.unwrap(),
         AppOutcome::Tested {
@@ -309,7 +270,13 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     let mut wrong = test_event.clone();
     wrong["auth"]["application_token"] = json!("nope");
     assert_eq!(post(&s, Family::App, &wrong).await.status, 401);
-    assert_eq!(s.queue.unique().len(), 2, "tests are not forwarded");
+    let queued = s.queue.unique();
+    assert_eq!(
+        queued.len(),
+        3,
+        "the test travels to the destination like any event"
+    );
+    assert_eq!(queued[2].event, "ONAPPTEST");
 }
 
 #[tokio::test]
@@ -626,4 +593,156 @@ async fn scheduled_run_drains_every_installed_portal() {
         .all(|e| e.family == Family::Activity
             && e.domain.as_deref() == Some(s.portal.domain.as_str())));
     assert!(s.portal.offline_records().is_empty());
+}
+
+#[tokio::test]
+async fn online_and_offline_copies_reach_the_destination_once() {
+    let s = setup("portal11").await;
+    install(&s).await;
+    let destination = Destination::start().await;
+    let base_ts = 1_790_000_000;
+    for n in 1..=20i64 {
+        let id = n.to_string();
+        s.portal
+            .set_entity("deal", &id, json!({"ID": id, "TITLE": format!("deal {n}")}));
+        let body = s
+            .portal
+            .record_change("ONCRMDEALUPDATE", &id, base_ts + n, APP_TOKEN);
+        if n % 2 == 0 {
+            assert_eq!(post(&s, Family::Deal, &body).await.status, 202);
+        }
+    }
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), s.queue.clone());
+    let portal = PortalRef {
+        member_id: "portal11".into(),
+        domain: Some(s.portal.domain.clone()),
+    };
+    assert_eq!(
+        poller
+            .poll_portal(&portal, SystemTime::now())
+            .await
+            .unwrap()
+            .enqueued,
+        20
+    );
+
+    // Every copy reaches the consumer (the install, 10 online, 20 offline), as if SQS's
+    // deduplication window had passed; the consumer's dedup record must drop the twins.
+    let copies = s.queue.every_send.lock().unwrap().clone();
+    assert_eq!(copies.len(), 31);
+    let config = RelayConfig {
+        destination_url: Some(destination.url()),
+        ..RelayConfig::default()
+    };
+    let consumer = Consumer::new(
+        s.store.ports(),
+        config,
+        Some(rest_client(s.tokens.clone())),
+        reqwest::Client::new(),
+    );
+    for (n, copy) in copies.iter().enumerate() {
+        let message = QueueMessage {
+            message_id: format!("m{n}"),
+            receipt: format!("r{n}"),
+            body: serde_json::to_string(copy).unwrap(),
+            group_id: copy.message_group_id(),
+            receive_count: 1,
+        };
+        let report = consumer
+            .process_batch(&[message], Duration::from_secs(30), NOW_MS + n as i64)
+            .await;
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+    }
+
+    let received = destination.received();
+    let ids: BTreeSet<&str> = received.iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(
+        received.len(),
+        21,
+        "each change forwarded once, plus the install"
+    );
+    assert_eq!(ids.len(), 21);
+    let deals: BTreeSet<String> = received
+        .iter()
+        .map(|r| r.json())
+        .filter(|b| b["family"] == "deal")
+        .map(|b| b["entity"]["TITLE"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deals.len(), 20, "every deal forwarded, enriched");
+}
+
+#[tokio::test]
+async fn app_update_with_the_stored_token_keeps_the_fresh_oauth_tokens() {
+    let s = setup("portal12").await;
+    install(&s).await;
+    let update = |token: &str| {
+        json!({"event": "ONAPPUPDATE", "data": {"VERSION": "2", "LANGUAGE_ID": "ru"}, "ts": "5",
+            "auth": {"member_id": "portal12", "application_token": token, "domain": s.portal.domain,
+                "access_token": "access-2", "refresh_token": "refresh-2", "expires": "1790007200",
+                "client_endpoint": s.portal.client_endpoint, "scope": "crm,task,user"}})
+    };
+    assert_eq!(post(&s, Family::App, &update("forged")).await.status, 401);
+    let kept = s.tokens.get("portal12").await.unwrap().unwrap();
+    assert_eq!(
+        kept.access_token.expose(),
+        "access-1",
+        "a forged update changes nothing"
+    );
+
+    assert_eq!(post(&s, Family::App, &update(APP_TOKEN)).await.status, 202);
+    let fresh = s.tokens.get("portal12").await.unwrap().unwrap();
+    assert_eq!(fresh.access_token.expose(), "access-2");
+    assert_eq!(fresh.refresh_token.expose(), "refresh-2");
+    assert_eq!(fresh.expires_at_ms, 1_790_007_200_000);
+    assert_eq!(fresh.application_token.expose(), APP_TOKEN);
+}
+
+#[tokio::test]
+async fn a_coalesced_record_matches_the_latest_online_call_and_recovers_a_lost_one() {
+    let s = setup("portal13").await;
+    install(&s).await;
+    s.queue.sent.lock().unwrap().clear();
+    // Deal 5 changes twice; both online calls arrive. The log keeps one record, stamped
+    // with the second change.
+    for at in [1_790_000_010, 1_790_000_020] {
+        let body = s
+            .portal
+            .record_change("ONCRMDEALUPDATE", "5", at, APP_TOKEN);
+        assert_eq!(post(&s, Family::Deal, &body).await.status, 202);
+    }
+    // Deal 6 changes twice; the second online call is lost.
+    let first = s
+        .portal
+        .record_change("ONCRMDEALUPDATE", "6", 1_790_000_030, APP_TOKEN);
+    assert_eq!(post(&s, Family::Deal, &first).await.status, 202);
+    s.portal
+        .record_change("ONCRMDEALUPDATE", "6", 1_790_000_040, APP_TOKEN);
+    assert_eq!(s.portal.offline_records().len(), 2);
+
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), s.queue.clone());
+    let portal = PortalRef {
+        member_id: "portal13".into(),
+        domain: None,
+    };
+    poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    let ts_by_entity: BTreeSet<(String, i64)> = s
+        .queue
+        .unique()
+        .iter()
+        .map(|e| (e.entity_id.clone().unwrap(), e.ts))
+        .collect();
+    let expected: BTreeSet<(String, i64)> = [
+        ("5".to_string(), 1_790_000_010),
+        ("5".to_string(), 1_790_000_020),
+        ("6".to_string(), 1_790_000_030),
+        ("6".to_string(), 1_790_000_040),
+    ]
+    .into();
+    assert_eq!(
+        ts_by_entity, expected,
+        "deal 5's record is its second call again; deal 6's lost call is recovered"
+    );
 }

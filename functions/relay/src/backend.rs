@@ -10,7 +10,9 @@ use shared::config::RelayConfig;
 use shared::consume::{Consumer, ConsumerPorts};
 use shared::enrich::bitrix24::Bitrix24Client;
 use shared::local::SqliteStore;
-use shared::ports::{AttemptLog, Bitrix24Rest, PollingQueue, Queue, RedriveFilter, TokenStore};
+use shared::ports::{
+    AttemptLog, Bitrix24Rest, PollingQueue, Queue, RedriveFilter, SnapshotStore, TokenStore,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -52,6 +54,10 @@ impl LocalBackend {
     }
 
     pub fn token_store(&self) -> Arc<dyn TokenStore> {
+        self.store.clone()
+    }
+
+    pub fn snapshot_store(&self) -> Arc<dyn SnapshotStore> {
         self.store.clone()
     }
 

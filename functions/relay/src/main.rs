@@ -2,6 +2,7 @@
 //! on the embedded store; `invoke` runs one Lambda handler on a sample event; `replay`,
 //! `attempts` and `dead-letters` look after events that did not arrive.
 
+mod app_mode;
 mod attempts;
 mod backend;
 mod bind;

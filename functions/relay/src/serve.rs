@@ -8,7 +8,6 @@ use crate::drain::{drain_queue, DrainSettings};
 use crate::routes::{router, RouteState};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::ingest::Ingress;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -24,14 +23,14 @@ pub struct ServeArgs {
     /// visibility timeout is six times this.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     batch_timeout: Duration,
-    /// Batches processed at once, like concurrent consumer Lambdas. Order per entity holds
-    /// whatever the number: the queue hands out one message per entity at a time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
-    consumers: u16,
     /// Drain installed portals' Bitrix24 offline-event logs every SECONDS (and on
     /// ONOFFLINEEVENT); off unless given.
     #[arg(long, value_name = "SECONDS")]
     poll_offline: Option<u64>,
+    /// Batches processed at once, like concurrent consumer Lambdas. Order per entity holds
+    /// whatever the number: the queue hands out one message per entity at a time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    consumers: u16,
 }
 
 pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
@@ -39,7 +38,12 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let config = RelayConfig::from_env()?;
     let backend = LocalBackend::open(data_dir)?;
     let queued = Arc::new(Notify::new());
-    let ingress = Arc::new(Ingress::new(backend.queue(), config.clone()));
+    let offline_wake = Arc::new(Notify::new());
+    let ingress = Arc::new(crate::app_mode::serve_ingress(
+        &backend,
+        config.clone(),
+        offline_wake.clone(),
+    )?);
     let consumer = Arc::new(backend.consumer(config.clone(), false)?);
 
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -51,7 +55,6 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     print_banner(addr, &config, &backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let offline_wake = Arc::new(Notify::new());
     let offline_poller = crate::poll::spawn_serve_poller(
         args.poll_offline,
         &config,

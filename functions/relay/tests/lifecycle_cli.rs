@@ -12,6 +12,8 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A portal whose app is installed in the data dir. Its bucket is wide: each `relay` process
+/// starts with an empty client-side limiter, so pacing across processes is not under test.
 async fn installed_portal(member_id: &str, data_dir: &TempDir) -> FakePortal {
     let portal = FakePortal::start(member_id).await;
     portal.issue_access_token("cli-access");

@@ -4,7 +4,6 @@
 
 use crate::aws::dynamo::DynamoStore;
 use crate::aws::sqs::SqsQueue;
-use crate::config::RelayConfig;
 use crate::enrich::bitrix24::Bitrix24Client;
 use crate::error::ConfigError;
 use crate::lifecycle::offline::OfflinePoller;
@@ -51,7 +50,9 @@ pub async fn handle_schedule(
 /// client once, then polls on every scheduled invocation.
 pub async fn run() -> Result<(), Error> {
     crate::logging::init_json_logs();
-    let config = RelayConfig::from_env()?;
+    let sdk = crate::aws::sdk_config().await;
+    // Plain settings from the environment, secrets (client secret, webhook URL) from SSM.
+    let config = crate::aws::secrets::load_config(&sdk).await?;
     let table = config
         .table
         .clone()
@@ -60,7 +61,6 @@ pub async fn run() -> Result<(), Error> {
         .queue_url
         .clone()
         .ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
-    let sdk = crate::aws::sdk_config().await;
     let store = Arc::new(DynamoStore::from_conf(&sdk, table));
     let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
     let http = reqwest::Client::builder().build()?;

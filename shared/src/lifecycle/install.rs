@@ -40,14 +40,10 @@ impl AppOutcome {
     }
 
     /// Whether ingress should also queue the event (with `auth` stripped, as always) so the
-    /// user's system learns of installs and uninstalls. Tests and wake-ups are plumbing.
+    /// user's system learns of installs and uninstalls, and sees an ONAPPTEST arrive: a test
+    /// is worth most when it travels the whole way. Only the poller's wake-up is plumbing.
     pub fn forward_to_destination(&self) -> bool {
-        matches!(
-            self,
-            AppOutcome::Installed { .. }
-                | AppOutcome::Updated { .. }
-                | AppOutcome::Uninstalled { .. }
-        )
+        !matches!(self, AppOutcome::OfflineWake { .. })
     }
 }
 

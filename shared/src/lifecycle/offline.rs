@@ -4,23 +4,27 @@
 //!
 //! # One forward for an event delivered both online and offline
 //!
-//! A change bound both ways arrives twice: as an online POST and as an offline record. Two
-//! layers make the user's system see it once:
+//! A change bound both ways arrives twice: as an online POST and as an offline record.
 //!
 //! 1. **The envelope ids line up.** The record becomes the envelope the online POST gave:
-//!    `event` upper-cased as ingress does, `data` = `EVENT_DATA` with every scalar turned into
+//!    it goes through ingress's own parser and routing table (event name upper-cased, entity
+//!    id from `FIELDS`/`FIELDS_AFTER`), `data` = `EVENT_DATA` with every scalar turned into
 //!    the string PHP's `http_build_query` would have sent (`7405` → `"7405"`, `true` → `"1"`,
 //!    null → `""`), and `ts` = `TIMESTAMP_X` in Unix seconds. Bitrix24 stamps the online
 //!    event's `ts` when it queues the call, the same second it writes the record, so both give
 //!    the same [`envelope_id`]: SQS FIFO drops the second within its 5-minute window, and the
-//!    consumer's dedup claim (`DEDUP#<id>`, COMPLETED) drops it after that.
-//! 2. **When they do not** (the record was coalesced with later changes of the same entity, so
-//!    `TIMESTAMP_X` moved on; or a second boundary fell between the two stamps), the ids
-//!    differ and both are forwarded, each with a distinct `webhook-id`. The second carries the
-//!    entity's current state, equal to the snapshot the first stored, so its `changes` is
-//!    empty. Dropping such a forward in the consumer (entity equal to the snapshot and the
-//!    same event name as the one that produced it) needs the snapshot to keep its event name;
-//!    the consumer does not do it yet (integration note in the lifecycle report).
+//!    consumer's dedup claim (`DEDUP#<id>`, COMPLETED for days) drops it after that.
+//! 2. **Coalescing keeps them lined up.** When an entity changes again before the poll, the
+//!    log keeps one record stamped with the *latest* change, which is the `ts` of the latest
+//!    online call: that call and the record are one envelope; the earlier calls were their own
+//!    envelopes already. If the latest online call was lost, the record is the only copy and
+//!    is forwarded: exactly the loss the poller exists to recover.
+//! 3. **What is left**: a second boundary falling between Bitrix24's two stamps gives two
+//!    ids, and both are forwarded (distinct `webhook-id`s; the second with `changes: []`, as
+//!    the first stored the same state as snapshot). The consumer could drop such a forward
+//!    (entity equal to the snapshot, same event name as the one that produced it), but that
+//!    needs the snapshot to keep its event name; it does not do so yet (see the lifecycle
+//!    report).
 //!
 //! Records are cleared only after `Queue::send` returned (the event is durable), so a crash
 //! between the two re-reads the page on the next run: the poller always asks with the same

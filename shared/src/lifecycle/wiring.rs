@@ -39,7 +39,12 @@ pub fn app_mode_ingress(
         .with_app_lifecycle(Arc::new(lifecycle))
 }
 
-/// Lambda's ONOFFLINEEVENT: the app function drains that portal before it answers.
+/// Pages one ONOFFLINEEVENT may drain inline: Bitrix24 throttles handlers that answer
+/// slowly, and the scheduled poller takes whatever is left.
+pub const INLINE_POLL_MAX_PAGES: u32 = 4;
+
+/// Lambda's ONOFFLINEEVENT: the app function drains that portal (a few pages) before it
+/// answers.
 pub fn inline_poll_wake(
     queue: Arc<dyn Queue>,
     config: &RelayConfig,
@@ -48,7 +53,7 @@ pub fn inline_poll_wake(
 ) -> Arc<dyn OfflineWake> {
     let rest = Arc::new(Bitrix24Client::new(http, config, tokens.clone()));
     Arc::new(InlinePollWake {
-        poller: Arc::new(OfflinePoller::new(rest, queue)),
+        poller: Arc::new(OfflinePoller::new(rest, queue).with_max_pages(INLINE_POLL_MAX_PAGES)),
         tokens,
     })
 }

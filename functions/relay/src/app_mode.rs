@@ -1,0 +1,27 @@
+//! `relay serve` in Bitrix24 app mode: ingress accepts the application tokens stored at
+//! install, hands the app family to the lifecycle (installs confirmed by `app.info`), and
+//! ONOFFLINEEVENT wakes the `--poll-offline` loop. Built by `shared::lifecycle::wiring`.
+
+use crate::backend::{http_client, LocalBackend};
+use crate::cli_error::CliError;
+use shared::config::RelayConfig;
+use shared::ingest::Ingress;
+use shared::lifecycle::offline::NotifyWake;
+use shared::lifecycle::wiring::app_mode_ingress;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+pub fn serve_ingress(
+    backend: &LocalBackend,
+    config: RelayConfig,
+    offline_wake: Arc<Notify>,
+) -> Result<Ingress, CliError> {
+    Ok(app_mode_ingress(
+        backend.queue(),
+        config,
+        backend.token_store(),
+        backend.snapshot_store(),
+        http_client()?,
+        Some(Arc::new(NotifyWake(offline_wake))),
+    ))
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds every function of template.yaml for Lambda through `sam build` and cargo-lambda,
+# exactly as a user's `sam build` would, then prints the build time and each bootstrap's size.
+# Tools come from PyPI into project-local venvs: aws-sam-cli pins a boto3 that conflicts with
+# moto's, so it never shares a venv with the test tools; cargo-lambda's wheel brings zig.
+# Builds for this machine's architecture (x86_64): another Rust target would be a download
+# outside the package registries, so no script here ever runs `rustup target add`.
+set -euo pipefail
+
+SAM_CLI_VERSION="1.170.0"
+CARGO_LAMBDA_VERSION="1.9.2"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv-sam"
+ARCH="${SAM_BUILD_ARCH:-x86_64}"
+
+export SAM_CLI_TELEMETRY=0
+
+if ! "$VENV/bin/sam" --version 2>/dev/null | grep -q "$SAM_CLI_VERSION" \
+    || ! "$VENV/bin/cargo-lambda" lambda --version 2>/dev/null | grep -q "$CARGO_LAMBDA_VERSION"; then
+    echo "sam-build: installing aws-sam-cli $SAM_CLI_VERSION and cargo-lambda $CARGO_LAMBDA_VERSION into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "aws-sam-cli==$SAM_CLI_VERSION" "cargo-lambda==$CARGO_LAMBDA_VERSION"
+fi
+# sam finds `cargo lambda` (and cargo-lambda finds zig) on PATH.
+export PATH="$VENV/bin:$PATH"
+
+cd "$ROOT"
+start=$(date +%s)
+sam build --beta-features --parameter-overrides "Architecture=$ARCH" "$@"
+end=$(date +%s)
+
+echo "sam-build: built for $ARCH in $((end - start)) s"
+found=0
+for bootstrap in .aws-sam/build/*/bootstrap; do
+    [ -e "$bootstrap" ] || continue
+    found=$((found + 1))
+    printf 'sam-build: %-34s %8d KiB\n' "$(basename "$(dirname "$bootstrap")")" "$(( $(stat -c %s "$bootstrap") / 1024 ))"
+done
+if [ "$found" -eq 0 ]; then
+    echo "sam-build: no bootstrap was built under .aws-sam/build" >&2
+    exit 1
+fi

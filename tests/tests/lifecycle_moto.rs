@@ -1,0 +1,142 @@
+//! App mode on the AWS adapters over the wire (moto): the install's tokens land in DynamoDB,
+//! online events and the offline drain land on SQS FIFO, where the twins of one change are
+//! one message, and the uninstall removes the portal's item.
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
+use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
+use shared::aws::dynamo::DynamoStore;
+use shared::aws::sqs::SqsQueue;
+use shared::config::RelayConfig;
+use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
+use shared::event::{Family, RelayEvent};
+use shared::ingest::{IngestRequest, Ingress};
+use shared::lifecycle::offline::{OfflinePoller, PortalRef};
+use shared::lifecycle::wiring::app_mode_ingress;
+use shared::ports::TokenStore;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+const APP_TOKEN: &str = "moto-app-token";
+
+async fn post(ingress: &Ingress, family: Family, document: &serde_json::Value) -> u16 {
+    let body = php_form(document);
+    ingress
+        .handle(
+            IngestRequest {
+                family,
+                content_type: Some("application/x-www-form-urlencoded"),
+                query: None,
+                relay_token_header: None,
+                body: body.as_bytes(),
+            },
+            SystemTime::now(),
+        )
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
+    let sdk = moto_config().await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queues = create_fifo_queues(&sqs, MAX_RECEIVE_COUNT).await;
+    let table = create_table(&aws_sdk_dynamodb::Client::new(&sdk)).await;
+    let store = Arc::new(DynamoStore::from_conf(&sdk, &table));
+    let queue = Arc::new(SqsQueue::from_conf(
+        &sdk,
+        &queues.queue_url,
+        Some(queues.dlq_url.clone()),
+    ));
+
+    let portal = FakePortal::start("motoportal").await;
+    // The OAuth server that answers app.info is the fake portal here.
+    let config = RelayConfig {
+        b24_oauth_url: portal.oauth_url(),
+        b24_client_id: Some(portal.client_id.clone()),
+        ..RelayConfig::default()
+    };
+    let ingress = app_mode_ingress(
+        queue.clone(),
+        config.clone(),
+        store.clone(),
+        store.clone(),
+        reqwest::Client::new(),
+        None,
+    );
+
+    portal.issue_access_token("moto-access");
+    let install = portal.install_body("moto-access", "moto-refresh", APP_TOKEN, 4_000_000_000);
+    assert_eq!(post(&ingress, Family::App, &install).await, 202);
+    let stored = store
+        .get("motoportal")
+        .await
+        .unwrap()
+        .expect("tokens in DynamoDB");
+    assert_eq!(stored.application_token.expose(), APP_TOKEN);
+    assert_eq!(stored.access_token.expose(), "moto-access");
+
+    let base_ts = 1_790_000_000;
+    for n in 1..=20i64 {
+        let body = portal.record_change("ONCRMLEADUPDATE", &n.to_string(), base_ts + n, APP_TOKEN);
+        if n % 2 == 1 {
+            assert_eq!(post(&ingress, Family::Lead, &body).await, 202);
+        }
+    }
+    let rest = Arc::new(
+        Bitrix24Client::new(reqwest::Client::new(), &config, store.clone()).with_rate_limit(
+            RateLimit {
+                per_second: 1000.0,
+                burst: 1000.0,
+            },
+        ),
+    );
+    let poller = OfflinePoller::new(rest, queue.clone()).with_page_size(7);
+    let report = poller
+        .poll_portal(
+            &PortalRef {
+                member_id: "motoportal".into(),
+                domain: Some(portal.domain.clone()),
+            },
+            SystemTime::now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((report.enqueued, report.cleared, report.pages), (20, 20, 3));
+    assert!(portal.offline_records().is_empty());
+
+    // Read the queue dry (bounded): FIFO deduplication has merged each online/offline pair.
+    let mut by_id: BTreeMap<String, RelayEvent> = BTreeMap::new();
+    let mut receives = 0;
+    for _ in 0..30 {
+        let out = sqs
+            .receive_message()
+            .queue_url(&queues.queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(60)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .expect("receive from moto");
+        if out.messages().is_empty() {
+            break;
+        }
+        for message in out.messages() {
+            receives += 1;
+            let event: RelayEvent = serde_json::from_str(message.body().unwrap()).unwrap();
+            assert!(!message.body().unwrap().contains(APP_TOKEN));
+            assert!(!message.body().unwrap().contains("moto-access"));
+            by_id.insert(event.id.clone(), event);
+        }
+    }
+    assert_eq!(receives, 21, "the install and one message per changed lead");
+    assert_eq!(by_id.len(), 21);
+    let leads = by_id.values().filter(|e| e.family == Family::Lead).count();
+    assert_eq!(leads, 20);
+
+    let uninstall = serde_json::json!({"event": "ONAPPUNINSTALL", "data": {"CLEAN": "0"},
+        "ts": "1790000100", "auth": {"member_id": "motoportal", "application_token": APP_TOKEN}});
+    assert_eq!(post(&ingress, Family::App, &uninstall).await, 202);
+    assert!(store.get("motoportal").await.unwrap().is_none());
+}
