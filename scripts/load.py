@@ -142,7 +142,7 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def start_relay(binary, dest_url, data_dir):
+def start_relay(binary, dest_url, data_dir, consumers):
     env = dict(os.environ)
     env.update({
         "RELAY_B24_APP_TOKENS": APP_TOKEN,
@@ -151,7 +151,7 @@ def start_relay(binary, dest_url, data_dir):
         "RELAY_ADDR": "127.0.0.1:0",
         "RUST_LOG": env.get("RUST_LOG", "warn"),
     })
-    proc = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([binary, "serve", "--consumers", str(consumers)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -171,6 +171,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--relay", help="URL of a running relay serve (default: start --binary)")
     ap.add_argument("--binary", help="relay binary to start on a temporary data dir")
+    ap.add_argument("--consumers", type=int, default=4,
+                    help="consumer tasks of the relay started with --binary (relay serve --consumers)")
     ap.add_argument("--events", type=int, default=10_000)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--dest-port", type=int, default=None,
@@ -192,7 +194,7 @@ def main():
         relay_url = args.relay
     else:
         tmp = tempfile.TemporaryDirectory(prefix="relay-load-")
-        proc, relay_url = start_relay(args.binary, dest_url, tmp.name)
+        proc, relay_url = start_relay(args.binary, dest_url, tmp.name, args.consumers)
     parsed = urllib.parse.urlparse(relay_url)
     host, port = parsed.hostname, parsed.port
     if host not in ("127.0.0.1", "localhost", "::1"):

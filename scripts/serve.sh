@@ -15,9 +15,17 @@ if ! command -v cargo >/dev/null 2>&1; then
         export PATH="$HOME/.cargo/bin:$PATH"
     fi
 fi
+# SQLite is compiled from source (rusqlite "bundled"), so a C compiler is needed.
 if ! command -v cc >/dev/null 2>&1; then
-    echo "serve.sh: a C compiler is needed (SQLite is built from source); on Debian/Ubuntu: sudo apt-get install -y build-essential" >&2
-    exit 1
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "serve.sh: installing a C compiler (build-essential)" >&2
+        sudo_cmd=""
+        [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq build-essential
+    else
+        echo "serve.sh: a C compiler (cc) is needed; install your system's build tools and run again" >&2
+        exit 1
+    fi
 fi
 
 profile="${RELAY_PROFILE:-release}"

@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::ingest::{IngestRequest, Ingress};
+use shared::ingest::Ingress;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -69,25 +69,8 @@ async fn invoke_ingest(
     let request = lambda_http::request::from_str(raw)
         .map_err(|e| CliError::Usage(format!("not a Function URL request event: {e}")))?;
     let ingress = Ingress::new(backend.queue()?, config);
-    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
-    let body: &[u8] = request.body().as_ref();
-    let reply = ingress
-        .handle(
-            IngestRequest {
-                family,
-                content_type: header("content-type"),
-                query: request.uri().query(),
-                relay_token_header: header("x-relay-token"),
-                body,
-            },
-            SystemTime::now(),
-        )
-        .await;
-    let response = lambda_http::Response::builder()
-        .status(reply.status)
-        .header("content-type", "application/json")
-        .body(lambda_http::Body::Text(reply.body.to_string()))
-        .map_err(|e| CliError::Handler(format!("building the response: {e}")))?;
+    let response =
+        shared::lambda::ingest::handle_function_url_request(&ingress, family, request).await;
     Ok(function_url_response_json(response))
 }
 

@@ -127,3 +127,72 @@ async fn attempts_reads_the_dynamodb_attempt_log() {
     );
     assert!(out.contains(&table), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoke_runs_the_handlers_on_sqs_and_dynamodb_when_they_are_configured() {
+    let config = moto_config().await;
+    let queues = create_fifo_queues(&aws_sdk_sqs::Client::new(&config), MAX_RECEIVE_COUNT).await;
+    let table = create_table(&aws_sdk_dynamodb::Client::new(&config)).await;
+    let destination = integration_tests::destination::Destination::start().await;
+    let dir = TempDir::new("aws-invoke");
+    let mut env = aws_env();
+    env.extend([
+        ("RELAY_QUEUE_URL", queues.queue_url.clone()),
+        ("RELAY_DLQ_URL", queues.dlq_url.clone()),
+        ("RELAY_TABLE", table.clone()),
+        ("RELAY_B24_APP_TOKENS", "local-dev-app-token".to_string()),
+        ("RELAY_DESTINATION_URL", destination.url()),
+    ]);
+
+    // Ingest: the Function URL sample lands on the SQS queue.
+    let sample = harness::events_dir().join("ingest-deal/bitrix24-form.json");
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        run_relay(
+            dir.path(),
+            &env,
+            &["invoke", "ingest-deal", sample.to_str().unwrap()],
+        )
+    });
+    assert!(ok, "{err}");
+    let response: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(response["statusCode"], 202, "{response}");
+    let id = serde_json::from_str::<serde_json::Value>(response["body"].as_str().unwrap()).unwrap()
+        ["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sqs = SqsQueue::from_conf(&config, &queues.queue_url, Some(queues.dlq_url.clone()));
+    let queued = sqs.receive(10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        serde_json::from_str::<RelayEvent>(&queued[0].body)
+            .unwrap()
+            .id,
+        id
+    );
+
+    // Consumer: the sample SQS batch is forwarded once; the dedup records are in DynamoDB, so
+    // the same batch again forwards nothing.
+    let batch = harness::events_dir().join("consumer/sqs-fifo-deal-batch.json");
+    for _ in 0..2 {
+        let (ok, out, err) = tokio::task::block_in_place(|| {
+            run_relay(
+                dir.path(),
+                &env,
+                &["invoke", "consumer", batch.to_str().unwrap()],
+            )
+        });
+        assert!(ok, "{err}");
+        let response: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(response["batchItemFailures"], json!([]), "{response}");
+    }
+    assert_eq!(
+        destination.delivered().len(),
+        3,
+        "three events in the sample batch, each once"
+    );
+    assert!(
+        !dir.path().join("relay.db").exists(),
+        "the embedded store is not touched"
+    );
+}

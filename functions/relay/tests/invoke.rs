@@ -118,3 +118,31 @@ fn sign_prints_standard_webhooks_headers_that_verify() {
     let (ok, _, err) = run_relay(dir.path(), &[], &["sign", body_path.to_str().unwrap()]);
     assert!(!ok && err.contains("RELAY_SIGNING_SECRET"), "{err}");
 }
+
+#[test]
+fn ingest_invoke_queues_the_sample_on_the_embedded_store_and_prints_the_function_url_response() {
+    let dir = TempDir::new("invoke-ingest");
+    let env = [("RELAY_B24_APP_TOKENS", "local-dev-app-token".to_string())];
+    let sample = events_dir().join("ingest-deal/bitrix24-form.json");
+    let sample = sample.to_str().unwrap();
+    let (ok, out, err) = run_relay(dir.path(), &env, &["invoke", "ingest-deal", sample]);
+    assert!(ok, "{err}");
+    let response: Value = serde_json::from_str(&out).expect("stdout is the response JSON");
+    assert_eq!(response["statusCode"], 202, "{response}");
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["id"].as_str().map(str::len), Some(64), "{body}");
+    assert!(
+        dir.path().join("relay.db").exists(),
+        "queued on the embedded store in the data dir"
+    );
+
+    // The deal sample at the lead function: refused, naming the family that takes it.
+    let (ok, out, err) = run_relay(dir.path(), &env, &["invoke", "ingest-lead", sample]);
+    assert!(ok, "the handler ran (its answer is the refusal): {err}");
+    let response: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(response["statusCode"], 422, "{response}");
+    assert!(
+        response["body"].as_str().unwrap().contains("deal"),
+        "{response}"
+    );
+}
