@@ -107,6 +107,9 @@ pub fn http_client() -> Result<reqwest::Client, CliError> {
         .map_err(|e| CliError::Handler(format!("building the HTTP client: {e}")))
 }
 
+/// Token store and snapshot store, for app mode.
+pub type LifecycleStores = (Arc<dyn TokenStore>, Arc<dyn SnapshotStore>);
+
 /// The store `invoke`, `replay` and `attempts` work on.
 pub enum Backend {
     Local(LocalBackend),
@@ -180,6 +183,18 @@ impl Backend {
         match self {
             Backend::Local(local) => Ok(local.attempt_log()),
             Backend::Aws { .. } => Ok(self.dynamo("relay attempts")?.clone()),
+        }
+    }
+
+    /// The token and snapshot stores app mode needs (installed portals' tokens; snapshots
+    /// dropped on uninstall).
+    pub fn lifecycle_stores(&self) -> Result<LifecycleStores, CliError> {
+        match self {
+            Backend::Local(local) => Ok((local.token_store(), local.snapshot_store())),
+            Backend::Aws { .. } => {
+                let table = self.dynamo("relay invoke ingest-*")?;
+                Ok((table.clone(), table.clone()))
+            }
         }
     }
 

@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::ingest::Ingress;
+use shared::lifecycle::wiring::app_mode_ingress;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -68,7 +68,17 @@ async fn invoke_ingest(
 ) -> Result<serde_json::Value, CliError> {
     let request = lambda_http::request::from_str(raw)
         .map_err(|e| CliError::Usage(format!("not a Function URL request event: {e}")))?;
-    let ingress = Ingress::new(backend.queue()?, config);
+    // App mode, as `relay serve` and the functions build it: stored application tokens are
+    // accepted and app events go through the lifecycle (no ONOFFLINEEVENT wake here).
+    let (tokens, snapshots) = backend.lifecycle_stores()?;
+    let ingress = app_mode_ingress(
+        backend.queue()?,
+        config,
+        tokens,
+        snapshots,
+        crate::backend::http_client()?,
+        None,
+    );
     let response =
         shared::lambda::ingest::handle_function_url_request(&ingress, family, request).await;
     Ok(function_url_response_json(response))
