@@ -53,7 +53,7 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
                 ([], Some(_)) => WEBHOOK_PORTAL.to_string(),
                 ([], None) => {
                     return Err(CliError::Usage(
-                        "no portal installed and RELAY_B24_WEBHOOK_URL not set: install the app first (docs/bitrix24.md)".into(),
+                        "no portal installed and RELAY_B24_WEBHOOK_URL not set: install the app first (README.md, section 'Bitrix24: outgoing webhook or app')".into(),
                     ))
                 }
                 (many, _) => {

@@ -88,7 +88,7 @@ pub async fn run(args: PollArgs, data_dir: &Path) -> Result<(), CliError> {
     };
     if results.is_empty() {
         println!(
-            "no installed portal in {}: offline events need app mode (see docs/bitrix24.md)",
+            "no installed portal in {}: offline events need app mode (see README.md, section 'Bitrix24: outgoing webhook or app')",
             backend.describe()
         );
         return Ok(());

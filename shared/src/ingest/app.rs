@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(super) enum AppAccepted {
     /// Acted on and queued for the destination too.
     Queued(AppOutcome, RelayEvent),
-    /// Acted on; nothing to forward (ONAPPTEST, ONOFFLINEEVENT).
+    /// Acted on; nothing to forward (ONOFFLINEEVENT; ONAPPTEST is forwarded, see install.rs).
     Answered(AppOutcome),
 }
 
