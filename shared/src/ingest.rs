@@ -64,6 +64,33 @@ impl IngestReply {
         };
         IngestReply { status, body }
     }
+
+    /// The reply to a request that failed, logged once: `error!` with the adapter's cause
+    /// when the relay is at fault (5xx: `not_done`), `warn!` when the request is (`refused`).
+    fn from_error_logged(
+        family: Family,
+        error: &IngestError,
+        not_done: &'static str,
+        refused: &'static str,
+    ) -> Self {
+        let reply = Self::from_error(error);
+        if reply.status >= 500 {
+            // The cause is the adapter's message (SQS, DynamoDB), never request data.
+            let cause = std::error::Error::source(error)
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::error!(
+                family = %family,
+                status = reply.status,
+                error = %error,
+                cause = %cause,
+                "{not_done}"
+            );
+        } else {
+            tracing::warn!(family = %family, status = reply.status, error = %error, "{refused}");
+        }
+        reply
+    }
 }
 
 pub struct Ingress {
@@ -120,25 +147,12 @@ impl Ingress {
                     body: json!({"id": event.id}),
                 }
             }
-            Err(error) => {
-                let reply = IngestReply::from_error(&error);
-                if reply.status >= 500 {
-                    // The cause is the adapter's message (SQS, DynamoDB), never request data.
-                    let cause = std::error::Error::source(&error)
-                        .map(ToString::to_string)
-                        .unwrap_or_default();
-                    tracing::error!(
-                        family = %req.family,
-                        status = reply.status,
-                        error = %error,
-                        cause = %cause,
-                        "event not queued"
-                    );
-                } else {
-                    tracing::warn!(family = %req.family, status = reply.status, error = %error, "event refused");
-                }
-                reply
-            }
+            Err(error) => IngestReply::from_error_logged(
+                req.family,
+                &error,
+                "event not queued",
+                "event refused",
+            ),
         }
     }
 

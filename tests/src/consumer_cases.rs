@@ -318,12 +318,7 @@ pub async fn destination_failing_three_times_then_delivers_once(
     assert!(last.failed.is_empty());
 
     assert_eq!(world.destination.delivered().len(), 1, "delivered once");
-    let ids: Vec<String> = world
-        .destination
-        .received()
-        .iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect();
+    let ids: Vec<String> = world.destination.received_webhook_ids();
     assert_eq!(
         ids,
         vec![event.id.clone(); 4],
@@ -532,12 +527,7 @@ pub async fn changes_across_add_update_update(ports: ConsumerPorts, probe: Arc<d
             .await;
         assert!(report.failed.is_empty());
     }
-    let bodies: Vec<Value> = world
-        .destination
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .collect();
+    let bodies: Vec<Value> = world.destination.delivered_bodies();
     assert_eq!(bodies.len(), 3);
     assert_eq!(bodies[0]["changes"], json!([]), "empty on first sight");
     assert_eq!(bodies[0]["entity"], steps[0].1);
@@ -666,12 +656,7 @@ pub async fn fifo_group_failure_holds_back_later_messages(
         vec![batch[0].message_id.clone(), batch[1].message_id.clone()],
         "the failed message and the later one of its group"
     );
-    let ids: Vec<String> = world
-        .destination
-        .received()
-        .iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect();
+    let ids: Vec<String> = world.destination.received_webhook_ids();
     assert_eq!(
         ids,
         vec![a1.id.clone(), b1.id.clone()],
@@ -687,12 +672,7 @@ pub async fn fifo_group_failure_holds_back_later_messages(
         .process_batch(&batch[..2], REMAINING, T0_MS + 10_000)
         .await;
     assert!(next.failed.is_empty());
-    let delivered: Vec<String> = world
-        .destination
-        .delivered()
-        .iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect();
+    let delivered: Vec<String> = world.destination.delivered_webhook_ids();
     assert_eq!(delivered, vec![b1.id.clone(), a1.id.clone(), a2.id.clone()]);
 }
 
@@ -791,12 +771,7 @@ pub async fn missing_and_deleted_entities_forward_null(
         assert!(report.failed.is_empty(), "{} is not an error", event.event);
     }
     assert_eq!(world.portal.requests(), 2, "a delete event asks nothing");
-    let bodies: Vec<Value> = world
-        .destination
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .collect();
+    let bodies: Vec<Value> = world.destination.delivered_bodies();
     assert_eq!(bodies.len(), 3);
     assert!(bodies
         .iter()
@@ -824,12 +799,7 @@ pub async fn tasks_and_smart_invoices_unwrap_their_entity(
             .await;
         assert!(report.failed.is_empty());
     }
-    let bodies: Vec<Value> = world
-        .destination
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .collect();
+    let bodies: Vec<Value> = world.destination.delivered_bodies();
     assert_eq!(bodies[0]["entity"]["title"], "Call back");
     assert_eq!(bodies[1]["entity"]["title"], "Invoice #5");
 }
@@ -870,12 +840,7 @@ pub async fn salesman_events_are_enriched_through_v3(
         .process_batch(&[message(&event, 1), message(&lead, 1)], REMAINING, T0_MS)
         .await;
     assert!(report.failed.is_empty());
-    let bodies: Vec<Value> = world
-        .destination
-        .delivered()
-        .iter()
-        .map(|r| r.json())
-        .collect();
+    let bodies: Vec<Value> = world.destination.delivered_bodies();
     assert_eq!(bodies[0]["entity"]["title"], "SM deal");
     assert!(
         bodies[1]["entity"].is_null(),

@@ -582,3 +582,37 @@ pub async fn polling_visibility_and_max_receives(queue: &dyn PollingQueue, max_r
     assert_eq!(body_event_of(&letters[0]).id, poison.id);
     assert!(letters[0].reason.contains(&max_receive_count.to_string()));
 }
+
+/// Hands `$on_store` (a test file's macro taking `$($name:ident),*`) the store checks every
+/// backend must pass, so SQLite and DynamoDB run the same list.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($on_store:ident) => {
+        $on_store! {
+            dedup_claim_then_held,
+            dedup_expired_lease_is_taken_over,
+            dedup_completed_until_it_expires,
+            dedup_release,
+            snapshot_versions,
+            snapshot_delete_portal,
+            tokens_crud,
+            attempts_oldest_first,
+            destination_disable_enable,
+        }
+    };
+}
+
+/// Hands `$on_queue` (a test file's macro taking `$($name:ident),*`) the queue checks every
+/// backend must pass, so the embedded queue and SQS run the same list.
+#[macro_export]
+macro_rules! queue_contract_tests {
+    ($on_queue:ident) => {
+        $on_queue! {
+            queue_send_receive,
+            queue_group_order,
+            queue_retry_after,
+            queue_park_dead_letter,
+            queue_redrive,
+        }
+    };
+}

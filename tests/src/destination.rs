@@ -92,6 +92,28 @@ impl Destination {
             .filter(|r| (200..300).contains(&r.answered))
             .collect()
     }
+
+    /// The JSON bodies of the requests answered 2xx, in arrival order.
+    pub fn delivered_bodies(&self) -> Vec<serde_json::Value> {
+        self.delivered().iter().map(Received::json).collect()
+    }
+
+    /// The `webhook-id` of every request, in arrival order.
+    pub fn received_webhook_ids(&self) -> Vec<String> {
+        webhook_ids(&self.received())
+    }
+
+    /// The `webhook-id` of the requests answered 2xx, in arrival order.
+    pub fn delivered_webhook_ids(&self) -> Vec<String> {
+        webhook_ids(&self.delivered())
+    }
+}
+
+fn webhook_ids(requests: &[Received]) -> Vec<String> {
+    requests
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect()
 }
 
 async fn receive(

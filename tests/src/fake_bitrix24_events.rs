@@ -16,8 +16,11 @@
 use crate::fake_bitrix24::{param, FakeBitrix24, MethodReply, PortalLimits, PortalState};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use shared::event::Family;
+use shared::ingest::{IngestReply, IngestRequest, Ingress};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 /// One registered handler (`event.get` row).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -422,6 +425,24 @@ fn offline_error(state: &mut EventsState, params: &Value) -> MethodReply {
         }
     }
     MethodReply::Result(json!(true))
+}
+
+/// POSTs `document` to a family's URL the way Bitrix24 does: a PHP-style form, no query, no
+/// relay token header.
+pub async fn post_as_bitrix24(ingress: &Ingress, family: Family, document: &Value) -> IngestReply {
+    let body = php_form(document);
+    ingress
+        .handle(
+            IngestRequest {
+                family,
+                content_type: Some("application/x-www-form-urlencoded"),
+                query: None,
+                relay_token_header: None,
+                body: body.as_bytes(),
+            },
+            SystemTime::now(),
+        )
+        .await
 }
 
 /// A document as PHP's `http_build_query` sends it: nested keys in brackets

@@ -16,6 +16,17 @@ async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
 
 integration_tests::consumer_case_tests!(memory);
 
+/// A consumer world on `store` with webhook auth and the portal's real limits.
+async fn webhook_world(store: &Arc<MemoryStore>) -> World {
+    World::new(
+        store.ports(),
+        store.clone(),
+        Auth::Webhook,
+        PortalLimits::default(),
+    )
+    .await
+}
+
 fn sample(name: &str) -> aws_lambda_events::event::sqs::SqsEvent {
     let path = format!("{}/../events/consumer/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -45,13 +56,7 @@ fn failures(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<S
 #[tokio::test]
 async fn sample_fifo_batch_reports_the_failed_group_only() {
     let store = MemoryStore::new();
-    let world = World::new(
-        store.ports(),
-        store.clone(),
-        Auth::Webhook,
-        PortalLimits::default(),
-    )
-    .await;
+    let world = webhook_world(&store).await;
     world.portal.set_entity(
         "deal",
         "7405",
@@ -86,13 +91,7 @@ async fn sample_fifo_batch_reports_the_failed_group_only() {
 #[tokio::test]
 async fn sample_with_a_non_json_body_fails_no_record() {
     let store = MemoryStore::new();
-    let world = World::new(
-        store.ports(),
-        store.clone(),
-        Auth::Webhook,
-        PortalLimits::default(),
-    )
-    .await;
+    let world = webhook_world(&store).await;
     world
         .portal
         .set_entity("deal", "7406", serde_json::json!({"ID": "7406"}));
@@ -115,13 +114,7 @@ async fn sample_with_a_non_json_body_fails_no_record() {
 #[tokio::test]
 async fn without_destination_events_go_to_the_outbox() {
     let store = MemoryStore::new();
-    let mut world = World::new(
-        store.ports(),
-        store.clone(),
-        Auth::Webhook,
-        PortalLimits::default(),
-    )
-    .await;
+    let mut world = webhook_world(&store).await;
     world.config.destination_url = None;
     world.portal.set_entity(
         "deal",
@@ -144,13 +137,7 @@ async fn without_destination_events_go_to_the_outbox() {
 #[tokio::test]
 async fn without_destination_or_outbox_events_are_parked_not_lost() {
     let store = MemoryStore::new();
-    let mut world = World::new(
-        store.ports(),
-        store.clone(),
-        Auth::Webhook,
-        PortalLimits::default(),
-    )
-    .await;
+    let mut world = webhook_world(&store).await;
     world.config.destination_url = None;
     let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
     let report = world
@@ -166,13 +153,7 @@ async fn without_destination_or_outbox_events_are_parked_not_lost() {
 #[tokio::test]
 async fn unusable_signing_secret_holds_events_instead_of_sending_unsigned() {
     let store = MemoryStore::new();
-    let mut world = World::new(
-        store.ports(),
-        store.clone(),
-        Auth::Webhook,
-        PortalLimits::default(),
-    )
-    .await;
+    let mut world = webhook_world(&store).await;
     world.config.signing_secret = Some(shared::secret::Secret::new("whsec_***not-base64***"));
     let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
     let report = world
@@ -186,13 +167,7 @@ async fn unusable_signing_secret_holds_events_instead_of_sending_unsigned() {
 #[tokio::test]
 async fn retry_after_from_the_destination_sets_the_visibility_delay() {
     let store = MemoryStore::new();
-    let world = World::new(
-        store.ports(),
-        store.clone(),
-        Auth::Webhook,
-        PortalLimits::default(),
-    )
-    .await;
+    let world = webhook_world(&store).await;
     world
         .destination
         .fail_next_with_retry_after(503, 1, Some("120"));

@@ -12,47 +12,34 @@ fn open_store(dir: &ScratchDir) -> SqliteStore {
 }
 
 macro_rules! on_sqlite {
-    ($($name:ident => $check:path;)*) => {$(
+    ($($name:ident),* $(,)?) => {$(
         #[tokio::test]
         async fn $name() {
             let dir = ScratchDir::new(stringify!($name));
             let store = open_store(&dir);
-            $check(&store).await;
+            contract::$name(&store).await;
         }
     )*};
 }
 
 macro_rules! queue_on_sqlite {
-    ($($name:ident => $check:path;)*) => {$(
+    ($($name:ident),* $(,)?) => {$(
         #[tokio::test]
         async fn $name() {
             let dir = ScratchDir::new(stringify!($name));
             let store = open_store(&dir);
-            $check(&store, &store).await;
+            contract::$name(&store, &store).await;
         }
     )*};
 }
 
+integration_tests::store_contract_tests!(on_sqlite);
+// Only the embedded queue is polled; SQS hands messages to Lambda's event source mapping.
 on_sqlite! {
-    dedup_claim_then_held => contract::dedup_claim_then_held;
-    dedup_expired_lease_is_taken_over => contract::dedup_expired_lease_is_taken_over;
-    dedup_completed_until_it_expires => contract::dedup_completed_until_it_expires;
-    dedup_release => contract::dedup_release;
-    snapshot_versions => contract::snapshot_versions;
-    snapshot_delete_portal => contract::snapshot_delete_portal;
-    tokens_crud => contract::tokens_crud;
-    attempts_oldest_first => contract::attempts_oldest_first;
-    destination_disable_enable => contract::destination_disable_enable;
-    polling_one_in_flight_per_group => contract::polling_one_in_flight_per_group;
+    polling_one_in_flight_per_group,
 }
 
-queue_on_sqlite! {
-    queue_send_receive => contract::queue_send_receive;
-    queue_group_order => contract::queue_group_order;
-    queue_retry_after => contract::queue_retry_after;
-    queue_park_dead_letter => contract::queue_park_dead_letter;
-    queue_redrive => contract::queue_redrive;
-}
+integration_tests::queue_contract_tests!(queue_on_sqlite);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dedup_racing_claims_have_one_winner() {

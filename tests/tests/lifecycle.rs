@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use integration_tests::destination::Destination;
-use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
+use integration_tests::fake_bitrix24_events::{post_as_bitrix24, FakePortal};
 use integration_tests::memory::MemoryStore;
 use serde_json::json;
 use shared::config::{AppTokens, RelayConfig};
@@ -12,7 +12,7 @@ use shared::consume::Consumer;
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::error::{IngestError, StoreError};
 use shared::event::{Family, RelayEvent, Source};
-use shared::ingest::{IngestReply, IngestRequest, Ingress};
+use shared::ingest::{IngestReply, Ingress};
 use shared::lifecycle::bind::{bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base};
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
@@ -111,21 +111,8 @@ async fn setup(member_id: &str) -> Setup {
     }
 }
 
-/// POSTs `document` to a family's URL the way Bitrix24 does: a PHP-style form.
 async fn post(s: &Setup, family: Family, document: &serde_json::Value) -> IngestReply {
-    let body = php_form(document);
-    s.ingress
-        .handle(
-            IngestRequest {
-                family,
-                content_type: Some("application/x-www-form-urlencoded"),
-                query: None,
-                relay_token_header: None,
-                body: body.as_bytes(),
-            },
-            SystemTime::now(),
-        )
-        .await
+    post_as_bitrix24(&s.ingress, family, document).await
 }
 
 fn rest_client(tokens: Arc<MemoryStore>) -> Arc<dyn Bitrix24Rest> {

@@ -3,14 +3,14 @@
 //! one message, and the uninstall removes the portal's item.
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
+use integration_tests::fake_bitrix24_events::{post_as_bitrix24, FakePortal};
 use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
 use shared::aws::dynamo::DynamoStore;
 use shared::aws::sqs::SqsQueue;
 use shared::config::RelayConfig;
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::event::{Family, RelayEvent};
-use shared::ingest::{IngestRequest, Ingress};
+use shared::ingest::Ingress;
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
 use shared::lifecycle::wiring::app_mode_ingress;
 use shared::ports::TokenStore;
@@ -21,20 +21,7 @@ use std::time::SystemTime;
 const APP_TOKEN: &str = "moto-app-token";
 
 async fn post(ingress: &Ingress, family: Family, document: &serde_json::Value) -> u16 {
-    let body = php_form(document);
-    ingress
-        .handle(
-            IngestRequest {
-                family,
-                content_type: Some("application/x-www-form-urlencoded"),
-                query: None,
-                relay_token_header: None,
-                body: body.as_bytes(),
-            },
-            SystemTime::now(),
-        )
-        .await
-        .status
+    post_as_bitrix24(ingress, family, document).await.status
 }
 
 #[tokio::test]

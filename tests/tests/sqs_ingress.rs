@@ -36,6 +36,22 @@ fn ingress_on(queue: SqsQueue) -> Ingress {
     Ingress::new(Arc::new(queue), config)
 }
 
+/// Up to 10 messages with their system attributes (group and deduplication ids), straight
+/// from SQS rather than through the adapter under test.
+async fn receive_with_attributes(
+    client: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> aws_sdk_sqs::operation::receive_message::ReceiveMessageOutput {
+    client
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+        .expect("receive from moto")
+}
+
 /// A Function URL event from events/, as Lambda would hand it to the ingest function.
 fn sample_request(path: &str) -> lambda_http::Request {
     let file = format!("{}/../events/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -68,14 +84,7 @@ async fn a_function_url_event_is_queued_on_sqs_before_202() {
         .expect("202 names the envelope id")
         .to_string();
 
-    let out = client
-        .receive_message()
-        .queue_url(&queues.queue_url)
-        .max_number_of_messages(10)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .send()
-        .await
-        .expect("receive from moto");
+    let out = receive_with_attributes(&client, &queues.queue_url).await;
     assert_eq!(out.messages().len(), 1);
     let message = &out.messages()[0];
     let raw = message.body().unwrap();
@@ -144,14 +153,7 @@ async fn envelopes_arrive_with_their_group_and_dedup_ids() {
         if received.len() == sent.len() {
             break;
         }
-        let out = client
-            .receive_message()
-            .queue_url(&queues.queue_url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .send()
-            .await
-            .expect("receive from moto");
+        let out = receive_with_attributes(&client, &queues.queue_url).await;
         for message in out.messages() {
             let event: RelayEvent =
                 serde_json::from_str(message.body().unwrap()).expect("body is the envelope");

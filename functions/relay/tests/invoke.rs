@@ -8,14 +8,6 @@ use integration_tests::destination::Destination;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-fn delivered_ids(destination: &Destination) -> Vec<String> {
-    destination
-        .delivered()
-        .iter()
-        .map(|r| r.header("webhook-id").to_string())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_invoke_forwards_the_sample_batch_once_and_prints_the_batch_response() {
     let destination = Destination::start().await;
@@ -48,7 +40,8 @@ async fn consumer_invoke_forwards_the_sample_batch_once_and_prints_the_batch_res
         "{response}"
     );
     assert_eq!(
-        delivered_ids(&destination)
+        destination
+            .delivered_webhook_ids()
             .into_iter()
             .collect::<BTreeSet<_>>(),
         sample_ids
@@ -62,7 +55,7 @@ async fn consumer_invoke_forwards_the_sample_batch_once_and_prints_the_batch_res
         serde_json::json!([])
     );
     assert_eq!(
-        delivered_ids(&destination).len(),
+        destination.delivered_webhook_ids().len(),
         sample_ids.len(),
         "forwarded once"
     );

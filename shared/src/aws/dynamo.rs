@@ -71,6 +71,28 @@ impl DynamoStore {
         Ok(out.item)
     }
 
+    /// Writes the item at `pk` whatever is there: `attributes` besides the key.
+    async fn put_item<const N: usize>(
+        &self,
+        pk: String,
+        attributes: [(&'static str, AttributeValue); N],
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
+        let item: Item = [("pk", s(pk)), ("sk", s(ITEM_SK))]
+            .into_iter()
+            .chain(attributes)
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| store_error(operation, e))?;
+        Ok(())
+    }
+
     async fn delete_item(&self, pk: String, operation: &'static str) -> Result<(), StoreError> {
         self.client
             .delete_item()
@@ -232,18 +254,16 @@ impl DedupStore for DynamoStore {
     }
 
     async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(dedup_pk(id)))
-            .item("sk", s(ITEM_SK))
-            .item("status", s(STATUS_COMPLETED))
-            .item("expires_at_ms", n(expires_at_ms))
-            .item(TTL_ATTRIBUTE, n(ttl_secs(expires_at_ms)))
-            .send()
-            .await
-            .map_err(|e| store_error("dynamodb PutItem (dedup complete)", e))?;
-        Ok(())
+        self.put_item(
+            dedup_pk(id),
+            [
+                ("status", s(STATUS_COMPLETED)),
+                ("expires_at_ms", n(expires_at_ms)),
+                (TTL_ATTRIBUTE, n(ttl_secs(expires_at_ms))),
+            ],
+            "dynamodb PutItem (dedup complete)",
+        )
+        .await
     }
 
     async fn release(&self, id: &str) -> Result<(), StoreError> {
@@ -365,25 +385,23 @@ impl TokenStore for DynamoStore {
     }
 
     async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(portal_pk(&tokens.member_id)))
-            .item("sk", s(ITEM_SK))
-            .item("member_id", s(&tokens.member_id))
-            .item("domain", s(&tokens.domain))
-            .item("application_token", s(tokens.application_token.expose()))
-            .item("access_token", s(tokens.access_token.expose()))
-            .item("refresh_token", s(tokens.refresh_token.expose()))
-            // Not `expires_at`: that is the TTL attribute, and an expired access token must
-            // not delete the refresh token that renews it.
-            .item("access_expires_at_ms", n(tokens.expires_at_ms))
-            .item("client_endpoint", s(&tokens.client_endpoint))
-            .item("scope", s(&tokens.scope))
-            .send()
-            .await
-            .map_err(|e| store_error("dynamodb PutItem (portal)", e))?;
-        Ok(())
+        self.put_item(
+            portal_pk(&tokens.member_id),
+            [
+                ("member_id", s(&tokens.member_id)),
+                ("domain", s(&tokens.domain)),
+                ("application_token", s(tokens.application_token.expose())),
+                ("access_token", s(tokens.access_token.expose())),
+                ("refresh_token", s(tokens.refresh_token.expose())),
+                // Not `expires_at`: that is the TTL attribute, and an expired access token
+                // must not delete the refresh token that renews it.
+                ("access_expires_at_ms", n(tokens.expires_at_ms)),
+                ("client_endpoint", s(&tokens.client_endpoint)),
+                ("scope", s(&tokens.scope)),
+            ],
+            "dynamodb PutItem (portal)",
+        )
+        .await
     }
 
     async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
@@ -494,17 +512,12 @@ impl DestinationStatus for DynamoStore {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(destination_pk(destination)))
-            .item("sk", s(ITEM_SK))
-            .item("reason", s(reason))
-            .item("disabled_at_ms", n(now_ms))
-            .send()
-            .await
-            .map_err(|e| store_error("dynamodb PutItem (destination)", e))?;
-        Ok(())
+        self.put_item(
+            destination_pk(destination),
+            [("reason", s(reason)), ("disabled_at_ms", n(now_ms))],
+            "dynamodb PutItem (destination)",
+        )
+        .await
     }
 
     async fn enable(&self, destination: &str) -> Result<(), StoreError> {

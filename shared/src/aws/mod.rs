@@ -55,14 +55,23 @@ pub async fn sdk_config() -> SdkConfig {
 }
 
 /// Turns an SDK error into a `StoreError` naming the operation and the kind of failure.
-/// Service errors keep only their code: a DynamoDB message may quote item values, and
-/// items hold portal tokens.
 pub(crate) fn store_error<E, R>(operation: &'static str, err: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    let what = match &err {
+    StoreError::Unavailable(format!("{operation}: {}", describe_sdk_error(&err)))
+}
+
+/// The kind of failure of an SDK call, safe to log and to put in an error: service errors
+/// keep only their code (a DynamoDB message may quote item values, and items hold portal
+/// tokens), an unreadable response is not quoted (it may hold SSM parameter values).
+pub(crate) fn describe_sdk_error<E, R>(err: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match err {
         SdkError::ServiceError(service) => format!(
             "service error {}",
             service.err().code().unwrap_or("without a code")
@@ -70,10 +79,9 @@ where
         SdkError::TimeoutError(_) => "timed out".to_string(),
         // Connection refused, DNS, TLS: the cause chain names the endpoint, never a credential.
         SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => {
-            DisplayErrorContext(&err).to_string()
+            DisplayErrorContext(err).to_string()
         }
         SdkError::ResponseError(_) => "unreadable response".to_string(),
         _ => "unexpected SDK error".to_string(),
-    };
-    StoreError::Unavailable(format!("{operation}: {what}"))
+    }
 }

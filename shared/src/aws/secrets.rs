@@ -6,10 +6,11 @@
 //! by the time a `main` runs, the tokio runtime's threads exist, and setting the environment
 //! while another thread may read it is unsound on Linux (Rust 2024 marks it `unsafe`).
 
+use super::describe_sdk_error;
 use crate::config::{AppTokens, RelayConfig};
 use crate::error::ConfigError;
 use crate::secret::Secret;
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use tokio::sync::OnceCell;
 
 /// `RELAY_SIGNING_SECRET_PARAM` names the SSM parameter that holds `RELAY_SIGNING_SECRET`.
@@ -155,17 +156,9 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    // The error names the call and its code; SSM errors never carry a parameter's value.
-    let what = match &err {
-        SdkError::ServiceError(service) => format!(
-            "service error {}",
-            service.err().code().unwrap_or("without a code")
-        ),
-        _ => DisplayErrorContext(&err).to_string(),
-    };
     ConfigError::Invalid {
         name: PARAM_VARIABLES,
-        reason: format!("ssm GetParameters: {what}"),
+        reason: format!("ssm GetParameters: {}", describe_sdk_error(&err)),
     }
 }
 

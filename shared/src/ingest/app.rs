@@ -39,15 +39,12 @@ impl Ingress {
                     body: json!({"ok": true}),
                 }
             }
-            Err(error) => {
-                let reply = IngestReply::from_error(&error);
-                if reply.status >= 500 {
-                    tracing::error!(family = %req.family, status = reply.status, error = %error, "app event not handled");
-                } else {
-                    tracing::warn!(family = %req.family, status = reply.status, error = %error, "app event refused");
-                }
-                reply
-            }
+            Err(error) => IngestReply::from_error_logged(
+                req.family,
+                &error,
+                "app event not handled",
+                "app event refused",
+            ),
         }
     }
 

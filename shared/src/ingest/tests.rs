@@ -81,6 +81,16 @@ async fn handle_with(queue: Arc<RecordingQueue>, req: IngestRequest<'_>) -> Inge
         .await
 }
 
+/// An ONCRMDEALUPDATE form carrying `token`, posted to the deal URL.
+async fn post_deal_update(queue: Arc<RecordingQueue>, token: &str) -> IngestReply {
+    let body = b24_form("ONCRMDEALUPDATE", token);
+    handle_with(
+        queue,
+        request(Family::Deal, FORM, None, None, body.as_bytes()),
+    )
+    .await
+}
+
 struct Case {
     name: &'static str,
     family: Family,
@@ -450,12 +460,7 @@ async fn bad_input_matrix_gets_its_status_and_queues_nothing() {
 async fn unauthorized_says_nothing_about_why() {
     let mut bodies = Vec::new();
     for token in ["", "guess", "other-token"] {
-        let body = b24_form("ONCRMDEALUPDATE", token);
-        let reply = handle_with(
-            Arc::new(RecordingQueue::default()),
-            request(Family::Deal, FORM, None, None, body.as_bytes()),
-        )
-        .await;
+        let reply = post_deal_update(Arc::new(RecordingQueue::default()), token).await;
         bodies.push(reply);
     }
     assert!(bodies
@@ -493,12 +498,7 @@ async fn wrong_family_names_the_family_that_takes_it() {
 #[tokio::test]
 async fn bitrix24_form_is_queued_as_an_envelope() {
     let queue = Arc::new(RecordingQueue::default());
-    let body = b24_form("ONCRMDEALUPDATE", APP_TOKEN);
-    let reply = handle_with(
-        queue.clone(),
-        request(Family::Deal, FORM, None, None, body.as_bytes()),
-    )
-    .await;
+    let reply = post_deal_update(queue.clone(), APP_TOKEN).await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     let sent = queue.sent();
     assert_eq!(sent.len(), 1);
@@ -689,12 +689,7 @@ async fn envelope_id_is_stable_across_encodings_and_event_case() {
 #[tokio::test]
 async fn queue_outage_is_503_never_202() {
     let queue = Arc::new(RecordingQueue::down());
-    let body = b24_form("ONCRMDEALUPDATE", APP_TOKEN);
-    let reply = handle_with(
-        queue.clone(),
-        request(Family::Deal, FORM, None, None, body.as_bytes()),
-    )
-    .await;
+    let reply = post_deal_update(queue.clone(), APP_TOKEN).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.body, json!({"error": "queue unavailable"}));
     assert!(queue.sent().is_empty());

@@ -11,23 +11,20 @@ use rusqlite::params;
 impl AttemptLog for SqliteStore {
     async fn record(&self, attempt: &Attempt) -> Result<(), StoreError> {
         let a = attempt.clone();
-        self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO attempts (event_id, at_ms, destination, status, latency_ms, outcome, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    a.event_id,
-                    a.at_ms,
-                    a.destination,
-                    a.status,
-                    i64::try_from(a.latency_ms).unwrap_or(i64::MAX),
-                    a.outcome,
-                    a.error
-                ],
-            )
-            .map_err(db("attempt record"))?;
-            Ok(())
-        })
+        self.execute_write(
+            "attempt record",
+            "INSERT INTO attempts (event_id, at_ms, destination, status, latency_ms, outcome, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            (
+                a.event_id,
+                a.at_ms,
+                a.destination,
+                a.status,
+                i64::try_from(a.latency_ms).unwrap_or(i64::MAX),
+                a.outcome,
+                a.error,
+            ),
+        )
         .await
     }
 

@@ -48,32 +48,24 @@ impl DedupStore for SqliteStore {
     }
 
     async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms)
-                 VALUES (?1, 'COMPLETED', NULL, ?2)
-                 ON CONFLICT (id) DO UPDATE
-                    SET status = 'COMPLETED', lease_until_ms = NULL, expires_at_ms = ?2",
-                params![id, expires_at_ms],
-            )
-            .map_err(db("dedup complete"))?;
-            Ok(())
-        })
+        self.execute_write(
+            "dedup complete",
+            "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms)
+             VALUES (?1, 'COMPLETED', NULL, ?2)
+             ON CONFLICT (id) DO UPDATE
+                SET status = 'COMPLETED', lease_until_ms = NULL, expires_at_ms = ?2",
+            (id.to_string(), expires_at_ms),
+        )
         .await
     }
 
     async fn release(&self, id: &str) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.with_conn(move |conn| {
-            // Never a COMPLETED record: releasing it would forward the event again.
-            conn.execute(
-                "DELETE FROM dedup WHERE id = ?1 AND status = 'IN_PROGRESS'",
-                params![id],
-            )
-            .map_err(db("dedup release"))?;
-            Ok(())
-        })
+        // Never a COMPLETED record: releasing it would forward the event again.
+        self.execute_write(
+            "dedup release",
+            "DELETE FROM dedup WHERE id = ?1 AND status = 'IN_PROGRESS'",
+            (id.to_string(),),
+        )
         .await
     }
 }

@@ -29,28 +29,20 @@ impl DestinationStatus for SqliteStore {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let (destination, reason) = (destination.to_string(), reason.to_string());
-        self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO destinations (destination, reason, disabled_at_ms) VALUES (?1, ?2, ?3)",
-                params![destination, reason, now_ms],
-            )
-            .map_err(db("destination disable"))?;
-            Ok(())
-        })
+        self.execute_write(
+            "destination disable",
+            "INSERT OR REPLACE INTO destinations (destination, reason, disabled_at_ms) VALUES (?1, ?2, ?3)",
+            (destination.to_string(), reason.to_string(), now_ms),
+        )
         .await
     }
 
     async fn enable(&self, destination: &str) -> Result<(), StoreError> {
-        let destination = destination.to_string();
-        self.with_conn(move |conn| {
-            conn.execute(
-                "DELETE FROM destinations WHERE destination = ?1",
-                params![destination],
-            )
-            .map_err(db("destination enable"))?;
-            Ok(())
-        })
+        self.execute_write(
+            "destination enable",
+            "DELETE FROM destinations WHERE destination = ?1",
+            (destination.to_string(),),
+        )
         .await
     }
 }

@@ -166,6 +166,23 @@ impl SqliteStore {
         self.inner.max_receive_count.load(Ordering::Relaxed)
     }
 
+    /// Runs one write statement on the blocking pool; `operation` names it in the error.
+    async fn execute_write<P>(
+        &self,
+        operation: &'static str,
+        sql: &'static str,
+        params: P,
+    ) -> Result<(), StoreError>
+    where
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.with_conn(move |conn| {
+            conn.execute(sql, params).map_err(db(operation))?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Runs `work` on the connection on the blocking pool.
     async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
     where

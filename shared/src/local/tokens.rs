@@ -63,15 +63,11 @@ impl TokenStore for SqliteStore {
     }
 
     async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
-        let member_id = member_id.to_string();
-        self.with_conn(move |conn| {
-            conn.execute(
-                "DELETE FROM portals WHERE member_id = ?1",
-                params![member_id],
-            )
-            .map_err(db("tokens delete"))?;
-            Ok(())
-        })
+        self.execute_write(
+            "tokens delete",
+            "DELETE FROM portals WHERE member_id = ?1",
+            (member_id.to_string(),),
+        )
         .await
     }
 
