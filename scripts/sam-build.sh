@@ -37,7 +37,8 @@ for bootstrap in .aws-sam/build/*/bootstrap; do
     found=$((found + 1))
     printf 'sam-build: %-34s %8d KiB\n' "$(basename "$(dirname "$bootstrap")")" "$(( $(stat -c %s "$bootstrap") / 1024 ))"
 done
-if [ "$found" -eq 0 ]; then
-    echo "sam-build: no bootstrap was built under .aws-sam/build" >&2
+expected=$(grep -c 'Type: AWS::Serverless::Function' template.yaml)
+if [ "$found" -ne "$expected" ]; then
+    echo "sam-build: $found bootstrap files under .aws-sam/build, but template.yaml has $expected functions" >&2
     exit 1
 fi

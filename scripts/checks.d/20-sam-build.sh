@@ -1,5 +1,8 @@
-# `sam build` of every function through cargo-lambda (release, for this machine's x86_64), as a
-# user's `sam build` runs it: proves the template and every crate build for Lambda. A cold run
-# compiles the AWS SDK in release mode (~29 min measured on 2 cores shared with other builds;
-# 12 s when nothing changed). Sourced by scripts/test.sh.
-bash "$ROOT/scripts/sam-build.sh" || die "sam build failed (output above)"
+# `sam build` of every function through cargo-lambda (for this machine's x86_64), as a user's
+# `sam build` runs it: proves the template's build metadata and that every crate compiles and
+# links for Lambda. Sourced by scripts/test.sh.
+# The suite builds at opt-level 0: optimising the AWS SDK adds ~15 of the ~25 cold minutes
+# measured on 2 cores and proves nothing more about the build. `scripts/sam-build.sh` run on
+# its own (and a user's `sam build`) builds with the optimised release profile.
+CARGO_PROFILE_RELEASE_OPT_LEVEL=0 bash "$ROOT/scripts/sam-build.sh" ||
+    die "sam build failed (output above)"
