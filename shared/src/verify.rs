@@ -111,8 +111,6 @@ pub fn salesman_presented_secrets(query: Option<&str>, header: Option<&str>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::PortalTokens;
-    use async_trait::async_trait;
 
     fn tokens(raw: &str) -> AppTokens {
         AppTokens::parse(raw).unwrap()
@@ -187,36 +185,9 @@ mod tests {
         assert!(verify_salesman_secret(Some(&empty), Some("token="), Some("")).is_err());
     }
 
-    struct OneStoredPortal;
-
-    #[async_trait]
-    impl TokenStore for OneStoredPortal {
-        async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-            Ok((member_id == "m1").then(|| PortalTokens {
-                member_id: "m1".into(),
-                domain: "x.bitrix24.ru".into(),
-                application_token: s("stored-app-token"),
-                access_token: s("a"),
-                refresh_token: s("r"),
-                expires_at_ms: 0,
-                client_endpoint: "https://x.bitrix24.ru/rest/".into(),
-                scope: "crm".into(),
-            }))
-        }
-        async fn put(&self, _: &PortalTokens) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn delete(&self, _: &str) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
-            Ok(vec![])
-        }
-    }
-
     #[tokio::test]
     async fn stored_token_is_checked_per_portal() {
-        let store = OneStoredPortal;
+        let store = super::test_tokens::StoredPortal::new("m1", "stored-app-token");
         let right = s("stored-app-token");
         assert!(verify_stored_application_token(&store, "m1", Some(&right))
             .await
@@ -232,5 +203,66 @@ mod tests {
         assert!(!verify_stored_application_token(&store, "m1", None)
             .await
             .unwrap());
+    }
+}
+
+/// Test double shared by the verify and ingest tests: a token store holding one installed
+/// portal, or failing every read as DynamoDB does when it cannot be reached.
+#[cfg(test)]
+pub(crate) mod test_tokens {
+    use crate::error::StoreError;
+    use crate::ports::{PortalTokens, TokenStore};
+    use crate::secret::Secret;
+    use async_trait::async_trait;
+
+    pub(crate) struct StoredPortal {
+        member_id: String,
+        application_token: String,
+        down: bool,
+    }
+
+    impl StoredPortal {
+        pub(crate) fn new(member_id: &str, application_token: &str) -> Self {
+            StoredPortal {
+                member_id: member_id.into(),
+                application_token: application_token.into(),
+                down: false,
+            }
+        }
+
+        pub(crate) fn down() -> Self {
+            StoredPortal {
+                down: true,
+                ..StoredPortal::new("", "")
+            }
+        }
+    }
+
+    #[async_trait]
+    impl TokenStore for StoredPortal {
+        async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
+            if self.down {
+                return Err(StoreError::Unavailable("test store is down".into()));
+            }
+            Ok((member_id == self.member_id).then(|| PortalTokens {
+                member_id: self.member_id.clone(),
+                domain: "example.bitrix24.ru".into(),
+                application_token: Secret::new(self.application_token.clone()),
+                access_token: Secret::new("a"),
+                refresh_token: Secret::new("r"),
+                expires_at_ms: 0,
+                client_endpoint: "https://example.bitrix24.ru/rest/".into(),
+                scope: "crm".into(),
+            }))
+        }
+        async fn put(&self, _: &PortalTokens) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
+            Ok(Vec::new())
+        }
     }
 }

@@ -3,10 +3,8 @@
 use super::recording_queue::RecordingQueue;
 use super::*;
 use crate::config::AppTokens;
-use crate::error::StoreError;
-use crate::ports::PortalTokens;
 use crate::secret::Secret;
-use async_trait::async_trait;
+use crate::verify::test_tokens::StoredPortal;
 use std::time::Duration;
 
 const APP_TOKEN: &str = "local-dev-app-token";
@@ -723,39 +721,6 @@ async fn source_without_a_secret_rejects_everything() {
     assert!(queue.sent().is_empty());
 }
 
-/// A token store holding one installed portal, or failing every read.
-struct StoredPortal {
-    down: bool,
-}
-
-#[async_trait]
-impl TokenStore for StoredPortal {
-    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-        if self.down {
-            return Err(StoreError::Unavailable("test store is down".into()));
-        }
-        Ok((member_id == MEMBER).then(|| PortalTokens {
-            member_id: MEMBER.into(),
-            domain: "example.bitrix24.ru".into(),
-            application_token: Secret::new("installed-app-token"),
-            access_token: Secret::new("a"),
-            refresh_token: Secret::new("r"),
-            expires_at_ms: 0,
-            client_endpoint: "https://example.bitrix24.ru/rest/".into(),
-            scope: "crm".into(),
-        }))
-    }
-    async fn put(&self, _: &PortalTokens) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn delete(&self, _: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
-    async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
-        Ok(Vec::new())
-    }
-}
-
 #[tokio::test]
 async fn stored_application_token_is_accepted_when_a_store_is_wired() {
     let body = b24_form("ONCRMDEALUPDATE", "installed-app-token");
@@ -766,15 +731,15 @@ async fn stored_application_token_is_accepted_when_a_store_is_wired() {
     assert_eq!(without_store.handle(req, at(1)).await.status, 401);
 
     let with_store = Ingress::new(queue.clone(), config())
-        .with_token_store(Arc::new(StoredPortal { down: false }));
+        .with_token_store(Arc::new(StoredPortal::new(MEMBER, "installed-app-token")));
     assert_eq!(with_store.handle(req, at(1)).await.status, 202);
     assert!(!serde_json::to_string(&queue.sent())
         .unwrap()
         .contains("installed-app-token"));
 
     // The configured token still works without touching a (broken) store.
-    let broken = Ingress::new(queue.clone(), config())
-        .with_token_store(Arc::new(StoredPortal { down: true }));
+    let broken =
+        Ingress::new(queue.clone(), config()).with_token_store(Arc::new(StoredPortal::down()));
     let good = b24_form("ONCRMDEALUPDATE", APP_TOKEN);
     let good_req = request(Family::Deal, FORM, None, None, good.as_bytes());
     assert_eq!(broken.handle(good_req, at(1)).await.status, 202);
