@@ -8,6 +8,7 @@ RELAY_TEMPLATE points the test at another file (used to prove it fails on a muta
 
 import os
 import re
+import tomllib
 import unittest
 
 from cfnlint.decode import decode
@@ -287,6 +288,71 @@ class TemplateTest(unittest.TestCase):
                         res["Properties"].get("AlarmActions"),
                         {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]},
                     )
+
+    # ------------------------------------------------------------------ cost and hardening
+    def test_build_and_deploy_name_the_same_architecture(self):
+        # A build for one architecture deployed as the other fails every invocation.
+        with open(os.path.join(ROOT, "samconfig.toml"), "rb") as f:
+            config = tomllib.load(f)["default"]
+        build = config["build"]["parameters"].get("parameter_overrides", "")
+        deploy = config["deploy"]["parameters"].get("parameter_overrides", "")
+        arch = re.compile(r"Architecture=(\w+)")
+        built, deployed = arch.search(build), arch.search(deploy)
+        self.assertIsNotNone(built, "samconfig's build pins no Architecture")
+        self.assertIsNotNone(deployed, "samconfig's deploy pins no Architecture")
+        self.assertEqual(built.group(1), deployed.group(1), "samconfig builds one architecture, deploys another")
+        self.assertIn(built.group(1), self.parameters["Architecture"]["AllowedValues"])
+
+    def test_dead_letter_queue_accepts_only_the_relay_queue(self):
+        queue = self.resource("RelayQueue", "AWS::SQS::Queue")
+        dlq = self.resource("DeadLetterQueue", "AWS::SQS::Queue")
+        allow = dlq.get("RedriveAllowPolicy", {})
+        self.assertEqual(allow.get("redrivePermission"), "byQueue")
+        name = queue.get("QueueName", {}).get("Fn::Sub")
+        self.assertIsNotNone(name, "RelayQueue needs a fixed name for the allow policy to name it")
+        sources = [s.get("Fn::Sub") for s in allow.get("sourceQueueArns", [])]
+        self.assertEqual(len(sources), 1)
+        self.assertTrue(sources[0].endswith(":" + name), f"{sources[0]} is not RelayQueue ({name})")
+
+    def test_queues_refuse_requests_without_tls(self):
+        policies = [r["Properties"] for r in self.resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"]
+        covered = set()
+        for policy in policies:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                insecure = statement.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport")
+                if statement.get("Effect") == "Deny" and str(insecure).lower() == "false":
+                    covered.update(q["Ref"] for q in policy["Queues"])
+        self.assertEqual(covered, {"RelayQueue", "DeadLetterQueue"})
+
+    def test_table_refuses_deletion(self):
+        self.assertIs(self.resource("RelayTable", "AWS::DynamoDB::Table").get("DeletionProtectionEnabled"), True)
+
+    def test_tracing_and_platform_logs_do_not_double_the_bill(self):
+        self.assertEqual(self.parameters["TracingMode"]["Default"], "PassThrough")
+        self.assertEqual(self.globals["LoggingConfig"]["SystemLogLevel"], "WARN")
+
+    def test_ingest_throttles_and_rejected_bitrix24_tokens_raise_alarms(self):
+        throttles = self.alarm("IngressThrottlesAlarm")
+        watched = {
+            m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"]
+            for m in throttles["Metrics"]
+            if "MetricStat" in m and m["MetricStat"]["Metric"]["MetricName"] == "Throttles"
+        }
+        self.assertEqual(watched, {self.function_by_code(f"functions/ingest-{f}")[0] for f in FAMILIES})
+
+        rejected = self.alarm("Bitrix24TokenRejectedAlarm")
+        filtered = {
+            r["Properties"]["LogGroupName"]["Ref"]
+            for r in self.resources.values()
+            if r["Type"] == "AWS::Logs::MetricFilter"
+            and r["Properties"]["MetricTransformations"][0]["MetricName"] == rejected["MetricName"]
+            and "application_token rejected" in r["Properties"]["FilterPattern"]
+        }
+        ingest_groups = set()
+        for f in FAMILIES:
+            _, props = self.function_by_code(f"functions/ingest-{f}")
+            ingest_groups.add(props["LoggingConfig"]["LogGroup"]["Ref"])
+        self.assertEqual(filtered, ingest_groups)
 
     def test_outputs_name_the_queue_dead_letter_queue_and_table(self):
         outputs = self.t.get("Outputs", {})

@@ -26,6 +26,15 @@ MUTATIONS = [
     ("no plain secret in env", "RELAY_SIGNING_SECRET_PARAM: !Ref", "RELAY_SIGNING_SECRET: !Ref"),
     # The first LeadingKeys condition in the file is the ingest role's.
     ("ingest reads only PORTAL# items", 'dynamodb:LeadingKeys: ["PORTAL#*"]', 'dynamodb:LeadingKeys: ["*"]'),
+    ("DLQ takes only the relay queue", "redrivePermission: byQueue", "redrivePermission: allowAll"),
+    ("TLS-only queues", 'aws:SecureTransport: "false"', 'aws:SecureTransport: "true"'),
+    ("table deletion protection", "DeletionProtectionEnabled: true", "DeletionProtectionEnabled: false"),
+    ("no X-Ray by default", "    Default: PassThrough", "    Default: Active"),
+    ("platform logs at WARN", "SystemLogLevel: WARN", "SystemLogLevel: INFO"),
+    ("throttle alarm on deal", "                - {Name: FunctionName, Value: !Ref IngestDealFunction}\n        - Id: tlead",
+     "                - {Name: FunctionName, Value: !Ref IngestLeadFunction}\n        - Id: tlead"),
+    ("token-rejected filter on deal", "      LogGroupName: !Ref IngestDealLogGroup\n      FilterPattern: '{ $.fields.message = \"application_token rejected\" }'",
+     "      LogGroupName: !Ref IngestLeadLogGroup\n      FilterPattern: '{ $.fields.message = \"application_token rejected\" }'"),
     ("DLQ alarm", "        - {Name: QueueName, Value: !GetAtt DeadLetterQueue.QueueName}", "        - {Name: QueueName, Value: !GetAtt RelayQueue.QueueName}"),
 ]
 
