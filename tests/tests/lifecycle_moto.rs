@@ -42,6 +42,7 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
     let config = RelayConfig {
         b24_oauth_url: portal.oauth_url(),
         b24_client_id: Some(portal.client_id.clone()),
+        allow_loopback_crm: true,
         ..RelayConfig::default()
     };
     let ingress = app_mode_ingress(
