@@ -29,7 +29,9 @@ RELAY_FUZZ_SECONDS="$SECONDS_TOTAL" cargo test -p shared --test fuzz -- \
 END=$(date +%s)
 
 echo "==> summary" >&2
-grep '^fuzz: ' "$LOG" >&2 || true
-total=$(grep '^fuzz: ' "$LOG" | awk '{ for (i = 1; i <= NF; i++) if ($i == "cases") s += $(i - 1) } END { print s + 0 }')
+# The harness prints "test <name> ... " and the target's line on one line: match the middle.
+lines=$(grep -o 'fuzz: [^:]*: [0-9]* cases in [0-9.]* s' "$LOG" || true)
+printf '%s\n' "$lines" >&2
+total=$(printf '%s\n' "$lines" | awk '{ for (i = 1; i <= NF; i++) if ($i == "cases") s += $(i - 1) } END { print s + 0 }')
 echo "==> ${total} cases in $((END - START)) s (including the build); exit status ${status}" >&2
 exit "$status"
