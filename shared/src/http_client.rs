@@ -60,3 +60,70 @@ pub async fn read_json(response: reqwest::Response) -> Result<serde_json::Value,
     let body = read_capped(response, MAX_ANSWER_BYTES).await?;
     serde_json::from_slice(&body).map_err(|_| AnswerError::NotJson)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback server that answers every connection with `head` and then `body_len` bytes.
+    async fn answering(head: &'static str, body_len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(head.as_bytes()).await;
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = body_len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    left -= n;
+                }
+            }
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn answers_past_the_cap_are_abandoned() {
+        let http = outbound_client().unwrap();
+        // Announced too large: refused before reading.
+        let url = answering("HTTP/1.1 200 OK\r\nContent-Length: 9437184\r\n\r\n", 0).await;
+        let response = http.get(&url).send().await.unwrap();
+        assert!(matches!(
+            read_capped(response, MAX_ANSWER_BYTES).await,
+            Err(AnswerError::TooLarge { .. })
+        ));
+        // No length, read until close: stopped at the cap.
+        let url = answering(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n",
+            2 * 1024 * 1024,
+        )
+        .await;
+        let response = http.get(&url).send().await.unwrap();
+        assert!(matches!(
+            read_capped(response, 1024 * 1024).await,
+            Err(AnswerError::TooLarge { .. })
+        ));
+        let url = answering("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", 0).await;
+        let response = http.get(&url).send().await.unwrap();
+        assert_eq!(read_json(response).await.unwrap(), serde_json::json!({}));
+    }
+
+    #[tokio::test]
+    async fn redirects_are_returned_not_followed() {
+        let http = outbound_client().unwrap();
+        let url = answering(
+            "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n",
+            0,
+        )
+        .await;
+        let response = http.post(&url).body("signed").send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 307);
+    }
+}

@@ -471,3 +471,38 @@ fn a_short_signing_secret_stops_relay_serve_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn the_banner_shows_destinations_redacted() {
+    let dir = TempDir::new("adv-banner");
+    let env = vec![
+        ("RELAY_B24_APP_TOKENS", crm::B24_TOKEN.to_string()),
+        (
+            "RELAY_DESTINATION_URL",
+            "https://user:pa55word@hooks.example/in?key=s3cret-key#frag".to_string(),
+        ),
+    ];
+    let relay = RelayProcess::start(dir.path(), &env);
+    // The destination lines follow the listening line; wait for them.
+    let banner = {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = relay.lines();
+            if lines.iter().any(|l| l.contains("hooks.example")) {
+                break lines.join("\n");
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no destination line: {lines:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert!(banner.contains("https://hooks.example/in"), "{banner}");
+    for secret in ["pa55word", "s3cret-key", "user:", "frag"] {
+        assert!(
+            !banner.contains(secret),
+            "{secret} in the banner:\n{banner}"
+        );
+    }
+}
