@@ -65,6 +65,11 @@ pub struct RelayConfig {
     pub queue_url: Option<String>,
     pub dlq_url: Option<String>,
     pub table: Option<String>,
+    /// RELAY_ALLOW_LOOPBACK_CRM=1, for tests only: a portal endpoint that app.info names may be
+    /// `http` on a loopback address (a fake portal on 127.0.0.1). Allows nothing else.
+    pub allow_loopback_crm: bool,
+    /// RELAY_ALLOW_UNSIGNED=1: on AWS the consumer starts without a signing secret.
+    pub allow_unsigned: bool,
 }
 
 fn non_empty(name: &str) -> Option<String> {
@@ -72,6 +77,11 @@ fn non_empty(name: &str) -> Option<String> {
         .ok()
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
+}
+
+/// `1`/`true`/`yes` turns a switch on; anything else leaves it off.
+fn switch(name: &str) -> bool {
+    non_empty(name).is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 impl RelayConfig {
@@ -104,7 +114,25 @@ impl RelayConfig {
             queue_url: non_empty("RELAY_QUEUE_URL"),
             dlq_url: non_empty("RELAY_DLQ_URL"),
             table: non_empty("RELAY_TABLE"),
+            allow_loopback_crm: switch("RELAY_ALLOW_LOOPBACK_CRM"),
+            allow_unsigned: switch("RELAY_ALLOW_UNSIGNED"),
         })
+    }
+
+    /// Refused at start rather than discovered per event: a signing secret that is not
+    /// `whsec_` + base64 of at least 24 bytes, and, where events leave for real (`on_aws`), no
+    /// secret at all unless RELAY_ALLOW_UNSIGNED=1 says unsigned forwards are meant.
+    pub fn check_signing(&self, on_aws: bool) -> Result<(), ConfigError> {
+        match &self.signing_secret {
+            Some(secret) => crate::forward::Signer::from_secret(secret).map(|_| ()),
+            None if on_aws && !self.allow_unsigned => Err(ConfigError::Invalid {
+                name: "RELAY_SIGNING_SECRET",
+                reason: "not set: forwards would go out unsigned; set it, or set \
+                         RELAY_ALLOW_UNSIGNED=1 if that is really meant"
+                    .into(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The family's own destination, else the general one.
@@ -134,5 +162,25 @@ mod tests {
         assert!(AppTokens::parse("").unwrap().is_empty());
         assert!(AppTokens::parse("m1:").is_err());
         assert!(AppTokens::parse(":tok").is_err());
+    }
+
+    #[test]
+    fn signing_secrets_are_checked_at_start() {
+        let with = |secret: Option<&str>, allow_unsigned: bool| RelayConfig {
+            signing_secret: secret.map(Secret::new),
+            allow_unsigned,
+            ..RelayConfig::default()
+        };
+        // 24 bytes: the Standard Webhooks example.
+        assert!(with(Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), false)
+            .check_signing(true)
+            .is_ok());
+        // "secret-for-test", 15 bytes.
+        let short = with(Some("whsec_c2VjcmV0LWZvci10ZXN0"), false);
+        assert!(short.check_signing(false).is_err());
+        assert!(short.check_signing(true).is_err());
+        assert!(with(None, false).check_signing(true).is_err());
+        assert!(with(None, true).check_signing(true).is_ok());
+        assert!(with(None, false).check_signing(false).is_ok());
     }
 }

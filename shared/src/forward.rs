@@ -15,6 +15,8 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// SQS refuses a visibility timeout above 12 hours, so no delay may exceed it.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(12 * 60 * 60);
+/// Shortest signing key accepted (Standard Webhooks secrets are 24 to 64 bytes).
+pub const MIN_SIGNING_KEY_BYTES: usize = 24;
 
 /// Signs outgoing requests with one or more `whsec_` secrets (several during rotation: the
 /// receiver accepts the request if any signature matches).
@@ -32,6 +34,8 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// `secrets`: `whsec_<base64>` values separated by spaces. The prefix is optional, as in
     /// the reference libraries; an empty list or a value that is not base64 is a config error.
+    /// Each space-separated `whsec_<base64>` must decode to at least
+    /// [`MIN_SIGNING_KEY_BYTES`]: a short key is guessable offline from one signed request.
     pub fn from_secret(secrets: &Secret) -> Result<Self, ConfigError> {
         let mut keys = Vec::new();
         for item in secrets.expose().split_whitespace() {
@@ -40,10 +44,13 @@ impl Signer {
                 name: "RELAY_SIGNING_SECRET",
                 reason: "each secret must be whsec_ followed by base64".into(),
             })?;
-            if key.is_empty() {
+            if key.len() < MIN_SIGNING_KEY_BYTES {
                 return Err(ConfigError::Invalid {
                     name: "RELAY_SIGNING_SECRET",
-                    reason: "a secret decodes to zero bytes".into(),
+                    reason: format!(
+                        "a secret decodes to {} bytes; at least {MIN_SIGNING_KEY_BYTES} are needed",
+                        key.len()
+                    ),
                 });
             }
             keys.push(key);
@@ -188,7 +195,46 @@ pub async fn deliver(http: &reqwest::Client, delivery: &Delivery<'_>) -> Result<
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, SystemTime::now()));
+    if (300..=399).contains(&status) {
+        // Never followed: a 302 would turn the signed POST into a bodiless GET that looks
+        // delivered, a 307 would send the signed body to whatever host `Location` names.
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|l| redact_url(&resolve_location(delivery.url, l)))
+            .unwrap_or_else(|| "nowhere".to_string());
+        return Err(ForwardError::Permanent {
+            status,
+            reason: format!(
+                "destination answered {status}, a redirect to {location}; redirects are not followed: configure the final URL"
+            ),
+        });
+    }
     classify_status(status, retry_after).map(|()| status)
+}
+
+/// `Location` may be relative to the URL that answered.
+fn resolve_location(base: &str, location: &str) -> String {
+    reqwest::Url::parse(base)
+        .and_then(|b| b.join(location))
+        .map(|u| u.to_string())
+        .unwrap_or_else(|_| location.to_string())
+}
+
+/// A URL as the attempt log and the banner show it: no user info, no query, no fragment
+/// (each may hold a key).
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.to_string()
+        }
+        Err(_) => "<invalid url>".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +259,8 @@ mod tests {
 
     #[test]
     fn rotation_gives_one_signature_per_secret() {
-        let other = "whsec_dGVzdC1zZWNyZXQtdHdv";
+        // "test-secret-two-0123456789" (26 bytes).
+        let other = "whsec_dGVzdC1zZWNyZXQtdHdvLTAxMjM0NTY3ODk=";
         let signer = Signer::from_secret(&Secret::new(format!("{SPEC_SECRET}  {other}"))).unwrap();
         let header = signer.signature_header(SPEC_ID, SPEC_TS, SPEC_BODY.as_bytes());
         let parts: Vec<&str> = header.split(' ').collect();
@@ -260,6 +307,21 @@ mod tests {
             classify_status(301, None),
             Err(ForwardError::Permanent { .. })
         ));
+    }
+
+    #[test]
+    fn redirect_targets_are_resolved_and_redacted() {
+        assert_eq!(
+            redact_url(&resolve_location(
+                "https://dest.example/hook",
+                "/moved?key=s3cret"
+            )),
+            "https://dest.example/moved"
+        );
+        assert_eq!(
+            redact_url("https://u:p@example.com/hook?token=s3cret#x"),
+            "https://example.com/hook"
+        );
     }
 
     #[test]

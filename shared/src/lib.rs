@@ -9,6 +9,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod forward;
+pub mod http_client;
 pub mod ingest;
 pub mod lambda;
 pub mod lifecycle;

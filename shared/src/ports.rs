@@ -247,14 +247,15 @@ pub trait DestinationStatus: Send + Sync {
     async fn enable(&self, destination: &str) -> Result<(), StoreError>;
 }
 
-/// Confirms an ONAPPINSTALL before its tokens are trusted: calls `app.info` on the event's
-/// `client_endpoint` with its `access_token` and checks the answer names the same portal.
+/// Confirms an ONAPPINSTALL or ONAPPUPDATE before its tokens are trusted: asks Bitrix24
+/// (`app.info` with the event's `access_token`) whether the token is this app's on this portal,
+/// and learns from the answer, not from the event, where the portal's REST calls go.
 #[async_trait]
 pub trait InstallVerifier: Send + Sync {
-    async fn verify_install(
+    /// `Ok(None)`: not confirmed (wrong portal, wrong app, refused endpoint, no client id).
+    async fn confirm_portal(
         &self,
-        client_endpoint: &str,
         access_token: &Secret,
         member_id: &str,
-    ) -> Result<bool, crate::error::EnrichError>;
+    ) -> Result<Option<crate::lifecycle::portal_endpoint::ConfirmedPortal>, crate::error::EnrichError>;
 }

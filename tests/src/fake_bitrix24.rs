@@ -497,6 +497,8 @@ fn run_batch(
     }))
 }
 
+/// The refresh as b24restdocs settings/oauth/auto-renewal.md documents it (a GET with the
+/// parameters in the query string; the answer's `domain` is the OAuth server's).
 /// `GET /oauth/token/?grant_type=refresh_token&client_id&client_secret&refresh_token`: a new
 /// pair; the old refresh token stops working (Bitrix24 refresh tokens are single-use).
 fn refresh(shared: &Shared, params: &Value) -> Response {

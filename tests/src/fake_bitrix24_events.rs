@@ -264,6 +264,11 @@ impl FakePortal {
     }
 }
 
+/// `app.info` as the OAuth server answers it for an app's access token. The portal's own page
+/// (b24restdocs api-reference/common/system/app-info.md) documents ID, CODE, VERSION, STATUS,
+/// INSTALLED…; the `install` block (member_id, domain, client_endpoint, server_endpoint) carries
+/// the fields the token exchange documents (b24restdocs settings/oauth/index.md), and is what
+/// crm-relay takes the portal's REST endpoint from.
 fn app_info(s: &PortalState, client_endpoint: &str) -> MethodReply {
     MethodReply::Result(json!({
         "ID": 7,

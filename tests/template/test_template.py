@@ -185,6 +185,12 @@ class TemplateTest(unittest.TestCase):
                     f"{name} has a default that is not an SSM parameter name",
                 )
 
+    def test_the_bitrix24_client_id_has_no_empty_default(self):
+        # App mode confirms installs with app.info against this id; it must be given.
+        param = self.parameters["Bitrix24ClientId"]
+        self.assertNotIn("Default", param)
+        self.assertGreaterEqual(int(param.get("MinLength", 0)), 1)
+
     def test_functions_get_secret_names_never_secret_values(self):
         for lid, props in self.functions().items():
             variables = dict(self.globals.get("Environment", {}).get("Variables", {}))

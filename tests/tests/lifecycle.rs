@@ -87,9 +87,10 @@ async fn setup(member_id: &str) -> Setup {
     let (tokens, snapshots) = (store.clone(), store.clone());
     let verifier = AppInfoVerifier::new(
         reqwest::Client::new(),
-        Some(portal.client_endpoint.clone()),
+        &portal.client_endpoint,
         Some(portal.client_id.clone()),
-    );
+    )
+    .allowing_loopback(true);
     let lifecycle = Arc::new(AppLifecycle::new(
         Arc::new(verifier),
         tokens.clone(),
@@ -172,11 +173,18 @@ async fn forged_install_is_refused_and_stores_nothing() {
 }
 
 #[tokio::test]
-async fn client_endpoint_mode_refuses_a_token_the_portal_rejects() {
+async fn install_is_refused_for_a_token_bitrix24_rejects() {
     let portal = FakePortal::start("portal02").await;
     let tokens = MemoryStore::new();
     let lifecycle = AppLifecycle::new(
-        Arc::new(AppInfoVerifier::new(reqwest::Client::new(), None, None)),
+        Arc::new(
+            AppInfoVerifier::new(
+                reqwest::Client::new(),
+                &portal.client_endpoint,
+                Some(portal.client_id.clone()),
+            )
+            .allowing_loopback(true),
+        ),
         tokens.clone(),
         tokens.clone(),
         AppTokens::default(),
@@ -517,7 +525,11 @@ async fn offline_wake_event_is_verified_and_wakes_the_poller() {
     install(&s).await;
     let notify = Arc::new(tokio::sync::Notify::new());
     let lifecycle = AppLifecycle::new(
-        Arc::new(AppInfoVerifier::new(reqwest::Client::new(), None, None)),
+        Arc::new(AppInfoVerifier::new(
+            reqwest::Client::new(),
+            &s.portal.client_endpoint,
+            Some(s.portal.client_id.clone()),
+        )),
         s.tokens.clone(),
         s.snapshots.clone(),
         AppTokens::default(),
@@ -676,8 +688,21 @@ async fn app_update_with_the_stored_token_keeps_the_fresh_oauth_tokens() {
         "a forged update changes nothing"
     );
 
-    assert_eq!(post(&s, Family::App, &update(APP_TOKEN)).await.status, 202);
+    // The right application token with an access token Bitrix24 never issued: app.info does
+    // not confirm it, so nothing moves (one leaked event must not redirect the portal).
+    let mut unconfirmed = update(APP_TOKEN);
+    unconfirmed["auth"]["client_endpoint"] = json!("http://127.0.0.1:1/steal/");
+    assert_eq!(post(&s, Family::App, &unconfirmed).await.status, 401);
+    let kept = s.tokens.get("portal12").await.unwrap().unwrap();
+    assert_eq!(kept.access_token.expose(), "access-1");
+
+    s.portal.issue_access_token("access-2");
+    assert_eq!(post(&s, Family::App, &unconfirmed).await.status, 202);
     let fresh = s.tokens.get("portal12").await.unwrap().unwrap();
+    assert_eq!(
+        fresh.client_endpoint, s.portal.client_endpoint,
+        "the endpoint is the one app.info names, not the event's"
+    );
     assert_eq!(fresh.access_token.expose(), "access-2");
     assert_eq!(fresh.refresh_token.expose(), "refresh-2");
     assert_eq!(fresh.expires_at_ms, 1_790_007_200_000);

@@ -42,6 +42,7 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
     let config = RelayConfig {
         b24_oauth_url: portal.oauth_url(),
         b24_client_id: Some(portal.client_id.clone()),
+        allow_loopback_crm: true,
         ..RelayConfig::default()
     };
     let ingress = app_mode_ingress(
@@ -54,7 +55,9 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
     );
 
     portal.issue_access_token("moto-access");
-    let install = portal.install_body("moto-access", "moto-refresh", APP_TOKEN, 4_000_000_000);
+    let mut install = portal.install_body("moto-access", "moto-refresh", APP_TOKEN, 4_000_000_000);
+    // The Lambda wiring, like relay serve, ignores the endpoint an install claims.
+    install["auth"]["client_endpoint"] = serde_json::json!("http://169.254.169.254/latest/");
     assert_eq!(post(&ingress, Family::App, &install).await, 202);
     let stored = store
         .get("motoportal")
@@ -63,6 +66,7 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
         .expect("tokens in DynamoDB");
     assert_eq!(stored.application_token.expose(), APP_TOKEN);
     assert_eq!(stored.access_token.expose(), "moto-access");
+    assert_eq!(stored.client_endpoint, portal.client_endpoint);
 
     let base_ts = 1_790_000_000;
     for n in 1..=20i64 {

@@ -24,7 +24,7 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     pub fn open(data_dir: &Path) -> Result<Self, CliError> {
-        std::fs::create_dir_all(data_dir)
+        shared::local::private_files::create_private_dir(data_dir)
             .map_err(|e| CliError::io(format!("creating {}", data_dir.display()), e))?;
         // Absolute, so the banner and messages name the folder unambiguously.
         let data_dir = std::fs::canonicalize(data_dir)
@@ -102,8 +102,7 @@ pub fn bitrix24_client(
 }
 
 pub fn http_client() -> Result<reqwest::Client, CliError> {
-    reqwest::Client::builder()
-        .build()
+    shared::http_client::outbound_client()
         .map_err(|e| CliError::Handler(format!("building the HTTP client: {e}")))
 }
 

@@ -14,8 +14,12 @@ use shared::event::Family;
 use shared::ingest::{IngestReply, IngestRequest, Ingress, MAX_BODY_BYTES};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
+
+/// The whole body must arrive within this once the head is in; a client that trickles it
+/// gets 408 instead of holding a connection and a buffer.
+pub const BODY_READ_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct RouteState {
@@ -57,26 +61,33 @@ async fn ingest(
     let Ok(family) = family.parse::<Family>() else {
         return not_found().await;
     };
-    let body = match read_body_capped(body).await {
-        Ok(Some(body)) => body,
-        Ok(None) => {
+    let body = match tokio::time::timeout(BODY_READ_DEADLINE, read_body_capped(body)).await {
+        Err(_elapsed) => {
+            return json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                json!({"error": "the request body was not sent in time"}),
+            )
+        }
+        Ok(Ok(Some(body))) => body,
+        Ok(Ok(None)) => {
             return json_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 json!({"error": IngestError::TooLarge { limit: MAX_BODY_BYTES }.to_string()}),
             )
         }
-        Err(_) => {
+        Ok(Err(_)) => {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 json!({"error": "the request body could not be read"}),
             )
         }
     };
+    let relay_token = joined_header(&headers, "x-relay-token");
     let request = IngestRequest {
         family,
         content_type: header_str(&headers, header::CONTENT_TYPE.as_str()),
         query: query.as_deref(),
-        relay_token_header: header_str(&headers, "x-relay-token"),
+        relay_token_header: relay_token.as_deref(),
         body: &body,
     };
     let IngestReply { status, body } = state.ingress.handle(request, SystemTime::now()).await;
@@ -103,6 +114,17 @@ async fn read_body_capped(mut body: Body) -> Result<Option<Bytes>, axum::Error> 
         buf.extend_from_slice(&data);
     }
     Ok(Some(Bytes::from(buf)))
+}
+
+/// Every value of a repeated header joined with `,`, as a Lambda Function URL hands them to
+/// the function: two `X-Relay-Token` headers then never pass as the one that happens to be first.
+fn joined_header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    (!values.is_empty()).then(|| values.join(","))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -8,6 +8,7 @@ use crate::drain::{drain_queue, DrainSettings};
 use crate::routes::{router, RouteState};
 use shared::config::RelayConfig;
 use shared::event::Family;
+use shared::forward::redact_url;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     crate::logs::init_readable_logs();
     let config = RelayConfig::from_env()?;
+    config.check_signing(false)?;
     let backend = LocalBackend::open(data_dir)?;
     let queued = Arc::new(Notify::new());
     let offline_wake = Arc::new(Notify::new());
@@ -77,9 +79,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
         })
         .collect();
     let app = router(RouteState { ingress, queued });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    let served = crate::http_server::serve(listener, app, shutdown_signal()).await;
     println!("relay: stopping: no new requests; finishing the batch in flight");
     let _ = stop_tx.send(true);
     for drain in drains {
@@ -116,7 +116,11 @@ fn print_banner(addr: SocketAddr, config: &RelayConfig, backend: &LocalBackend) 
     println!("  Store:       {} (SQLite)", backend.data_dir().display());
     let destinations: Vec<String> = Family::ALL
         .into_iter()
-        .filter_map(|f| config.destination_for(f).map(|url| format!("{f} -> {url}")))
+        .filter_map(|f| {
+            config
+                .destination_for(f)
+                .map(|url| format!("{f} -> {}", redact_url(url)))
+        })
         .collect();
     if destinations.is_empty() {
         println!(

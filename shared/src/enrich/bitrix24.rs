@@ -4,6 +4,7 @@
 
 use crate::config::RelayConfig;
 use crate::error::EnrichError;
+use crate::lifecycle::portal_endpoint::confirm_endpoint;
 use crate::ports::{Bitrix24Rest, PortalTokens, RestAnswer, TokenStore};
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -105,6 +106,8 @@ pub struct Bitrix24Client {
     backoff: Duration,
     max_tries: u32,
     timeout: Duration,
+    /// RELAY_ALLOW_LOOPBACK_CRM (tests).
+    allow_loopback: bool,
 }
 
 impl Bitrix24Client {
@@ -129,6 +132,7 @@ impl Bitrix24Client {
             backoff: Duration::from_secs(1),
             max_tries: 5,
             timeout: Duration::from_secs(20),
+            allow_loopback: config.allow_loopback_crm,
         }
     }
 
@@ -209,7 +213,7 @@ impl Bitrix24Client {
                 })
             })?;
         let status = response.status().as_u16();
-        let answer: Value = match response.json().await {
+        let answer: Value = match crate::http_client::read_json(response).await {
             Ok(v) => v,
             Err(_) if status >= 500 => {
                 return Err(Failure::Enrich(EnrichError::Transient {
@@ -266,6 +270,9 @@ impl Bitrix24Client {
                 "access token expired and RELAY_B24_CLIENT_ID/_SECRET are not set".into(),
             )
         })?;
+        // The OAuth server documents this call only as a GET with the parameters in the query
+        // string (b24restdocs settings/oauth/auto-renewal.md); a POST body is not documented,
+        // so the secret stays in the query of this one HTTPS request, which is never logged.
         let query = form_urlencoded::Serializer::new(String::new())
             .append_pair("grant_type", "refresh_token")
             .append_pair("client_id", &app.client_id)
@@ -283,7 +290,9 @@ impl Bitrix24Client {
                 retry_after: None,
             })?;
         let status = response.status().as_u16();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        let answer: Value = crate::http_client::read_json(response)
+            .await
+            .unwrap_or(Value::Null);
         let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
         let (Some(access), Some(refresh)) = (text("access_token"), text("refresh_token")) else {
             let code = text("error").unwrap_or_default();
@@ -306,12 +315,21 @@ impl Bitrix24Client {
             .unwrap_or(3600);
         let fresh = PortalTokens {
             member_id: old.member_id.clone(),
-            domain: text("domain").unwrap_or_else(|| old.domain.clone()),
+            // The answer's `domain` is the OAuth server's ("oauth.bitrix.info", b24restdocs
+            // settings/oauth/auto-renewal.md), not the portal's.
+            domain: old.domain.clone(),
             application_token: old.application_token.clone(),
             access_token: Secret::new(access),
             refresh_token: Secret::new(refresh),
             expires_at_ms: now_ms + expires_in * 1000,
-            client_endpoint: text("client_endpoint").unwrap_or_else(|| old.client_endpoint.clone()),
+            // Even from the OAuth server, only an endpoint on the portal's own domain is taken.
+            client_endpoint: confirm_endpoint(
+                text("client_endpoint").as_deref(),
+                Some(&old.domain),
+                self.allow_loopback,
+            )
+            .map(|portal| portal.client_endpoint)
+            .unwrap_or_else(|_| old.client_endpoint.clone()),
             scope: text("scope").unwrap_or_else(|| old.scope.clone()),
         };
         self.tokens

@@ -51,7 +51,7 @@ impl SalesmanClient {
                 retry_after: None,
             })?;
         let status = response.status().as_u16();
-        let answer: Value = match response.json().await {
+        let answer: Value = match crate::http_client::read_json(response).await {
             Ok(v) => v,
             Err(_) if status >= 500 || status == 429 => {
                 return Err(EnrichError::Transient {

@@ -94,6 +94,7 @@ pub async fn serve(consumer: Arc<Consumer>) -> Result<(), Error> {
 pub async fn run() -> Result<(), Error> {
     crate::logging::init_json_logs();
     let resources = FunctionResources::from_env().await?;
+    resources.config.check_signing(true)?;
     let store = resources.require_store()?;
     let ports = ConsumerPorts {
         queue: resources.queue.clone(),

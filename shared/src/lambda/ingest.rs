@@ -292,6 +292,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_relay_token_header_is_refused() {
+        // A Function URL joins a repeated header's values with commas; relay serve does the
+        // same, so one right and one wrong token never pass as the right one.
+        let text = function_url_event("POST", "", Some(SALESMAN_DEAL), false);
+        for joined in [
+            "local-dev-salesman-secret,wrong",
+            "wrong,local-dev-salesman-secret",
+        ] {
+            let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            value["headers"]["x-relay-token"] = serde_json::json!(joined);
+            let (response, queue) = invoke(&value.to_string()).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{joined}");
+            assert!(queue.sent().is_empty());
+        }
+    }
+
+    #[tokio::test]
     async fn empty_body_is_400_and_get_is_405() {
         let (response, queue) = invoke(&function_url_event("POST", "", None, false)).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);

@@ -30,15 +30,12 @@ impl FunctionResources {
             .table
             .as_ref()
             .map(|table| Arc::new(DynamoStore::from_conf(&sdk, table)));
-        // Outbound calls (CRM REST, destination) carry their own per-request timeouts; this
-        // one only bounds connection set-up so a dead host cannot pin a Lambda.
-        let http = reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .map_err(|e| ConfigError::Invalid {
-                name: "HTTP client",
-                reason: e.to_string(),
-            })?;
+        // Outbound calls (CRM REST, destination) carry their own per-request timeouts; the
+        // client adds a connect timeout and never follows a redirect.
+        let http = crate::http_client::outbound_client().map_err(|e| ConfigError::Invalid {
+            name: "HTTP client",
+            reason: e.to_string(),
+        })?;
         Ok(FunctionResources {
             config,
             queue,

@@ -1,9 +1,10 @@
-//! The app family's own events: ONAPPINSTALL is trusted only after `app.info` confirms its
-//! access token, then the portal's tokens go to the token store (never to a message or a log);
+//! The app family's own events: ONAPPINSTALL and ONAPPUPDATE are trusted only after `app.info`
+//! confirms their access token, and the portal's REST endpoint is the one Bitrix24 names there;
 //! ONAPPUNINSTALL forgets the portal; ONAPPTEST answers; ONOFFLINEEVENT wakes the poller.
 
 use crate::config::AppTokens;
 use crate::error::{EnrichError, IngestError};
+use crate::lifecycle::portal_endpoint::{confirm_endpoint, ConfirmedPortal};
 use crate::ports::{InstallVerifier, PortalTokens, SnapshotStore, TokenStore};
 use crate::secret::Secret;
 use crate::verify::{constant_time_eq, verify_application_token, verify_stored_application_token};
@@ -96,8 +97,10 @@ impl AppLifecycle {
             .ok_or_else(|| IngestError::Malformed("missing event".into()))?
             .to_ascii_uppercase();
         let member_id = text_at(body, &["auth", "member_id"]).ok_or(IngestError::Unauthorized)?;
-        let application_token =
-            text_at(body, &["auth", "application_token"]).ok_or(IngestError::Unauthorized)?;
+        // An empty token would make every later event of this portal match an empty one.
+        let application_token = text_at(body, &["auth", "application_token"])
+            .filter(|t| !t.is_empty())
+            .ok_or(IngestError::Unauthorized)?;
         let application_token = Secret::new(application_token);
         match event.as_str() {
             "ONAPPINSTALL" => {
@@ -127,9 +130,11 @@ impl AppLifecycle {
                 let stored = self
                     .require_stored_token(&member_id, &application_token)
                     .await?;
-                // An update carries fresh OAuth tokens: keep them, the old refresh token may
-                // already be spent.
+                // The application token travels with every event of the portal, so it alone
+                // may not move the portal's calls or replace its tokens: the fresh access token
+                // is confirmed with `app.info` exactly as at install.
                 if let Some(fresh) = tokens_from_auth(body, &member_id, application_token, now_ms) {
+                    let fresh = self.confirmed(fresh, "ONAPPUPDATE").await?;
                     let merged = PortalTokens {
                         scope: if fresh.scope.is_empty() {
                             stored.scope
@@ -218,24 +223,43 @@ impl AppLifecycle {
     ) -> Result<AppOutcome, IngestError> {
         let tokens = tokens_from_auth(body, &member_id, application_token, now_ms)
             .ok_or(IngestError::Unauthorized)?;
-        let confirmed = self
-            .verifier
-            .verify_install(&tokens.client_endpoint, &tokens.access_token, &member_id)
-            .await
-            .map_err(|e| match e {
-                EnrichError::Transient { .. } => IngestError::VerifierUnavailable,
-                _ => IngestError::Unauthorized,
-            })?;
-        if !confirmed {
-            tracing::warn!(portal = %member_id, "ONAPPINSTALL refused: app.info did not confirm the access token");
-            return Err(IngestError::Unauthorized);
-        }
+        let tokens = self.confirmed(tokens, "ONAPPINSTALL").await?;
         self.tokens
             .put(&tokens)
             .await
             .map_err(IngestError::TokenStore)?;
         tracing::info!(portal = %member_id, domain = %tokens.domain, "app installed; portal tokens stored");
         Ok(AppOutcome::Installed { member_id })
+    }
+
+    /// `tokens` with the endpoint and domain Bitrix24 confirmed, once `app.info` has said the
+    /// access token is this app's on this portal; whatever the event claimed for them is dropped.
+    async fn confirmed(
+        &self,
+        tokens: PortalTokens,
+        event: &str,
+    ) -> Result<PortalTokens, IngestError> {
+        let confirmed = self
+            .verifier
+            .confirm_portal(&tokens.access_token, &tokens.member_id)
+            .await
+            .map_err(|e| match e {
+                EnrichError::Transient { .. } => IngestError::VerifierUnavailable,
+                _ => IngestError::Unauthorized,
+            })?;
+        let Some(ConfirmedPortal {
+            client_endpoint,
+            domain,
+        }) = confirmed
+        else {
+            tracing::warn!(portal = %tokens.member_id, event, "refused: app.info did not confirm the access token");
+            return Err(IngestError::Unauthorized);
+        };
+        Ok(PortalTokens {
+            client_endpoint,
+            domain,
+            ..tokens
+        })
     }
 }
 
@@ -296,27 +320,27 @@ fn with_trailing_slash(url: &str) -> String {
     }
 }
 
-/// Confirms an install with `app.info`. With a trusted endpoint (the OAuth server,
-/// `<RELAY_B24_OAUTH_URL>/rest/`), the answer comes from Bitrix24 itself whatever the event
-/// claims; without one, from the event's `client_endpoint`, which a forger could point at a
-/// server of his own: use that mode only where the portal URL is known to be genuine.
+/// Confirms an install or update with `app.info` asked of Bitrix24 itself (the OAuth server,
+/// `<RELAY_B24_OAUTH_URL>/rest/`), whatever the event claims: an event names its own
+/// `client_endpoint`, and a forger would point it at a server that vouches for anything.
 pub struct AppInfoVerifier {
     http: reqwest::Client,
-    trusted_endpoint: Option<String>,
-    /// When set, the answer's `client_id` must be this app's (RELAY_B24_CLIENT_ID).
+    endpoint: String,
+    /// The answer's `client_id` must be this app's (RELAY_B24_CLIENT_ID); without it nothing is
+    /// confirmed, since any app's token on any portal would pass.
     client_id: Option<String>,
+    /// RELAY_ALLOW_LOOPBACK_CRM: a fake portal on 127.0.0.1 in tests.
+    allow_loopback: bool,
 }
 
 impl AppInfoVerifier {
-    pub fn new(
-        http: reqwest::Client,
-        trusted_endpoint: Option<String>,
-        client_id: Option<String>,
-    ) -> Self {
+    /// `endpoint`: the REST base `app.info` is asked of.
+    pub fn new(http: reqwest::Client, endpoint: &str, client_id: Option<String>) -> Self {
         AppInfoVerifier {
             http,
-            trusted_endpoint: trusted_endpoint.map(|e| with_trailing_slash(&e)),
+            endpoint: with_trailing_slash(endpoint),
             client_id,
+            allow_loopback: false,
         }
     }
 
@@ -327,24 +351,29 @@ impl AppInfoVerifier {
         client_id: Option<String>,
     ) -> Self {
         let base = format!("{}/rest/", oauth_url.trim_end_matches('/'));
-        AppInfoVerifier::new(http, Some(base), client_id)
+        AppInfoVerifier::new(http, &base, client_id)
+    }
+
+    /// Accept `http` portal endpoints on loopback addresses (tests only).
+    pub fn allowing_loopback(mut self, allow: bool) -> Self {
+        self.allow_loopback = allow;
+        self
     }
 }
 
 #[async_trait]
 impl InstallVerifier for AppInfoVerifier {
-    async fn verify_install(
+    async fn confirm_portal(
         &self,
-        client_endpoint: &str,
         access_token: &Secret,
         member_id: &str,
-    ) -> Result<bool, EnrichError> {
-        let base = self
-            .trusted_endpoint
-            .clone()
-            .unwrap_or_else(|| with_trailing_slash(client_endpoint));
+    ) -> Result<Option<ConfirmedPortal>, EnrichError> {
+        let Some(client_id) = self.client_id.as_deref() else {
+            tracing::warn!(portal = %member_id, "app event refused: RELAY_B24_CLIENT_ID is not set, so no token can be confirmed as this app's");
+            return Ok(None);
+        };
         // No `.json` suffix: portals accept both forms, the OAuth server documents this one.
-        let url = format!("{base}app.info");
+        let url = format!("{}app.info", self.endpoint);
         // The token goes in the form body, not the query string, so no proxy log holds it.
         let response = self
             .http
@@ -364,30 +393,40 @@ impl InstallVerifier for AppInfoVerifier {
                 retry_after: None,
             });
         }
-        let answer: serde_json::Value = match response.json().await {
+        let answer = match crate::http_client::read_json(response).await {
             Ok(answer) => answer,
-            Err(_) => return Ok(false),
+            Err(_) => return Ok(None),
         };
         if !status.is_success() || answer.get("error").is_some() {
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(app_info_confirms(
-            &answer,
-            member_id,
-            self.client_id.as_deref(),
-        ))
+        if !app_info_confirms(&answer, member_id, client_id) {
+            return Ok(None);
+        }
+        match confirm_endpoint(
+            text_at(&answer, &["result", "install", "client_endpoint"]).as_deref(),
+            text_at(&answer, &["result", "install", "domain"]).as_deref(),
+            self.allow_loopback,
+        ) {
+            Ok(portal) => Ok(Some(portal)),
+            Err(refused) => {
+                tracing::warn!(portal = %member_id, reason = %refused, "app event refused: the portal endpoint app.info names is not acceptable");
+                Ok(None)
+            }
+        }
     }
 }
 
-/// The portal `app.info` names is in `result.install.member_id` (the documented fields
-/// ID/CODE/STATUS… say nothing of the portal); `result.client_id` is the app's.
-fn app_info_confirms(answer: &serde_json::Value, member_id: &str, client_id: Option<&str>) -> bool {
+/// The portal `app.info` names is in `result.install.member_id`, its domain and REST endpoint in
+/// `result.install.domain`/`client_endpoint`; `result.client_id` is the app's. The portal's own
+/// `app.info` page (b24restdocs api-reference/common/system/app-info.md) lists only ID, CODE,
+/// STATUS…; the OAuth server's answer adds the `install` block, whose fields match what the
+/// token exchange returns (b24restdocs settings/oauth/index.md: client_endpoint, member_id).
+fn app_info_confirms(answer: &serde_json::Value, member_id: &str, client_id: &str) -> bool {
     let answered_member = text_at(answer, &["result", "install", "member_id"]);
     let member_ok = answered_member.as_deref() == Some(member_id) && !member_id.is_empty();
-    let client_ok = match client_id {
-        None => true,
-        Some(expected) => text_at(answer, &["result", "client_id"]).as_deref() == Some(expected),
-    };
+    let client_ok = !client_id.is_empty()
+        && text_at(answer, &["result", "client_id"]).as_deref() == Some(client_id);
     member_ok && client_ok
 }
 
@@ -400,16 +439,16 @@ mod tests {
     fn app_info_must_name_the_same_portal_and_app() {
         let answer = json!({"result": {"ID": 7, "CODE": "local.1", "client_id": "local.1",
             "install": {"installed": true, "member_id": "m1", "domain": "a.bitrix24.ru"}}});
-        assert!(app_info_confirms(&answer, "m1", None));
-        assert!(app_info_confirms(&answer, "m1", Some("local.1")));
-        assert!(!app_info_confirms(&answer, "m2", None));
-        assert!(!app_info_confirms(&answer, "m1", Some("local.2")));
+        assert!(app_info_confirms(&answer, "m1", "local.1"));
+        assert!(!app_info_confirms(&answer, "m2", "local.1"));
+        assert!(!app_info_confirms(&answer, "m1", "local.2"));
+        assert!(!app_info_confirms(&answer, "m1", ""));
         assert!(!app_info_confirms(
             &json!({"result": {"ID": 7}}),
             "m1",
-            None
+            "local.1"
         ));
-        assert!(!app_info_confirms(&answer, "", None));
+        assert!(!app_info_confirms(&answer, "", "local.1"));
     }
 
     #[test]

@@ -6,4 +6,5 @@ pub mod bind;
 pub mod events;
 pub mod install;
 pub mod offline;
+pub mod portal_endpoint;
 pub mod wiring;

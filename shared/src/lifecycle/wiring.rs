@@ -24,7 +24,8 @@ pub fn app_mode_ingress(
         http,
         &config.b24_oauth_url,
         config.b24_client_id.clone(),
-    );
+    )
+    .allowing_loopback(config.allow_loopback_crm);
     let mut lifecycle = AppLifecycle::new(
         Arc::new(verifier),
         tokens.clone(),

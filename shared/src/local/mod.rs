@@ -6,6 +6,7 @@ mod attempts;
 mod dedup;
 mod destinations;
 mod outbox;
+pub mod private_files;
 mod queue;
 mod snapshots;
 mod tokens;
@@ -125,13 +126,16 @@ impl SqliteStore {
     /// work: the message is delivered again and forwarded with the same `webhook-id`, as
     /// after a crash between forward and complete.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        private_files::create_private_dir(dir).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot create data directory {}: {e}",
                 dir.display()
             ))
         })?;
         let path = dir.join(DB_FILE);
+        private_files::prepare_private_file(&path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let conn = Connection::open(&path).map_err(db("open"))?;
         configure(&conn)?;
         Ok(SqliteStore {

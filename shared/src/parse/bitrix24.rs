@@ -56,6 +56,32 @@ impl Bitrix24Auth {
     }
 }
 
+/// The credentials of a Bitrix24 form body, found by one pass over its pairs without building
+/// the document: `(event, auth)` with `member_id` and `application_token` (the last of each
+/// wins, as in PHP). `None` when the body does not look like a Bitrix24 event (no `event`, a
+/// dotted SalesMan name, no `auth[member_id]`); the full parse then decides.
+pub fn form_credentials(body: &[u8]) -> Option<(String, Bitrix24Auth)> {
+    let (mut event, mut member_id, mut token) = (None, None, None);
+    for (key, value) in form_urlencoded::parse(body).take(super::php_form::MAX_FIELDS) {
+        match key.as_ref() {
+            "event" => event = Some(value.into_owned()),
+            "auth[member_id]" => member_id = Some(value.into_owned()),
+            "auth[application_token]" => token = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let event = event.filter(|e| !e.is_empty() && !e.contains('.'))?;
+    let member_id = member_id.filter(|m| !m.is_empty())?;
+    Some((
+        event.to_ascii_uppercase(),
+        Bitrix24Auth {
+            member_id,
+            application_token: token.map(Secret::new),
+            ..Bitrix24Auth::default()
+        },
+    ))
+}
+
 /// Reads a decoded Bitrix24 document (form or JSON alike).
 pub fn parse_bitrix24(document: &Map<String, Value>) -> Result<Bitrix24Delivery, ParseError> {
     let event = event_name(document)?.to_ascii_uppercase();
@@ -168,6 +194,18 @@ mod tests {
         &auth%5Bserver_endpoint%5D=https%3A%2F%2Foauth.bitrix.info%2Frest%2F\
         &auth%5Bmember_id%5D=a1b2c3d4e5f60718293a4b5c6d7e8f90\
         &auth%5Bapplication_token%5D=local-dev-app-token";
+
+    #[test]
+    fn form_credentials_are_found_without_decoding() {
+        let body = b"event=ONCRMDEALADD&data%5BFIELDS%5D%5BID%5D=1\
+            &auth%5Bmember_id%5D=m1&auth%5Bapplication_token%5D=old&auth%5Bapplication_token%5D=t";
+        let (event, auth) = form_credentials(body).unwrap();
+        assert_eq!(event, "ONCRMDEALADD");
+        assert_eq!(auth.member_id, "m1");
+        assert_eq!(auth.application_token, Some(Secret::new("t")));
+        assert!(form_credentials(b"event=deal.edit&auth%5Bmember_id%5D=m1").is_none());
+        assert!(form_credentials(b"event=ONCRMDEALADD").is_none());
+    }
 
     #[test]
     fn crm_event_from_a_php_form() {

@@ -23,8 +23,15 @@ pub const MAX_DEPTH: usize = 32;
 /// limit is higher and exceeding it is an error, never a silent truncation.
 pub const MAX_FIELDS: usize = 10_000;
 
+/// Most arrays (JSON objects and arrays, PHP arrays) one document may build. Scalars are
+/// counted by [`MAX_FIELDS`]; without this, a body of nested one-key objects and no scalars
+/// would pass that limit and cost ~50 times its size in memory before the token is checked.
+pub const MAX_CONTAINERS: usize = 2 * MAX_FIELDS;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormError {
+    #[error("more than {MAX_CONTAINERS} nested arrays")]
+    TooManyContainers,
     #[error("a key nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
     #[error("more than {MAX_FIELDS} fields")]
@@ -38,6 +45,8 @@ pub enum FormError {
 pub fn decode_php_form(body: &[u8]) -> Result<Value, FormError> {
     let mut root = PhpArray::default();
     let mut fields = 0usize;
+    // Each bracket segment creates at most one array, so their total bounds the arrays built.
+    let mut segments = 0usize;
     for (raw_key, value) in form_urlencoded::parse(body) {
         fields += 1;
         if fields > MAX_FIELDS {
@@ -47,6 +56,10 @@ pub fn decode_php_form(body: &[u8]) -> Result<Value, FormError> {
             // PHP ignores a pair whose name is empty (`=x`, `[a]=x`); so do we.
             continue;
         };
+        segments += path.len() - 1;
+        if segments > MAX_CONTAINERS {
+            return Err(FormError::TooManyContainers);
+        }
         root.assign(&path, value.into_owned());
     }
     Ok(Value::Object(root.into_object()))
@@ -335,6 +348,21 @@ mod tests {
         assert_eq!(
             decode_php_form(many.as_bytes()),
             Err(FormError::TooManyFields)
+        );
+    }
+
+    #[test]
+    fn nested_arrays_without_values_are_counted() {
+        // 31 segments per pair, few pairs: within the field limit, past the container budget.
+        let pair = format!("b{}=", "[a]".repeat(MAX_DEPTH - 1));
+        let pairs = MAX_CONTAINERS / (MAX_DEPTH - 1) + 1;
+        let bomb = (0..pairs)
+            .map(|n| pair.replacen('b', &format!("b{n}"), 1))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(
+            decode_php_form(bomb.as_bytes()),
+            Err(FormError::TooManyContainers)
         );
     }
 
