@@ -1,26 +1,34 @@
 //! Dedup claims on the embedded store, with the DynamoDB record's rules: one statement
-//! claims an absent, expired or abandoned record, so two consumers never both win.
+//! claims an absent, expired or abandoned record, so two consumers never both win; only the
+//! claim's owner may extend, release or complete it.
 
 use super::{db, SqliteStore};
 use crate::error::StoreError;
-use crate::ports::{Claim, DedupStore};
+use crate::ports::{Claim, DedupStore, Ownership};
 use async_trait::async_trait;
 use rusqlite::params;
 
 #[async_trait]
 impl DedupStore for SqliteStore {
-    async fn claim(&self, id: &str, lease_until_ms: i64, now_ms: i64) -> Result<Claim, StoreError> {
-        let id = id.to_string();
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
         self.with_conn(move |conn| {
             let claimed = conn
                 .execute(
-                    "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms)
-                     VALUES (?1, 'IN_PROGRESS', ?2, NULL)
+                    "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms, owner)
+                     VALUES (?1, 'IN_PROGRESS', ?2, NULL, ?4)
                      ON CONFLICT (id) DO UPDATE
-                        SET status = 'IN_PROGRESS', lease_until_ms = ?2, expires_at_ms = NULL
+                        SET status = 'IN_PROGRESS', lease_until_ms = ?2, expires_at_ms = NULL,
+                            owner = ?4
                         WHERE (dedup.status = 'COMPLETED' AND dedup.expires_at_ms <= ?3)
                            OR (dedup.status = 'IN_PROGRESS' AND dedup.lease_until_ms <= ?3)",
-                    params![id, lease_until_ms, now_ms],
+                    params![id, lease_until_ms, now_ms, owner],
                 )
                 .map_err(db("dedup claim"))?;
             if claimed == 1 {
@@ -47,25 +55,65 @@ impl DedupStore for SqliteStore {
         .await
     }
 
-    async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
-        self.execute_write(
-            "dedup complete",
-            "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms)
-             VALUES (?1, 'COMPLETED', NULL, ?2)
-             ON CONFLICT (id) DO UPDATE
-                SET status = 'COMPLETED', lease_until_ms = NULL, expires_at_ms = ?2",
-            (id.to_string(), expires_at_ms),
-        )
+    async fn extend(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<Ownership, StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.with_conn(move |conn| {
+            let changed = conn
+                .execute(
+                    "UPDATE dedup SET lease_until_ms = ?3
+                     WHERE id = ?1 AND status = 'IN_PROGRESS' AND owner = ?2",
+                    params![id, owner, lease_until_ms],
+                )
+                .map_err(db("dedup extend"))?;
+            Ok(ownership(changed))
+        })
         .await
     }
 
-    async fn release(&self, id: &str) -> Result<(), StoreError> {
-        // Never a COMPLETED record: releasing it would forward the event again.
+    async fn complete(
+        &self,
+        id: &str,
+        owner: &str,
+        expires_at_ms: i64,
+    ) -> Result<Ownership, StoreError> {
+        let (id, owner) = (id.to_string(), owner.to_string());
+        self.with_conn(move |conn| {
+            let changed = conn
+                .execute(
+                    "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms, owner)
+                     VALUES (?1, 'COMPLETED', NULL, ?3, ?2)
+                     ON CONFLICT (id) DO UPDATE
+                        SET status = 'COMPLETED', lease_until_ms = NULL, expires_at_ms = ?3,
+                            owner = ?2
+                        WHERE dedup.status = 'COMPLETED' OR dedup.owner IS ?2",
+                    params![id, owner, expires_at_ms],
+                )
+                .map_err(db("dedup complete"))?;
+            Ok(ownership(changed))
+        })
+        .await
+    }
+
+    async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        // Never a COMPLETED record (that would forward the event again), never another's claim.
         self.execute_write(
             "dedup release",
-            "DELETE FROM dedup WHERE id = ?1 AND status = 'IN_PROGRESS'",
-            (id.to_string(),),
+            "DELETE FROM dedup WHERE id = ?1 AND status = 'IN_PROGRESS' AND owner = ?2",
+            (id.to_string(), owner.to_string()),
         )
         .await
+    }
+}
+
+fn ownership(changed_rows: usize) -> Ownership {
+    if changed_rows == 1 {
+        Ownership::Held
+    } else {
+        Ownership::Lost
     }
 }
