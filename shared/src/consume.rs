@@ -1,6 +1,15 @@
 //! Transport-free consumer: a batch of queue messages -> which of them failed.
 //! For each event: claim its dedup key, fetch the entity's current state, diff it against the
 //! last snapshot, forward it signed, record the attempt, then complete the claim.
+//!
+//! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
+//! renews (with the message's invisibility) while the event is worked on, and a batch does not
+//! start a message when less than a whole forward's time is left.
+//!
+//! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
+//! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
+//! webhook-id is `<event id>.v<snapshot version>` (`redelivery_id`); if nothing changed it is
+//! recorded as a skipped duplicate and not forwarded.
 
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
@@ -91,14 +100,17 @@ struct Finish<'a> {
     version: i64,
 }
 
-/// The batch's clock: `now_ms` as passed in (tests fix it) plus the real time since.
+/// Where a message stands in its batch: the batch's clock (`now_ms` as passed in, which tests
+/// fix, plus the real time since `started`) and the batch's messages not finished yet, which
+/// the heartbeat keeps invisible.
 #[derive(Clone, Copy)]
-struct BatchClock {
+struct InBatch<'a> {
     now_ms: i64,
     started: Instant,
+    pending: &'a [QueueMessage],
 }
 
-impl BatchClock {
+impl InBatch<'_> {
     /// Unix ms at `started + elapsed + span`, where elapsed is the real time since the start.
     fn now_plus(&self, span: Duration) -> i64 {
         let since = self.started.elapsed() + span;
@@ -129,6 +141,8 @@ pub struct Consumer {
     schedule: RetrySchedule,
     forward_timeout: Duration,
     lease_span: Duration,
+    /// Whether the invocation is killed at its deadline (Lambda), see `with_soft_deadline`.
+    hard_deadline: bool,
 }
 
 impl Consumer {
@@ -160,6 +174,7 @@ impl Consumer {
             schedule: RetrySchedule::default(),
             forward_timeout: FORWARD_TIMEOUT,
             lease_span: DEFAULT_LEASE,
+            hard_deadline: true,
         }
     }
 
@@ -186,6 +201,13 @@ impl Consumer {
         self
     }
 
+    /// Where nothing kills a batch at its timeout (`relay serve`): every message is started,
+    /// however long the batch runs, since the heartbeat keeps its messages invisible.
+    pub fn with_soft_deadline(mut self) -> Self {
+        self.hard_deadline = false;
+        self
+    }
+
     /// `remaining`: how long this invocation may still run. A message is only started while
     /// the time left covers a whole forward (`forward_timeout` + `DEADLINE_MARGIN`), except
     /// the batch's first, so a batch never times out in the middle of a POST; the messages
@@ -209,14 +231,21 @@ impl Consumer {
         for (index, (message, parsed)) in messages.iter().zip(&parsed).enumerate() {
             let outcome = if let Some(delay) = failed_groups.get(message.group_id.as_str()) {
                 Outcome::RetryAfter(*delay)
-            } else if index > 0 && !self.time_for_one_more(remaining, started.elapsed()) {
+            } else if index > 0
+                && self.hard_deadline
+                && !self.time_for_one_more(remaining, started.elapsed())
+            {
                 tracing::info!(message_id = %message.message_id, "batch deadline near; not starting this message");
                 Outcome::RetryAfter(Duration::ZERO)
             } else {
                 match parsed {
                     Err(reason) => self.park_malformed(message, reason).await,
                     Ok(event) => {
-                        let clock = BatchClock { now_ms, started };
+                        let clock = InBatch {
+                            now_ms,
+                            started,
+                            pending: &messages[index..],
+                        };
                         self.process_one(message, event, &prefetched, clock).await
                     }
                 }
@@ -259,7 +288,7 @@ impl Consumer {
         &self,
         message: &QueueMessage,
         id: &str,
-        clock: BatchClock,
+        clock: InBatch<'_>,
     ) -> Result<Result<HeldClaim, Claim>, Outcome> {
         let claim = HeldClaim {
             id: id.to_string(),
@@ -297,7 +326,7 @@ impl Consumer {
         message: &QueueMessage,
         event: &RelayEvent,
         prefetched: &Prefetched,
-        clock: BatchClock,
+        clock: InBatch<'_>,
     ) -> Outcome {
         match self.claim(message, &event.id, clock).await {
             Err(outcome) => outcome,
@@ -332,7 +361,7 @@ impl Consumer {
         message: &QueueMessage,
         event: &RelayEvent,
         prefetched: &Prefetched,
-        clock: BatchClock,
+        clock: InBatch<'_>,
     ) -> Outcome {
         let state = match self.fetch_state(event, prefetched, clock.now_ms).await {
             Ok(state) => state,
@@ -388,7 +417,7 @@ impl Consumer {
         &self,
         message: &QueueMessage,
         claim: &HeldClaim,
-        clock: BatchClock,
+        clock: InBatch<'_>,
         work: F,
     ) -> Outcome
     where
@@ -401,7 +430,7 @@ impl Consumer {
             tokio::select! {
                 outcome = &mut work => break outcome,
                 _ = beats.tick() => {
-                    if let Ownership::Lost = self.heartbeat(message, claim, clock).await {
+                    if let Ownership::Lost = self.heartbeat(claim, clock).await {
                         tracing::warn!(claim_id = %claim.id, "claim lost to another consumer; abandoning this attempt");
                         break Outcome::RetryAfter(self.schedule.delay(message.receive_count, None));
                     }
@@ -414,20 +443,20 @@ impl Consumer {
         outcome
     }
 
-    /// One beat. A store error is not a loss: the lease still runs, and the next beat retries.
-    async fn heartbeat(
-        &self,
-        message: &QueueMessage,
-        claim: &HeldClaim,
-        clock: BatchClock,
-    ) -> Ownership {
-        if let Err(e) = self
-            .ports
-            .queue
-            .retry_after(&message.receipt, self.lease_span)
-            .await
-        {
-            tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility");
+    /// One beat: the lease, and the invisibility of every message of the batch not finished
+    /// yet (SQS ChangeMessageVisibility with its receipt handle), so none is handed to another
+    /// consumer while this one still means to process it. A store error is not a loss: the
+    /// lease still runs, and the next beat retries.
+    async fn heartbeat(&self, claim: &HeldClaim, clock: InBatch<'_>) -> Ownership {
+        for message in clock.pending {
+            if let Err(e) = self
+                .ports
+                .queue
+                .retry_after(&message.receipt, self.lease_span)
+                .await
+            {
+                tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility");
+            }
         }
         match self
             .ports
@@ -548,7 +577,7 @@ impl Consumer {
         claim: &HeldClaim,
         plan: DeliveryPlan<'_>,
         state: EntityState,
-        clock: BatchClock,
+        clock: InBatch<'_>,
     ) -> Outcome {
         let now_ms = clock.now_ms;
         let retry = |hint: Option<Duration>| {

@@ -16,8 +16,10 @@ pub struct Received {
     /// Header names lower-case.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
-    /// What this destination answered.
+    /// What this destination answered; 0 for a request it held past the relay's timeout.
     pub answered: u16,
+    /// When the request arrived.
+    pub arrived_at: std::time::Instant,
 }
 
 impl Received {
@@ -37,6 +39,9 @@ struct DestinationState {
     failures: VecDeque<(u16, Option<String>)>,
     /// Held before answering: lets a test keep a delivery in flight.
     delay: Duration,
+    /// The next requests held this long before they are answered (past the relay's forward
+    /// timeout, so the relay gives up on them first).
+    hangs: VecDeque<Duration>,
     /// Percent of requests (beyond `failures`) answered 503 at random.
     random_failure_percent: u8,
     /// POSTs of each webhook-id being answered right now, and the most there ever were.
@@ -108,6 +113,13 @@ impl Destination {
         lock(&self.state).most_in_flight
     }
 
+    /// The next `times` requests hang for `delay` before their answer; they are recorded
+    /// with `answered` 0, as the relay has hung up on them by then.
+    pub fn hang_next(&self, times: usize, delay: Duration) {
+        let mut s = lock(&self.state);
+        s.hangs.extend(std::iter::repeat_n(delay, times));
+    }
+
     pub fn hold_answers_for(&self, delay: Duration) {
         lock(&self.state).delay = delay;
     }
@@ -158,6 +170,29 @@ async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
+    let recorded = |answered: u16| Received {
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body: body.to_vec(),
+        answered,
+        arrived_at: std::time::Instant::now(),
+    };
+    let hang = {
+        let mut s = lock(&state);
+        let hang = s.hangs.pop_front();
+        if hang.is_some() {
+            s.received.push(recorded(0));
+        }
+        hang
+    };
+    if let Some(hang) = hang {
+        // Not counted in flight: the relay hangs up at its timeout, while this handler may
+        // sleep on (the server notices the closed connection only when it writes).
+        tokio::time::sleep(hang).await;
+        return (StatusCode::SERVICE_UNAVAILABLE, "hung").into_response();
+    }
     let (answer, delay) = {
         let mut s = lock(&state);
         let count = s.in_flight.entry(webhook_id.clone()).or_default();
@@ -170,14 +205,7 @@ async fn receive(
             .pop_front()
             .or_else(|| (percent > 0 && fastrand::u8(0..100) < percent).then_some((503, None)));
         let status = answer.as_ref().map(|a| a.0).unwrap_or(200);
-        s.received.push(Received {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect(),
-            body: body.to_vec(),
-            answered: status,
-        });
+        s.received.push(recorded(status));
         (answer, s.delay)
     };
     let _in_flight = InFlight {
