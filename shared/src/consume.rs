@@ -423,18 +423,23 @@ impl Consumer {
     where
         F: std::future::Future<Output = Outcome>,
     {
-        let mut work = std::pin::pin!(work);
         let period = self.lease_span / 3;
-        let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let outcome = loop {
-            tokio::select! {
-                outcome = &mut work => break outcome,
-                _ = beats.tick() => {
-                    if let Ownership::Lost = self.heartbeat(claim, clock).await {
-                        tracing::warn!(claim_id = %claim.id, "claim lost to another consumer; abandoning this attempt");
-                        break Outcome::RetryAfter(self.schedule.delay(message.receive_count, None));
-                    }
+        // The beats run beside the work, not between its steps, so a slow store call in a
+        // beat never holds up the POST, and a slow POST never holds up the beats.
+        let beats = async {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                ticks.tick().await;
+                if let Ownership::Lost = self.heartbeat(claim, clock, period).await {
+                    return;
                 }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = beats => {
+                tracing::warn!(claim_id = %claim.id, "claim lost to another consumer; abandoning this attempt");
+                Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
             }
         };
         if let Outcome::RetryAfter(_) = outcome {
@@ -447,18 +452,14 @@ impl Consumer {
     /// yet (SQS ChangeMessageVisibility with its receipt handle), so none is handed to another
     /// consumer while this one still means to process it. A store error is not a loss: the
     /// lease still runs, and the next beat retries.
-    async fn heartbeat(&self, claim: &HeldClaim, clock: InBatch<'_>) -> Ownership {
-        for message in clock.pending {
-            if let Err(e) = self
-                .ports
-                .queue
-                .retry_after(&message.receipt, self.lease_span)
-                .await
-            {
-                tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility");
-            }
-        }
-        match self
+    async fn heartbeat(
+        &self,
+        claim: &HeldClaim,
+        clock: InBatch<'_>,
+        period: Duration,
+    ) -> Ownership {
+        // The lease first: it is what keeps a second POST out.
+        let ownership = match self
             .ports
             .dedup
             .extend(&claim.id, &claim.owner, clock.now_plus(self.lease_span))
@@ -469,7 +470,27 @@ impl Consumer {
                 tracing::warn!(claim_id = %claim.id, error = %e, "heartbeat: could not extend the lease");
                 Ownership::Held
             }
+        };
+        if ownership == Ownership::Lost {
+            return ownership;
         }
+        let invisible = async {
+            for message in clock.pending {
+                if let Err(e) = self
+                    .ports
+                    .queue
+                    .retry_after(&message.receipt, self.lease_span)
+                    .await
+                {
+                    tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility");
+                }
+            }
+        };
+        // Bounded, so a slow queue cannot make the next lease renewal late.
+        if tokio::time::timeout(period, invisible).await.is_err() {
+            tracing::warn!(claim_id = %claim.id, "heartbeat: extending visibility took too long");
+        }
+        ownership
     }
 
     async fn release(&self, claim: &HeldClaim) {
