@@ -117,3 +117,50 @@ fn ownership(changed_rows: usize) -> Ownership {
         Ownership::Lost
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::DB_FILE;
+
+    /// A data directory written by a schema-1 relay (claims without owners) opens, gains the
+    /// column, and its old claims still answer; new claims carry owners.
+    #[tokio::test]
+    async fn a_schema_1_store_is_migrated_to_owned_claims() {
+        let dir = std::env::temp_dir().join(format!(
+            "relay-schema1-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE dedup (id TEXT PRIMARY KEY, status TEXT NOT NULL,
+                     lease_until_ms INTEGER, expires_at_ms INTEGER);
+                 INSERT INTO dedup VALUES ('old-done', 'COMPLETED', NULL, 9000000000000);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(
+            store.claim("old-done", "a", 2_000, 1_000).await.unwrap(),
+            Claim::AlreadyCompleted
+        );
+        assert_eq!(
+            store.claim("new", "a", 2_000, 1_000).await.unwrap(),
+            Claim::Acquired
+        );
+        assert_eq!(
+            store.extend("new", "b", 3_000).await.unwrap(),
+            Ownership::Lost
+        );
+        assert_eq!(
+            store.extend("new", "a", 3_000).await.unwrap(),
+            Ownership::Held
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
