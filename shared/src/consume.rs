@@ -83,12 +83,10 @@ struct EntityState {
     previous: Option<Snapshot>,
 }
 
+/// Why the entity's state could not be had: for now (the CRM or the store is down; the
+/// reason is already logged and recorded), or for good (the CRM refused).
 enum StateFailure {
-    Transient {
-        retry_after: Option<Duration>,
-        #[allow(dead_code)]
-        reason: String,
-    },
+    Transient { retry_after: Option<Duration> },
     Refused(String),
 }
 
@@ -365,7 +363,7 @@ impl Consumer {
     ) -> Outcome {
         let state = match self.fetch_state(event, prefetched, clock.now_ms).await {
             Ok(state) => state,
-            Err(StateFailure::Transient { retry_after, .. }) => {
+            Err(StateFailure::Transient { retry_after }) => {
                 return Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
             // The event itself was delivered; a refused re-fetch only means no news.
@@ -530,12 +528,9 @@ impl Consumer {
             }) => {
                 tracing::warn!(event_id = %event.id, %reason, "enrichment failed; will retry");
                 // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
-                self.record(event, now_ms, "crm", None, 0, "retry", Some(reason.clone()))
+                self.record(event, now_ms, "crm", None, 0, "retry", Some(reason))
                     .await;
-                return Err(StateFailure::Transient {
-                    retry_after,
-                    reason,
-                });
+                return Err(StateFailure::Transient { retry_after });
             }
             Err(e) => return Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
         };
@@ -549,10 +544,7 @@ impl Consumer {
             None => None,
             Some(key) => self.ports.snapshots.load(key).await.map_err(|e| {
                 tracing::warn!(event_id = %event.id, error = %e, "snapshot store unavailable");
-                StateFailure::Transient {
-                    retry_after: None,
-                    reason: "snapshot store unavailable".into(),
-                }
+                StateFailure::Transient { retry_after: None }
             })?,
         };
         Ok(EntityState {
@@ -571,7 +563,7 @@ impl Consumer {
         now_ms: i64,
     ) -> Outcome {
         match failure {
-            StateFailure::Transient { retry_after, .. } => {
+            StateFailure::Transient { retry_after } => {
                 Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
             StateFailure::Refused(reason) => {
