@@ -1,6 +1,15 @@
 //! Transport-free consumer: a batch of queue messages -> which of them failed.
 //! For each event: claim its dedup key, fetch the entity's current state, diff it against the
 //! last snapshot, forward it signed, record the attempt, then complete the claim.
+//!
+//! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
+//! renews (with the message's invisibility) while the event is worked on, and a batch does not
+//! start a message when less than a whole forward's time is left.
+//!
+//! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
+//! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
+//! webhook-id is `<event id>.v<snapshot version>` (`redelivery_id`); if nothing changed it is
+//! recorded as a skipped duplicate and not forwarded.
 
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
@@ -11,8 +20,8 @@ use crate::forward::{
     deliver, redact_url, Delivery, RetrySchedule, Signer, FORWARD_TIMEOUT, MAX_RETRY_DELAY,
 };
 use crate::ports::{
-    Attempt, AttemptLog, Bitrix24Rest, Claim, DedupStore, DestinationStatus, Outbox, Queue,
-    QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, Bitrix24Rest, Claim, DedupStore, DestinationStatus, Outbox, Ownership,
+    Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -22,6 +31,14 @@ use std::time::{Duration, Instant};
 /// How long a COMPLETED record keeps answering "already delivered". Bitrix24 offline events
 /// and `relay replay` can bring an event back days later; SQS's own dedup lasts 5 minutes.
 pub const DEDUP_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How long a claim holds without a heartbeat. Also how soon a message held by a consumer
+/// that died is handed out again (the heartbeat sets its visibility to this).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Time a message needs besides its POST (claim, CRM fetch, snapshot, bookkeeping); a batch
+/// does not start a message when less than `forward_timeout` plus this is left.
+pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
 /// The stores the consumer talks to: SQS + DynamoDB on AWS, SQLite in `relay serve`.
 #[derive(Clone)]
@@ -48,6 +65,71 @@ enum Outcome {
     RetryAfter(Duration),
 }
 
+/// A dedup claim this consumer holds: the record id (the webhook-id) and its owner token.
+struct HeldClaim {
+    id: String,
+    owner: String,
+}
+
+/// What one delivery sends: its webhook-id, and the version its snapshot is saved under.
+#[derive(Clone, Copy)]
+struct DeliveryPlan<'a> {
+    webhook_id: &'a str,
+    snapshot_version: i64,
+}
+
+/// The entity as the CRM has it now, and the last snapshot to diff it against.
+struct EntityState {
+    entity: Option<Value>,
+    snapshot_key: Option<SnapshotKey>,
+    previous: Option<Snapshot>,
+}
+
+/// Why the entity's state could not be had: for now (the CRM or the store is down; the
+/// reason is already logged and recorded), or for good (the CRM refused).
+enum StateFailure {
+    Transient { retry_after: Option<Duration> },
+    Refused(String),
+}
+
+/// What `finish_delivered` stores after a delivery.
+struct Finish<'a> {
+    claim: &'a HeldClaim,
+    key: Option<SnapshotKey>,
+    entity: Option<Value>,
+    version: i64,
+}
+
+/// Where a message stands in its batch: the batch's clock (`now_ms` as passed in, which tests
+/// fix, plus the real time since `started`) and the batch's messages not finished yet, which
+/// the heartbeat keeps invisible.
+#[derive(Clone, Copy)]
+struct InBatch<'a> {
+    now_ms: i64,
+    started: Instant,
+    pending: &'a [QueueMessage],
+}
+
+impl InBatch<'_> {
+    /// Unix ms at `started + elapsed + span`, where elapsed is the real time since the start.
+    fn now_plus(&self, span: Duration) -> i64 {
+        let since = self.started.elapsed() + span;
+        self.now_ms
+            .saturating_add(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// A fresh owner token per claim: it only has to differ between claims, not be secret.
+fn owner_token() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// The webhook-id of a redelivered event that carries news: the event id and the version of
+/// the snapshot it differs from, so the same news redelivered again gets the same id.
+pub fn redelivery_id(event_id: &str, snapshot_version: i64) -> String {
+    format!("{event_id}.v{snapshot_version}")
+}
+
 pub struct Consumer {
     ports: ConsumerPorts,
     config: RelayConfig,
@@ -58,6 +140,9 @@ pub struct Consumer {
     outbox: Option<Arc<dyn Outbox>>,
     schedule: RetrySchedule,
     forward_timeout: Duration,
+    lease_span: Duration,
+    /// Whether the invocation is killed at its deadline (Lambda), see `with_soft_deadline`.
+    hard_deadline: bool,
 }
 
 impl Consumer {
@@ -88,6 +173,8 @@ impl Consumer {
             outbox: None,
             schedule: RetrySchedule::default(),
             forward_timeout: FORWARD_TIMEOUT,
+            lease_span: DEFAULT_LEASE,
+            hard_deadline: true,
         }
     }
 
@@ -107,14 +194,31 @@ impl Consumer {
         self
     }
 
-    /// `remaining`: how long this invocation may still run; the dedup lease ends then.
+    /// How long a claim (and the message's invisibility) lasts without a heartbeat; the
+    /// heartbeat renews both every third of it while the message is worked on.
+    pub fn with_lease(mut self, span: Duration) -> Self {
+        self.lease_span = span.max(Duration::from_millis(30));
+        self
+    }
+
+    /// Where nothing kills a batch at its timeout (`relay serve`): every message is started,
+    /// however long the batch runs, since the heartbeat keeps its messages invisible.
+    pub fn with_soft_deadline(mut self) -> Self {
+        self.hard_deadline = false;
+        self
+    }
+
+    /// `remaining`: how long this invocation may still run. A message is only started while
+    /// the time left covers a whole forward (`forward_timeout` + `DEADLINE_MARGIN`), except
+    /// the batch's first, so a batch never times out in the middle of a POST; the messages
+    /// not started are reported failed and come back at once.
     pub async fn process_batch(
         &self,
         messages: &[QueueMessage],
         remaining: Duration,
         now_ms: i64,
     ) -> BatchReport {
-        let lease_until_ms = now_ms.saturating_add(remaining.as_millis() as i64);
+        let started = Instant::now();
         let parsed: Vec<Result<RelayEvent, String>> =
             messages.iter().map(|m| parse_envelope(&m.body)).collect();
         let events: Vec<&RelayEvent> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
@@ -124,16 +228,27 @@ impl Consumer {
         // FIFO: once a message of a group fails, the later ones of that group must not overtake
         // it, so they fail too, with the same delay.
         let mut failed_groups: HashMap<&str, Duration> = HashMap::new();
-        for (message, parsed) in messages.iter().zip(&parsed) {
-            let outcome = match failed_groups.get(message.group_id.as_str()) {
-                Some(delay) => Outcome::RetryAfter(*delay),
-                None => match parsed {
+        for (index, (message, parsed)) in messages.iter().zip(&parsed).enumerate() {
+            let outcome = if let Some(delay) = failed_groups.get(message.group_id.as_str()) {
+                Outcome::RetryAfter(*delay)
+            } else if index > 0
+                && self.hard_deadline
+                && !self.time_for_one_more(remaining, started.elapsed())
+            {
+                tracing::info!(message_id = %message.message_id, "batch deadline near; not starting this message");
+                Outcome::RetryAfter(Duration::ZERO)
+            } else {
+                match parsed {
                     Err(reason) => self.park_malformed(message, reason).await,
                     Ok(event) => {
-                        self.process_one(message, event, &prefetched, lease_until_ms, now_ms)
-                            .await
+                        let clock = InBatch {
+                            now_ms,
+                            started,
+                            pending: &messages[index..],
+                        };
+                        self.process_one(message, event, &prefetched, clock).await
                     }
-                },
+                }
             };
             if let Outcome::RetryAfter(delay) = outcome {
                 if let Err(e) = self.ports.queue.retry_after(&message.receipt, delay).await {
@@ -145,6 +260,10 @@ impl Consumer {
             }
         }
         report
+    }
+
+    fn time_for_one_more(&self, remaining: Duration, elapsed: Duration) -> bool {
+        remaining.saturating_sub(elapsed) >= self.forward_timeout + DEADLINE_MARGIN
     }
 
     /// A message no retry can fix goes to the DLQ at once instead of blocking its group.
@@ -164,59 +283,220 @@ impl Consumer {
         }
     }
 
+    /// Claims `id` for this consumer: `Ok` with the claim, or the outcome of not getting it.
+    async fn claim(
+        &self,
+        message: &QueueMessage,
+        id: &str,
+        clock: InBatch<'_>,
+    ) -> Result<Result<HeldClaim, Claim>, Outcome> {
+        let claim = HeldClaim {
+            id: id.to_string(),
+            owner: owner_token(),
+        };
+        let lease_until_ms = clock.now_plus(self.lease_span);
+        match self
+            .ports
+            .dedup
+            .claim(&claim.id, &claim.owner, lease_until_ms, clock.now_ms)
+            .await
+        {
+            Ok(Claim::Acquired) => Ok(Ok(claim)),
+            Ok(Claim::HeldElsewhere { lease_until_ms }) => {
+                tracing::info!(claim_id = %id, "another consumer holds this event; retrying after its lease");
+                let wait = Duration::from_millis(
+                    lease_until_ms.saturating_sub(clock.now_ms).max(0) as u64,
+                );
+                Err(Outcome::RetryAfter(
+                    wait.clamp(Duration::from_secs(1), MAX_RETRY_DELAY),
+                ))
+            }
+            Ok(other) => Ok(Err(other)),
+            Err(e) => {
+                tracing::warn!(claim_id = %id, error = %e, "dedup store unavailable");
+                Err(Outcome::RetryAfter(
+                    self.schedule.delay(message.receive_count, None),
+                ))
+            }
+        }
+    }
+
     async fn process_one(
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
         prefetched: &Prefetched,
-        lease_until_ms: i64,
-        now_ms: i64,
+        clock: InBatch<'_>,
     ) -> Outcome {
-        match self
-            .ports
-            .dedup
-            .claim(&event.id, lease_until_ms, now_ms)
-            .await
-        {
-            Ok(Claim::Acquired) => {}
-            Ok(Claim::AlreadyCompleted) => {
-                tracing::info!(event_id = %event.id, "already delivered; skipping duplicate");
-                self.record(
-                    event,
-                    now_ms,
-                    "-",
-                    None,
-                    0,
-                    "skipped",
-                    Some("duplicate of a delivered event".into()),
-                )
-                .await;
-                return Outcome::Done;
+        match self.claim(message, &event.id, clock).await {
+            Err(outcome) => outcome,
+            Ok(Ok(claim)) => {
+                let work = async {
+                    match self.fetch_state(event, prefetched, clock.now_ms).await {
+                        Ok(state) => {
+                            let delivery = DeliveryPlan {
+                                webhook_id: &event.id,
+                                snapshot_version: event.ts,
+                            };
+                            self.deliver_claimed(message, event, &claim, delivery, state, clock)
+                                .await
+                        }
+                        Err(failure) => {
+                            self.state_unavailable(message, event, &claim, failure, clock.now_ms)
+                                .await
+                        }
+                    }
+                };
+                self.while_holding(message, &claim, clock, work).await
             }
-            Ok(Claim::HeldElsewhere { lease_until_ms }) => {
-                tracing::info!(event_id = %event.id, "another consumer holds this event; retrying after its lease");
-                let wait =
-                    Duration::from_millis(lease_until_ms.saturating_sub(now_ms).max(0) as u64);
-                return Outcome::RetryAfter(wait.clamp(Duration::from_secs(1), MAX_RETRY_DELAY));
+            Ok(Err(_completed)) => self.redelivered(message, event, prefetched, clock).await,
+        }
+    }
+
+    /// The news-only rule for an id that was already delivered: fetch the entity again; if it
+    /// differs from the stored snapshot, forward it as a new delivery whose webhook-id is the
+    /// event id plus the snapshot version it is news against; otherwise it is a duplicate.
+    async fn redelivered(
+        &self,
+        message: &QueueMessage,
+        event: &RelayEvent,
+        prefetched: &Prefetched,
+        clock: InBatch<'_>,
+    ) -> Outcome {
+        let state = match self.fetch_state(event, prefetched, clock.now_ms).await {
+            Ok(state) => state,
+            Err(StateFailure::Transient { retry_after }) => {
+                return Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
-            Err(e) => {
-                tracing::warn!(event_id = %event.id, error = %e, "dedup store unavailable");
-                return Outcome::RetryAfter(self.schedule.delay(message.receive_count, None));
+            // The event itself was delivered; a refused re-fetch only means no news.
+            Err(StateFailure::Refused(_)) => return self.skip_duplicate(event, clock.now_ms).await,
+        };
+        let Some(previous) = state.previous.as_ref() else {
+            return self.skip_duplicate(event, clock.now_ms).await;
+        };
+        if state.entity.as_ref() == Some(&previous.entity) {
+            return self.skip_duplicate(event, clock.now_ms).await;
+        }
+        let webhook_id = redelivery_id(&event.id, previous.version);
+        let delivery = DeliveryPlan {
+            webhook_id: &webhook_id,
+            snapshot_version: previous.version.saturating_add(1).max(event.ts),
+        };
+        match self.claim(message, &webhook_id, clock).await {
+            Err(outcome) => outcome,
+            Ok(Err(_completed)) => self.skip_duplicate(event, clock.now_ms).await,
+            Ok(Ok(claim)) => {
+                tracing::info!(event_id = %event.id, %webhook_id, "redelivered event carries news; forwarding it");
+                let work = self.deliver_claimed(message, event, &claim, delivery, state, clock);
+                self.while_holding(message, &claim, clock, work).await
             }
         }
-        let outcome = self
-            .deliver_claimed(message, event, prefetched, now_ms)
-            .await;
+    }
+
+    async fn skip_duplicate(&self, event: &RelayEvent, now_ms: i64) -> Outcome {
+        tracing::info!(event_id = %event.id, "already delivered and nothing changed; skipping duplicate");
+        self.record(
+            event,
+            now_ms,
+            "-",
+            None,
+            0,
+            "skipped",
+            Some("duplicate of a delivered event".into()),
+        )
+        .await;
+        Outcome::Done
+    }
+
+    /// Runs `work` under `claim`: a heartbeat renews the dedup lease and the message's
+    /// invisibility, so no other consumer starts the same event while its POST is in flight.
+    /// If the claim is lost anyway (the store was unreachable for a whole lease and another
+    /// consumer took over), the work is dropped, which aborts its POST. A claim whose work
+    /// ends in a retry is released for the retry.
+    async fn while_holding<F>(
+        &self,
+        message: &QueueMessage,
+        claim: &HeldClaim,
+        clock: InBatch<'_>,
+        work: F,
+    ) -> Outcome
+    where
+        F: std::future::Future<Output = Outcome>,
+    {
+        let period = self.lease_span / 3;
+        // The beats run beside the work, not between its steps, so a slow store call in a
+        // beat never holds up the POST, and a slow POST never holds up the beats.
+        let beats = async {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            loop {
+                ticks.tick().await;
+                if let Ownership::Lost = self.heartbeat(claim, clock, period).await {
+                    return;
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = work => outcome,
+            () = beats => {
+                tracing::warn!(claim_id = %claim.id, "claim lost to another consumer; abandoning this attempt");
+                Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
+            }
+        };
         if let Outcome::RetryAfter(_) = outcome {
-            self.release(event).await;
+            self.release(claim).await;
         }
         outcome
     }
 
-    async fn release(&self, event: &RelayEvent) {
-        if let Err(e) = self.ports.dedup.release(&event.id).await {
+    /// One beat: the lease, and the invisibility of every message of the batch not finished
+    /// yet (SQS ChangeMessageVisibility with its receipt handle), so none is handed to another
+    /// consumer while this one still means to process it. A store error is not a loss: the
+    /// lease still runs, and the next beat retries.
+    async fn heartbeat(
+        &self,
+        claim: &HeldClaim,
+        clock: InBatch<'_>,
+        period: Duration,
+    ) -> Ownership {
+        // The lease first: it is what keeps a second POST out.
+        let ownership = match self
+            .ports
+            .dedup
+            .extend(&claim.id, &claim.owner, clock.now_plus(self.lease_span))
+            .await
+        {
+            Ok(ownership) => ownership,
+            Err(e) => {
+                tracing::warn!(claim_id = %claim.id, error = %e, "heartbeat: could not extend the lease");
+                Ownership::Held
+            }
+        };
+        if ownership == Ownership::Lost {
+            return ownership;
+        }
+        let invisible = async {
+            for message in clock.pending {
+                if let Err(e) = self
+                    .ports
+                    .queue
+                    .retry_after(&message.receipt, self.lease_span)
+                    .await
+                {
+                    tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility");
+                }
+            }
+        };
+        // Bounded, so a slow queue cannot make the next lease renewal late.
+        if tokio::time::timeout(period, invisible).await.is_err() {
+            tracing::warn!(claim_id = %claim.id, "heartbeat: extending visibility took too long");
+        }
+        ownership
+    }
+
+    async fn release(&self, claim: &HeldClaim) {
+        if let Err(e) = self.ports.dedup.release(&claim.id, &claim.owner).await {
             // The lease still runs out, so the retry can claim it then.
-            tracing::warn!(event_id = %event.id, error = %e, "could not release claim");
+            tracing::warn!(claim_id = %claim.id, error = %e, "could not release claim");
         }
     }
 
@@ -225,33 +505,23 @@ impl Consumer {
     async fn park_claimed(
         &self,
         message: &QueueMessage,
-        event: &RelayEvent,
+        claim: &HeldClaim,
         reason: &str,
     ) -> Outcome {
         let outcome = self.park(message, reason).await;
         if let Outcome::Done = outcome {
-            self.release(event).await;
+            self.release(claim).await;
         }
         outcome
     }
 
-    async fn deliver_claimed(
+    /// The entity now and its last snapshot.
+    async fn fetch_state(
         &self,
-        message: &QueueMessage,
         event: &RelayEvent,
         prefetched: &Prefetched,
         now_ms: i64,
-    ) -> Outcome {
-        let retry = |hint: Option<Duration>| {
-            Outcome::RetryAfter(self.schedule.delay(message.receive_count, hint))
-        };
-        let signer = match &self.signer {
-            Ok(signer) => signer.as_ref(),
-            Err(reason) => {
-                tracing::error!(event_id = %event.id, %reason, "signing secret unusable; holding event");
-                return retry(None);
-            }
-        };
+    ) -> Result<EntityState, StateFailure> {
         let entity = match self.enricher.entity(event, prefetched).await {
             Ok(entity) => entity,
             Err(EnrichError::Transient {
@@ -262,10 +532,43 @@ impl Consumer {
                 // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
                 self.record(event, now_ms, "crm", None, 0, "retry", Some(reason))
                     .await;
-                return retry(retry_after);
+                return Err(StateFailure::Transient { retry_after });
             }
-            Err(e) => {
-                let reason = format!("enrichment refused: {e}");
+            Err(e) => return Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
+        };
+        let snapshot_key = event.entity_id.as_ref().map(|id| SnapshotKey {
+            source: event.source,
+            portal: event.portal.clone(),
+            family: event.family,
+            entity_id: id.clone(),
+        });
+        let previous = match &snapshot_key {
+            None => None,
+            Some(key) => self.ports.snapshots.load(key).await.map_err(|e| {
+                tracing::warn!(event_id = %event.id, error = %e, "snapshot store unavailable");
+                StateFailure::Transient { retry_after: None }
+            })?,
+        };
+        Ok(EntityState {
+            entity,
+            snapshot_key,
+            previous,
+        })
+    }
+
+    async fn state_unavailable(
+        &self,
+        message: &QueueMessage,
+        event: &RelayEvent,
+        claim: &HeldClaim,
+        failure: StateFailure,
+        now_ms: i64,
+    ) -> Outcome {
+        match failure {
+            StateFailure::Transient { retry_after } => {
+                Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
+            }
+            StateFailure::Refused(reason) => {
                 tracing::error!(event_id = %event.id, %reason, "parking event");
                 self.record(
                     event,
@@ -277,27 +580,44 @@ impl Consumer {
                     Some(reason.clone()),
                 )
                 .await;
-                return self.park_claimed(message, event, &reason).await;
+                self.park_claimed(message, claim, &reason).await
+            }
+        }
+    }
+
+    async fn deliver_claimed(
+        &self,
+        message: &QueueMessage,
+        event: &RelayEvent,
+        claim: &HeldClaim,
+        plan: DeliveryPlan<'_>,
+        state: EntityState,
+        clock: InBatch<'_>,
+    ) -> Outcome {
+        let now_ms = clock.now_ms;
+        let retry = |hint: Option<Duration>| {
+            Outcome::RetryAfter(self.schedule.delay(message.receive_count, hint))
+        };
+        let signer = match &self.signer {
+            Ok(signer) => signer.as_ref(),
+            Err(reason) => {
+                tracing::error!(event_id = %event.id, %reason, "signing secret unusable; holding event");
+                return retry(None);
             }
         };
-        let snapshot_key = event.entity_id.as_ref().map(|id| SnapshotKey {
-            source: event.source,
-            portal: event.portal.clone(),
-            family: event.family,
-            entity_id: id.clone(),
-        });
-        let previous = match &snapshot_key {
-            None => None,
-            Some(key) => match self.ports.snapshots.load(key).await {
-                Ok(previous) => previous,
-                Err(e) => {
-                    tracing::warn!(event_id = %event.id, error = %e, "snapshot store unavailable");
-                    return retry(None);
-                }
-            },
-        };
+        let EntityState {
+            entity,
+            snapshot_key,
+            previous,
+        } = state;
         let changes = changes(previous.as_ref().map(|s| &s.entity), entity.as_ref());
         let body = forward_body(event, entity.as_ref(), &changes);
+        let finish = Finish {
+            claim,
+            key: snapshot_key,
+            entity,
+            version: plan.snapshot_version,
+        };
 
         let Some(url) = self.config.destination_for(event.family) else {
             return match &self.outbox {
@@ -306,8 +626,7 @@ impl Consumer {
                         tracing::info!(event_id = %event.id, family = %event.family, "written to the outbox");
                         self.record(event, now_ms, "outbox", None, 0, "delivered", None)
                             .await;
-                        self.finish_delivered(event, snapshot_key, entity, now_ms)
-                            .await
+                        self.finish_delivered(event, finish, now_ms).await
                     }
                     Err(e) => {
                         tracing::warn!(event_id = %event.id, error = %e, "outbox unavailable");
@@ -326,7 +645,7 @@ impl Consumer {
                         Some(reason.clone()),
                     )
                     .await;
-                    self.park_claimed(message, event, &reason).await
+                    self.park_claimed(message, claim, &reason).await
                 }
             };
         };
@@ -345,7 +664,7 @@ impl Consumer {
                     Some(reason.clone()),
                 )
                 .await;
-                return self.park_claimed(message, event, &reason).await;
+                return self.park_claimed(message, claim, &reason).await;
             }
             Err(e) => {
                 tracing::warn!(event_id = %event.id, error = %e, "destination status unavailable");
@@ -356,7 +675,7 @@ impl Consumer {
             Ok(bytes) => bytes,
             Err(e) => {
                 let reason = format!("body not serialisable: {e}");
-                return self.park_claimed(message, event, &reason).await;
+                return self.park_claimed(message, claim, &reason).await;
             }
         };
         let started = Instant::now();
@@ -364,7 +683,7 @@ impl Consumer {
             &self.http,
             &Delivery {
                 url,
-                msg_id: &event.id,
+                msg_id: plan.webhook_id,
                 timestamp: now_ms.div_euclid(1000),
                 body: &bytes,
                 signer,
@@ -375,7 +694,7 @@ impl Consumer {
         let latency_ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(status) => {
-                tracing::info!(event_id = %event.id, family = %event.family, status, latency_ms, "delivered");
+                tracing::info!(event_id = %event.id, webhook_id = %plan.webhook_id, family = %event.family, status, latency_ms, "delivered");
                 self.record(
                     event,
                     now_ms,
@@ -386,8 +705,7 @@ impl Consumer {
                     None,
                 )
                 .await;
-                self.finish_delivered(event, snapshot_key, entity, now_ms)
-                    .await
+                self.finish_delivered(event, finish, now_ms).await
             }
             Err(ForwardError::Retryable {
                 status,
@@ -419,7 +737,7 @@ impl Consumer {
                     Some(reason.clone()),
                 )
                 .await;
-                self.park_claimed(message, event, &reason).await
+                self.park_claimed(message, claim, &reason).await
             }
             Err(ForwardError::Gone) => {
                 let reason = "destination answered 410 Gone".to_string();
@@ -438,7 +756,7 @@ impl Consumer {
                     Some(reason.clone()),
                 )
                 .await;
-                self.park_claimed(message, event, &reason).await
+                self.park_claimed(message, claim, &reason).await
             }
         }
     }
@@ -449,14 +767,13 @@ impl Consumer {
     async fn finish_delivered(
         &self,
         event: &RelayEvent,
-        key: Option<SnapshotKey>,
-        entity: Option<Value>,
+        finish: Finish<'_>,
         now_ms: i64,
     ) -> Outcome {
-        if let (Some(key), Some(entity)) = (key, entity) {
+        if let (Some(key), Some(entity)) = (finish.key, finish.entity) {
             let snapshot = Snapshot {
                 entity,
-                version: event.ts,
+                version: finish.version,
             };
             match self.ports.snapshots.save(&key, &snapshot).await {
                 Ok(SnapshotSave::Saved) => {}
@@ -467,8 +784,20 @@ impl Consumer {
             }
         }
         let expires_at_ms = now_ms.saturating_add(DEDUP_RETENTION.as_millis() as i64);
-        if let Err(e) = self.ports.dedup.complete(&event.id, expires_at_ms).await {
-            tracing::warn!(event_id = %event.id, error = %e, "could not mark event completed");
+        let claim = finish.claim;
+        match self
+            .ports
+            .dedup
+            .complete(&claim.id, &claim.owner, expires_at_ms)
+            .await
+        {
+            Ok(Ownership::Held) => {}
+            Ok(Ownership::Lost) => {
+                tracing::warn!(claim_id = %claim.id, "delivered, but another consumer holds the claim now; it completes it")
+            }
+            Err(e) => {
+                tracing::warn!(claim_id = %claim.id, error = %e, "could not mark event completed")
+            }
         }
         Outcome::Done
     }

@@ -85,8 +85,9 @@ fn sign_one(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     BASE64.encode(mac.finalize().into_bytes())
 }
 
-/// Exponential backoff with full jitter (AWS Architecture Blog): attempt n waits a random time
-/// in `[min, min(cap, base * 2^(n-1))]`, spreading retries of a burst instead of syncing them.
+/// Exponential backoff with jitter: attempt n waits a random time in the top quarter of
+/// `min(cap, base * 2^(n-1))` (never below `min`), which still spreads the retries of a burst
+/// but keeps a known lower bound on the whole retry window (`min_window`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetrySchedule {
     pub base: Duration,
@@ -112,17 +113,36 @@ impl RetrySchedule {
         if let Some(asked) = retry_after {
             return asked.clamp(self.min, MAX_RETRY_DELAY);
         }
+        let ceiling = self.ceiling(receive_count);
+        let floor = (ceiling * 3 / 4).max(self.min);
+        let span_ms = (ceiling - floor).as_millis() as u64;
+        floor + Duration::from_millis(fastrand::u64(0..=span_ms))
+    }
+
+    /// The shortest and longest time from the first delivery to the last of `tries`
+    /// deliveries when every try fails without a `Retry-After` (what a dead destination gets
+    /// before the event is parked in the DLQ).
+    pub fn window(&self, tries: u32) -> (Duration, Duration) {
+        (1..tries).fold((Duration::ZERO, Duration::ZERO), |(low, high), try_no| {
+            let ceiling = self.ceiling(try_no);
+            (low + (ceiling * 3 / 4).max(self.min), high + ceiling)
+        })
+    }
+
+    fn ceiling(&self, receive_count: u32) -> Duration {
         let exponent = receive_count.saturating_sub(1).min(30);
-        let ceiling = self
-            .base
+        self.base
             .saturating_mul(1u32 << exponent)
             .min(self.cap)
             .min(MAX_RETRY_DELAY)
-            .max(self.min);
-        let span_ms = (ceiling - self.min).as_millis() as u64;
-        self.min + Duration::from_millis(fastrand::u64(0..=span_ms))
+            .max(self.min)
     }
 }
+
+/// Deliveries before a message goes to the dead-letter queue (SQS `maxReceiveCount`, the
+/// embedded queue's limit): with the default schedule the last try comes at least 24 h after
+/// the first (`RetrySchedule::window`), as Svix and Stripe retry for days, not minutes.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 42;
 
 /// `Retry-After` as delta-seconds or an HTTP date; a date in the past means "now".
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
@@ -360,6 +380,20 @@ mod tests {
         let draws: std::collections::HashSet<_> =
             (0..200).map(|_| schedule.delay(10, None)).collect();
         assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn default_retry_window_is_at_least_a_day_with_at_most_an_hour_between_tries() {
+        let schedule = RetrySchedule::default();
+        let (low, high) = schedule.window(DEFAULT_MAX_RECEIVE_COUNT);
+        assert!(low >= Duration::from_secs(24 * 60 * 60), "{low:?}");
+        assert!(high <= Duration::from_secs(33 * 60 * 60), "{high:?}");
+        // One try fewer would fall short of a day: the count is not padded blindly.
+        let (shorter, _) = schedule.window(DEFAULT_MAX_RECEIVE_COUNT - 1);
+        assert!(shorter < Duration::from_secs(24 * 60 * 60), "{shorter:?}");
+        for attempt in 1..=DEFAULT_MAX_RECEIVE_COUNT {
+            assert!(schedule.delay(attempt, None) <= Duration::from_secs(60 * 60));
+        }
     }
 
     #[test]

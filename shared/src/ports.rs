@@ -93,16 +93,39 @@ impl RedriveFilter {
     }
 }
 
-/// The idempotency record (`DEDUP#<id>`), after AWS Lambda Powertools.
+/// The idempotency record (`DEDUP#<id>`), after AWS Lambda Powertools. Every claim carries
+/// its holder's `owner` token (fresh per claim), and only that holder may extend, release or
+/// complete it: a consumer whose lease ran out cannot undo the claim of the one that took over.
 #[async_trait]
 pub trait DedupStore: Send + Sync {
     /// One conditional write: succeeds when the record is absent, expired, or IN_PROGRESS with
     /// a lease that has passed. Never check-then-insert.
-    async fn claim(&self, id: &str, lease_until_ms: i64, now_ms: i64) -> Result<Claim, StoreError>;
-    /// Marks the record COMPLETED; it stays until `expires_at_ms`.
-    async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError>;
-    /// Drops an IN_PROGRESS claim after a failure, so the retry can claim it at once.
-    async fn release(&self, id: &str) -> Result<(), StoreError>;
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError>;
+    /// The heartbeat: moves the lease of a claim `owner` still holds to `lease_until_ms`.
+    async fn extend(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<Ownership, StoreError>;
+    /// Marks the record COMPLETED; it stays until `expires_at_ms`. Refused (`Lost`) only when
+    /// another owner holds the record IN_PROGRESS; a record that vanished is written anyway,
+    /// because the event was delivered.
+    async fn complete(
+        &self,
+        id: &str,
+        owner: &str,
+        expires_at_ms: i64,
+    ) -> Result<Ownership, StoreError>;
+    /// Drops `owner`'s IN_PROGRESS claim after a failure, so the retry can claim it at once.
+    /// Never drops a COMPLETED record or another owner's claim.
+    async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError>;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +137,14 @@ pub enum Claim {
     HeldElsewhere {
         lease_until_ms: i64,
     },
+}
+
+/// Whether a claim's holder still owns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    Held,
+    /// Another owner claimed the record (or it is no longer IN_PROGRESS): nothing was written.
+    Lost,
 }
 
 /// The last enriched state of an entity, for `changes`.

@@ -219,6 +219,142 @@ pub async fn duplicate_delivery_forwards_once(ports: ConsumerPorts, probe: Arc<d
     );
 }
 
+/// The news-only rule: the same event again after it was delivered is fetched again; a
+/// changed entity is forwarded under a webhook-id of its own (event id + the snapshot
+/// version it is news against), an unchanged one is a duplicate that is not forwarded.
+pub async fn redelivery_forwards_only_news(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "31", deal("31", "Twice", "NEW", "1"));
+    let consumer = world.consumer();
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "31", 100);
+    let first = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS)
+        .await;
+    // The deal changed again in the same second: Bitrix24 sends identical bytes, so the same id.
+    world
+        .portal
+        .set_entity("deal", "31", deal("31", "Twice", "WON", "1"));
+    let second = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS + 1_000)
+        .await;
+    // And once more with nothing new (an offline-log copy of the same event).
+    let third = consumer
+        .process_batch(&[message(&event, 1)], REMAINING, T0_MS + 2_000)
+        .await;
+    assert!(first.failed.is_empty() && second.failed.is_empty() && third.failed.is_empty());
+    assert_eq!(
+        world.destination.delivered_webhook_ids(),
+        vec![
+            event.id.clone(),
+            shared::consume::redelivery_id(&event.id, event.ts)
+        ],
+        "the news goes out once under its own id; the copy without news not at all"
+    );
+    let bodies = world.destination.delivered_bodies();
+    assert_eq!(
+        bodies[1]["changes"],
+        json!([{"field": "STAGE_ID", "old": "NEW", "new": "WON"}])
+    );
+    assert_eq!(bodies[1]["entity"]["STAGE_ID"], "WON");
+    assert_eq!(
+        outcomes(&world, &event.id).await,
+        vec![
+            ("delivered".into(), Some(200)),
+            ("delivered".into(), Some(200)),
+            ("skipped".into(), None)
+        ]
+    );
+}
+
+/// A POST slower than the lease: the heartbeat keeps the claim, so a second consumer that
+/// gets the message meanwhile (its visibility ran out) does not POST it again.
+pub async fn heartbeat_keeps_a_slow_delivery_claimed(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "32", deal("32", "Slow", "NEW", "1"));
+    world
+        .destination
+        .hold_answers_for(Duration::from_millis(3_000));
+    let lease = Duration::from_millis(600);
+    let (a, b) = (
+        world.consumer().with_lease(lease),
+        world.consumer().with_lease(lease),
+    );
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "32", 100);
+    let (ma, mb) = (message(&event, 1), message(&event, 2));
+    // The real clock: a store with TTL (moto) may treat a lease renewed in the past as gone.
+    let t0 = crate::contract::now_ms();
+    let slow = a.process_batch(std::slice::from_ref(&ma), REMAINING, t0);
+    let late = async {
+        // Well past the first lease: without a heartbeat the claim would be free by now.
+        tokio::time::sleep(Duration::from_millis(1_800)).await;
+        b.process_batch(std::slice::from_ref(&mb), REMAINING, t0 + 1_800)
+            .await
+    };
+    let (ra, rb) = tokio::join!(slow, late);
+    assert!(ra.failed.is_empty(), "the slow delivery completes");
+    assert_eq!(
+        rb.failed,
+        vec![mb.message_id.clone()],
+        "the late consumer backs off"
+    );
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![event.id.clone()]
+    );
+    assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
+}
+
+/// A batch does not start a message it could not finish: with less time left than a whole
+/// forward, the rest of the batch is reported failed, unstarted, and nothing is POSTed for it.
+pub async fn batch_stops_taking_messages_before_its_deadline(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    for id in ["41", "42", "43"] {
+        world
+            .portal
+            .set_entity("deal", id, deal(id, "Deadline", "NEW", "1"));
+    }
+    world
+        .destination
+        .hold_answers_for(Duration::from_millis(800));
+    let forward_timeout = Duration::from_secs(2);
+    let consumer = world.consumer().with_forward_timeout(forward_timeout);
+    let events: Vec<_> = ["41", "42", "43"]
+        .iter()
+        .map(|id| b24_event(Family::Deal, "ONCRMDEALUPDATE", id, 100))
+        .collect();
+    let messages: Vec<_> = events.iter().map(|e| message(e, 1)).collect();
+    // Enough for the first forward and a little more, not for a second whole one after it.
+    let remaining = forward_timeout + shared::consume::DEADLINE_MARGIN + Duration::from_millis(400);
+    let report = consumer.process_batch(&messages, remaining, T0_MS).await;
+    assert_eq!(
+        report.failed,
+        vec![
+            messages[1].message_id.clone(),
+            messages[2].message_id.clone()
+        ]
+    );
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![events[0].id.clone()]
+    );
+    // Unstarted means unclaimed: the next batch takes them at once.
+    let next = consumer
+        .process_batch(&messages[1..], REMAINING, T0_MS + 1_000)
+        .await;
+    assert!(next.failed.is_empty());
+    assert_eq!(world.destination.delivered().len(), 3);
+}
+
 pub async fn racing_consumers_forward_once(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
     let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
     world
@@ -268,7 +404,7 @@ pub async fn dead_consumer_is_taken_over_after_its_lease(
     let claimed = world
         .ports
         .dedup
-        .claim(&event.id, T0_MS + 30_000, T0_MS)
+        .claim(&event.id, "dead-consumer", T0_MS + 30_000, T0_MS)
         .await
         .expect("claim");
     assert_eq!(claimed, Claim::Acquired);
@@ -436,8 +572,11 @@ pub async fn batch_of_200_events_stays_under_the_portal_bucket(
             1,
         ));
     }
+    // 200 messages is no Lambda batch (SQS gives 10): this is about the portal's bucket, so
+    // the batch may run as long as it needs.
     let report = world
         .consumer()
+        .with_soft_deadline()
         .process_batch(&messages, REMAINING, T0_MS)
         .await;
 
@@ -958,6 +1097,9 @@ macro_rules! consumer_case_tests {
     ($setup:path) => {
         $crate::consumer_case_tests!(@each $setup;
             duplicate_delivery_forwards_once,
+            redelivery_forwards_only_news,
+            heartbeat_keeps_a_slow_delivery_claimed,
+            batch_stops_taking_messages_before_its_deadline,
             racing_consumers_forward_once,
             dead_consumer_is_taken_over_after_its_lease,
             destination_failing_three_times_then_delivers_once,

@@ -7,7 +7,7 @@ use shared::aws::sqs::SqsQueue;
 use shared::event::{envelope_id, Family, RelayEvent, Source};
 use shared::local::SqliteStore;
 use shared::ports::{
-    Attempt, AttemptLog, Claim, DeadLetter, DedupStore, DestinationStatus, PollingQueue,
+    Attempt, AttemptLog, Claim, DeadLetter, DedupStore, DestinationStatus, Ownership, PollingQueue,
     PortalTokens, Queue, QueueMessage, RedriveFilter, Snapshot, SnapshotKey, SnapshotSave,
     SnapshotStore, TokenStore,
 };
@@ -17,6 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// An arbitrary fixed "now" for the clock-driven checks (2026-11-22T10:00:00Z).
 const T0: i64 = 1_795_860_000_000;
+
+/// The claim owner of the single-consumer checks.
+const OWNER: &str = "consumer-a";
 
 fn unique(label: &str) -> String {
     crate::moto::unique_name(label)
@@ -59,11 +62,11 @@ pub fn sample_event(portal: &str, entity_id: &str, n: i64) -> RelayEvent {
 pub async fn dedup_claim_then_held(store: &dyn DedupStore) {
     let id = unique("dedup");
     assert_eq!(
-        store.claim(&id, T0 + 1_000, T0).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 1_000, T0).await.unwrap(),
         Claim::Acquired
     );
     assert_eq!(
-        store.claim(&id, T0 + 5_000, T0 + 10).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 5_000, T0 + 10).await.unwrap(),
         Claim::HeldElsewhere {
             lease_until_ms: T0 + 1_000
         },
@@ -75,16 +78,22 @@ pub async fn dedup_claim_then_held(store: &dyn DedupStore) {
 pub async fn dedup_expired_lease_is_taken_over(store: &dyn DedupStore) {
     let id = unique("dedup");
     assert_eq!(
-        store.claim(&id, T0 + 1_000, T0).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 1_000, T0).await.unwrap(),
         Claim::Acquired
     );
     assert_eq!(
-        store.claim(&id, T0 + 9_000, T0 + 1_000).await.unwrap(),
+        store
+            .claim(&id, OWNER, T0 + 9_000, T0 + 1_000)
+            .await
+            .unwrap(),
         Claim::Acquired,
         "a lease ending at now has passed"
     );
     assert_eq!(
-        store.claim(&id, T0 + 9_500, T0 + 2_000).await.unwrap(),
+        store
+            .claim(&id, OWNER, T0 + 9_500, T0 + 2_000)
+            .await
+            .unwrap(),
         Claim::HeldElsewhere {
             lease_until_ms: T0 + 9_000
         },
@@ -97,21 +106,30 @@ pub async fn dedup_expired_lease_is_taken_over(store: &dyn DedupStore) {
 pub async fn dedup_completed_until_it_expires(store: &dyn DedupStore) {
     let id = unique("dedup");
     assert_eq!(
-        store.claim(&id, T0 + 1_000, T0).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 1_000, T0).await.unwrap(),
         Claim::Acquired
     );
-    store.complete(&id, T0 + 60_000).await.unwrap();
+    store.complete(&id, OWNER, T0 + 60_000).await.unwrap();
     assert_eq!(
-        store.claim(&id, T0 + 3_000, T0 + 2_000).await.unwrap(),
+        store
+            .claim(&id, OWNER, T0 + 3_000, T0 + 2_000)
+            .await
+            .unwrap(),
         Claim::AlreadyCompleted
     );
     assert_eq!(
-        store.claim(&id, T0 + 62_000, T0 + 59_999).await.unwrap(),
+        store
+            .claim(&id, OWNER, T0 + 62_000, T0 + 59_999)
+            .await
+            .unwrap(),
         Claim::AlreadyCompleted,
         "still completed one millisecond before its expiry"
     );
     assert_eq!(
-        store.claim(&id, T0 + 61_000, T0 + 60_000).await.unwrap(),
+        store
+            .claim(&id, OWNER, T0 + 61_000, T0 + 60_000)
+            .await
+            .unwrap(),
         Claim::Acquired,
         "an expired COMPLETED record must not block the event forever"
     );
@@ -121,21 +139,89 @@ pub async fn dedup_completed_until_it_expires(store: &dyn DedupStore) {
 pub async fn dedup_release(store: &dyn DedupStore) {
     let id = unique("dedup");
     assert_eq!(
-        store.claim(&id, T0 + 60_000, T0).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 60_000, T0).await.unwrap(),
         Claim::Acquired
     );
-    store.release(&id).await.unwrap();
+    store.release(&id, OWNER).await.unwrap();
     assert_eq!(
-        store.claim(&id, T0 + 60_000, T0 + 1).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 60_000, T0 + 1).await.unwrap(),
         Claim::Acquired,
         "a released claim is free before its lease ends"
     );
-    store.complete(&id, T0 + 600_000).await.unwrap();
-    store.release(&id).await.unwrap();
+    store.complete(&id, OWNER, T0 + 600_000).await.unwrap();
+    store.release(&id, OWNER).await.unwrap();
     assert_eq!(
-        store.claim(&id, T0 + 60_000, T0 + 2).await.unwrap(),
+        store.claim(&id, OWNER, T0 + 60_000, T0 + 2).await.unwrap(),
         Claim::AlreadyCompleted,
         "release must not undo a completion (that would forward twice)"
+    );
+}
+
+/// The owner token: a consumer whose lease ran out and was taken over cannot extend, release
+/// or complete the new holder's claim; the holder can, and a heartbeat keeps the lease live.
+pub async fn dedup_only_the_owner_extends_releases_completes(store: &dyn DedupStore) {
+    let id = unique("dedup");
+    let (stale, fresh) = ("consumer-stale", "consumer-fresh");
+    assert_eq!(
+        store.claim(&id, stale, T0 + 1_000, T0).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.extend(&id, stale, T0 + 5_000).await.unwrap(),
+        Ownership::Held
+    );
+    assert_eq!(
+        store
+            .claim(&id, fresh, T0 + 9_000, T0 + 4_999)
+            .await
+            .unwrap(),
+        Claim::HeldElsewhere {
+            lease_until_ms: T0 + 5_000
+        },
+        "the heartbeat moved the lease"
+    );
+    // The stale holder stalls past its lease; the fresh one takes over.
+    assert_eq!(
+        store
+            .claim(&id, fresh, T0 + 9_000, T0 + 5_000)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        store.extend(&id, stale, T0 + 20_000).await.unwrap(),
+        Ownership::Lost
+    );
+    store.release(&id, stale).await.unwrap();
+    assert_eq!(
+        store.complete(&id, stale, T0 + 600_000).await.unwrap(),
+        Ownership::Lost
+    );
+    assert_eq!(
+        store
+            .claim(&id, "consumer-third", T0 + 9_500, T0 + 6_000)
+            .await
+            .unwrap(),
+        Claim::HeldElsewhere {
+            lease_until_ms: T0 + 9_000
+        },
+        "a stale holder's release/complete/extend must leave the new claim as it was"
+    );
+    assert_eq!(
+        store.complete(&id, fresh, T0 + 600_000).await.unwrap(),
+        Ownership::Held
+    );
+    assert_eq!(
+        store
+            .claim(&id, stale, T0 + 9_500, T0 + 7_000)
+            .await
+            .unwrap(),
+        Claim::AlreadyCompleted
+    );
+    assert_eq!(
+        store.extend(&id, fresh, T0 + 20_000).await.unwrap(),
+        Ownership::Lost,
+        "a completed record has no lease to extend"
     );
 }
 
@@ -145,7 +231,11 @@ pub async fn dedup_racing_claims_have_one_winner(store: Arc<dyn DedupStore>) {
     let claims: Vec<_> = (0..8)
         .map(|i| {
             let (store, id) = (Arc::clone(&store), id.clone());
-            tokio::spawn(async move { store.claim(&id, T0 + 30_000 + i, T0).await })
+            tokio::spawn(async move {
+                store
+                    .claim(&id, &format!("consumer-{i}"), T0 + 30_000 + i, T0)
+                    .await
+            })
         })
         .collect();
     let mut acquired = 0;
@@ -593,6 +683,7 @@ macro_rules! store_contract_tests {
             dedup_expired_lease_is_taken_over,
             dedup_completed_until_it_expires,
             dedup_release,
+            dedup_only_the_owner_extends_releases_completes,
             snapshot_versions,
             snapshot_delete_portal,
             tokens_crud,

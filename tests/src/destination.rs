@@ -1,5 +1,6 @@
 //! A loopback destination (the user's system): records every request's headers and body,
-//! and answers with a chosen failure the next N times, optionally with `Retry-After`.
+//! and answers with a chosen failure the next N times, optionally with `Retry-After`, or at
+//! random; it also counts how many POSTs of one webhook-id were in flight at once.
 
 use crate::loopback::{serve, LoopbackServer};
 use axum::body::Bytes;
@@ -15,8 +16,10 @@ pub struct Received {
     /// Header names lower-case.
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
-    /// What this destination answered.
+    /// What this destination answered; 0 for a request it held past the relay's timeout.
     pub answered: u16,
+    /// When the request arrived.
+    pub arrived_at: std::time::Instant,
 }
 
 impl Received {
@@ -36,6 +39,30 @@ struct DestinationState {
     failures: VecDeque<(u16, Option<String>)>,
     /// Held before answering: lets a test keep a delivery in flight.
     delay: Duration,
+    /// The next requests held this long before they are answered (past the relay's forward
+    /// timeout, so the relay gives up on them first).
+    hangs: VecDeque<Duration>,
+    /// Percent of requests (beyond `failures`) answered 503 at random.
+    random_failure_percent: u8,
+    /// POSTs of each webhook-id being answered right now, and the most there ever were.
+    in_flight: BTreeMap<String, usize>,
+    most_in_flight: usize,
+}
+
+/// Counts one POST out of `in_flight` when its handler ends, also when the client hung up
+/// (axum then drops the handler mid-sleep).
+struct InFlight {
+    state: Arc<Mutex<DestinationState>>,
+    webhook_id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = lock(&self.state);
+        if let Some(count) = s.in_flight.get_mut(&self.webhook_id) {
+            *count = count.saturating_sub(1);
+        }
+    }
 }
 
 pub struct Destination {
@@ -74,6 +101,23 @@ impl Destination {
             s.failures
                 .push_back((status, retry_after.map(str::to_string)));
         }
+    }
+
+    /// Answers `percent` % of requests 503 (after any `fail_next` answers), at random.
+    pub fn fail_at_random(&self, percent: u8) {
+        lock(&self.state).random_failure_percent = percent.min(100);
+    }
+
+    /// The most POSTs of one webhook-id that were ever in flight at the same time.
+    pub fn most_concurrent_per_webhook_id(&self) -> usize {
+        lock(&self.state).most_in_flight
+    }
+
+    /// The next `times` requests hang for `delay` before their answer; they are recorded
+    /// with `answered` 0, as the relay has hung up on them by then.
+    pub fn hang_next(&self, times: usize, delay: Duration) {
+        let mut s = lock(&self.state);
+        s.hangs.extend(std::iter::repeat_n(delay, times));
     }
 
     pub fn hold_answers_for(&self, delay: Duration) {
@@ -121,19 +165,52 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let webhook_id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let recorded = |answered: u16| Received {
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect(),
+        body: body.to_vec(),
+        answered,
+        arrived_at: std::time::Instant::now(),
+    };
+    let hang = {
+        let mut s = lock(&state);
+        let hang = s.hangs.pop_front();
+        if hang.is_some() {
+            s.received.push(recorded(0));
+        }
+        hang
+    };
+    if let Some(hang) = hang {
+        // Not counted in flight: the relay hangs up at its timeout, while this handler may
+        // sleep on (the server notices the closed connection only when it writes).
+        tokio::time::sleep(hang).await;
+        return (StatusCode::SERVICE_UNAVAILABLE, "hung").into_response();
+    }
     let (answer, delay) = {
         let mut s = lock(&state);
-        let answer = s.failures.pop_front();
+        let count = s.in_flight.entry(webhook_id.clone()).or_default();
+        *count += 1;
+        let now_in_flight = *count;
+        s.most_in_flight = s.most_in_flight.max(now_in_flight);
+        let percent = s.random_failure_percent;
+        let answer = s
+            .failures
+            .pop_front()
+            .or_else(|| (percent > 0 && fastrand::u8(0..100) < percent).then_some((503, None)));
         let status = answer.as_ref().map(|a| a.0).unwrap_or(200);
-        s.received.push(Received {
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                .collect(),
-            body: body.to_vec(),
-            answered: status,
-        });
+        s.received.push(recorded(status));
         (answer, s.delay)
+    };
+    let _in_flight = InFlight {
+        state: Arc::clone(&state),
+        webhook_id,
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -74,6 +74,8 @@ pub struct PortalState {
     pub calls: Vec<String>,
     /// Answers forced on the next REST requests, before any method runs.
     pub injected: VecDeque<MethodReply>,
+    /// Until this instant every REST request gets this answer (a portal overloaded for a while).
+    pub outage: Option<(Instant, MethodReply)>,
     bucket_rate: f64,
     bucket_burst: f64,
     bucket_level: f64,
@@ -161,6 +163,7 @@ impl FakeBitrix24 {
             refreshes: 0,
             calls: Vec::new(),
             injected: VecDeque::new(),
+            outage: None,
             bucket_rate: limits.per_second,
             bucket_burst: limits.burst,
             bucket_level: 0.0,
@@ -231,6 +234,11 @@ impl FakeBitrix24 {
         let mut s = self.state();
         let token = s.access_token.clone();
         s.expired_tokens.insert(token);
+    }
+
+    /// Every REST request answers `reply` for the next `period`.
+    pub fn fail_for(&self, period: std::time::Duration, reply: MethodReply) {
+        self.state().outage = Some((Instant::now() + period, reply));
     }
 
     pub fn inject(&self, reply: MethodReply) {
@@ -415,6 +423,11 @@ async fn handle(
     if !state.admit() {
         state.limited += 1;
         return answer(MethodReply::query_limit_exceeded());
+    }
+    if let Some((until, reply)) = &state.outage {
+        if Instant::now() < *until {
+            return answer(reply.clone());
+        }
     }
     if let Some(forced) = state.injected.pop_front() {
         return answer(forced);

@@ -8,8 +8,8 @@ use shared::consume::ConsumerPorts;
 use shared::error::StoreError;
 use shared::event::{RelayEvent, Source};
 use shared::ports::{
-    Attempt, AttemptLog, Claim, DedupStore, DestinationStatus, Outbox, PortalTokens, Queue,
-    QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, Claim, DedupStore, DestinationStatus, Outbox, Ownership, PortalTokens,
+    Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +17,7 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq)]
 enum DedupRecord {
-    InProgress { lease_until_ms: i64 },
+    InProgress { owner: String, lease_until_ms: i64 },
     Completed { expires_at_ms: i64 },
 }
 
@@ -106,7 +106,13 @@ impl Queue for MemoryStore {
 
 #[async_trait]
 impl DedupStore for MemoryStore {
-    async fn claim(&self, id: &str, lease_until_ms: i64, now_ms: i64) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError> {
         let mut inner = self.lock();
         match inner.dedup.get(id) {
             Some(DedupRecord::Completed { expires_at_ms }) if *expires_at_ms > now_ms => {
@@ -114,6 +120,7 @@ impl DedupStore for MemoryStore {
             }
             Some(DedupRecord::InProgress {
                 lease_until_ms: held,
+                ..
             }) if *held > now_ms => {
                 return Ok(Claim::HeldElsewhere {
                     lease_until_ms: *held,
@@ -121,23 +128,59 @@ impl DedupStore for MemoryStore {
             }
             _ => {}
         }
-        inner
-            .dedup
-            .insert(id.to_string(), DedupRecord::InProgress { lease_until_ms });
+        inner.dedup.insert(
+            id.to_string(),
+            DedupRecord::InProgress {
+                owner: owner.to_string(),
+                lease_until_ms,
+            },
+        );
         Ok(Claim::Acquired)
     }
 
-    async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
-        self.lock()
-            .dedup
-            .insert(id.to_string(), DedupRecord::Completed { expires_at_ms });
-        Ok(())
+    async fn extend(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<Ownership, StoreError> {
+        let mut inner = self.lock();
+        match inner.dedup.get_mut(id) {
+            Some(DedupRecord::InProgress {
+                owner: holder,
+                lease_until_ms: lease,
+            }) if holder == owner => {
+                *lease = lease_until_ms;
+                Ok(Ownership::Held)
+            }
+            _ => Ok(Ownership::Lost),
+        }
     }
 
-    async fn release(&self, id: &str) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        id: &str,
+        owner: &str,
+        expires_at_ms: i64,
+    ) -> Result<Ownership, StoreError> {
         let mut inner = self.lock();
-        if let Some(DedupRecord::InProgress { .. }) = inner.dedup.get(id) {
-            inner.dedup.remove(id);
+        if let Some(DedupRecord::InProgress { owner: holder, .. }) = inner.dedup.get(id) {
+            if holder != owner {
+                return Ok(Ownership::Lost);
+            }
+        }
+        inner
+            .dedup
+            .insert(id.to_string(), DedupRecord::Completed { expires_at_ms });
+        Ok(Ownership::Held)
+    }
+
+    async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if let Some(DedupRecord::InProgress { owner: holder, .. }) = inner.dedup.get(id) {
+            if holder == owner {
+                inner.dedup.remove(id);
+            }
         }
         Ok(())
     }

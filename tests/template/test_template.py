@@ -96,6 +96,13 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(redrive["deadLetterTargetArn"], {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]})
         self.assertGreaterEqual(self.lowest_number(redrive["maxReceiveCount"], "maxReceiveCount"), 5)
 
+    def test_default_receive_count_gives_a_day_of_retries(self):
+        # The consumer's schedule (5 s doubling, at most 1 h, top-quarter jitter) needs 42
+        # receives for its last try to come at least 24 h after the first
+        # (forward::DEFAULT_MAX_RECEIVE_COUNT, checked by a unit test there).
+        default = self.parameters["MaxReceiveCount"]["Default"]
+        self.assertGreaterEqual(int(default), 42)
+
     def test_visibility_timeout_is_at_least_six_consumer_timeouts(self):
         lid, consumer = self.function_by_code("functions/consumer")
         timeout = self.function_setting(consumer, "Timeout")

@@ -21,12 +21,15 @@ async fn committed_state_survives_reopening() {
         for e in &events {
             store.send(e).await.unwrap();
         }
-        store.complete("done-id", i64::MAX).await.unwrap();
+        store
+            .complete("done-id", "consumer-a", i64::MAX)
+            .await
+            .unwrap();
     }
     let store = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(store.queue_depth().await.unwrap(), 5);
     assert_eq!(
-        store.claim("done-id", 1, 0).await.unwrap(),
+        store.claim("done-id", "consumer-a", 1, 0).await.unwrap(),
         Claim::AlreadyCompleted
     );
     let got = store

@@ -220,12 +220,12 @@ async fn a_stopped_table_is_an_error_for_the_consumer() {
     let table = create_table(&client).await;
     let store = DynamoStore::new(client, table);
     assert_eq!(
-        store.claim("e1", 2_000, 1_000).await.unwrap(),
+        store.claim("e1", "consumer-a", 2_000, 1_000).await.unwrap(),
         Claim::Acquired
     );
 
     moto.kill();
-    let outcome = tokio::time::timeout(HANG_GUARD, store.claim("e2", 2_000, 1_000))
+    let outcome = tokio::time::timeout(HANG_GUARD, store.claim("e2", "consumer-a", 2_000, 1_000))
         .await
         .expect("a claim on a stopped table must fail within the SDK timeouts");
     assert!(

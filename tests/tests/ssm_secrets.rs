@@ -7,6 +7,8 @@ use aws_sdk_ssm::types::ParameterType;
 use shared::aws::secrets::{apply_secret, fetch_secrets, parameter_refs};
 use shared::config::RelayConfig;
 use shared::secret::Secret;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn moto_endpoint() -> String {
@@ -161,4 +163,91 @@ async fn an_unreachable_parameter_store_fails_the_cold_start_with_a_clear_error(
     let text = err.to_string();
     assert!(text.contains("ssm GetParameters"), "{text}");
     assert!(text.contains("RELAY_*_PARAM"), "{text}");
+}
+
+/// A Parameter Store that throttles: the first `throttled` GetParameters calls answer HTTP 400
+/// `ThrottlingException` "Rate exceeded" (the common error of every AWS API, AWS Systems
+/// Manager API Reference, "Common Errors"), then it answers the parameter. AWS JSON 1.1:
+/// the error's type in `__type`, the answer's `Parameters` and `InvalidParameters`.
+async fn throttling_ssm(
+    throttled: usize,
+) -> (
+    integration_tests::loopback::LoopbackServer,
+    Arc<AtomicUsize>,
+) {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let router = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let seen = seen.clone();
+        async move {
+            let call = seen.fetch_add(1, Ordering::SeqCst);
+            if call < throttled {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    [("content-type", "application/x-amz-json-1.1")],
+                    r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_string(),
+                )
+                    .into_response();
+            }
+            let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let name = asked["Names"][0].as_str().unwrap_or_default().to_string();
+            let answer = serde_json::json!({
+                "Parameters": [{"Name": name, "Type": "SecureString",
+                                "Value": "whsec_dGhyb3R0bGVk", "Version": 1}],
+                "InvalidParameters": []
+            });
+            (
+                StatusCode::OK,
+                [("content-type", "application/x-amz-json-1.1")],
+                answer.to_string(),
+            )
+                .into_response()
+        }
+    });
+    (integration_tests::loopback::serve(router).await, calls)
+}
+
+#[tokio::test]
+async fn a_throttled_parameter_store_is_retried_at_cold_start() {
+    let (server, calls) = throttling_ssm(4).await;
+    let client = ssm_client(&server.base_url).await;
+    let refs = parameter_refs(vec![(
+        "RELAY_SIGNING_SECRET_PARAM".to_string(),
+        "/crm-relay/signing-secret".to_string(),
+    )]);
+    let fetched = fetch_secrets(&client, &refs)
+        .await
+        .expect("throttling passes within the retry budget");
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].1.expose(), "whsec_dGhyb3R0bGVk");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "four throttled calls, then the answer"
+    );
+}
+
+#[tokio::test]
+async fn a_parameter_store_throttling_past_the_budget_fails_the_cold_start() {
+    let (server, calls) = throttling_ssm(usize::MAX).await;
+    let client = ssm_client(&server.base_url).await;
+    let refs = parameter_refs(vec![(
+        "RELAY_SIGNING_SECRET_PARAM".to_string(),
+        "/crm-relay/signing-secret".to_string(),
+    )]);
+    // Bounded by the retry budget; the guard only turns a hang into a failure.
+    let err = tokio::time::timeout(
+        shared::aws::secrets::SSM_RETRY_BUDGET * 6,
+        fetch_secrets(&client, &refs),
+    )
+    .await
+    .expect("the retries end within their budget")
+    .expect_err("never answered");
+    assert!(err.to_string().contains("ThrottlingException"), "{err}");
+    assert!(
+        calls.load(Ordering::SeqCst) > 2,
+        "more than the SDK's own two tries"
+    );
 }

@@ -8,7 +8,7 @@ use crate::drain::{drain_queue, DrainSettings};
 use crate::routes::{router, RouteState};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::forward::redact_url;
+use shared::forward::{redact_url, RetrySchedule};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -20,10 +20,20 @@ pub struct ServeArgs {
     /// Listen address; port 0 picks a free port (the banner names it).
     #[arg(long, env = "RELAY_ADDR", default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
-    /// How long one consumer batch may run (the consumer Lambda's timeout); the queue's
-    /// visibility timeout is six times this.
+    /// The consumer's lease (the consumer Lambda's timeout): a killed relay's claims and
+    /// messages come back after it (claims) and six times it (messages); the heartbeat renews
+    /// both while a batch runs.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     batch_timeout: Duration,
+    /// How long one POST to the destination may take before it counts as failed and is retried.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    forward_timeout: Duration,
+    /// The first retry delay of a failed delivery; each next one doubles (jittered), up to
+    /// `--retry-cap`. The defaults give 42 tries over at least 24 h.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    retry_base: Duration,
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    retry_cap: Duration,
     /// Drain installed portals' Bitrix24 offline-event logs every SECONDS (and on
     /// ONOFFLINEEVENT); off unless given.
     #[arg(long, value_name = "SECONDS")]
@@ -46,7 +56,20 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
         config.clone(),
         offline_wake.clone(),
     )?);
-    let consumer = Arc::new(backend.consumer(config.clone(), false)?);
+    // Nothing kills a batch here: the heartbeat (every third of the lease) keeps a batch's
+    // messages invisible and its claims held for as long as it runs.
+    let consumer = Arc::new(
+        backend
+            .consumer(config.clone(), false)?
+            .with_lease(args.batch_timeout)
+            .with_forward_timeout(args.forward_timeout)
+            .with_retry_schedule(RetrySchedule {
+                base: args.retry_base,
+                cap: args.retry_cap,
+                ..RetrySchedule::default()
+            })
+            .with_soft_deadline(),
+    );
 
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await

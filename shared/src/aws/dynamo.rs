@@ -6,8 +6,8 @@ use super::store_error;
 use crate::error::StoreError;
 use crate::event::Source;
 use crate::ports::{
-    Attempt, AttemptLog, Claim, DedupStore, DestinationStatus, PortalTokens, Snapshot, SnapshotKey,
-    SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, Claim, DedupStore, DestinationStatus, Ownership, PortalTokens, Snapshot,
+    SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -203,7 +203,13 @@ fn claim_refused_by(item: &Item) -> Result<Claim, StoreError> {
 
 #[async_trait]
 impl DedupStore for DynamoStore {
-    async fn claim(&self, id: &str, lease_until_ms: i64, now_ms: i64) -> Result<Claim, StoreError> {
+    async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Claim, StoreError> {
         let result = self
             .client
             .put_item()
@@ -211,6 +217,7 @@ impl DedupStore for DynamoStore {
             .item("pk", s(dedup_pk(id)))
             .item("sk", s(ITEM_SK))
             .item("status", s(STATUS_IN_PROGRESS))
+            .item("owner", s(owner))
             .item("lease_until_ms", n(lease_until_ms))
             .item(
                 TTL_ATTRIBUTE,
@@ -253,30 +260,98 @@ impl DedupStore for DynamoStore {
         }
     }
 
-    async fn complete(&self, id: &str, expires_at_ms: i64) -> Result<(), StoreError> {
-        self.put_item(
-            dedup_pk(id),
-            [
-                ("status", s(STATUS_COMPLETED)),
-                ("expires_at_ms", n(expires_at_ms)),
-                (TTL_ATTRIBUTE, n(ttl_secs(expires_at_ms))),
-            ],
-            "dynamodb PutItem (dedup complete)",
-        )
-        .await
+    async fn extend(
+        &self,
+        id: &str,
+        owner: &str,
+        lease_until_ms: i64,
+    ) -> Result<Ownership, StoreError> {
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(dedup_pk(id)))
+            .key("sk", s(ITEM_SK))
+            .update_expression("SET lease_until_ms = :lease, #ttl = :ttl")
+            .condition_expression("#status = :in_progress AND #owner = :owner")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":in_progress", s(STATUS_IN_PROGRESS))
+            .expression_attribute_values(":owner", s(owner))
+            .expression_attribute_values(":lease", n(lease_until_ms))
+            .expression_attribute_values(
+                ":ttl",
+                n(ttl_secs(lease_until_ms) + CLAIM_TIDY_AFTER_SECS),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Ownership::Held),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Ownership::Lost)
+            }
+            Err(err) => Err(store_error("dynamodb UpdateItem (dedup extend)", err)),
+        }
     }
 
-    async fn release(&self, id: &str) -> Result<(), StoreError> {
+    async fn complete(
+        &self,
+        id: &str,
+        owner: &str,
+        expires_at_ms: i64,
+    ) -> Result<Ownership, StoreError> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(dedup_pk(id)))
+            .item("sk", s(ITEM_SK))
+            .item("status", s(STATUS_COMPLETED))
+            .item("owner", s(owner))
+            .item("expires_at_ms", n(expires_at_ms))
+            .item(TTL_ATTRIBUTE, n(ttl_secs(expires_at_ms)))
+            // A record that vanished is written anyway: the event was delivered.
+            .condition_expression(
+                "attribute_not_exists(pk) OR #status = :completed OR #owner = :owner",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":completed", s(STATUS_COMPLETED))
+            .expression_attribute_values(":owner", s(owner))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Ownership::Held),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Ownership::Lost)
+            }
+            Err(err) => Err(store_error("dynamodb PutItem (dedup complete)", err)),
+        }
+    }
+
+    async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
         let result = self
             .client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(dedup_pk(id)))
             .key("sk", s(ITEM_SK))
-            // A COMPLETED record is never released: that would forward the event again.
-            .condition_expression("#status = :in_progress")
+            // Never a COMPLETED record (that would forward the event again), never another
+            // owner's claim.
+            .condition_expression("#status = :in_progress AND #owner = :owner")
             .expression_attribute_names("#status", "status")
+            .expression_attribute_names("#owner", "owner")
             .expression_attribute_values(":in_progress", s(STATUS_IN_PROGRESS))
+            .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
         match result {

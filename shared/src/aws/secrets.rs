@@ -11,6 +11,8 @@ use crate::config::{AppTokens, RelayConfig};
 use crate::error::ConfigError;
 use crate::secret::Secret;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::operation::get_parameters::GetParametersOutput;
+use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
 /// `RELAY_SIGNING_SECRET_PARAM` names the SSM parameter that holds `RELAY_SIGNING_SECRET`.
@@ -18,6 +20,13 @@ pub const PARAM_SUFFIX: &str = "_PARAM";
 const RELAY_PREFIX: &str = "RELAY_";
 /// GetParameters takes at most ten names per call.
 const GET_PARAMETERS_MAX_NAMES: usize = 10;
+/// How long a cold start keeps retrying a throttled or unreachable SSM before it fails: a burst
+/// that cold-starts many functions at once hits GetParameters' per-account rate limit, and a
+/// failed init costs the whole invocation.
+pub const SSM_RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// The first back-off; each next one doubles, at most `SSM_MAX_BACKOFF`, with full jitter.
+const SSM_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const SSM_MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// The `name` in a `ConfigError` about the SSM references as a whole.
 const PARAM_VARIABLES: &str = "RELAY_*_PARAM";
 
@@ -113,14 +122,9 @@ pub async fn fetch_secrets(
     names.dedup();
 
     let mut fetched = Vec::with_capacity(refs.len());
+    let started = Instant::now();
     for chunk in names.chunks(GET_PARAMETERS_MAX_NAMES) {
-        let answer = client
-            .get_parameters()
-            .set_names(Some(chunk.iter().map(|n| n.to_string()).collect()))
-            .with_decryption(true)
-            .send()
-            .await
-            .map_err(ssm_error)?;
+        let answer = get_parameters_retrying(client, chunk, started).await?;
         for parameter in answer.parameters() {
             let (Some(name), Some(value)) = (parameter.name(), parameter.value()) else {
                 continue;
@@ -140,6 +144,62 @@ pub async fn fetch_secrets(
         }
     }
     Ok(fetched)
+}
+
+/// One GetParameters call, retried with jittered exponential back-off while the failure is
+/// transient (throttled, 5xx, timeout, unreachable) and `SSM_RETRY_BUDGET` since `started`
+/// is not spent. Access denied, a bad key and the like fail at once: no retry fixes them.
+async fn get_parameters_retrying(
+    client: &aws_sdk_ssm::Client,
+    names: &[&str],
+    started: Instant,
+) -> Result<GetParametersOutput, ConfigError> {
+    let mut backoff = SSM_FIRST_BACKOFF;
+    loop {
+        let result = client
+            .get_parameters()
+            .set_names(Some(names.iter().map(|n| n.to_string()).collect()))
+            .with_decryption(true)
+            .send()
+            .await;
+        let err = match result {
+            Ok(answer) => return Ok(answer),
+            Err(err) => err,
+        };
+        let wait = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64));
+        if !is_transient(&err) || started.elapsed() + wait > SSM_RETRY_BUDGET {
+            return Err(ssm_error(err));
+        }
+        tracing::warn!(error = %describe_sdk_error(&err), wait_ms = wait.as_millis() as u64,
+            "ssm GetParameters failed; retrying");
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(SSM_MAX_BACKOFF);
+    }
+}
+
+/// Failures a later try may not meet: SSM's throttling codes, server errors, timeouts and
+/// connection failures.
+fn is_transient<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(service) => matches!(
+            service.err().code(),
+            Some(
+                "ThrottlingException"
+                    | "Throttling"
+                    | "TooManyRequestsException"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+            )
+        ),
+        _ => false,
+    }
 }
 
 /// Whether a reference (a name or an ARN) is the parameter SSM answered with `name`: SSM

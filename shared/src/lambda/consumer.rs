@@ -1,4 +1,6 @@
 //! Lambda glue for the consumer: SQS batch -> `Consumer::process_batch` -> partial failures.
+//! The consumer stops starting messages when the invocation's time runs short and keeps the
+//! message it works on invisible (ChangeMessageVisibility with its receipt handle) meanwhile.
 //! Record bodies stay strings until `consume` parses them, so one message that is not even
 //! JSON fails alone instead of failing the whole invocation (and so its whole batch).
 
@@ -13,9 +15,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ports::QueueMessage;
 
-/// Leave this much of the invocation unclaimed: the lease must end before Lambda kills us,
-/// or a crashed run would hold its events for a whole extra timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(1);
+/// Counted off the invocation's deadline before the consumer plans its batch: returning the
+/// batch response after the last message takes a moment too.
+const RESPONSE_MARGIN: Duration = Duration::from_secs(1);
 
 /// One SQS batch: every record becomes a `QueueMessage`; the ones the consumer reports failed
 /// (and every record it could not even read) go back as `batchItemFailures`.
@@ -33,7 +35,7 @@ pub async fn handle_sqs_event(
         .deadline()
         .duration_since(now)
         .unwrap_or(Duration::ZERO)
-        .saturating_sub(LEASE_MARGIN);
+        .saturating_sub(RESPONSE_MARGIN);
 
     let mut messages = Vec::with_capacity(event.payload.records.len());
     let mut failures = Vec::new();

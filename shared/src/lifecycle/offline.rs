@@ -13,7 +13,8 @@
 //!    null → `""`), and `ts` = `TIMESTAMP_X` in Unix seconds. Bitrix24 stamps the online
 //!    event's `ts` when it queues the call, the same second it writes the record, so both give
 //!    the same [`envelope_id`]: SQS FIFO drops the second within its 5-minute window, and the
-//!    consumer's dedup claim (`DEDUP#<id>`, COMPLETED for days) drops it after that.
+//!    consumer's dedup record (`DEDUP#<id>`, COMPLETED for days) makes it a redelivery after
+//!    that: re-fetched, and forwarded only if the entity changed since (news only).
 //! 2. **Coalescing keeps them lined up.** When an entity changes again before the poll, the
 //!    log keeps one record stamped with the *latest* change, which is the `ts` of the latest
 //!    online call: that call and the record are one envelope; the earlier calls were their own

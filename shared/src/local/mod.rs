@@ -23,12 +23,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "relay.db";
-/// Receives after which a message moves to the dead-letter table (the template's
-/// maxReceiveCount).
-pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
+/// Receives after which a message moves to the dead-letter table: the template's
+/// maxReceiveCount, a retry window of at least 24 h.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = crate::forward::DEFAULT_MAX_RECEIVE_COUNT;
 
 /// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: dedup claims carry their `owner`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -60,7 +61,8 @@ CREATE TABLE IF NOT EXISTS dedup (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
     lease_until_ms INTEGER,
-    expires_at_ms INTEGER
+    expires_at_ms INTEGER,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS snapshots (
     pk TEXT PRIMARY KEY,
@@ -223,6 +225,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     conn.execute_batch(SCHEMA).map_err(db("schema"))?;
+    if version == 1 {
+        // Claims of a schema-1 store have no owner: none can be extended, they only expire.
+        conn.execute_batch("ALTER TABLE dedup ADD COLUMN owner TEXT")
+            .map_err(db("schema 1 -> 2"))?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
     Ok(())

@@ -73,14 +73,14 @@ pub fn relay_command(data_dir: &Path, env: &[(&str, String)]) -> Command {
 
 impl RelayProcess {
     pub fn start(data_dir: &Path, env: &[(&str, String)]) -> Self {
+        Self::start_with(data_dir, env, &["--batch-timeout", BATCH_TIMEOUT])
+    }
+
+    /// `relay serve` with these options after `--addr 127.0.0.1:0`.
+    pub fn start_with(data_dir: &Path, env: &[(&str, String)], options: &[&str]) -> Self {
         let mut child = relay_command(data_dir, env)
-            .args([
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--batch-timeout",
-                BATCH_TIMEOUT,
-            ])
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
