@@ -118,16 +118,42 @@ def wrk_healthz(url, threads, connections):
     return rate, pct(50), pct(99)
 
 
-def wrk_burst(url, events, threads, connections):
+def accepted_so_far(db_path):
+    """Envelopes the relay has committed: the send-deduplication table keeps each one for
+    5 minutes, and nothing else deletes from it."""
+    try:
+        conn = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM sent_dedup").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def wrk_burst(url, events, threads, connections, db_path):
+    """Sends `events` distinct deals. wrk always runs for its -d duration, so this stops it
+    (SIGINT: wrk then prints its statistics) once the relay has committed every event, or
+    when the count has not moved for 10 s (some were refused)."""
     env = dict(os.environ)
     env.update({
         "LOAD_EVENTS_PER_THREAD": str(events // threads),
         "LOAD_TS": str(int(time.time())),
         "LOAD_APP_TOKEN": APP_TOKEN,
     })
-    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % connections, "-d900s", "--timeout", "30s",
-                          "-s", os.path.join(HERE, "load", "deals.lua"), url],
-                         capture_output=True, text=True, env=env, check=True).stdout
+    wrk = subprocess.Popen(["wrk", "-t%d" % threads, "-c%d" % connections, "-d900s", "--timeout", "30s",
+                            "-s", os.path.join(HERE, "load", "deals.lua"), url],
+                           stdout=subprocess.PIPE, text=True, env=env)
+    last, last_change = -1, time.monotonic()
+    while wrk.poll() is None:
+        n = accepted_so_far(db_path)
+        if n != last:
+            last, last_change = n, time.monotonic()
+        if n >= events or time.monotonic() - last_change > 10:
+            wrk.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    out, _ = wrk.communicate(timeout=60)
     line = next((l for l in out.splitlines() if l.startswith("LOAD_RESULT ")), None)
     if line is None:
         sys.exit("wrk printed no LOAD_RESULT line:\n" + out)
@@ -215,7 +241,7 @@ def main():
         base_rate, base_p50, base_p99 = wrk_healthz(url, args.threads, args.connections)
         sampler = Sampler(db_path, sink_port)
         started = time.monotonic()
-        result = wrk_burst(url, events, args.threads, args.connections)
+        result = wrk_burst(url, events, args.threads, args.connections, db_path)
         burst_s = result["duration_us"] / 1e6
         burst_end = started + burst_s
         if args.drain_only:
