@@ -1,158 +1,79 @@
 #!/usr/bin/env python3
-"""Load check for `relay serve` (not a test: it prints numbers, it asserts nothing).
+"""Load benchmark for `relay serve` (not a test: it prints numbers, it asserts nothing).
 
-Sends a burst of Bitrix24 deal events (default 10,000, 32 concurrent keep-alive clients) to
-POST /deal, then waits until a capturing destination started here has received every
-accepted event, and prints: accepted/s, p50/p99 ingress latency, time until all forwarded,
-lost and duplicated counts. The same burst against GET /healthz in the same run is the
-baseline (what this client and the HTTP stack do alone), and the ratio is printed.
+Starts a counting destination in its own process (scripts/load/counting_sink.py) and a
+release `relay serve` on a temporary data directory, then drives the relay with `wrk`
+(2 threads, 32 connections by default):
 
-  scripts/load.py --binary target/release/relay      # starts its own relay on a temp dir
-  scripts/load.py --relay http://127.0.0.1:3000       # a running relay that was started with
-      RELAY_DESTINATION_URL=http://127.0.0.1:3901/hook RELAY_B24_APP_TOKENS=load-token
+  1. baseline: GET /healthz for 5 s (what wrk and the HTTP stack do with no work behind);
+  2. burst: N events (default 100,000), every request a distinct Bitrix24 deal
+     (scripts/load/deals.lua), while the relay forwards to the sink;
+  3. waits until the sink has every accepted event, sampling the backlog (rows in the
+     relay's queue table, read-only) and the sink's count every 0.5 s.
 
+Prints: healthz baseline, accepted/s with p50/p99, delivered/s overall and by backlog band
+(>= 50,000 and <= 5,000 queued, counted only after the burst so intake does not share the
+CPU), lost (accepted, never delivered) and duplicated (delivered more than once).
+
+  --drain-only: fill the queue with `relay serve --consumers 0` first, restart the relay
+  with consumers and time the drain alone (the cleanest flat-drain figure).
+
+  cargo build --release -p relay
+  scripts/load.py --binary target/release/relay [--events 100000] [--drain-only]
+
+wrk is a Debian package: `apt-get install -y wrk` (the script stops and says so if missing).
 Python standard library only; loopback only; every wait is bounded.
 """
 
 import argparse
-import http.client
-import http.server
 import json
 import os
+import re
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
+import urllib.request
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 APP_TOKEN = "load-token"
-MEMBER_ID = "load-member"
+HIGH_BAND = 50_000
+LOW_BAND = 5_000
 
 
-class Capture:
-    """webhook-id -> how many times the destination received it."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.seen = {}
-        self.first_at = None
-        self.last_at = None
-
-    def record(self, webhook_id):
-        now = time.monotonic()
-        with self.lock:
-            self.seen[webhook_id] = self.seen.get(webhook_id, 0) + 1
-            self.first_at = self.first_at or now
-            self.last_at = now
-
-    def snapshot(self):
-        with self.lock:
-            return dict(self.seen), self.last_at
+def start_sink():
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "load", "counting_sink.py"), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("listening "):
+        proc.kill()
+        sys.exit("the counting sink did not start")
+    return proc, int(line.split()[1])
 
 
-def start_destination(port, capture):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_POST(self):
-            length = int(self.headers.get("content-length") or 0)
-            self.rfile.read(length)
-            capture.record(self.headers.get("webhook-id") or "")
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+def sink_stats(port):
+    with urllib.request.urlopen("http://127.0.0.1:%d/stats" % port, timeout=10) as resp:
+        return json.loads(resp.read())
 
 
-def bitrix24_form(i, ts):
-    """One ONCRMDEALUPDATE as Bitrix24 sends it: PHP http_build_query, brackets encoded."""
-    pairs = [
-        ("event", "ONCRMDEALUPDATE"),
-        ("event_handler_id", "17"),
-        ("data[FIELDS][ID]", str(100000 + i)),
-        ("ts", str(ts)),
-        ("auth[domain]", "load.bitrix24.ru"),
-        ("auth[client_endpoint]", "https://load.bitrix24.ru/rest/"),
-        ("auth[server_endpoint]", "https://oauth.bitrix.info/rest/"),
-        ("auth[member_id]", MEMBER_ID),
-        ("auth[application_token]", APP_TOKEN),
-    ]
-    return urllib.parse.urlencode(pairs).encode()
-
-
-def burst(host, port, method, path, bodies, clients):
-    """Sends every body (or `count` bodiless requests) over `clients` keep-alive connections.
-    Returns (wall seconds, latencies in seconds, statuses, 202 ids)."""
-    n = len(bodies)
-    next_index = [0]
-    lock = threading.Lock()
-    latencies = [0.0] * n
-    statuses = [0] * n
-    ids = [None] * n
-
-    def worker():
-        conn = http.client.HTTPConnection(host, port, timeout=60)
-        while True:
-            with lock:
-                i = next_index[0]
-                if i >= n:
-                    break
-                next_index[0] = i + 1
-            body = bodies[i]
-            headers = {"content-type": "application/x-www-form-urlencoded"} if body else {}
-            for attempt in range(3):  # a dropped keep-alive connection is re-opened
-                try:
-                    started = time.perf_counter()
-                    conn.request(method, path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
-                    latencies[i] = time.perf_counter() - started
-                    statuses[i] = resp.status
-                    if resp.status == 202:
-                        ids[i] = json.loads(data).get("id")
-                    break
-                except (ConnectionError, http.client.HTTPException, OSError):
-                    conn.close()
-                    conn = http.client.HTTPConnection(host, port, timeout=60)
-                    statuses[i] = -1
-        conn.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies, statuses, ids
-
-
-def percentile(values, p):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def start_relay(binary, dest_url, data_dir, consumers):
+def start_relay(binary, data_dir, sink_port, consumers):
     env = dict(os.environ)
     env.update({
         "RELAY_B24_APP_TOKENS": APP_TOKEN,
-        "RELAY_DESTINATION_URL": dest_url,
+        "RELAY_DESTINATION_URL": "http://127.0.0.1:%d/hook" % sink_port,
         "RELAY_DATA_DIR": data_dir,
         "RELAY_ADDR": "127.0.0.1:0",
         "RUST_LOG": env.get("RUST_LOG", "warn"),
     })
-    proc = subprocess.Popen([binary, "serve", "--consumers", str(consumers)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    for name in ("RELAY_B24_WEBHOOK_URL", "RELAY_SIGNING_SECRET", "RELAY_SALESMAN_SECRET"):
+        env.pop(name, None)
+    flags = [] if consumers is None else ["--consumers", str(consumers)]
+    proc = subprocess.Popen([binary, "serve", *flags], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -160,104 +81,207 @@ def start_relay(binary, dest_url, data_dir, consumers):
             break
         if line.startswith("relay: listening on "):
             url = line.split("listening on ", 1)[1].strip()
-            # keep draining stdout (outbox lines) so the relay never blocks on a full pipe
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
             return proc, url
     proc.kill()
     sys.exit("relay did not print its listen address within 60 s")
 
 
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def backlog(db_path):
+    """Rows in the relay's queue (waiting or in flight), read through a read-only connection."""
+    try:
+        conn = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def wrk_healthz(url, threads, connections):
+    out = subprocess.run(["wrk", "-t%d" % threads, "-c%d" % connections, "-d5s", "--latency", url + "/healthz"],
+                         capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def pct(p):
+        m = re.search(r"^\s+%s%%\s+([\d.]+)(us|ms|s)" % p, out, re.M)
+        scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+        return float(m.group(1)) * scale
+    return rate, pct(50), pct(99)
+
+
+def accepted_so_far(db_path):
+    """Envelopes the relay has committed: the send-deduplication table keeps each one for
+    5 minutes, and nothing else deletes from it."""
+    try:
+        conn = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM sent_dedup").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+
+
+def wrk_burst(url, events, threads, connections, db_path):
+    """Sends `events` distinct deals. wrk always runs for its -d duration, so this stops it
+    (SIGINT: wrk then prints its statistics) once the relay has committed every event, or
+    when the count has not moved for 10 s (some were refused)."""
+    env = dict(os.environ)
+    env.update({
+        "LOAD_EVENTS_PER_THREAD": str(events // threads),
+        "LOAD_TS": str(int(time.time())),
+        "LOAD_APP_TOKEN": APP_TOKEN,
+    })
+    wrk = subprocess.Popen(["wrk", "-t%d" % threads, "-c%d" % connections, "-d900s", "--timeout", "30s",
+                            "-s", os.path.join(HERE, "load", "deals.lua"), url],
+                           stdout=subprocess.PIPE, text=True, env=env)
+    last, last_change = -1, time.monotonic()
+    while wrk.poll() is None:
+        n = accepted_so_far(db_path)
+        if n != last:
+            last, last_change = n, time.monotonic()
+        if n >= events or time.monotonic() - last_change > 10:
+            wrk.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    out, _ = wrk.communicate(timeout=60)
+    line = next((l for l in out.splitlines() if l.startswith("LOAD_RESULT ")), None)
+    if line is None:
+        sys.exit("wrk printed no LOAD_RESULT line:\n" + out)
+    return {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+
+
+class Sampler:
+    """(monotonic time, backlog, distinct delivered) every 0.5 s until stopped."""
+
+    def __init__(self, db_path, sink_port):
+        self.db_path, self.sink_port = db_path, sink_port
+        self.samples = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.is_set():
+            queued = backlog(self.db_path)
+            delivered = sink_stats(self.sink_port)["distinct"]
+            if queued is not None:
+                self.samples.append((time.monotonic(), queued, delivered))
+            self.stopping.wait(0.5)
+
+    def stop(self):
+        self.stopping.set()
+        self.thread.join()
+
+
+def band_rates(samples, after):
+    """Delivered/s while the backlog was >= HIGH_BAND and while it was 1..LOW_BAND, over
+    sample intervals that start at or after `after`."""
+    bands = {"high": [0, 0.0], "low": [0, 0.0]}
+    for (t0, q0, d0), (t1, _, d1) in zip(samples, samples[1:]):
+        if t0 < after:
+            continue
+        band = "high" if q0 >= HIGH_BAND else "low" if 0 < q0 <= LOW_BAND else None
+        if band:
+            bands[band][0] += d1 - d0
+            bands[band][1] += t1 - t0
+    return {k: (n / dt if dt else float("nan"), dt) for k, (n, dt) in bands.items()}
+
+
+def wait_delivered(sink_port, expected, deadline_s):
+    """Waits until the sink has `expected` distinct events, or nothing arrives for 60 s."""
+    deadline = time.monotonic() + deadline_s
+    last, last_change = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        stats = sink_stats(sink_port)
+        if stats["distinct"] >= expected:
+            return stats
+        if stats["distinct"] != last:
+            last, last_change = stats["distinct"], time.monotonic()
+        elif time.monotonic() - last_change > 60:
+            break
+        time.sleep(0.2)
+    return sink_stats(sink_port)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--relay", help="URL of a running relay serve (default: start --binary)")
-    ap.add_argument("--binary", help="relay binary to start on a temporary data dir")
-    ap.add_argument("--consumers", type=int, default=4,
-                    help="consumer tasks of the relay started with --binary (relay serve --consumers)")
-    ap.add_argument("--events", type=int, default=10_000)
-    ap.add_argument("--clients", type=int, default=32)
-    ap.add_argument("--dest-port", type=int, default=None,
-                    help="destination port (default 3901 with --relay, any free port with --binary)")
-    ap.add_argument("--forward-deadline", type=float, default=900.0,
-                    help="seconds to wait for every accepted event to be forwarded")
+    ap.add_argument("--binary", required=True, help="relay binary (release build)")
+    ap.add_argument("--consumers", type=int, default=None,
+                    help="relay serve --consumers (default: the binary's own default)")
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--drain-only", action="store_true",
+                    help="queue the burst with --consumers 0, then restart and time the drain alone")
+    ap.add_argument("--deadline", type=float, default=1800.0, help="seconds to wait for delivery")
     args = ap.parse_args()
-    if not args.relay and not args.binary:
-        ap.error("give --relay URL or --binary PATH")
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: install it with `apt-get install -y wrk` (Debian/Ubuntu package)")
+    events = args.events - args.events % args.threads
 
-    capture = Capture()
-    dest_port = args.dest_port if args.dest_port is not None else (3901 if args.relay else 0)
-    dest = start_destination(dest_port, capture)
-    dest_url = "http://127.0.0.1:%d/hook" % dest.server_address[1]
-
-    proc = None
-    tmp = None
-    if args.relay:
-        relay_url = args.relay
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="relay-load-")
-        proc, relay_url = start_relay(args.binary, dest_url, tmp.name, args.consumers)
-    parsed = urllib.parse.urlparse(relay_url)
-    host, port = parsed.hostname, parsed.port
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        sys.exit("load.py talks to loopback only")
-
+    sink, sink_port = start_sink()
+    tmp = tempfile.TemporaryDirectory(prefix="relay-load-")
+    db_path = os.path.join(tmp.name, "relay.db")
+    relay = None
     try:
-        print("relay %s, destination %s, %d events, %d clients"
-              % (relay_url, dest_url, args.events, args.clients))
-
-        # Baseline: the same number of requests, same clients, against /healthz.
-        base_wall, base_lat, base_status, _ = burst(host, port, "GET", "/healthz",
-                                                    [None] * args.events, args.clients)
-        base_ok = sum(1 for s in base_status if s == 200)
-
-        ts0 = int(time.time())
-        bodies = [bitrix24_form(i, ts0) for i in range(args.events)]
+        relay, url = start_relay(args.binary, tmp.name, sink_port, 0 if args.drain_only else args.consumers)
+        print("relay %s (%s), sink 127.0.0.1:%d, %d events, wrk %d threads x %d connections%s"
+              % (url, args.binary, sink_port, events, args.threads, args.connections,
+                 ", drain only" if args.drain_only else ""))
+        base_rate, base_p50, base_p99 = wrk_healthz(url, args.threads, args.connections)
+        sampler = Sampler(db_path, sink_port)
         started = time.monotonic()
-        wall, lat, statuses, ids = burst(host, port, "POST", "/deal", bodies, args.clients)
-        accepted = [i for i in ids if i]
-        other = {}
-        for s in statuses:
-            if s != 202:
-                other[s] = other.get(s, 0) + 1
+        result = wrk_burst(url, events, args.threads, args.connections, db_path)
+        burst_s = result["duration_us"] / 1e6
+        burst_end = started + burst_s
+        if args.drain_only:
+            stop(relay)
+            relay, url = start_relay(args.binary, tmp.name, sink_port, args.consumers)
+            started = burst_end = time.monotonic()
+        stats = wait_delivered(sink_port, result["accepted"], args.deadline)
+        time.sleep(1.0)  # a late duplicate would arrive now
+        sampler.stop()
+        stats = sink_stats(sink_port)
+        bands = band_rates(sampler.samples, burst_end)
+        peak = max((q for _, q, _ in sampler.samples), default=0)
 
-        expected = set(accepted)
-        deadline = time.monotonic() + args.forward_deadline
-        while time.monotonic() < deadline:
-            seen, _ = capture.snapshot()
-            if expected.issubset(seen.keys()):
-                break
-            time.sleep(0.05)
-        seen, last_at = capture.snapshot()
-        forwarded_after = (last_at - started) if last_at else float("nan")
-        lost = len(expected - set(seen.keys()))
-        duplicated = sum(c - 1 for c in seen.values() if c > 1)
-        unexpected = len(set(seen.keys()) - expected)
-
-        rate = len(accepted) / wall if wall else float("nan")
-        base_rate = base_ok / base_wall if base_wall else float("nan")
+        accepted = result["accepted"]
+        delivered_s = (stats["last_at"] - started) if stats["last_at"] else float("nan")
+        accept_rate = accepted / burst_s if burst_s else float("nan")
+        delivery_rate = stats["distinct"] / delivered_s if delivered_s else float("nan")
         print()
-        print("baseline GET /healthz : %6d ok  %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms"
-              % (base_ok, base_rate, percentile(base_lat, 50) * 1e3, percentile(base_lat, 99) * 1e3))
-        print("ingest  POST /deal    : %6d accepted (202)  %8.0f accepted/s  p50 %6.2f ms  p99 %6.2f ms"
-              % (len(accepted), rate, percentile(lat, 50) * 1e3, percentile(lat, 99) * 1e3))
-        if other:
-            print("  other statuses      :", ", ".join("%s x%d" % kv for kv in sorted(other.items())))
-        print("ingest / baseline     : %.2f of the baseline rate" % (rate / base_rate))
-        print("all forwarded after   : %.1f s from the first request (burst took %.1f s)"
-              % (forwarded_after, wall))
-        print("lost                  : %d" % lost)
-        print("duplicated            : %d" % duplicated)
-        if unexpected:
-            print("unexpected ids        : %d" % unexpected)
+        print("baseline GET /healthz  : %8.0f req/s  p50 %6.2f ms  p99 %6.2f ms" % (base_rate, base_p50, base_p99))
+        print("POST /deal accepted    : %d of %d (%d refused, %d socket errors) in %.1f s: %.0f accepted/s  "
+              "p50 %.2f ms  p99 %.2f ms  (%d /healthz fillers in the tail)"
+              % (accepted, events, result["refused"], result["socket_errors"], burst_s, accept_rate,
+                 result["p50_us"] / 1e3, result["p99_us"] / 1e3, result["fillers"]))
+        print("delivered              : %d in %.1f s from the %s: %.0f delivered/s (%.2f of the acceptance rate)"
+              % (stats["distinct"], delivered_s, "drain start" if args.drain_only else "first request",
+                 delivery_rate, delivery_rate / accept_rate if not args.drain_only else float("nan")))
+        print("peak backlog           : %d" % peak)
+        for name, label in (("high", ">= %d queued" % HIGH_BAND), ("low", "<= %d queued" % LOW_BAND)):
+            rate, seconds = bands[name]
+            print("drain rate %-12s: %8.0f delivered/s over %.1f s (after the burst)" % (label, rate, seconds))
+        high, low = bands["high"][0], bands["low"][0]
+        print("high band / low band   : %.2f" % (high / low if low == low and low else float("nan")))
+        print("lost                   : %d" % max(0, accepted - stats["distinct"]))
+        print("duplicated             : %d" % (stats["total"] - stats["distinct"]))
     finally:
-        if proc:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        dest.shutdown()
-        if tmp:
-            tmp.cleanup()
+        if relay:
+            stop(relay)
+        sink.kill()
+        tmp.cleanup()
+
 
 
 if __name__ == "__main__":

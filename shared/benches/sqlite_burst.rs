@@ -1,19 +1,33 @@
 //! How fast the embedded store takes a Bitrix24-style burst: 10,000 envelopes from 32
 //! concurrent senders, each `send` returning only once its event is committed (FULL fsync,
-//! group commit). `cargo bench -p shared --bench sqlite_burst`.
+//! group commit); and what one consumer step (receive a batch of 10, delete it) costs with a
+//! 100,000-message backlog against a 1,000-message one, ratio printed at the end.
+//! `cargo bench -p shared --bench sqlite_burst`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shared::event::{envelope_id, Family, RelayEvent, Source};
 use shared::local::SqliteStore;
-use shared::ports::Queue;
+use shared::ports::{PollingQueue, Queue};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const EVENTS: usize = 10_000;
 const SENDERS: usize = 32;
+/// Backlogs for the receive bench; every message its own entity (group), as in a burst of
+/// distinct deals, so every message is a group head.
+const DEEP_BACKLOG: usize = 100_000;
+const SHALLOW_BACKLOG: usize = 1_000;
+const BATCH: usize = 10;
+/// Senders filling a backlog: more of them make bigger group-commit rounds, so the 100,000
+/// sends of the setup take seconds, not minutes.
+const FILL_SENDERS: usize = 256;
 
 fn event(n: usize) -> RelayEvent {
-    let entity = (n % 500).to_string();
+    event_of(n, n % 500)
+}
+
+fn event_of(n: usize, entity: usize) -> RelayEvent {
+    let entity = entity.to_string();
     let data = serde_json::json!({"FIELDS": {"ID": entity}, "n": n});
     RelayEvent {
         v: 1,
@@ -82,5 +96,103 @@ fn sqlite_burst(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-criterion_group!(benches, sqlite_burst);
+/// Sends events `from..to` (each its own entity) from `FILL_SENDERS` concurrent senders.
+async fn fill(store: &Arc<SqliteStore>, from: usize, to: usize) {
+    let senders: Vec<_> = (0..FILL_SENDERS)
+        .map(|sender| {
+            let store = Arc::clone(store);
+            tokio::spawn(async move {
+                for n in (from + sender..to).step_by(FILL_SENDERS) {
+                    store.send(&event_of(n, n)).await.expect("send");
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.expect("sender task");
+    }
+}
+
+/// Times `iters` consumer steps (receive 10, delete them) on a store holding about
+/// `backlog` messages; refills outside the timed part so the backlog stays within 5% of it.
+fn receive_steps(
+    runtime: &tokio::runtime::Runtime,
+    store: &Arc<SqliteStore>,
+    backlog: usize,
+    next: &mut usize,
+    iters: u64,
+) -> Duration {
+    let refill_after = (backlog / 20).max(BATCH);
+    let mut total = Duration::ZERO;
+    let mut taken = 0;
+    for _ in 0..iters {
+        if taken >= refill_after {
+            runtime.block_on(fill(store, *next, *next + taken));
+            *next += taken;
+            taken = 0;
+        }
+        total += runtime.block_on(async {
+            let started = Instant::now();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let got = store
+                .receive(BATCH, Duration::from_secs(300), now_ms)
+                .await
+                .expect("receive");
+            for message in &got {
+                store.delete(&message.receipt).await.expect("delete");
+            }
+            assert_eq!(got.len(), BATCH, "the backlog ran dry");
+            started.elapsed()
+        });
+        taken += BATCH;
+    }
+    total
+}
+
+fn receive_by_backlog(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let root = std::env::temp_dir().join(format!("crm-relay-bench-rx-{}", std::process::id()));
+    let mut group = c.benchmark_group("sqlite_receive");
+    group.sample_size(20);
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut means = Vec::new();
+    for backlog in [SHALLOW_BACKLOG, DEEP_BACKLOG] {
+        let dir = root.join(backlog.to_string());
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(SqliteStore::open(&dir).expect("open store"));
+        runtime.block_on(fill(&store, 0, backlog));
+        let mut next = backlog;
+        let mut timed = (Duration::ZERO, 0u64);
+        group.bench_function(format!("receive_10_delete_10_backlog_{backlog}"), |b| {
+            b.iter_custom(|iters| {
+                let spent = receive_steps(&runtime, &store, backlog, &mut next, iters);
+                timed = (timed.0 + spent, timed.1 + iters);
+                spent
+            })
+        });
+        means.push((
+            backlog,
+            timed.0 / u32::try_from(timed.1.max(1)).unwrap_or(u32::MAX),
+        ));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    group.finish();
+    let _ = std::fs::remove_dir_all(&root);
+    if let [(small, shallow), (large, deep)] = means[..] {
+        println!(
+            "receive+delete of {BATCH}: {shallow:.2?} at a backlog of {small}, {deep:.2?} at {large}: \
+             deep / shallow = {:.2}",
+            deep.as_secs_f64() / shallow.as_secs_f64()
+        );
+    }
+}
+
+criterion_group!(benches, sqlite_burst, receive_by_backlog);
 criterion_main!(benches);

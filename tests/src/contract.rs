@@ -673,6 +673,89 @@ pub async fn polling_visibility_and_max_receives(queue: &dyn PollingQueue, max_r
     assert!(letters[0].reason.contains(&max_receive_count.to_string()));
 }
 
+/// A retry delay holds the whole group: the next message of the entity never overtakes the
+/// one waiting out its delay, while other groups go on; once the delay ends the same message
+/// comes back first.
+pub async fn polling_retry_delay_holds_group(queue: &dyn PollingQueue) {
+    let portal = unique("portal");
+    let (a1, a2, b1) = (
+        sample_event(&portal, "a", 1),
+        sample_event(&portal, "a", 2),
+        sample_event(&portal, "b", 1),
+    );
+    for e in [&a1, &a2, &b1] {
+        queue.send(e).await.unwrap();
+    }
+    let now = now_ms();
+    let got = queue.receive(10, HIDE, now).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(body_event(&got[0]).id, a1.id);
+    queue
+        .retry_after(&got[0].receipt, Duration::from_secs(600))
+        .await
+        .unwrap();
+    queue.delete(&got[1].receipt).await.unwrap();
+    assert!(
+        queue.receive(10, HIDE, now).await.unwrap().is_empty(),
+        "a2 must wait behind a1's retry delay"
+    );
+    let after_delay = now + 601_000;
+    let again = queue.receive(10, HIDE, after_delay).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(body_event(&again[0]).id, a1.id);
+    assert_eq!(again[0].receive_count, 2);
+    queue.delete(&again[0].receipt).await.unwrap();
+    let next = queue.receive(10, HIDE, after_delay).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(body_event(&next[0]).id, a2.id);
+}
+
+/// A message whose visibility timeout ended keeps its place: it comes out before messages
+/// of other entities sent after it, however many of those are waiting.
+pub async fn polling_returned_message_is_not_overtaken(queue: &dyn PollingQueue) {
+    let portal = unique("portal");
+    let first = sample_event(&portal, "first", 1);
+    queue.send(&first).await.unwrap();
+    let got = queue.receive(1, HIDE, T0).await.unwrap();
+    assert_eq!(body_event(&got[0]).id, first.id);
+    let later: Vec<RelayEvent> = (0..20)
+        .map(|n| sample_event(&portal, &format!("later-{n}"), 1))
+        .collect();
+    for e in &later {
+        queue.send(e).await.unwrap();
+    }
+    let expired = T0 + HIDE.as_millis() as i64;
+    let next = queue.receive(1, HIDE, expired).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        body_event(&next[0]).id,
+        first.id,
+        "the returned message goes first"
+    );
+    assert_eq!(next[0].receive_count, 2);
+    let rest = queue.receive(10, HIDE, expired).await.unwrap();
+    let ids: Vec<String> = rest.iter().map(|m| body_event(m).id).collect();
+    let expected: Vec<String> = later[..10].iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, expected, "other entities in the order they were sent");
+}
+
+/// Parking the message in flight hands its entity's group to the next message.
+pub async fn queue_park_moves_group_on(queue: &dyn Queue, probe: &dyn QueueProbe) {
+    let portal = unique("portal");
+    let (a1, a2) = (sample_event(&portal, "a", 1), sample_event(&portal, "a", 2));
+    queue.send(&a1).await.unwrap();
+    queue.send(&a2).await.unwrap();
+    let got = probe.receive_now(HIDE).await;
+    assert_eq!(got.len(), 1, "one message in flight per group");
+    assert_eq!(body_event(&got[0]).id, a1.id);
+    queue.park_dead_letter(&got[0], "permanent").await.unwrap();
+    probe.delete(&got[0].receipt).await;
+    let next = probe.receive_now(HIDE).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(body_event(&next[0]).id, a2.id);
+    probe.delete(&next[0].receipt).await;
+}
+
 /// Hands `$on_store` (a test file's macro taking `$($name:ident),*`) the store checks every
 /// backend must pass, so SQLite and DynamoDB run the same list.
 #[macro_export]
@@ -703,6 +786,7 @@ macro_rules! queue_contract_tests {
             queue_group_order,
             queue_retry_after,
             queue_park_dead_letter,
+            queue_park_moves_group_on,
             queue_redrive,
         }
     };

@@ -37,6 +37,8 @@ integration_tests::store_contract_tests!(on_sqlite);
 // Only the embedded queue is polled; SQS hands messages to Lambda's event source mapping.
 on_sqlite! {
     polling_one_in_flight_per_group,
+    polling_retry_delay_holds_group,
+    polling_returned_message_is_not_overtaken,
 }
 
 integration_tests::queue_contract_tests!(queue_on_sqlite);

@@ -38,9 +38,11 @@ pub struct ServeArgs {
     /// ONOFFLINEEVENT); off unless given.
     #[arg(long, value_name = "SECONDS")]
     poll_offline: Option<u64>,
-    /// Batches processed at once, like concurrent consumer Lambdas. Order per entity holds
-    /// whatever the number: the queue hands out one message per entity at a time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Batches processed at once, like concurrent consumer Lambdas: up to this many requests
+    /// to a destination at a time; lower it for a destination that cannot take that many.
+    /// Order per entity holds whatever the number: the queue hands out one message per entity
+    /// at a time. 0 only accepts and queues (a later `relay serve` forwards the backlog).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=64))]
     consumers: u16,
 }
 

@@ -30,7 +30,7 @@ impl AttemptLog for SqliteStore {
 
     async fn list(&self, event_id: &str) -> Result<Vec<Attempt>, StoreError> {
         let event_id = event_id.to_string();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT event_id, at_ms, destination, status, latency_ms, outcome, error

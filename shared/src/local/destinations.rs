@@ -11,7 +11,7 @@ use rusqlite::{params, OptionalExtension};
 impl DestinationStatus for SqliteStore {
     async fn disabled(&self, destination: &str) -> Result<Option<String>, StoreError> {
         let destination = destination.to_string();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             conn.query_row(
                 "SELECT reason FROM destinations WHERE destination = ?1",
                 params![destination],

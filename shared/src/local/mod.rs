@@ -1,6 +1,8 @@
 //! The embedded store behind `relay serve`: one SQLite file (`<dir>/relay.db`, WAL) that
 //! plays SQS and DynamoDB for every port, plus `<dir>/outbox.jsonl` for forwards that have no
 //! destination. Same contract as the AWS adapters; the contract tests hold both to it.
+//! One writer connection commits every write in rounds (`writer`); reads use their own
+//! connections (`readers`).
 
 mod attempts;
 mod dedup;
@@ -8,13 +10,15 @@ mod destinations;
 mod outbox;
 pub mod private_files;
 mod queue;
+mod readers;
 mod snapshots;
 mod tokens;
+mod writer;
 
 pub use outbox::JsonlOutbox;
 
 use crate::error::StoreError;
-use queue::PendingSends;
+use readers::Readers;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,7 +32,8 @@ pub const DB_FILE: &str = "relay.db";
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = crate::forward::DEFAULT_MAX_RECEIVE_COUNT;
 
 /// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
-/// 2: dedup claims carry their `owner`.
+/// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index
+/// (`queue::index_group_heads`).
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -41,6 +46,7 @@ CREATE TABLE IF NOT EXISTS queue (
     visible_at_ms INTEGER NOT NULL DEFAULT 0,
     receive_count INTEGER NOT NULL DEFAULT 0,
     receipt TEXT UNIQUE
+    -- is_head: added by queue::index_group_heads (schema 2)
 );
 CREATE INDEX IF NOT EXISTS queue_group_order ON queue(group_id, seq);
 CREATE TABLE IF NOT EXISTS sent_dedup (
@@ -100,7 +106,7 @@ CREATE TABLE IF NOT EXISTS destinations (
 );
 ";
 
-/// Every port on one SQLite database. Cheap to clone: clones share the connection.
+/// Every port on one SQLite database. Cheap to clone: clones share the connections.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -108,11 +114,12 @@ pub struct SqliteStore {
 
 struct Inner {
     dir: PathBuf,
-    /// `rusqlite::Connection` is `Send` but not `Sync`: one connection behind a mutex, used
-    /// only from `spawn_blocking`, so no query ever blocks the async runtime.
-    conn: Mutex<Connection>,
-    /// Sends waiting for the next group commit (see `queue`).
-    pending: Mutex<PendingSends>,
+    /// The one write connection; SQLite has one writer at a time anyway, and batching the
+    /// writes of concurrent callers into one transaction is what makes a burst cheap.
+    writer: writer::Writer,
+    /// Read-only connections, used only from `spawn_blocking`, so no query ever blocks the
+    /// async runtime.
+    readers: Readers,
     max_receive_count: AtomicU32,
     outbox: JsonlOutbox,
 }
@@ -122,7 +129,7 @@ impl SqliteStore {
     ///
     /// WAL mode. Sends commit with `synchronous=FULL`: ingress answers 202 right after `send`
     /// returns, so an accepted event must survive a power cut, not only a killed process;
-    /// group commit keeps that to one fsync per round of waiting sends. Everything else
+    /// group commit keeps that to one fsync per round of waiting writes. Everything else
     /// (receive, delete, claims, attempts) commits at NORMAL, which in WAL mode survives a
     /// killed process; a power cut may undo the last of those steps, which only replays
     /// work: the message is delivered again and forwarded with the same `webhook-id`, as
@@ -143,8 +150,8 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                conn: Mutex::new(conn),
-                pending: Mutex::new(PendingSends::default()),
+                writer: writer::Writer::new(conn),
+                readers: Readers::new(path),
                 max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
                 outbox: JsonlOutbox::new(dir.join(outbox::OUTBOX_FILE)),
             }),
@@ -172,7 +179,7 @@ impl SqliteStore {
         self.inner.max_receive_count.load(Ordering::Relaxed)
     }
 
-    /// Runs one write statement on the blocking pool; `operation` names it in the error.
+    /// Runs one write statement in the writer's next round; `operation` names it in the error.
     async fn execute_write<P>(
         &self,
         operation: &'static str,
@@ -189,16 +196,27 @@ impl SqliteStore {
         .await
     }
 
-    /// Runs `work` on the connection on the blocking pool.
+    /// Runs `work` on the write connection in the writer's next round (its own savepoint:
+    /// an error undoes all of `work` and nothing else); returns once the round is committed.
     async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write(false, work).await
+    }
+
+    /// Runs read-only `work` on a reader connection on the blocking pool; it sees every
+    /// write that returned before it started.
+    async fn with_reader<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || work(&mut lock(&inner.conn)))
+        tokio::task::spawn_blocking(move || inner.readers.run(work))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("sqlite worker failed: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("sqlite reader failed: {e}")))?
     }
 }
 
@@ -224,15 +242,19 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
             "data directory was written by a newer relay (schema {version}, this build knows {SCHEMA_VERSION})"
         )));
     }
-    conn.execute_batch(SCHEMA).map_err(db("schema"))?;
+    // One transaction: a second process opening the same directory never sees half a schema.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(db("schema: begin"))?;
+    tx.execute_batch(SCHEMA).map_err(db("schema"))?;
     if version == 1 {
         // Claims of a schema-1 store have no owner: none can be extended, they only expire.
-        conn.execute_batch("ALTER TABLE dedup ADD COLUMN owner TEXT")
+        tx.execute_batch("ALTER TABLE dedup ADD COLUMN owner TEXT")
             .map_err(db("schema 1 -> 2"))?;
     }
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+    queue::index_group_heads(&tx)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
-    Ok(())
+    tx.commit().map_err(db("schema: commit"))
 }
 
 /// A poisoned lock only means another query panicked; SQLite rolled its transaction back

@@ -2,15 +2,13 @@
 //! cloud build. Per-group order with one message in flight per group, visibility timeouts,
 //! receive counts, a dead-letter table after too many receives, and redrive.
 
-use super::{db, duration_ms, lock, unix_ms_now, Inner, SqliteStore};
+use super::{db, duration_ms, unix_ms_now, SqliteStore};
 use crate::error::StoreError;
 use crate::event::RelayEvent;
 use crate::ports::{DeadLetter, PollingQueue, Queue, QueueMessage, RedriveFilter};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// SQS FIFO drops a send whose deduplication id it saw in the last 5 minutes; so do we.
 pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
@@ -18,19 +16,44 @@ pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 /// at least one message, so this only bounds a pathological backlog of poison messages.
 const MAX_DEAD_LETTER_ROUNDS: usize = 1000;
 
-/// One send waiting for the next group commit.
-struct PendingSend {
-    message: NewMessage,
-    done: oneshot::Sender<Result<(), String>>,
-}
+/// Group heads, kept by SQLite itself so every path that adds or removes a message (send,
+/// redrive, delete, park, dead-letter) keeps them right: `is_head` marks the oldest message
+/// of each group, and a partial index over the heads by (visible_at_ms, seq) lets `receive`
+/// read the next visible heads directly instead of grouping the whole queue per call.
+/// `seq` only grows, so a new message is a head exactly when its group was empty, and a
+/// removed head hands the mark to the next oldest of its group.
+const GROUP_HEADS: &str = "
+CREATE INDEX IF NOT EXISTS queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
+CREATE TRIGGER IF NOT EXISTS queue_head_on_insert AFTER INSERT ON queue
+WHEN NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
+BEGIN
+    UPDATE queue SET is_head = 1 WHERE seq = NEW.seq;
+END;
+CREATE TRIGGER IF NOT EXISTS queue_head_on_delete AFTER DELETE ON queue
+WHEN OLD.is_head = 1
+BEGIN
+    UPDATE queue SET is_head = 1
+    WHERE seq = (SELECT MIN(seq) FROM queue WHERE group_id = OLD.group_id);
+END;
+";
 
-/// Sends not yet committed, and whether a committer is running. One committer at a time
-/// drains everything that queued up while it committed, so a burst costs one fsync per
-/// round instead of one per event.
-#[derive(Default)]
-pub(super) struct PendingSends {
-    queue: Vec<PendingSend>,
-    committer_running: bool,
+/// Schema 2: adds `is_head` to a queue written by schema 1 (marking the heads of what is
+/// already queued), then the index and triggers that keep it.
+pub(super) fn index_group_heads(conn: &Connection) -> Result<(), StoreError> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'is_head'")
+        .and_then(|mut stmt| stmt.exists([]))
+        .map_err(db("schema: queue columns"))?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE queue ADD COLUMN is_head INTEGER NOT NULL DEFAULT 0;
+             UPDATE queue SET is_head = 1
+             WHERE seq IN (SELECT MIN(seq) FROM queue GROUP BY group_id);",
+        )
+        .map_err(db("schema: queue heads"))?;
+    }
+    conn.execute_batch(GROUP_HEADS)
+        .map_err(db("schema: queue heads"))
 }
 
 struct NewMessage {
@@ -43,123 +66,47 @@ fn new_message_id() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
-/// Commits rounds of pending sends until none are left, then steps down.
-fn run_committer(inner: &Inner) {
-    // If a commit panics, the next sender must be able to start a committer again; the
-    // senders of the lost round see their channel closed and report the store unavailable.
-    struct StepDownOnPanic<'a>(&'a Inner);
-    impl Drop for StepDownOnPanic<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                lock(&self.0.pending).committer_running = false;
-            }
-        }
+/// Enqueues one send unless its deduplication id was sent within the window. Runs in the
+/// writer's round: concurrent sends share one transaction and one fsync.
+fn enqueue(conn: &Connection, m: &NewMessage, now_ms: i64) -> Result<(), StoreError> {
+    // An index range on the send time: finds nothing to do in O(log n) most of the time.
+    conn.prepare_cached("DELETE FROM sent_dedup WHERE sent_at_ms < ?1")
+        .and_then(|mut stmt| stmt.execute(params![now_ms - DEDUP_WINDOW_MS]))
+        .map_err(db("send: expire dedup ids"))?;
+    let remembered = conn
+        .prepare_cached(
+            "INSERT INTO sent_dedup (dedup_id, sent_at_ms) VALUES (?1, ?2)
+             ON CONFLICT (dedup_id) DO NOTHING",
+        )
+        .and_then(|mut stmt| stmt.execute(params![m.dedup_id, now_ms]))
+        .map_err(db("send: dedup"))?;
+    if remembered == 0 {
+        return Ok(());
     }
-    let _guard = StepDownOnPanic(inner);
-    loop {
-        let batch = {
-            let mut pending = lock(&inner.pending);
-            if pending.queue.is_empty() {
-                pending.committer_running = false;
-                return;
-            }
-            std::mem::take(&mut pending.queue)
-        };
-        let result = commit_durably(&mut lock(&inner.conn), &batch).map_err(|e| e.to_string());
-        for pending in batch {
-            let _ = pending.done.send(result.clone());
-        }
-    }
-}
-
-/// Commits a round of sends with `synchronous=FULL`: the WAL is fsynced before the senders
-/// hear Ok, because ingress answers 202 on it. The rest of the store runs at NORMAL (see
-/// `SqliteStore::open`); one FULL commit also makes every earlier WAL frame durable.
-fn commit_durably(conn: &mut Connection, batch: &[PendingSend]) -> Result<(), StoreError> {
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(db("send: synchronous"))?;
-    let result = commit_sends(conn, batch, unix_ms_now());
-    let restored = conn
-        .pragma_update(None, "synchronous", "NORMAL")
-        .map_err(db("send: synchronous"));
-    result.and(restored)
-}
-
-/// Commits a round of sends in one transaction: one fsync for all of them.
-fn commit_sends(
-    conn: &mut Connection,
-    batch: &[PendingSend],
-    now_ms: i64,
-) -> Result<(), StoreError> {
-    let tx = conn.transaction().map_err(db("send: begin"))?;
-    tx.execute(
-        "DELETE FROM sent_dedup WHERE sent_at_ms < ?1",
-        params![now_ms - DEDUP_WINDOW_MS],
+    conn.prepare_cached(
+        "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES (?1, ?2, ?3, ?4)",
     )
-    .map_err(db("send: expire dedup ids"))?;
-    {
-        let mut seen = tx
-            .prepare_cached("SELECT 1 FROM sent_dedup WHERE dedup_id = ?1")
-            .map_err(db("send: prepare"))?;
-        let mut remember = tx
-            .prepare_cached("INSERT INTO sent_dedup (dedup_id, sent_at_ms) VALUES (?1, ?2)")
-            .map_err(db("send: prepare"))?;
-        let mut enqueue = tx
-            .prepare_cached(
-                "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db("send: prepare"))?;
-        for pending in batch {
-            let m = &pending.message;
-            if seen
-                .exists(params![m.dedup_id])
-                .map_err(db("send: dedup"))?
-            {
-                continue;
-            }
-            remember
-                .execute(params![m.dedup_id, now_ms])
-                .map_err(db("send: dedup"))?;
-            enqueue
-                .execute(params![new_message_id(), m.dedup_id, m.group_id, m.body])
-                .map_err(db("send: insert"))?;
-        }
-    }
-    tx.commit().map_err(db("send: commit"))
+    .and_then(|mut stmt| stmt.execute(params![new_message_id(), m.dedup_id, m.group_id, m.body]))
+    .map_err(db("send: insert"))?;
+    Ok(())
 }
 
 #[async_trait]
 impl Queue for SqliteStore {
     /// Returns once the event is committed (and fsynced). Sends that arrive while a commit
-    /// runs are committed together in the committer's next round.
+    /// runs are committed together in the writer's next round.
     async fn send(&self, event: &RelayEvent) -> Result<(), StoreError> {
         let body = serde_json::to_string(event)
             .map_err(|e| StoreError::Corrupt(format!("envelope does not serialize: {e}")))?;
-        let (done, committed) = oneshot::channel();
-        let start_committer = {
-            let mut pending = lock(&self.inner.pending);
-            pending.queue.push(PendingSend {
-                message: NewMessage {
-                    dedup_id: event.deduplication_id().to_string(),
-                    group_id: event.message_group_id(),
-                    body,
-                },
-                done,
-            });
-            !std::mem::replace(&mut pending.committer_running, true)
+        let message = NewMessage {
+            dedup_id: event.deduplication_id().to_string(),
+            group_id: event.message_group_id(),
+            body,
         };
-        if start_committer {
-            let inner = Arc::clone(&self.inner);
-            // Detached on purpose: it keeps committing for later senders after ours is done.
-            tokio::task::spawn_blocking(move || run_committer(&inner));
-        }
-        match committed.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::Unavailable(reason)),
-            Err(_) => Err(StoreError::Unavailable(
-                "sqlite send: the committing worker stopped".into(),
-            )),
-        }
+        self.inner
+            .writer
+            .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
+            .await
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
@@ -184,8 +131,7 @@ impl Queue for SqliteStore {
     ) -> Result<(), StoreError> {
         let message = message.clone();
         let reason = reason.to_string();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(db("park: begin"))?;
+        self.with_conn(move |tx| {
             let dedup_id: Option<String> = tx
                 .query_row(
                     "SELECT dedup_id FROM queue WHERE message_id = ?1",
@@ -212,7 +158,7 @@ impl Queue for SqliteStore {
                 params![message.message_id],
             )
             .map_err(db("park: delete"))?;
-            tx.commit().map_err(db("park: commit"))
+            Ok(())
         })
         .await
     }
@@ -226,33 +172,44 @@ struct Head {
     receive_count: u32,
 }
 
+/// Up to `limit` heads visible at `now_ms`, oldest first. Only the oldest message of a group
+/// may be delivered, and only while it is visible: a message in flight (or waiting out a
+/// retry delay) holds its whole group back. Two ranges of the visible-heads index, each read
+/// no further than `limit` rows: heads never received (`visible_at_ms = 0`) in queue order,
+/// and heads whose visibility timeout or retry delay has ended, soonest visible first.
 fn visible_heads(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Head>, StoreError> {
-    // Only the oldest message of a group may be delivered, and only while it is visible:
-    // a message in flight (or waiting out a retry delay) holds its whole group back.
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT q.seq, q.message_id, q.group_id, q.body, q.receive_count
-             FROM (SELECT MIN(seq) AS seq FROM queue GROUP BY group_id) AS heads
-             JOIN queue AS q ON q.seq = heads.seq
-             WHERE q.visible_at_ms <= ?1
-             ORDER BY q.seq
-             LIMIT ?2",
-        )
-        .map_err(db("receive: prepare"))?;
-    let rows = stmt
-        .query_map(params![now_ms, limit as i64], |row| {
-            Ok(Head {
-                seq: row.get(0)?,
-                message_id: row.get(1)?,
-                group_id: row.get(2)?,
-                body: row.get(3)?,
-                receive_count: row.get(4)?,
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut heads = Vec::new();
+    for sql in [NEVER_RECEIVED_HEADS, RETURNED_HEADS] {
+        let mut stmt = conn.prepare_cached(sql).map_err(db("receive: prepare"))?;
+        let rows = stmt
+            .query_map(params![now_ms, limit], |row| {
+                Ok(Head {
+                    seq: row.get(0)?,
+                    message_id: row.get(1)?,
+                    group_id: row.get(2)?,
+                    body: row.get(3)?,
+                    receive_count: row.get(4)?,
+                })
             })
-        })
-        .map_err(db("receive: select"))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(db("receive: select"))
+            .map_err(db("receive: select"))?;
+        for row in rows {
+            heads.push(row.map_err(db("receive: select"))?);
+        }
+    }
+    heads.sort_by_key(|head| head.seq);
+    heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(heads)
 }
+
+/// `?1` is now (unused here: a head never received is visible), `?2` the limit.
+const NEVER_RECEIVED_HEADS: &str =
+    "SELECT seq, message_id, group_id, body, receive_count FROM queue
+     WHERE is_head = 1 AND visible_at_ms = 0
+     ORDER BY seq LIMIT ?2";
+const RETURNED_HEADS: &str = "SELECT seq, message_id, group_id, body, receive_count FROM queue
+     WHERE is_head = 1 AND visible_at_ms > 0 AND visible_at_ms <= ?1
+     ORDER BY visible_at_ms, seq LIMIT ?2";
 
 #[async_trait]
 impl PollingQueue for SqliteStore {
@@ -263,14 +220,13 @@ impl PollingQueue for SqliteStore {
         now_ms: i64,
     ) -> Result<Vec<QueueMessage>, StoreError> {
         let max_receive_count = self.max_receive_count();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(db("receive: begin"))?;
+        self.with_conn(move |tx| {
             let mut out = Vec::new();
             for _ in 0..MAX_DEAD_LETTER_ROUNDS {
                 if out.len() >= max {
                     break;
                 }
-                let heads = visible_heads(&tx, now_ms, max - out.len())?;
+                let heads = visible_heads(tx, now_ms, max - out.len())?;
                 if heads.is_empty() {
                     break;
                 }
@@ -317,7 +273,6 @@ impl PollingQueue for SqliteStore {
                     break;
                 }
             }
-            tx.commit().map_err(db("receive: commit"))?;
             Ok(out)
         })
         .await
@@ -334,7 +289,7 @@ impl PollingQueue for SqliteStore {
     }
 
     async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.with_conn(|conn| {
+        self.with_reader(|conn| {
             Ok(dead_letter_rows(conn)?
                 .into_iter()
                 .map(|(_, _, letter)| letter)
@@ -345,10 +300,9 @@ impl PollingQueue for SqliteStore {
 
     async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, StoreError> {
         let filter = filter.clone();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(db("redrive: begin"))?;
+        self.with_conn(move |tx| {
             let mut moved = 0;
-            for (seq, dedup_id, letter) in dead_letter_rows(&tx)? {
+            for (seq, dedup_id, letter) in dead_letter_rows(tx)? {
                 if !filter.selects(&letter, Some(&dedup_id)) {
                     continue;
                 }
@@ -363,7 +317,6 @@ impl PollingQueue for SqliteStore {
                     .map_err(db("redrive: delete"))?;
                 moved += 1;
             }
-            tx.commit().map_err(db("redrive: commit"))?;
             Ok(moved)
         })
         .await
@@ -400,12 +353,89 @@ fn dead_letter_rows(conn: &Connection) -> Result<Vec<(i64, String, DeadLetter)>,
 impl SqliteStore {
     /// Messages in the queue, in flight or not (for `relay` status lines and tests).
     pub async fn queue_depth(&self) -> Result<usize, StoreError> {
-        self.with_conn(|conn| {
+        self.with_reader(|conn| {
             let n: i64 = conn
                 .query_row("SELECT COUNT(*) FROM queue", [], |row| row.get(0))
                 .map_err(db("queue depth"))?;
             Ok(usize::try_from(n).unwrap_or(0))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The receive queries read the visible-heads index in its own order: no scan of the
+    /// queue and no sort, which is what keeps a receive O(batch) in a deep backlog.
+    #[test]
+    fn receive_reads_heads_from_the_index_without_sorting() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                visible_at_ms INTEGER NOT NULL DEFAULT 0,
+                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE);
+             CREATE INDEX queue_group_order ON queue(group_id, seq);",
+        )
+        .unwrap();
+        index_group_heads(&conn).unwrap();
+        for sql in [NEVER_RECEIVED_HEADS, RETURNED_HEADS] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(params![0, 10], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("USING INDEX queue_visible_heads"),
+                "{sql}\n{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+        }
+    }
+
+    /// A queue written by schema 1 (no `is_head`) opens with the heads of what it holds
+    /// marked: one message per group comes out, oldest first, and the rest follow in order.
+    #[tokio::test]
+    async fn a_schema_1_queue_keeps_its_group_order_after_the_upgrade() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-schema1-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join(super::super::DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE queue (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+                    dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+                    receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE);
+                 CREATE INDEX queue_group_order ON queue(group_id, seq);
+                 INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES
+                    ('a1', 'a1', 'a', 'a1'), ('b1', 'b1', 'b', 'b1'),
+                    ('a2', 'a2', 'a', 'a2'), ('b2', 'b2', 'b', 'b2');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let hide = Duration::from_secs(30);
+        let first = store.receive(10, hide, 1).await.unwrap();
+        let bodies: Vec<&str> = first.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["a1", "b1"]);
+        for message in &first {
+            store.delete(&message.receipt).await.unwrap();
+        }
+        let second = store.receive(10, hide, 1).await.unwrap();
+        let bodies: Vec<&str> = second.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["a2", "b2"]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,7 +12,7 @@ use rusqlite::{params, OptionalExtension};
 impl SnapshotStore for SqliteStore {
     async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
         let pk = key.pk();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             let row: Option<(String, i64)> = conn
                 .query_row(
                     "SELECT entity, version FROM snapshots WHERE pk = ?1",

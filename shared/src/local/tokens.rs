@@ -28,7 +28,7 @@ fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
 impl TokenStore for SqliteStore {
     async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
         let member_id = member_id.to_string();
-        self.with_conn(move |conn| {
+        self.with_reader(move |conn| {
             conn.query_row(
                 &format!("SELECT {COLUMNS} FROM portals WHERE member_id = ?1"),
                 params![member_id],
@@ -72,7 +72,7 @@ impl TokenStore for SqliteStore {
     }
 
     async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
-        self.with_conn(|conn| {
+        self.with_reader(|conn| {
             let mut stmt = conn
                 .prepare(&format!("SELECT {COLUMNS} FROM portals ORDER BY member_id"))
                 .map_err(db("tokens list"))?;
