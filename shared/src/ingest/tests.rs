@@ -570,10 +570,18 @@ async fn salesman_header_token_and_form_body_work_too() {
     )
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let ev = &queue.sent()[0];
-    assert_eq!(ev.entity_id, None);
-    assert_eq!(ev.data["clids"], json!(["101", "102"]));
-    assert_eq!(ev.message_group_id(), "salesman#1#company#-");
+    // An import fans out: one envelope per client, each with its own id and group.
+    let sent = queue.sent();
+    assert_eq!(sent.len(), 2);
+    for (ev, clid) in sent.iter().zip(["101", "102"]) {
+        assert_eq!(ev.event, "client.import");
+        assert_eq!(ev.entity_id.as_deref(), Some(clid));
+        assert_eq!(ev.data["clid"], json!(clid));
+        assert_eq!(ev.data.get("clids"), None);
+        assert_eq!(ev.message_group_id(), format!("salesman#1#company#{clid}"));
+    }
+    assert_ne!(sent[0].id, sent[1].id);
+    assert_eq!(reply.body["ids"], json!([sent[0].id, sent[1].id]));
 }
 
 #[tokio::test]
