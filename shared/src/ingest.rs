@@ -7,10 +7,10 @@ use crate::error::IngestError;
 use crate::event::{envelope_id, rfc3339_seconds, Family, RelayEvent, Source, ENVELOPE_VERSION};
 use crate::lifecycle::install::AppLifecycle;
 use crate::parse::bitrix24::{parse_bitrix24, Bitrix24Auth};
-use crate::parse::salesman::{entity_kind, fan_out, parse_salesman};
+use crate::parse::salesman::{fan_out, parse_salesman};
 use crate::parse::{body_encoding, decode_document, detect_source, strip_secrets, ParseError};
 use crate::ports::{Queue, TokenStore};
-use crate::routing::{route, salesman_kind_family};
+use crate::routing::{family_of, route};
 use crate::verify::{
     salesman_presented_secrets, verify_application_token, verify_salesman_secret,
     verify_stored_application_token,
@@ -205,7 +205,7 @@ impl Ingress {
 
     /// One draft per entity the delivery names (`parse::salesman::fan_out`), each with the
     /// family of its own kind: a `client.import` sent to the company URL also queues its
-    /// contacts for the contact family.
+    /// contacts (`person.import`) for the contact family.
     fn salesman_drafts(
         &self,
         req: &IngestRequest<'_>,
@@ -229,14 +229,13 @@ impl Ingress {
         Ok(items
             .into_iter()
             .map(|item| {
-                let family =
-                    if item.event == delivery.event && item.kind == entity_kind(&item.event) {
-                        req.family
-                    } else {
-                        item.kind
-                            .and_then(salesman_kind_family)
-                            .unwrap_or(req.family)
-                    };
+                // What the sender named keeps the routed family (`client.change.recv` is
+                // requisite); a derived event takes its own (`person.import`: contact).
+                let family = if item.event == delivery.event {
+                    req.family
+                } else {
+                    family_of(Source::Salesman, &item.event).unwrap_or(req.family)
+                };
                 let draft = Draft {
                     source: Source::Salesman,
                     portal: delivery.identity.clone(),

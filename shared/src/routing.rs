@@ -105,21 +105,6 @@ pub fn family_of(source: Source, event: &str) -> Option<Family> {
         .map(|r| r.family)
 }
 
-/// The family that takes a SalesMan entity of `kind` (`parse::salesman::entity_kind`) when it
-/// is queued on its own: what an import or `lead.do` fans out to.
-pub fn salesman_kind_family(kind: &str) -> Option<Family> {
-    Some(match kind {
-        "client" => Company,
-        "person" => Contact,
-        "deal" => Deal,
-        "lead" | "entry" => Lead,
-        "invoice" => Invoice,
-        "contract" | "akt" => Document,
-        "task" | "history" => Activity,
-        _ => return None,
-    })
-}
-
 /// Checks that the URL of `called` takes `event`: `UnknownEvent` when no family does,
 /// `WrongFamily` (naming the right one) when another family does.
 pub fn route(source: Source, event: &str, called: Family) -> Result<(), IngestError> {

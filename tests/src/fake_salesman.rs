@@ -23,6 +23,9 @@ pub struct SalesmanState {
     /// (method, id) of records that exist but lie outside the API user's visibility; only
     /// `client/info` and `deal/info` filter by it (`get_people`).
     pub hidden: HashSet<(String, String)>,
+    /// Method files this installation lacks (an older SalesMan): index.php then answers
+    /// an empty body.
+    pub missing_methods: HashSet<String>,
     pub requests: u64,
     /// Every request as (method, action, JSON body), in order.
     pub calls: Vec<(String, String, Value)>,
@@ -44,6 +47,7 @@ impl FakeSalesman {
             apikey: apikey.into(),
             records: HashMap::new(),
             hidden: HashSet::new(),
+            missing_methods: HashSet::new(),
             requests: 0,
             calls: Vec::new(),
         }));
@@ -155,7 +159,7 @@ async fn answer(
         return error(json!(401), "Неизвестный пользователь");
     }
     // index.php includes methods/<method>.php; a missing file prints nothing at all.
-    if !METHODS.contains(&method.as_str()) {
+    if !METHODS.contains(&method.as_str()) || s.missing_methods.contains(&method) {
         return ().into_response();
     }
     if action != "info" {

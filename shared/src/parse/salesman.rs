@@ -67,7 +67,8 @@ pub fn entity_kind(event: &str) -> Option<&'static str> {
 /// owner changes and `lead.do` are several (see [`fan_out`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SalesmanItem {
-    /// The envelope's event name: the delivery's, or `<kind>.add` for what `lead.do` created.
+    /// The envelope's event name: the delivery's, `<kind>.add` for what `lead.do` created,
+    /// `<kind>.import` for the other kind an import lists. Its prefix is always the kind.
     pub event: String,
     /// What the entity id names (see [`entity_kind`]); `None` for an import without ids.
     pub kind: Option<&'static str>,
@@ -96,7 +97,9 @@ const LEAD_DO_CREATED: [(&str, &str, &str); 3] = [
 ];
 
 /// Turns one SalesMan delivery into one item per entity it names:
-/// - `client.import` / `deal.import`: one per id in `clids` / `pids` / `dids`;
+/// - `client.import` / `deal.import`: one per id in `clids` / `pids` / `dids`, named
+///   `client.import` / `person.import` / `deal.import` by the id's kind, marked
+///   `derived_from` with the sent event where that differs;
 /// - bulk `client.change.user` / `deal.change.user` (the list forms of
 ///   `content/core/core.client.php` and `core.deals.php`): one per `info` row, whose
 ///   `clid`/`did`, `title` and `olduser` replace the list;
@@ -122,11 +125,17 @@ pub fn fan_out(delivery: &SalesmanDelivery) -> Result<Vec<SalesmanItem>, ParseEr
             common.remove(list);
         }
         for (list, kind, id_field) in IMPORT_LISTS {
+            // The event names the entity's kind (`person.import` for the contacts of a
+            // client import), so family, `info` method and snapshot follow from it.
+            let event = format!("{kind}.import");
             for id in id_list(data.get(list), list)? {
                 let mut own = common.clone();
                 own.insert(id_field.to_string(), Value::String(id.clone()));
+                if event != delivery.event {
+                    own.insert("derived_from".into(), Value::String(delivery.event.clone()));
+                }
                 items.push(SalesmanItem {
-                    event: delivery.event.clone(),
+                    event: event.clone(),
                     kind: Some(kind),
                     entity_id: Some(id),
                     data: Value::Object(own),
@@ -381,12 +390,16 @@ mod tests {
             vec![
                 ("client.import".into(), Some("client"), Some("101".into())),
                 ("client.import".into(), Some("client"), Some("102".into())),
-                ("client.import".into(), Some("person"), Some("201".into())),
+                ("person.import".into(), Some("person"), Some("201".into())),
             ]
         );
         assert_eq!(
             items[2].data,
-            json!({"pid": "201", "autor": "3", "user": "3"})
+            json!({"pid": "201", "autor": "3", "user": "3", "derived_from": "client.import"})
+        );
+        assert_eq!(
+            items[0].data,
+            json!({"clid": "101", "autor": "3", "user": "3"})
         );
         let deals = fan_out(&form(
             "event=deal.import&identity=1&clids%5B%5D=5&dids%5B%5D=8&dids%5B%5D=0&autor=3",
@@ -395,7 +408,7 @@ mod tests {
         assert_eq!(
             summary(&deals),
             vec![
-                ("deal.import".into(), Some("client"), Some("5".into())),
+                ("client.import".into(), Some("client"), Some("5".into())),
                 ("deal.import".into(), Some("deal"), Some("8".into())),
             ]
         );
