@@ -10,12 +10,11 @@ use integration_tests::fake_bitrix24::PortalLimits;
 use integration_tests::memory::MemoryStore;
 use serde_json::{json, Map, Value};
 use shared::config::RelayConfig;
-use shared::enrich::salesman::{InfoOutcome, SalesmanClient};
+use shared::enrich::salesman::{event_entity_kind, InfoOutcome, SalesmanClient};
 use shared::enrich::Enricher;
 use shared::error::StoreError;
 use shared::event::{Family, RelayEvent, Source};
 use shared::ingest::{IngestRequest, Ingress};
-use shared::parse::salesman::entity_kind;
 use shared::ports::{Queue, QueueMessage, SnapshotKey};
 use shared::secret::Secret;
 use std::sync::{Arc, Mutex};
@@ -447,7 +446,7 @@ async fn every_seed_event_as_form_and_json_reaches_the_destination_enriched() {
                     (
                         e.event.clone(),
                         e.family,
-                        entity_kind(&e.event),
+                        event_entity_kind(e),
                         e.entity_id.clone(),
                     )
                 })

@@ -53,6 +53,15 @@ pub fn info_call(event: &str, id: String) -> Option<InfoCall> {
     })
 }
 
+/// The entity kind of a SalesMan envelope (`None` for Bitrix24 ones): every SalesMan
+/// envelope's event name starts with its kind, derived ones included (`person.import`).
+pub fn event_entity_kind(event: &crate::event::RelayEvent) -> Option<&'static str> {
+    match event.source {
+        crate::event::Source::Salesman => crate::parse::salesman::entity_kind(&event.event),
+        crate::event::Source::Bitrix24 => None,
+    }
+}
+
 /// What v3 said about one record, told apart as its source allows.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InfoOutcome {
@@ -79,6 +88,11 @@ impl InfoOutcome {
             InfoOutcome::NoAccess => Some("no access"),
             _ => None,
         }
+    }
+
+    /// Whether the record is gone: forwarded as deleted, with the previous snapshot.
+    pub fn is_gone(&self) -> bool {
+        matches!(self, InfoOutcome::Gone)
     }
 
     /// The entity to forward; `None` for gone and no access.
