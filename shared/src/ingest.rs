@@ -192,14 +192,11 @@ impl Ingress {
             )],
         };
 
-        // One by one: a failure after some were sent answers 5xx, and a resend of the same
-        // body gives the same envelope ids, which the queue and the consumer deduplicate.
-        let mut events = Vec::with_capacity(drafts.len());
-        for (family, draft) in drafts {
-            let event = draft.into_envelope(family, now);
-            self.queue.send(&event).await.map_err(IngestError::Queue)?;
-            events.push(event);
-        }
+        let events: Vec<RelayEvent> = drafts
+            .into_iter()
+            .map(|(family, draft)| draft.into_envelope(family, now))
+            .collect();
+        send_all(&self.queue, &events).await?;
         Ok(events)
     }
 
@@ -300,6 +297,38 @@ impl Ingress {
         tracing::warn!(portal = %auth.member_id, event = %event, "application_token rejected");
         Err(IngestError::Unauthorized)
     }
+}
+
+/// Sends at most this many envelopes of one delivery at a time: a SalesMan import of
+/// thousands of ids must be queued within the ingest function's timeout.
+const SEND_CONCURRENCY: usize = 16;
+
+/// Queues every envelope of one delivery. They belong to different entities (FIFO groups),
+/// so their order does not matter and they go out concurrently. A failure answers 5xx even if
+/// some were queued: a resend of the same body gives the same envelope ids, which the queue
+/// and the consumer deduplicate.
+async fn send_all(queue: &Arc<dyn Queue>, events: &[RelayEvent]) -> Result<(), IngestError> {
+    if let [event] = events {
+        return queue.send(event).await.map_err(IngestError::Queue);
+    }
+    for chunk in events.chunks(SEND_CONCURRENCY) {
+        let mut sends = tokio::task::JoinSet::new();
+        for event in chunk {
+            let (queue, event) = (queue.clone(), event.clone());
+            sends.spawn(async move { queue.send(&event).await });
+        }
+        while let Some(joined) = sends.join_next().await {
+            match joined {
+                Ok(sent) => sent.map_err(IngestError::Queue)?,
+                Err(_) => {
+                    return Err(IngestError::Queue(crate::error::StoreError::Unavailable(
+                        "queue send task failed".into(),
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn malformed(error: ParseError) -> IngestError {

@@ -439,7 +439,15 @@ async fn every_seed_event_as_form_and_json_reaches_the_destination_enriched() {
                 .await;
             let label = format!("{event} ({content_type}) {fields}");
             assert_eq!(reply.status, 202, "{label}: {}", reply.body);
-            let envelopes = queue.take();
+            // Several envelopes of one delivery are queued concurrently: put them in the
+            // order the reply lists them (the order fan-out made them).
+            let mut envelopes = queue.take();
+            let listed: Vec<String> = match reply.body.get("ids") {
+                Some(ids) => serde_json::from_value(ids.clone()).expect("ids"),
+                None => vec![reply.body["id"].as_str().unwrap_or_default().to_string()],
+            };
+            envelopes.sort_by_key(|e| listed.iter().position(|id| *id == e.id));
+            assert_eq!(envelopes.len(), listed.len(), "{label}");
             let got: Vec<(String, Family, Option<&str>, Option<String>)> = envelopes
                 .iter()
                 .map(|e| {
