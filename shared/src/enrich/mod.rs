@@ -221,6 +221,11 @@ impl Enricher {
                 retry_after: None,
             });
         }
+        if let InfoOutcome::Refused { method, code } = &outcome {
+            return Err(EnrichError::Permanent(format!(
+                "salesman {method}: error {code}"
+            )));
+        }
         Ok(Some(outcome))
     }
 

@@ -79,6 +79,9 @@ pub enum InfoOutcome {
     /// v3 does not know the method or action (`Неизвестный метод`, or an empty answer when
     /// `methods/<method>.php` does not exist): a configuration error, never a null entity.
     UnknownMethod { method: String, code: String },
+    /// Any other error (405 "Отсутствуют параметры…"): the call itself is wrong; parked with
+    /// the code, never forwarded as a null entity.
+    Refused { method: String, code: String },
 }
 
 impl InfoOutcome {
@@ -133,7 +136,10 @@ pub fn classify(call: &InfoCall, answer: Option<&Value>) -> InfoOutcome {
         return match (call.kind, code.as_str()) {
             ("client" | "deal", "403") => InfoOutcome::NoAccess,
             (_, "403" | "404") => InfoOutcome::Gone,
-            _ => unknown(&code),
+            _ => InfoOutcome::Refused {
+                method: format!("{}/info", call.method),
+                code,
+            },
         };
     }
     match answer.get("data") {
@@ -377,6 +383,17 @@ mod tests {
                 "{event}: {outcome:?}"
             );
         }
+        // Missing parameters are the relay's fault, not a missing record.
+        assert_eq!(
+            classify(
+                &call("invoice.add"),
+                Some(&error(json!(405), "Отсутствуют параметры - id Счета"))
+            ),
+            InfoOutcome::Refused {
+                method: "invoice/info".into(),
+                code: "405".into()
+            }
+        );
         // No methods/<name>.php: index.php includes nothing and prints nothing.
         assert!(matches!(
             classify(&call("deal.edit"), None),
