@@ -7,12 +7,12 @@ use crate::error::IngestError;
 use crate::event::{envelope_id, rfc3339_seconds, Family, RelayEvent, Source, ENVELOPE_VERSION};
 use crate::lifecycle::install::AppLifecycle;
 use crate::parse::bitrix24::{form_credentials, parse_bitrix24, Bitrix24Auth};
-use crate::parse::salesman::parse_salesman;
+use crate::parse::salesman::{fan_out, parse_salesman};
 use crate::parse::{
     body_encoding, decode_document, detect_source, strip_secrets, BodyEncoding, ParseError,
 };
 use crate::ports::{Queue, TokenStore};
-use crate::routing::route;
+use crate::routing::{family_of, route};
 use crate::verify::{
     salesman_presented_secrets, verify_application_token, verify_salesman_secret,
     verify_stored_application_token,
@@ -134,20 +134,26 @@ impl Ingress {
             return self.handle_app(req, now).await;
         }
         match self.accept(req, now).await {
-            Ok(event) => {
-                tracing::info!(
-                    source = %event.source,
-                    event = %event.event,
-                    family = %event.family,
-                    portal = %event.portal,
-                    entity_id = event.entity_id.as_deref().unwrap_or("-"),
-                    envelope_id = %event.id,
-                    "event queued"
-                );
-                IngestReply {
-                    status: 202,
-                    body: json!({"id": event.id}),
+            Ok(events) => {
+                for event in &events {
+                    tracing::info!(
+                        source = %event.source,
+                        event = %event.event,
+                        family = %event.family,
+                        portal = %event.portal,
+                        entity_id = event.entity_id.as_deref().unwrap_or("-"),
+                        envelope_id = %event.id,
+                        "event queued"
+                    );
                 }
+                let first = events.first().map(|e| e.id.clone()).unwrap_or_default();
+                let body = if events.len() > 1 {
+                    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+                    json!({"id": first, "ids": ids})
+                } else {
+                    json!({"id": first})
+                };
+                IngestReply { status: 202, body }
             }
             Err(error) => IngestReply::from_error_logged(
                 req.family,
@@ -158,12 +164,13 @@ impl Ingress {
         }
     }
 
-    /// Everything up to and including the queue: the envelope once `Queue::send` said Ok.
+    /// Everything up to and including the queue: the envelopes once `Queue::send` said Ok for
+    /// each (one, except for SalesMan deliveries naming several entities).
     async fn accept(
         &self,
         req: IngestRequest<'_>,
         now: SystemTime,
-    ) -> Result<RelayEvent, IngestError> {
+    ) -> Result<Vec<RelayEvent>, IngestError> {
         // Size first: nothing of an oversized body is read.
         if req.body.len() > MAX_BODY_BYTES {
             return Err(IngestError::TooLarge {
@@ -188,25 +195,32 @@ impl Ingress {
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0);
 
-        let draft = match detect_source(&document).map_err(malformed)? {
-            Source::Salesman => self.salesman_draft(&req, &document, received_second)?,
-            Source::Bitrix24 => {
+        let drafts = match detect_source(&document).map_err(malformed)? {
+            Source::Salesman => self.salesman_drafts(&req, &document, received_second)?,
+            Source::Bitrix24 => vec![(
+                req.family,
                 self.bitrix24_draft(&req, &document, received_second, verified_early)
-                    .await?
-            }
+                    .await?,
+            )],
         };
 
-        let event = draft.into_envelope(req.family, now);
-        self.queue.send(&event).await.map_err(IngestError::Queue)?;
-        Ok(event)
+        let events: Vec<RelayEvent> = drafts
+            .into_iter()
+            .map(|(family, draft)| draft.into_envelope(family, now))
+            .collect();
+        send_all(&self.queue, &events).await?;
+        Ok(events)
     }
 
-    fn salesman_draft(
+    /// One draft per entity the delivery names (`parse::salesman::fan_out`), each with the
+    /// family of its own kind: a `client.import` sent to the company URL also queues its
+    /// contacts (`person.import`) for the contact family.
+    fn salesman_drafts(
         &self,
         req: &IngestRequest<'_>,
         document: &serde_json::Map<String, serde_json::Value>,
         received_second: i64,
-    ) -> Result<Draft, IngestError> {
+    ) -> Result<Vec<(Family, Draft)>, IngestError> {
         // The secret is in the URL, so it is checked before the body's fields are.
         verify_salesman_secret(
             self.config.salesman_secret.as_ref(),
@@ -218,21 +232,36 @@ impl Ingress {
         let presented = salesman_presented_secrets(req.query, req.relay_token_header);
         let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
         known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
-        let mut data = delivery.data;
-        strip_secrets(&mut data, &known);
-        Ok(Draft {
-            source: Source::Salesman,
-            portal: delivery.identity,
-            domain: None,
-            event: delivery.event,
-            entity_id: delivery.entity_id,
-            // SalesMan sends no timestamp and never retries, so there is no second delivery
-            // to recognise: the receive second stands in for `ts`. Two identical bodies in one
-            // second are then one event (SQS FIFO drops the duplicate), which is harmless
-            // since the consumer fetches the entity's current state anyway.
-            ts: received_second,
-            data,
-        })
+        let mut delivery = delivery;
+        strip_secrets(&mut delivery.data, &known);
+        let items = fan_out(&delivery).map_err(malformed)?;
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                // What the sender named keeps the routed family (`client.change.recv` is
+                // requisite); a derived event takes its own (`person.import`: contact).
+                let family = if item.event == delivery.event {
+                    req.family
+                } else {
+                    family_of(Source::Salesman, &item.event).unwrap_or(req.family)
+                };
+                let draft = Draft {
+                    source: Source::Salesman,
+                    portal: delivery.identity.clone(),
+                    domain: None,
+                    event: item.event,
+                    entity_id: item.entity_id,
+                    // SalesMan sends no timestamp and never retries, so there is no second
+                    // delivery to recognise: the receive second stands in for `ts`. Two
+                    // identical bodies in one second are then one event (SQS FIFO drops the
+                    // duplicate), which is harmless since the consumer fetches the entity's
+                    // current state anyway.
+                    ts: received_second,
+                    data: item.data,
+                };
+                (family, draft)
+            })
+            .collect())
     }
 
     /// Where ONAPPINSTALL handling (confirm with `app.info`, store the portal's tokens) hooks
@@ -289,6 +318,38 @@ impl Ingress {
         tracing::warn!(portal = %auth.member_id, event = %event, "application_token rejected");
         Err(IngestError::Unauthorized)
     }
+}
+
+/// Sends at most this many envelopes of one delivery at a time: a SalesMan import of
+/// thousands of ids must be queued within the ingest function's timeout.
+const SEND_CONCURRENCY: usize = 16;
+
+/// Queues every envelope of one delivery. They belong to different entities (FIFO groups),
+/// so their order does not matter and they go out concurrently. A failure answers 5xx even if
+/// some were queued: a resend of the same body gives the same envelope ids, which the queue
+/// and the consumer deduplicate.
+async fn send_all(queue: &Arc<dyn Queue>, events: &[RelayEvent]) -> Result<(), IngestError> {
+    if let [event] = events {
+        return queue.send(event).await.map_err(IngestError::Queue);
+    }
+    for chunk in events.chunks(SEND_CONCURRENCY) {
+        let mut sends = tokio::task::JoinSet::new();
+        for event in chunk {
+            let (queue, event) = (queue.clone(), event.clone());
+            sends.spawn(async move { queue.send(&event).await });
+        }
+        while let Some(joined) = sends.join_next().await {
+            match joined {
+                Ok(sent) => sent.map_err(IngestError::Queue)?,
+                Err(_) => {
+                    return Err(IngestError::Queue(crate::error::StoreError::Unavailable(
+                        "queue send task failed".into(),
+                    )))
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn malformed(error: ParseError) -> IngestError {

@@ -953,6 +953,9 @@ pub async fn salesman_events_are_enriched_through_v3(
         "12",
         json!({"did": 12, "title": "SM deal", "step": "40"}),
     );
+    world
+        .salesman
+        .set_record("lead", "12", json!({"id": 12, "title": "SM lead"}));
     let data = json!({"did": "12", "stepOld": "20", "stepNew": "40"});
     let name = "deal.change.step";
     let event = RelayEvent {
@@ -981,11 +984,13 @@ pub async fn salesman_events_are_enriched_through_v3(
     assert!(report.failed.is_empty());
     let bodies: Vec<Value> = world.destination.delivered_bodies();
     assert_eq!(bodies[0]["entity"]["title"], "SM deal");
-    assert!(
-        bodies[1]["entity"].is_null(),
-        "lead has no v3 info method: as is"
+    // developer/v3/methods/lead.php `info`: the lead is read too, with `id`.
+    assert_eq!(bodies[1]["entity"]["title"], "SM lead");
+    assert_eq!(world.salesman.state().requests, 2);
+    assert_eq!(
+        world.salesman.state().calls[1],
+        ("lead".to_string(), "info".to_string(), json!({"id": 12}))
     );
-    assert_eq!(world.salesman.state().requests, 1);
 }
 
 pub async fn destination_timeout_is_retried(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {

@@ -8,7 +8,7 @@ pub mod salesman;
 use crate::error::EnrichError;
 use crate::event::{Family, RelayEvent, Source};
 use crate::ports::Bitrix24Rest;
-use salesman::SalesmanClient;
+use salesman::{InfoOutcome, SalesmanClient};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -60,12 +60,8 @@ pub enum Plan {
     /// A delete event: the entity is gone, so nothing is asked and the entity is null.
     Deleted,
     Bitrix24(B24Lookup),
-    /// `POST developer/v3/<kind>/info` with `{<key>: id}`.
-    Salesman {
-        kind: &'static str,
-        key: &'static str,
-        id: String,
-    },
+    /// `POST developer/v3/<method>/info` with `{<key>: id}`.
+    Salesman(salesman::InfoCall),
 }
 
 /// The read method for an event, from its source, family and name.
@@ -135,14 +131,10 @@ fn plan_salesman(name: &str, id: String) -> Plan {
     if name.ends_with(".delete") {
         return Plan::Deleted;
     }
-    let (kind, key) = match name.split('.').next().unwrap_or_default() {
-        "client" => ("client", "clid"),
-        "person" => ("person", "pid"),
-        "deal" => ("deal", "did"),
-        // lead, entry, invoice, task, history, contract, akt: v3 has no info method for them.
-        _ => return Plan::AsIs,
-    };
-    Plan::Salesman { kind, key, id }
+    match salesman::info_call(name, id) {
+        Some(call) => Plan::Salesman(call),
+        None => Plan::AsIs,
+    }
 }
 
 /// Asks the CRMs for entities. Holds no state between batches.
@@ -180,11 +172,11 @@ impl Enricher {
                     .await
                     .map(|answer| Some(lookup.pick(&answer.result)))
             }
-            Plan::Salesman { kind, key, id } => {
-                let Some(client) = &self.salesman else {
-                    return Ok(None);
-                };
-                client.info(kind, key, &id).await.map(Some)
+            Plan::Salesman(_) => {
+                return Ok(match self.salesman_outcome(event).await? {
+                    Some(InfoOutcome::Found(entity)) => Some(entity),
+                    _ => None,
+                })
             }
         };
         match result {
@@ -195,6 +187,46 @@ impl Enricher {
             }
             other => other,
         }
+    }
+
+    /// What SalesMan v3 says about a SalesMan event's record: `Ok(None)` when the event
+    /// names none v3 can read or no credentials are configured; `Gone` for delete events
+    /// without asking. An unknown method is a configuration error: logged as one and
+    /// returned as `Transient`, so the event is retried and, failing on, reaches the
+    /// dead-letter queue and its alarm, never forwarded with a silent null.
+    pub async fn salesman_outcome(
+        &self,
+        event: &RelayEvent,
+    ) -> Result<Option<InfoOutcome>, EnrichError> {
+        let call = match plan(event) {
+            Plan::Salesman(call) => call,
+            Plan::Deleted if event.source == Source::Salesman => {
+                return Ok(Some(InfoOutcome::Gone))
+            }
+            _ => return Ok(None),
+        };
+        let Some(client) = &self.salesman else {
+            return Ok(None);
+        };
+        let outcome = client.info(&call).await?;
+        if let InfoOutcome::UnknownMethod { method, code } = &outcome {
+            tracing::error!(
+                event_id = %event.id,
+                %method,
+                %code,
+                "SalesMan v3 does not know this method: configuration error; will retry"
+            );
+            return Err(EnrichError::Transient {
+                reason: format!("salesman {method}: unknown method (error {code})"),
+                retry_after: None,
+            });
+        }
+        if let InfoOutcome::Refused { method, code } = &outcome {
+            return Err(EnrichError::Permanent(format!(
+                "salesman {method}: error {code}"
+            )));
+        }
+        Ok(Some(outcome))
     }
 
     /// Fetches, with `batch` calls, the Bitrix24 entities of every portal that has two or
@@ -363,33 +395,36 @@ mod tests {
     #[test]
     fn salesman_events_map_to_v3_info() {
         let sm = |name: &str, f| plan(&event(Source::Salesman, f, name, Some("12")));
+        let method = |p: Plan| match p {
+            Plan::Salesman(c) => (c.kind, c.method, c.key, c.id, c.bankinfo),
+            other => panic!("expected a v3 call, got {other:?}"),
+        };
         assert_eq!(
-            sm("deal.change.step", Family::Deal),
-            Plan::Salesman {
-                kind: "deal",
-                key: "did",
-                id: "12".into()
-            }
+            method(sm("deal.change.step", Family::Deal)),
+            ("deal", "deal", "did", "12".into(), false)
         );
         assert_eq!(
-            sm("client.change.recv", Family::Requisite),
-            Plan::Salesman {
-                kind: "client",
-                key: "clid",
-                id: "12".into()
-            }
+            method(sm("client.change.recv", Family::Requisite)),
+            ("client", "client", "clid", "12".into(), true)
         );
         assert_eq!(
-            sm("person.edit", Family::Contact),
-            Plan::Salesman {
-                kind: "person",
-                key: "pid",
-                id: "12".into()
-            }
+            method(sm("person.edit", Family::Contact)),
+            ("person", "person", "pid", "12".into(), false)
+        );
+        assert_eq!(
+            method(sm("invoice.add", Family::Invoice)),
+            ("invoice", "invoice", "id", "12".into(), false)
+        );
+        assert_eq!(
+            method(sm("lead.add", Family::Lead)),
+            ("lead", "lead", "id", "12".into(), false)
+        );
+        assert_eq!(
+            method(sm("contract.add", Family::Document)),
+            ("contract", "document", "id", "12".into(), false)
         );
         assert_eq!(sm("person.delete", Family::Contact), Plan::Deleted);
-        assert_eq!(sm("invoice.add", Family::Invoice), Plan::AsIs);
-        assert_eq!(sm("lead.add", Family::Lead), Plan::AsIs);
+        assert_eq!(sm("akt.delete", Family::Document), Plan::Deleted);
     }
 
     #[test]

@@ -570,10 +570,24 @@ async fn salesman_header_token_and_form_body_work_too() {
     )
     .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
-    let ev = &queue.sent()[0];
-    assert_eq!(ev.entity_id, None);
-    assert_eq!(ev.data["clids"], json!(["101", "102"]));
-    assert_eq!(ev.message_group_id(), "salesman#1#company#-");
+    // An import fans out: one envelope per client, each with its own id and group.
+    let mut sent = queue.sent();
+    assert_eq!(sent.len(), 2);
+    // Sent concurrently: in any order.
+    sent.sort_by(|a, b| a.entity_id.cmp(&b.entity_id));
+    for (ev, clid) in sent.iter().zip(["101", "102"]) {
+        assert_eq!(ev.event, "client.import");
+        assert_eq!(ev.entity_id.as_deref(), Some(clid));
+        assert_eq!(ev.data["clid"], json!(clid));
+        assert_eq!(ev.data.get("clids"), None);
+        assert_eq!(ev.message_group_id(), format!("salesman#1#company#{clid}"));
+    }
+    assert_ne!(sent[0].id, sent[1].id);
+    let mut ids: Vec<String> = serde_json::from_value(reply.body["ids"].clone()).unwrap();
+    ids.sort();
+    let mut queued = vec![sent[0].id.clone(), sent[1].id.clone()];
+    queued.sort();
+    assert_eq!(ids, queued);
 }
 
 #[tokio::test]
@@ -864,4 +878,57 @@ async fn logs_name_the_event_but_never_a_secret_or_the_body() {
     ] {
         assert!(!text.contains(secret), "{secret} in logs:\n{text}");
     }
+}
+
+#[tokio::test]
+async fn a_large_import_queues_every_entity_once_and_a_down_queue_answers_503() {
+    // content/helpers/client.import.php lists every imported client and contact.
+    let mut body = String::from("event=client.import&identity=1&autor=3");
+    for clid in 1..=300 {
+        body.push_str(&format!("&clids%5B%5D={clid}"));
+    }
+    for pid in 1..=40 {
+        body.push_str(&format!("&pids%5B%5D={pid}"));
+    }
+    let queue = Arc::new(RecordingQueue::default());
+    let reply = handle_with(
+        queue.clone(),
+        request(
+            Family::Company,
+            FORM,
+            Some(&format!("token={SALESMAN_SECRET}")),
+            None,
+            body.as_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    let sent = queue.sent();
+    assert_eq!(sent.len(), 340);
+    assert_eq!(reply.body["ids"].as_array().map(Vec::len), Some(340));
+    let groups: std::collections::HashSet<String> =
+        sent.iter().map(|e| e.message_group_id()).collect();
+    assert_eq!(groups.len(), 340, "one FIFO group per entity");
+    assert_eq!(
+        sent.iter()
+            .filter(|e| e.family == Family::Contact && e.event == "person.import")
+            .count(),
+        40
+    );
+
+    let reply = handle_with(
+        Arc::new(RecordingQueue::down()),
+        request(
+            Family::Company,
+            FORM,
+            Some(&format!("token={SALESMAN_SECRET}")),
+            None,
+            body.as_bytes(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        reply.status, 503,
+        "valid input is never acknowledged unqueued"
+    );
 }
