@@ -4,7 +4,7 @@
 
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
-use crate::enrich::{Enricher, Prefetched};
+use crate::enrich::{Enriched, Enricher, Prefetched};
 use crate::error::{EnrichError, ForwardError};
 use crate::event::{RelayEvent, ENVELOPE_VERSION};
 use crate::forward::{deliver, Delivery, RetrySchedule, Signer, FORWARD_TIMEOUT, MAX_RETRY_DELAY};
@@ -250,8 +250,8 @@ impl Consumer {
                 return retry(None);
             }
         };
-        let entity = match self.enricher.entity(event, prefetched).await {
-            Ok(entity) => entity,
+        let enriched = match self.enricher.entity(event, prefetched).await {
+            Ok(enriched) => enriched,
             Err(EnrichError::Transient {
                 reason,
                 retry_after,
@@ -278,12 +278,7 @@ impl Consumer {
                 return self.park_claimed(message, event, &reason).await;
             }
         };
-        let snapshot_key = event.entity_id.as_ref().map(|id| SnapshotKey {
-            source: event.source,
-            portal: event.portal.clone(),
-            family: event.family,
-            entity_id: id.clone(),
-        });
+        let snapshot_key = SnapshotKey::of(event);
         let previous = match &snapshot_key {
             None => None,
             Some(key) => match self.ports.snapshots.load(key).await {
@@ -294,8 +289,19 @@ impl Consumer {
                 }
             },
         };
-        let changes = changes(previous.as_ref().map(|s| &s.entity), entity.as_ref());
-        let body = forward_body(event, entity.as_ref(), &changes);
+        let previous = previous.map(|s| s.entity);
+        let changes = changes(previous.as_ref(), enriched.entity());
+        let body = forward_body(
+            event,
+            &Forwarded {
+                entity: enriched.entity(),
+                previous: previous.as_ref(),
+                deleted: enriched == Enriched::Deleted,
+                first_seen: snapshot_key.is_some() && previous.is_none(),
+                enrichment: enriched.note(),
+            },
+            &changes,
+        );
 
         let Some(url) = self.config.destination_for(event.family) else {
             return match &self.outbox {
@@ -304,7 +310,7 @@ impl Consumer {
                         tracing::info!(event_id = %event.id, family = %event.family, "written to the outbox");
                         self.record(event, now_ms, "outbox", None, 0, "delivered", None)
                             .await;
-                        self.finish_delivered(event, snapshot_key, entity, now_ms)
+                        self.finish_delivered(event, snapshot_key, enriched, now_ms)
                             .await
                     }
                     Err(e) => {
@@ -384,7 +390,7 @@ impl Consumer {
                     None,
                 )
                 .await;
-                self.finish_delivered(event, snapshot_key, entity, now_ms)
+                self.finish_delivered(event, snapshot_key, enriched, now_ms)
                     .await
             }
             Err(ForwardError::Retryable {
@@ -441,17 +447,22 @@ impl Consumer {
         }
     }
 
-    /// After a delivery: the new snapshot (never over a newer one), then COMPLETED. Neither
-    /// failing undoes the delivery, so both only warn; a lost COMPLETED at worst re-forwards
-    /// with the same `webhook-id`, which the receiver drops.
+    /// After a delivery: the new snapshot (never over a newer one), or for a delete the
+    /// snapshot removed, then COMPLETED. None of it failing undoes the delivery, so each only
+    /// warns; a lost COMPLETED at worst re-forwards with the same `webhook-id`.
     async fn finish_delivered(
         &self,
         event: &RelayEvent,
         key: Option<SnapshotKey>,
-        entity: Option<Value>,
+        enriched: Enriched,
         now_ms: i64,
     ) -> Outcome {
-        if let (Some(key), Some(entity)) = (key, entity) {
+        if let (Some(key), Enriched::Deleted) = (&key, &enriched) {
+            if let Err(e) = self.ports.snapshots.delete(key).await {
+                tracing::warn!(event_id = %event.id, error = %e, "snapshot of a deleted entity not removed");
+            }
+        }
+        if let (Some(key), Some(entity)) = (key, enriched.into_entity()) {
             let snapshot = Snapshot {
                 entity,
                 version: event.ts,
@@ -535,8 +546,25 @@ pub fn changes(old: Option<&Value>, new: Option<&Value>) -> Vec<Value> {
         .collect()
 }
 
-/// The envelope plus `entity` and `changes`: exactly what is signed and POSTed.
-pub fn forward_body(event: &RelayEvent, entity: Option<&Value>, changes: &[Value]) -> Value {
+/// What the consumer learned about an event's entity, for its forwarded body.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded<'a> {
+    /// The entity now, as the CRM answered; `None` when not fetched or gone.
+    pub entity: Option<&'a Value>,
+    /// The last-known snapshot; `None` when never seen.
+    pub previous: Option<&'a Value>,
+    /// A delete event: `previous` is what was deleted.
+    pub deleted: bool,
+    /// No snapshot existed, so empty `changes` mean "first sight", not "nothing changed".
+    pub first_seen: bool,
+    /// How enrichment went (`fetched`, `not found`, `deleted`, `not fetched`,
+    /// `no credentials for this portal`).
+    pub enrichment: &'a str,
+}
+
+/// The envelope plus `entity_type`, `entity`, `previous`, `deleted`, `first_seen`,
+/// `enrichment` and `changes`: exactly what is signed and POSTed.
+pub fn forward_body(event: &RelayEvent, forwarded: &Forwarded<'_>, changes: &[Value]) -> Value {
     let mut body = serde_json::to_value(event).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut body {
         // Ingress never puts `auth` in `data`; if an old or hand-made message did, the CRM
@@ -544,7 +572,19 @@ pub fn forward_body(event: &RelayEvent, entity: Option<&Value>, changes: &[Value
         if let Some(Value::Object(data)) = map.get_mut("data") {
             data.remove("auth");
         }
-        map.insert("entity".into(), entity.cloned().unwrap_or(Value::Null));
+        // Old envelopes have none stored: the kind ingress would give them today.
+        map.insert("entity_type".into(), json!(event.kind()));
+        map.insert(
+            "entity".into(),
+            forwarded.entity.cloned().unwrap_or(Value::Null),
+        );
+        map.insert(
+            "previous".into(),
+            forwarded.previous.cloned().unwrap_or(Value::Null),
+        );
+        map.insert("deleted".into(), json!(forwarded.deleted));
+        map.insert("first_seen".into(), json!(forwarded.first_seen));
+        map.insert("enrichment".into(), json!(forwarded.enrichment));
         map.insert("changes".into(), Value::Array(changes.to_vec()));
     }
     body

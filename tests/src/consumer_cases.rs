@@ -11,6 +11,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use shared::catalogue::EntityType;
 use shared::config::RelayConfig;
 use shared::consume::{Consumer, ConsumerPorts};
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
@@ -68,7 +69,11 @@ impl World {
             ..RelayConfig::default()
         };
         match auth {
-            Auth::Webhook => config.b24_webhook_url = Some(Secret::new(portal.webhook_url())),
+            // A `member_id=url` pair: a webhook reads its own portal only.
+            Auth::Webhook => {
+                config.b24_webhook_url =
+                    Some(Secret::new(format!("{PORTAL}={}", portal.webhook_url())))
+            }
             Auth::OAuth => {
                 let (client_id, client_secret, access, refresh) = {
                     let s = portal.state();
@@ -156,6 +161,7 @@ pub fn b24_event(family: Family, name: &str, entity_id: &str, ts: i64) -> RelayE
         domain: Some(format!("{PORTAL}.bitrix24.test")),
         family,
         event: name.into(),
+        entity_type: None,
         entity_id: Some(entity_id.into()),
         ts,
         received_at: "2026-11-22T10:00:00Z".into(),
@@ -547,6 +553,7 @@ pub async fn changes_across_add_update_update(ports: ConsumerPorts, probe: Arc<d
         source: Source::Bitrix24,
         portal: PORTAL.into(),
         family: Family::Deal,
+        entity_type: EntityType::Deal,
         entity_id: "42".into(),
     };
     let stored = world.ports.snapshots.load(&key).await.expect("snapshot");
@@ -703,6 +710,7 @@ pub async fn no_token_in_forwarded_body_or_snapshot(
         source: Source::Bitrix24,
         portal: PORTAL.into(),
         family: Family::Deal,
+        entity_type: EntityType::Deal,
         entity_id: "77".into(),
     };
     let snapshot = world
@@ -824,6 +832,7 @@ pub async fn salesman_events_are_enriched_through_v3(
         domain: None,
         family: Family::Deal,
         event: name.into(),
+        entity_type: None,
         entity_id: Some("12".into()),
         ts: 200,
         received_at: "2026-11-22T10:00:00Z".into(),
@@ -918,6 +927,7 @@ pub async fn salesman_missing_record_is_null_and_bad_key_parks(
             domain: None,
             family,
             event: name.into(),
+            entity_type: None,
             entity_id: Some(id.into()),
             ts,
             received_at: "2026-11-22T10:00:00Z".into(),

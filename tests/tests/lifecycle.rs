@@ -274,6 +274,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         source: Source::Bitrix24,
         portal: "portal04".into(),
         family: Family::Deal,
+        entity_type: shared::catalogue::EntityType::Deal,
         entity_id: "7".into(),
     };
     s.snapshots

@@ -324,6 +324,7 @@ impl SnapshotStore for DynamoStore {
             .item("source", s(key.source.as_str()))
             .item("portal", s(&key.portal))
             .item("family", s(key.family.as_str()))
+            .item("entity_type", s(key.entity_type.as_str()))
             .item("entity_id", s(&key.entity_id))
             // A string, not a map: the entity is kept exactly as the CRM answered it.
             .item("entity", s(snapshot.entity.to_string()))
@@ -343,6 +344,11 @@ impl SnapshotStore for DynamoStore {
             }
             Err(err) => Err(store_error("dynamodb PutItem (snapshot)", err)),
         }
+    }
+
+    async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
+        self.delete_item(key.pk(), "dynamodb DeleteItem (snapshot)")
+            .await
     }
 
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {

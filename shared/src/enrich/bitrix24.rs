@@ -1,5 +1,5 @@
 //! Bitrix24 REST client behind `ports::Bitrix24Rest`: the consumer's way to ask a portal for an
-//! entity. It authenticates (portal's stored OAuth tokens, else the inbound webhook URL),
+//! entity. It authenticates (portal's stored OAuth tokens, else that portal's inbound webhook),
 //! refreshes an expired token once, keeps under the portal's leaky bucket and retries its limits.
 
 use crate::config::RelayConfig;
@@ -95,9 +95,67 @@ enum Failure {
     Enrich(EnrichError),
 }
 
+/// `RELAY_B24_WEBHOOK_URL`: `member_id=url` pairs (comma-separated), or one bare URL. An
+/// inbound webhook reads one portal only, so an event is read through the pair of its own
+/// `member_id`, or through the bare URL when the URL's host is the event's `domain`.
+#[derive(Clone, Default)]
+pub struct WebhookUrls {
+    per_portal: Vec<(String, Secret)>,
+    any: Option<Secret>,
+}
+
+impl WebhookUrls {
+    pub fn parse(raw: &Secret) -> WebhookUrls {
+        let mut urls = WebhookUrls::default();
+        for item in raw
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            match item.split_once('=') {
+                // A member_id never holds ':' or '/'; a URL's scheme does.
+                Some((member, url)) if !member.contains([':', '/']) && !member.is_empty() => {
+                    urls.per_portal
+                        .push((member.trim().to_string(), Secret::new(url.trim())));
+                }
+                _ => urls.any = Some(Secret::new(item)),
+            }
+        }
+        urls
+    }
+
+    /// The webhook for a portal. `domain: None` is an operator's command (`relay bind`,
+    /// `relay poll`) naming the portal itself: the bare URL serves it.
+    fn for_portal(&self, member_id: &str, domain: Option<Option<&str>>) -> Option<&Secret> {
+        if let Some((_, url)) = self.per_portal.iter().find(|(m, _)| m == member_id) {
+            return Some(url);
+        }
+        let any = self.any.as_ref()?;
+        match domain {
+            None => Some(any),
+            Some(Some(domain))
+                if url_host(any.expose()).is_some_and(|h| h.eq_ignore_ascii_case(domain)) =>
+            {
+                Some(any)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    Some(match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
+}
+
 pub struct Bitrix24Client {
     http: reqwest::Client,
-    webhook_url: Option<Secret>,
+    webhooks: WebhookUrls,
     oauth: Option<OAuthApp>,
     tokens: Arc<dyn TokenStore>,
     limiter: Limiter,
@@ -119,7 +177,11 @@ impl Bitrix24Client {
         };
         Bitrix24Client {
             http,
-            webhook_url: config.b24_webhook_url.clone(),
+            webhooks: config
+                .b24_webhook_url
+                .as_ref()
+                .map(WebhookUrls::parse)
+                .unwrap_or_default(),
             oauth,
             tokens,
             limiter: Limiter {
@@ -145,7 +207,12 @@ impl Bitrix24Client {
         self
     }
 
-    async fn credentials(&self, member_id: &str) -> Result<Credentials, EnrichError> {
+    /// `domain`: see [`WebhookUrls::for_portal`].
+    async fn credentials(
+        &self,
+        member_id: &str,
+        domain: Option<Option<&str>>,
+    ) -> Result<Credentials, EnrichError> {
         let stored = self
             .tokens
             .get(member_id)
@@ -154,7 +221,7 @@ impl Bitrix24Client {
                 reason: format!("token store: {e}"),
                 retry_after: None,
             })?;
-        match (stored, &self.webhook_url) {
+        match (stored, self.webhooks.for_portal(member_id, domain)) {
             (Some(tokens), _) if !tokens.access_token.is_empty() => Ok(Credentials::OAuth(tokens)),
             (_, Some(url)) => Ok(Credentials::Webhook(url.clone())),
             _ => Err(EnrichError::NoCredentials(format!(
@@ -247,13 +314,15 @@ impl Bitrix24Client {
     async fn refresh_or_reload(&self, old: &PortalTokens) -> Result<PortalTokens, EnrichError> {
         match self.refresh(old).await {
             Ok(fresh) => Ok(fresh),
-            Err(EnrichError::Permanent(reason)) => match self.credentials(&old.member_id).await {
-                Ok(Credentials::OAuth(stored)) if stored.access_token != old.access_token => {
-                    tracing::info!(portal = %old.member_id, "tokens were refreshed elsewhere; using them");
-                    Ok(stored)
+            Err(EnrichError::Permanent(reason)) => {
+                match self.credentials(&old.member_id, None).await {
+                    Ok(Credentials::OAuth(stored)) if stored.access_token != old.access_token => {
+                        tracing::info!(portal = %old.member_id, "tokens were refreshed elsewhere; using them");
+                        Ok(stored)
+                    }
+                    _ => Err(EnrichError::Permanent(reason)),
                 }
-                _ => Err(EnrichError::Permanent(reason)),
-            },
+            }
             Err(other) => Err(other),
         }
     }
@@ -363,7 +432,30 @@ impl Bitrix24Rest for Bitrix24Client {
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
-        let mut credentials = self.credentials(member_id).await?;
+        self.call_with(member_id, None, method, params).await
+    }
+
+    async fn call_on(
+        &self,
+        member_id: &str,
+        domain: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<RestAnswer, EnrichError> {
+        self.call_with(member_id, Some(domain), method, params)
+            .await
+    }
+}
+
+impl Bitrix24Client {
+    async fn call_with(
+        &self,
+        member_id: &str,
+        domain: Option<Option<&str>>,
+        method: &str,
+        params: Value,
+    ) -> Result<RestAnswer, EnrichError> {
+        let mut credentials = self.credentials(member_id, domain).await?;
         let mut refreshed = false;
         let mut delay = self.backoff;
         for _ in 0..self.max_tries {
