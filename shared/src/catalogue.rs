@@ -250,8 +250,11 @@ const fn with_fetch(mut entry: Entry, fetch: Option<Fetch>) -> Entry {
     entry
 }
 
+/// A base dynamic-item name: taken for this type only, and not bound, since `relay bind`
+/// binds the type-suffixed name and one change must not arrive twice.
 const fn only_type(mut entry: Entry, type_id: &'static str) -> Entry {
     entry.only_type = Some(type_id);
+    entry.bind = false;
     entry
 }
 
@@ -553,6 +556,42 @@ pub fn bound_events(family: Family) -> impl Iterator<Item = &'static str> {
         .iter()
         .filter(move |e| e.bind && e.family == family)
         .map(|e| e.event)
+}
+
+/// The supported-events table of the READMEs, generated from the catalogue (a test keeps the
+/// READMEs equal to it). `headers`: family, event, entity_type, id, read with, bound.
+pub fn markdown_table(headers: [&str; 6], yes: &str, no: &str, delete: &str) -> String {
+    let mut out = format!("| {} |\n|{}\n", headers.join(" | "), "---|".repeat(6));
+    for family in Family::ALL {
+        for e in CATALOGUE.iter().filter(|e| e.family == family) {
+            let id = match e.id {
+                IdAt::Nothing => "—".to_string(),
+                IdAt::Fields(key) => format!("`FIELDS.{key}`"),
+                IdAt::TaskFields => "`FIELDS_AFTER.ID` / `FIELDS_BEFORE.ID`".to_string(),
+                IdAt::AddressKey => "`TYPE_ID-ENTITY_TYPE_ID-ENTITY_ID`".to_string(),
+            };
+            let read = match (e.fetch, e.delete) {
+                (_, true) => delete.to_string(),
+                (Some(f), false) => format!("`{}`", f.method),
+                (None, false) => "—".to_string(),
+            };
+            let only = e
+                .only_type
+                .map(|t| format!(" (`ENTITY_TYPE_ID` {t})"))
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "| {} | `{}`{} | `{}` | {} | {} | {} |\n",
+                e.family,
+                e.event,
+                only,
+                e.entity_type,
+                id,
+                read,
+                if e.bind { yes } else { no }
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -287,3 +287,58 @@ fn entity_types_serialise_as_their_names() {
     );
     assert_eq!(EntityType::of_salesman_event("email.send"), None);
 }
+
+/// The READMEs list the supported events between `<!-- catalogue -->` markers; they must be
+/// exactly the catalogue. On failure the message holds the table to paste.
+#[test]
+fn readmes_list_exactly_the_catalogue() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    for (file, table) in [
+        (
+            "README.md",
+            markdown_table(
+                [
+                    "Family",
+                    "Event",
+                    "entity_type",
+                    "Id in `data`",
+                    "Read with",
+                    "`relay bind`",
+                ],
+                "yes",
+                "no",
+                "— (delete: `previous`)",
+            ),
+        ),
+        (
+            "README.ru.md",
+            markdown_table(
+                [
+                    "Семейство",
+                    "Событие",
+                    "entity_type",
+                    "Id в `data`",
+                    "Чем читается",
+                    "`relay bind`",
+                ],
+                "да",
+                "нет",
+                "— (удаление: `previous`)",
+            ),
+        ),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("README readable");
+        let begin = "<!-- catalogue:begin -->\n";
+        let end = "<!-- catalogue:end -->";
+        let start = text.find(begin).map(|i| i + begin.len());
+        let stop = text.find(end);
+        let (Some(start), Some(stop)) = (start, stop) else {
+            panic!("{file} has no catalogue markers");
+        };
+        assert_eq!(
+            &text[start..stop],
+            table,
+            "{file}: the supported-events table must be the catalogue's; paste:\n{table}"
+        );
+    }
+}
