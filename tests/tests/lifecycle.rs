@@ -13,7 +13,9 @@ use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::error::{IngestError, StoreError};
 use shared::event::{Family, RelayEvent, Source};
 use shared::ingest::{IngestReply, Ingress};
-use shared::lifecycle::bind::{bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base};
+use shared::lifecycle::bind::{
+    bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base,
+};
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
 use shared::ports::{
@@ -510,6 +512,24 @@ async fn relay_bind_twice_produces_one_handler_per_event() {
     let removed = unbind_all(rest.as_ref(), "portal08", &plan).await.unwrap();
     assert_eq!(removed.removed, plan.len());
     assert!(s.portal.bound().is_empty());
+}
+
+/// Defect 9: `relay bind --remove` (no `--offline` this time) leaves nothing behind: not the
+/// offline-log bindings, not ONOFFLINEEVENT (event-unbind.md: `event_type: offline`).
+#[tokio::test]
+async fn relay_bind_remove_unbinds_offline_bindings_and_the_wake_up_too() {
+    let s = setup("portal18").await;
+    install(&s).await;
+    let rest = rest_client(s.tokens.clone());
+    let urls = urls_from_base("https://relay.example.com/");
+    let plan = plan_bindings(&urls, true);
+    bind_all(rest.as_ref(), "portal18", &plan).await.unwrap();
+    assert!(s.portal.bound().iter().any(|r| r.offline));
+    let removed = unbind_all(rest.as_ref(), "portal18", &removal_plan(&urls))
+        .await
+        .unwrap();
+    assert_eq!(removed.removed, plan.len());
+    assert!(s.portal.bound().is_empty(), "{:?}", s.portal.bound());
 }
 
 #[tokio::test]

@@ -125,6 +125,12 @@ pub fn plan_bindings(urls: &FamilyUrls, offline: bool) -> Vec<Binding> {
     plan
 }
 
+/// What `relay bind --remove` unregisters: everything any plan for these URLs may have bound,
+/// online and offline, ONOFFLINEEVENT included, whether or not `--offline` is given again.
+pub fn removal_plan(urls: &FamilyUrls) -> Vec<Binding> {
+    plan_bindings(urls, true)
+}
+
 /// One row of `event.get`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BoundHandler {
