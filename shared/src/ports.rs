@@ -190,6 +190,10 @@ pub struct PortalTokens {
     pub expires_at_ms: i64,
     /// e.g. `https://x.bitrix24.ru/rest/`
     pub client_endpoint: String,
+    /// The portal's OAuth server as its install named it (`auth[server_endpoint]`,
+    /// `https://oauth.bitrix.info/rest/`); empty when unknown. Refreshes go there only when
+    /// its host is a known Bitrix24 OAuth server.
+    pub server_endpoint: String,
     pub scope: String,
 }
 

@@ -97,6 +97,7 @@ impl World {
                         expires_at_ms: T0_MS + 3_600_000,
                         client_endpoint: portal.client_endpoint(),
                         scope: "crm,task".into(),
+                        server_endpoint: String::new(),
                     })
                     .await
                     .expect("store portal tokens");

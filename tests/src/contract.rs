@@ -286,6 +286,7 @@ fn tokens(member_id: &str, refresh: &str) -> PortalTokens {
         expires_at_ms: 1_000,
         client_endpoint: "https://example.bitrix24.ru/rest/".into(),
         scope: "crm,task".into(),
+        server_endpoint: String::new(),
     }
 }
 

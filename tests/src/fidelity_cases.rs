@@ -377,6 +377,54 @@ pub async fn two_portals_one_webhook_never_cross(ports: ConsumerPorts, probe: Ar
     );
 }
 
+/// Defect 6: the refresh answer's `domain` is the OAuth server's (settings/oauth/index.md);
+/// the stored portal keeps its own domain, and a `server_endpoint` naming an unknown host is
+/// never sent the client secret (the refresh goes to the configured server instead).
+pub async fn token_refresh_keeps_the_portal_domain(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::OAuth, PortalLimits::default()).await;
+    let mut stored = world
+        .ports
+        .tokens
+        .get(PORTAL)
+        .await
+        .expect("token store")
+        .expect("installed");
+    stored.server_endpoint = "https://oauth.attacker.example/rest/".into();
+    world.ports.tokens.put(&stored).await.expect("token store");
+    world
+        .portal
+        .set_entity("deal", "8", json!({"ID": "8", "TITLE": "after refresh"}));
+    world.portal.expire_access_token();
+    forward(
+        &world.consumer(),
+        &ours("ONCRMDEALUPDATE", json!({"FIELDS": {"ID": "8"}}), 100),
+    )
+    .await;
+    assert_eq!(
+        world.portal.state().refreshes,
+        1,
+        "refreshed through the configured server"
+    );
+    let after = world
+        .ports
+        .tokens
+        .get(PORTAL)
+        .await
+        .expect("token store")
+        .expect("still installed");
+    assert_eq!(after.domain, format!("{PORTAL}.bitrix24.test"));
+    assert_eq!(
+        after.server_endpoint,
+        "https://oauth.attacker.example/rest/"
+    );
+    assert_ne!(after.access_token, stored.access_token);
+    let bodies = world.destination.delivered_bodies();
+    assert_eq!(bodies[0]["entity"]["TITLE"], "after refresh");
+}
+
 #[macro_export]
 macro_rules! fidelity_case_tests {
     ($setup:path) => {
@@ -387,6 +435,7 @@ macro_rules! fidelity_case_tests {
             user_field_events_read_the_field_definition,
             address_events_are_keyed_by_type_and_owner,
             two_portals_one_webhook_never_cross,
+            token_refresh_keeps_the_portal_domain,
         );
     };
     (@each $setup:path; $($name:ident),* $(,)?) => {$(

@@ -377,6 +377,12 @@ fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
         expires_at_ms: req_n(item, "access_expires_at_ms")?,
         client_endpoint: req_s(item, "client_endpoint")?,
         scope: req_s(item, "scope")?,
+        // Absent on items written before it was kept.
+        server_endpoint: item
+            .get("server_endpoint")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
@@ -404,6 +410,7 @@ impl TokenStore for DynamoStore {
                 ("access_expires_at_ms", n(tokens.expires_at_ms)),
                 ("client_endpoint", s(&tokens.client_endpoint)),
                 ("scope", s(&tokens.scope)),
+                ("server_endpoint", s(&tokens.server_endpoint)),
             ],
             "dynamodb PutItem (portal)",
         )

@@ -341,9 +341,10 @@ impl Bitrix24Client {
             .append_pair("client_secret", app.client_secret.expose())
             .append_pair("refresh_token", old.refresh_token.expose())
             .finish();
+        let server = oauth_server_for(old, &app.server);
         let response = self
             .http
-            .get(format!("{}/oauth/token/?{query}", app.server))
+            .get(format!("{server}/oauth/token/?{query}"))
             .timeout(self.timeout)
             .send()
             .await
@@ -375,13 +376,16 @@ impl Bitrix24Client {
             .unwrap_or(3600);
         let fresh = PortalTokens {
             member_id: old.member_id.clone(),
-            domain: text("domain").unwrap_or_else(|| old.domain.clone()),
+            // The refresh answer's `domain` is the OAuth server's (`oauth.bitrix.info`), not
+            // the portal's (settings/oauth/index.md): the portal keeps its own.
+            domain: old.domain.clone(),
             application_token: old.application_token.clone(),
             access_token: Secret::new(access),
             refresh_token: Secret::new(refresh),
             expires_at_ms: now_ms + expires_in * 1000,
             client_endpoint: text("client_endpoint").unwrap_or_else(|| old.client_endpoint.clone()),
             scope: text("scope").unwrap_or_else(|| old.scope.clone()),
+            server_endpoint: old.server_endpoint.clone(),
         };
         self.tokens
             .put(&fresh)
@@ -392,6 +396,40 @@ impl Bitrix24Client {
             })?;
         tracing::info!(portal = %old.member_id, "bitrix24 tokens refreshed");
         Ok(fresh)
+    }
+}
+
+/// Bitrix24's OAuth servers as its docs and events name them in `server_endpoint`:
+/// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (seed 001's examples),
+/// `oauth.bitrix24.info` (landing/embedding/block.md).
+pub const KNOWN_OAUTH_HOSTS: &[&str] = &[
+    "oauth.bitrix.info",
+    "oauth.bitrix24.tech",
+    "oauth.bitrix24.info",
+];
+
+/// Where a portal's refresh goes: the OAuth server its install named, when that host is a
+/// known Bitrix24 one or the configured server's; otherwise the configured server. A refresh
+/// carries `client_secret`, so no host an event merely names ever gets it.
+pub fn oauth_server_for(tokens: &PortalTokens, configured: &str) -> String {
+    let origin = |url: &str| {
+        let parsed = reqwest::Url::parse(url).ok()?;
+        let host = parsed.host_str()?.to_ascii_lowercase();
+        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+        Some((parsed.scheme().to_string(), host, port))
+    };
+    let Some((scheme, host, port)) = origin(&tokens.server_endpoint) else {
+        return configured.to_string();
+    };
+    let configured_host = origin(configured).map(|(_, h, p)| format!("{h}{p}"));
+    let known =
+        (scheme == "https" && port.is_empty() && KNOWN_OAUTH_HOSTS.contains(&host.as_str()))
+            || configured_host.as_deref() == Some(format!("{host}{port}").as_str());
+    if known {
+        format!("{scheme}://{host}{port}")
+    } else {
+        tracing::warn!(portal = %tokens.member_id, "stored server_endpoint is not a known Bitrix24 OAuth server; refreshing through RELAY_B24_OAUTH_URL");
+        configured.to_string()
     }
 }
 
@@ -486,5 +524,65 @@ impl Bitrix24Client {
             reason: format!("{method}: portal kept refusing (rate limit)"),
             retry_after: Some(delay),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(server_endpoint: &str) -> PortalTokens {
+        PortalTokens {
+            member_id: "m".into(),
+            domain: "x.bitrix24.ru".into(),
+            application_token: Secret::new("a"),
+            access_token: Secret::new("b"),
+            refresh_token: Secret::new("c"),
+            expires_at_ms: 0,
+            client_endpoint: "https://x.bitrix24.ru/rest/".into(),
+            server_endpoint: server_endpoint.into(),
+            scope: "crm".into(),
+        }
+    }
+
+    /// Seed 001 shows a portal whose OAuth server is oauth.bitrix24.tech.
+    #[test]
+    fn refresh_goes_to_the_portals_known_oauth_server_only() {
+        let configured = "https://oauth.bitrix.info";
+        assert_eq!(
+            oauth_server_for(&tokens("https://oauth.bitrix24.tech/rest/"), configured),
+            "https://oauth.bitrix24.tech"
+        );
+        assert_eq!(oauth_server_for(&tokens(""), configured), configured);
+        for hostile in [
+            "https://evil.example/rest/",
+            "http://oauth.bitrix24.tech/rest/",
+            "https://oauth.bitrix24.tech:8443/rest/",
+            "https://oauth.bitrix24.tech.evil.example/rest/",
+        ] {
+            assert_eq!(
+                oauth_server_for(&tokens(hostile), configured),
+                configured,
+                "{hostile}"
+            );
+        }
+        // The configured server's own host (a test's loopback OAuth server) is trusted.
+        assert_eq!(
+            oauth_server_for(&tokens("http://127.0.0.1:9/rest/"), "http://127.0.0.1:9"),
+            "http://127.0.0.1:9"
+        );
+    }
+
+    #[test]
+    fn webhook_urls_serve_their_own_portal_only() {
+        let urls = WebhookUrls::parse(&Secret::new(
+            "m1=https://a.bitrix24.ru/rest/1/x/, https://b.bitrix24.ru/rest/1/y/",
+        ));
+        assert!(urls.for_portal("m1", Some(Some("other"))).is_some());
+        assert!(urls.for_portal("m2", Some(Some("b.bitrix24.ru"))).is_some());
+        assert!(urls.for_portal("m2", Some(Some("c.bitrix24.ru"))).is_none());
+        assert!(urls.for_portal("m2", Some(None)).is_none());
+        // An operator's command names the portal itself.
+        assert!(urls.for_portal("m2", None).is_some());
     }
 }

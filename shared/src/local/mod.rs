@@ -27,7 +27,8 @@ pub const DB_FILE: &str = "relay.db";
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = 5;
 
 /// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `portals.server_endpoint`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS portals (
     refresh_token TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL,
     client_endpoint TEXT NOT NULL,
-    scope TEXT NOT NULL
+    scope TEXT NOT NULL,
+    server_endpoint TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS attempts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -219,6 +221,12 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         )));
     }
     conn.execute_batch(SCHEMA).map_err(db("schema"))?;
+    if version == 1 {
+        conn.execute_batch(
+            "ALTER TABLE portals ADD COLUMN server_endpoint TEXT NOT NULL DEFAULT ''",
+        )
+        .map_err(db("schema 1 -> 2"))?;
+    }
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
     Ok(())
