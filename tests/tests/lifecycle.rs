@@ -17,7 +17,7 @@ use shared::lifecycle::bind::{
     bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base,
 };
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
-use shared::lifecycle::offline::{OfflinePoller, PortalRef};
+use shared::lifecycle::offline::{OfflinePoller, PollError, PortalRef};
 use shared::ports::{
     Bitrix24Rest, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotStore, TokenStore,
 };
@@ -318,6 +318,39 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         .verify_application_token("portal04", &Secret::new(APP_TOKEN))
         .await
         .unwrap());
+}
+
+/// Defect 13 (offline-events.md, feature-get.md): without `rest_offline_extended` there is no
+/// `clear=0`, so the poller reads nothing and says why, instead of risking records.
+#[tokio::test]
+async fn a_portal_without_extended_offline_events_is_not_drained() {
+    let s = setup("portal19").await;
+    install(&s).await;
+    s.portal
+        .record_change("ONCRMDEALUPDATE", "1", 1_790_000_001, APP_TOKEN);
+    s.portal.set_extended_offline_events(false);
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), s.queue.clone());
+    let portal = PortalRef {
+        member_id: "portal19".into(),
+        domain: Some(s.portal.domain.clone()),
+    };
+    let outcome = poller.poll_portal(&portal, SystemTime::now()).await;
+    assert!(
+        matches!(outcome, Err(PollError::NoExtendedOfflineEvents)),
+        "{outcome:?}"
+    );
+    assert_eq!(s.portal.calls("event.offline.get"), 0);
+    assert_eq!(
+        s.portal.offline_records().len(),
+        1,
+        "the record stays in the log"
+    );
+    s.portal.set_extended_offline_events(true);
+    let report = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued, 1);
 }
 
 #[tokio::test]

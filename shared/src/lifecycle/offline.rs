@@ -92,6 +92,10 @@ pub enum PollError {
     },
     #[error("token store: {0}")]
     Store(#[from] StoreError),
+    /// offline-events.md: `clear=0` (confirm after queueing) needs `rest_offline_extended`;
+    /// without it a record would be gone from the log before it is durable, so nothing is read.
+    #[error("portal lacks the rest_offline_extended feature (feature.get): offline events are not drained, since clearing them before they are queued could lose them")]
+    NoExtendedOfflineEvents,
 }
 
 /// Why one offline record could not become an envelope.
@@ -171,12 +175,40 @@ impl OfflinePoller {
         portal: &PortalRef,
         now: SystemTime,
     ) -> Result<PollReport, PollError> {
+        self.require_extended_offline_events(portal).await?;
         let mut report = PollReport::default();
         for retry_errors in [true, false] {
             let phase = self.drain(portal, retry_errors, now).await?;
             report.add(&phase);
         }
         Ok(report)
+    }
+
+    /// feature-get.md: `{CODE: rest_offline_extended}` answers `{value: "Y"}` when the portal
+    /// has it. A portal that does not know the method is tried as before: `event.offline.get`
+    /// itself refuses `clear=0` there.
+    async fn require_extended_offline_events(&self, portal: &PortalRef) -> Result<(), PollError> {
+        match self
+            .rest
+            .call(
+                &portal.member_id,
+                "feature.get",
+                json!({"CODE": "rest_offline_extended"}),
+            )
+            .await
+        {
+            Ok(answer) => match text_at(&answer.result, &["value"]).as_deref() {
+                Some("Y") => Ok(()),
+                _ => {
+                    tracing::error!(portal = %portal.member_id, "PORTAL LACKS rest_offline_extended: its offline events are not drained (clear=0 is unavailable on its plan)");
+                    Err(PollError::NoExtendedOfflineEvents)
+                }
+            },
+            Err(e) => {
+                tracing::debug!(portal = %portal.member_id, error = %e, "feature.get unavailable; polling as before");
+                Ok(())
+            }
+        }
     }
 
     async fn drain(
