@@ -499,12 +499,10 @@ pub async fn rate_limit_answers_back_off_and_retry(
     world
         .portal
         .set_entity("deal", "3", deal("3", "Busy", "NEW", "1"));
+    // QUERY_LIMIT_EXCEEDED is backed off in-process; OPERATION_TIME_LIMIT blocks a method for
+    // minutes and is given back to the queue instead (fidelity_cases covers it).
     world.portal.inject(MethodReply::query_limit_exceeded());
-    world.portal.inject(MethodReply::error(
-        429,
-        "OPERATION_TIME_LIMIT",
-        "Method is blocked due to operation time limit.",
-    ));
+    world.portal.inject(MethodReply::query_limit_exceeded());
     let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "3", 100);
     let report = world
         .consumer()

@@ -361,9 +361,15 @@ pub fn param(params: &Value, key: &str) -> Option<String> {
 
 fn answer(reply: MethodReply) -> Response {
     match reply {
+        // limits.md: `time.operating_reset_at` is when the oldest basket of this method's
+        // accumulated time is dropped (at most ten minutes ahead).
         MethodReply::Result(result) => Json(json!({
             "result": result,
-            "time": {"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0, "operating": 0}
+            "time": {"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0, "operating": 0,
+                     "operating_reset_at": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64 + 600)
+                        .unwrap_or_default()}
         }))
         .into_response(),
         MethodReply::Error {

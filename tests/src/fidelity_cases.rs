@@ -425,6 +425,42 @@ pub async fn token_refresh_keeps_the_portal_domain(
     assert_eq!(bodies[0]["entity"]["TITLE"], "after refresh");
 }
 
+/// Defect 10 (limits.md): 429 OPERATION_TIME_LIMIT blocks a method for minutes. The client
+/// does not hammer it with in-process retries: it gives the message back with the wait until
+/// `operating_reset_at` of the last successful answer.
+pub async fn operation_time_limit_waits_until_the_reset(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    use crate::fake_bitrix24::MethodReply;
+    use shared::error::EnrichError;
+    let world = World::new(ports, probe, Auth::Webhook, PortalLimits::default()).await;
+    world
+        .portal
+        .set_entity("deal", "1", json!({"ID": "1", "TITLE": "one"}));
+    let client = world.bitrix24_client();
+    client
+        .call(PORTAL, "crm.deal.get", json!({"id": "1"}))
+        .await
+        .expect("first call answers");
+    world.portal.inject(MethodReply::operation_time_limit());
+    let before = world.portal.requests();
+    match client
+        .call(PORTAL, "crm.deal.get", json!({"id": "1"}))
+        .await
+    {
+        Err(EnrichError::Transient {
+            retry_after: Some(wait),
+            ..
+        }) => assert!(
+            (590..=600).contains(&wait.as_secs()),
+            "waits until operating_reset_at, not a back-off: {wait:?}"
+        ),
+        other => panic!("expected a transient error with a wait, got {other:?}"),
+    }
+    assert_eq!(world.portal.requests(), before + 1, "no in-process retry");
+}
+
 #[macro_export]
 macro_rules! fidelity_case_tests {
     ($setup:path) => {
@@ -436,6 +472,7 @@ macro_rules! fidelity_case_tests {
             address_events_are_keyed_by_type_and_owner,
             two_portals_one_webhook_never_cross,
             token_refresh_keeps_the_portal_domain,
+            operation_time_limit_waits_until_the_reset,
         );
     };
     (@each $setup:path; $($name:ident),* $(,)?) => {$(

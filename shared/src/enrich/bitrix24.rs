@@ -31,6 +31,18 @@ impl Default for RateLimit {
     }
 }
 
+impl RateLimit {
+    /// One of `shares` clients' part of a portal's budget: the portal counts every client of
+    /// the app together, so N clients each at the full rate are N times over it.
+    pub fn shared_by(self, shares: u32) -> RateLimit {
+        let shares = f64::from(shares.max(1));
+        RateLimit {
+            per_second: self.per_second / shares,
+            burst: (self.burst / shares).max(1.0),
+        }
+    }
+}
+
 struct Bucket {
     level: f64,
     at: Instant,
@@ -75,6 +87,10 @@ impl Limiter {
     }
 }
 
+fn lock_map<K, V>(m: &Mutex<HashMap<K, V>>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The OAuth application, for refreshing a portal's tokens.
 #[derive(Clone)]
 struct OAuthApp {
@@ -92,6 +108,8 @@ enum Credentials {
 enum Failure {
     ExpiredToken,
     RateLimited,
+    /// 429 `OPERATION_TIME_LIMIT`: this method is blocked for minutes (limits.md).
+    MethodBlocked,
     Enrich(EnrichError),
 }
 
@@ -159,6 +177,10 @@ pub struct Bitrix24Client {
     oauth: Option<OAuthApp>,
     tokens: Arc<dyn TokenStore>,
     limiter: Limiter,
+    /// `time.operating_reset_at` of the last successful answer per (portal, method): when a
+    /// blocked method may run again (limits.md: "refer to operating_reset_at from the last
+    /// successful response").
+    operating_reset_at: Mutex<HashMap<(String, String), i64>>,
     /// First wait after `QUERY_LIMIT_EXCEEDED`; doubles per try.
     backoff: Duration,
     max_tries: u32,
@@ -185,9 +207,15 @@ impl Bitrix24Client {
             oauth,
             tokens,
             limiter: Limiter {
-                limit: RateLimit::default(),
+                // Consumers, the poller and the app's inline drain share one portal's budget.
+                limit: if config.b24_consumers == 0 {
+                    RateLimit::default()
+                } else {
+                    RateLimit::default().shared_by(config.b24_consumers.saturating_add(2))
+                },
                 buckets: Mutex::new(HashMap::new()),
             },
+            operating_reset_at: Mutex::new(HashMap::new()),
             backoff: Duration::from_secs(1),
             max_tries: 5,
             timeout: Duration::from_secs(20),
@@ -437,7 +465,8 @@ pub fn oauth_server_for(tokens: &PortalTokens, configured: &str) -> String {
 /// empty `error` from crm.*.get (`{"error":"","error_description":"Not found"}`).
 fn classify_error(status: u16, code: &str, description: &str, method: &str) -> Failure {
     match code {
-        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" => Failure::RateLimited,
+        "OPERATION_TIME_LIMIT" => Failure::MethodBlocked,
+        "QUERY_LIMIT_EXCEEDED" => Failure::RateLimited,
         "expired_token" => Failure::ExpiredToken,
         _ if is_not_found(code, description) => Failure::Enrich(EnrichError::NotFound),
         _ if status == 503 || status == 429 => Failure::RateLimited,
@@ -486,6 +515,23 @@ impl Bitrix24Rest for Bitrix24Client {
 }
 
 impl Bitrix24Client {
+    /// How long a blocked method stays blocked: until the reset time the portal gave with its
+    /// last successful answer, else one minute (a basket's length), at most ten (limits.md).
+    fn until_reset(&self, member_id: &str, method: &str) -> Duration {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let known = lock_map(&self.operating_reset_at)
+            .get(&(member_id.to_string(), method.to_string()))
+            .copied()
+            .filter(|reset| *reset > now_s);
+        match known {
+            Some(reset) => Duration::from_secs((reset - now_s).clamp(1, 600) as u64),
+            None => Duration::from_secs(60),
+        }
+    }
+
     async fn call_with(
         &self,
         member_id: &str,
@@ -499,7 +545,27 @@ impl Bitrix24Client {
         for _ in 0..self.max_tries {
             self.limiter.acquire(member_id).await;
             match self.send(&credentials, method, &params).await {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    if let Some(reset) = answer
+                        .raw
+                        .pointer("/time/operating_reset_at")
+                        .and_then(Value::as_i64)
+                    {
+                        lock_map(&self.operating_reset_at)
+                            .insert((member_id.to_string(), method.to_string()), reset);
+                    }
+                    return Ok(answer);
+                }
+                Err(Failure::MethodBlocked) => {
+                    // Minutes, not seconds: the message waits in the queue, not this process.
+                    let wait = self.until_reset(member_id, method);
+                    tracing::warn!(portal = %member_id, method, wait_s = wait.as_secs(),
+                        "bitrix24 OPERATION_TIME_LIMIT: method blocked; retrying after its reset");
+                    return Err(EnrichError::Transient {
+                        reason: format!("{method}: OPERATION_TIME_LIMIT"),
+                        retry_after: Some(wait),
+                    });
+                }
                 Err(Failure::Enrich(e)) => return Err(e),
                 Err(Failure::ExpiredToken) => match (&credentials, refreshed) {
                     (Credentials::OAuth(tokens), false) => {
@@ -571,6 +637,15 @@ mod tests {
             oauth_server_for(&tokens("http://127.0.0.1:9/rest/"), "http://127.0.0.1:9"),
             "http://127.0.0.1:9"
         );
+    }
+
+    /// Five consumers, the poller and the app's drain together stay within 2 requests/s.
+    #[test]
+    fn consumers_share_the_portal_budget() {
+        let share = RateLimit::default().shared_by(5 + 2);
+        assert!((share.per_second * 7.0 - 2.0).abs() < 1e-9);
+        assert!(share.burst * 7.0 <= 50.0 + 1e-9);
+        assert_eq!(RateLimit::default().shared_by(0), RateLimit::default());
     }
 
     #[test]
