@@ -43,6 +43,7 @@ fn event_of(n: usize, entity: usize) -> RelayEvent {
         domain: Some("bench.bitrix24.ru".into()),
         family: Family::Deal,
         event: "ONCRMDEALUPDATE".into(),
+        entity_type: None,
         entity_id: Some(entity),
         ts: n as i64,
         received_at: "2026-11-22T10:00:00Z".into(),

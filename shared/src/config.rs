@@ -55,6 +55,10 @@ pub struct RelayConfig {
     pub b24_client_secret: Option<Secret>,
     /// OAuth server for refresh; default `https://oauth.bitrix.info`.
     pub b24_oauth_url: String,
+    /// `RELAY_B24_CONSUMERS`: how many consumers may call one portal at once (the consumer's
+    /// maximum concurrency). Each client then keeps to 1/(consumers + 2) of the portal's
+    /// budget: the offline poller and the app function's inline drain take a share each.
+    pub b24_consumers: u32,
     pub salesman_url: Option<String>,
     pub salesman_login: Option<String>,
     pub salesman_apikey: Option<Secret>,
@@ -105,6 +109,17 @@ impl RelayConfig {
             b24_client_secret: non_empty("RELAY_B24_CLIENT_SECRET").map(Secret::new),
             b24_oauth_url: non_empty("RELAY_B24_OAUTH_URL")
                 .unwrap_or_else(|| "https://oauth.bitrix.info".to_string()),
+            b24_consumers: match non_empty("RELAY_B24_CONSUMERS") {
+                None => 0,
+                Some(n) => n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or(ConfigError::Invalid {
+                        name: "RELAY_B24_CONSUMERS",
+                        reason: "a whole number of at least 1".into(),
+                    })?,
+            },
             salesman_url: non_empty("RELAY_SALESMAN_URL"),
             salesman_login: non_empty("RELAY_SALESMAN_LOGIN"),
             salesman_apikey: non_empty("RELAY_SALESMAN_APIKEY").map(Secret::new),

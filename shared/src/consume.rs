@@ -13,7 +13,7 @@
 
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
-use crate::enrich::{Enricher, Prefetched};
+use crate::enrich::{Enriched, Enricher, Prefetched};
 use crate::error::{EnrichError, ForwardError};
 use crate::event::{RelayEvent, ENVELOPE_VERSION};
 use crate::forward::{
@@ -80,7 +80,7 @@ struct DeliveryPlan<'a> {
 
 /// The entity as the CRM has it now, and the last snapshot to diff it against.
 struct EntityState {
-    entity: Option<Value>,
+    enriched: Enriched,
     snapshot_key: Option<SnapshotKey>,
     previous: Option<Snapshot>,
 }
@@ -96,7 +96,7 @@ enum StateFailure {
 struct Finish<'a> {
     claim: &'a HeldClaim,
     key: Option<SnapshotKey>,
-    entity: Option<Value>,
+    enriched: Enriched,
     version: i64,
 }
 
@@ -374,7 +374,13 @@ impl Consumer {
         let Some(previous) = state.previous.as_ref() else {
             return self.skip_duplicate(event, clock.now_ms).await;
         };
-        if state.entity.as_ref() == Some(&previous.entity) {
+        // Only a fetched entity that differs is news; an entity the CRM no longer gives (or
+        // that cannot be read) says nothing new about a delivered event.
+        if state
+            .enriched
+            .entity()
+            .is_none_or(|entity| *entity == previous.entity)
+        {
             return self.skip_duplicate(event, clock.now_ms).await;
         }
         let webhook_id = redelivery_id(&event.id, previous.version);
@@ -522,8 +528,8 @@ impl Consumer {
         prefetched: &Prefetched,
         now_ms: i64,
     ) -> Result<EntityState, StateFailure> {
-        let entity = match self.enricher.entity(event, prefetched).await {
-            Ok(entity) => entity,
+        let enriched = match self.enricher.entity(event, prefetched).await {
+            Ok(enriched) => enriched,
             Err(EnrichError::Transient {
                 reason,
                 retry_after,
@@ -536,12 +542,7 @@ impl Consumer {
             }
             Err(e) => return Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
         };
-        let snapshot_key = event.entity_id.as_ref().map(|id| SnapshotKey {
-            source: event.source,
-            portal: event.portal.clone(),
-            family: event.family,
-            entity_id: id.clone(),
-        });
+        let snapshot_key = SnapshotKey::of(event);
         let previous = match &snapshot_key {
             None => None,
             Some(key) => self.ports.snapshots.load(key).await.map_err(|e| {
@@ -550,7 +551,7 @@ impl Consumer {
             })?,
         };
         Ok(EntityState {
-            entity,
+            enriched,
             snapshot_key,
             previous,
         })
@@ -606,16 +607,27 @@ impl Consumer {
             }
         };
         let EntityState {
-            entity,
+            enriched,
             snapshot_key,
             previous,
         } = state;
-        let changes = changes(previous.as_ref().map(|s| &s.entity), entity.as_ref());
-        let body = forward_body(event, entity.as_ref(), &changes);
+        let previous = previous.map(|s| s.entity);
+        let changes = changes(previous.as_ref(), enriched.entity());
+        let body = forward_body(
+            event,
+            &Forwarded {
+                entity: enriched.entity(),
+                previous: previous.as_ref(),
+                deleted: enriched == Enriched::Deleted,
+                first_seen: snapshot_key.is_some() && previous.is_none(),
+                enrichment: enriched.note(),
+            },
+            &changes,
+        );
         let finish = Finish {
             claim,
             key: snapshot_key,
-            entity,
+            enriched,
             version: plan.snapshot_version,
         };
 
@@ -761,16 +773,21 @@ impl Consumer {
         }
     }
 
-    /// After a delivery: the new snapshot (never over a newer one), then COMPLETED. Neither
-    /// failing undoes the delivery, so both only warn; a lost COMPLETED at worst re-forwards
-    /// with the same `webhook-id`, which the receiver drops.
+    /// After a delivery: the new snapshot (never over a newer one), or for a delete the
+    /// snapshot removed, then COMPLETED. None of it failing undoes the delivery, so each only
+    /// warns; a lost COMPLETED at worst re-forwards with the same `webhook-id`.
     async fn finish_delivered(
         &self,
         event: &RelayEvent,
         finish: Finish<'_>,
         now_ms: i64,
     ) -> Outcome {
-        if let (Some(key), Some(entity)) = (finish.key, finish.entity) {
+        if let (Some(key), Enriched::Deleted) = (&finish.key, &finish.enriched) {
+            if let Err(e) = self.ports.snapshots.delete(key).await {
+                tracing::warn!(event_id = %event.id, error = %e, "snapshot of a deleted entity not removed");
+            }
+        }
+        if let (Some(key), Some(entity)) = (finish.key, finish.enriched.into_entity()) {
             let snapshot = Snapshot {
                 entity,
                 version: finish.version,
@@ -866,8 +883,25 @@ pub fn changes(old: Option<&Value>, new: Option<&Value>) -> Vec<Value> {
         .collect()
 }
 
-/// The envelope plus `entity` and `changes`: exactly what is signed and POSTed.
-pub fn forward_body(event: &RelayEvent, entity: Option<&Value>, changes: &[Value]) -> Value {
+/// What the consumer learned about an event's entity, for its forwarded body.
+#[derive(Clone, Copy, Debug)]
+pub struct Forwarded<'a> {
+    /// The entity now, as the CRM answered; `None` when not fetched or gone.
+    pub entity: Option<&'a Value>,
+    /// The last-known snapshot; `None` when never seen.
+    pub previous: Option<&'a Value>,
+    /// A delete event: `previous` is what was deleted.
+    pub deleted: bool,
+    /// No snapshot existed, so empty `changes` mean "first sight", not "nothing changed".
+    pub first_seen: bool,
+    /// How enrichment went (`fetched`, `not found`, `deleted`, `not fetched`,
+    /// `no credentials for this portal`).
+    pub enrichment: &'a str,
+}
+
+/// The envelope plus `entity_type`, `entity`, `previous`, `deleted`, `first_seen`,
+/// `enrichment` and `changes`: exactly what is signed and POSTed.
+pub fn forward_body(event: &RelayEvent, forwarded: &Forwarded<'_>, changes: &[Value]) -> Value {
     let mut body = serde_json::to_value(event).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut body {
         // Ingress never puts `auth` in `data`; if an old or hand-made message did, the CRM
@@ -875,7 +909,19 @@ pub fn forward_body(event: &RelayEvent, entity: Option<&Value>, changes: &[Value
         if let Some(Value::Object(data)) = map.get_mut("data") {
             data.remove("auth");
         }
-        map.insert("entity".into(), entity.cloned().unwrap_or(Value::Null));
+        // Old envelopes have none stored: the kind ingress would give them today.
+        map.insert("entity_type".into(), json!(event.kind()));
+        map.insert(
+            "entity".into(),
+            forwarded.entity.cloned().unwrap_or(Value::Null),
+        );
+        map.insert(
+            "previous".into(),
+            forwarded.previous.cloned().unwrap_or(Value::Null),
+        );
+        map.insert("deleted".into(), json!(forwarded.deleted));
+        map.insert("first_seen".into(), json!(forwarded.first_seen));
+        map.insert("enrichment".into(), json!(forwarded.enrichment));
         map.insert("changes".into(), Value::Array(changes.to_vec()));
     }
     body

@@ -36,6 +36,10 @@ pub enum IngestError {
     },
     #[error("unknown event {0}")]
     UnknownEvent(String),
+    /// A Bitrix24 event the catalogue refuses on purpose, or a smart-process type other than
+    /// invoices: the message says which and why.
+    #[error("{0}")]
+    NotTaken(String),
     #[error("queue unavailable")]
     Queue(#[source] StoreError),
     /// `app.info` could not be reached to confirm an ONAPPINSTALL: 503, nothing stored.

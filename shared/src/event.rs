@@ -2,6 +2,7 @@
 //! It is versioned (`v`) so a consumer can refuse an envelope it does not understand, and it
 //! never carries a token or secret: ingress strips `auth` before an envelope is built.
 
+use crate::catalogue::EntityType;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -110,6 +111,10 @@ pub struct RelayEvent {
     pub family: Family,
     /// Canonical event name: Bitrix24 upper-case, SalesMan lower-case.
     pub event: String,
+    /// What kind of entity `entity_id` is, from the catalogue at ingest. Envelopes written
+    /// before it existed have none: [`RelayEvent::kind`] derives it the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity_type: Option<EntityType>,
     /// The entity the event is about; app events have none.
     #[serde(default)]
     pub entity_id: Option<String>,
@@ -122,6 +127,12 @@ pub struct RelayEvent {
 }
 
 impl RelayEvent {
+    /// The stored kind, or for an old envelope the one ingest would have set today.
+    pub fn kind(&self) -> Option<EntityType> {
+        self.entity_type
+            .or_else(|| entity_type_of(self.source, &self.event, &self.data))
+    }
+
     /// FIFO MessageGroupId: order is kept per entity, not per portal, so one slow deal
     /// does not hold back every other event of its portal.
     pub fn message_group_id(&self) -> String {
@@ -137,6 +148,17 @@ impl RelayEvent {
     /// FIFO MessageDeduplicationId: the envelope id (64 hex chars, within SQS's 128 limit).
     pub fn deduplication_id(&self) -> &str {
         &self.id
+    }
+}
+
+/// The kind of entity an event is about: Bitrix24's from the catalogue, SalesMan's from the
+/// first word of its event name. `None` for an event neither knows.
+pub fn entity_type_of(source: Source, event: &str, data: &serde_json::Value) -> Option<EntityType> {
+    match source {
+        Source::Bitrix24 => crate::catalogue::resolve(event, data)
+            .ok()
+            .map(|e| e.entity_type),
+        Source::Salesman => EntityType::of_salesman_event(event),
     }
 }
 
@@ -253,6 +275,7 @@ mod tests {
             domain: None,
             family: Family::Deal,
             event: "ONCRMDEALUPDATE".into(),
+            entity_type: None,
             entity_id: Some("7405".into()),
             ts: 1,
             received_at: "2026-11-22T10:00:00Z".into(),

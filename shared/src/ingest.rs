@@ -53,7 +53,9 @@ impl IngestReply {
             IngestError::Unauthorized => 401,
             IngestError::TooLarge { .. } => 413,
             IngestError::UnsupportedContentType => 415,
-            IngestError::WrongFamily { .. } | IngestError::UnknownEvent(_) => 422,
+            IngestError::WrongFamily { .. }
+            | IngestError::UnknownEvent(_)
+            | IngestError::NotTaken(_) => 422,
             IngestError::Queue(_)
             | IngestError::TokenStore(_)
             | IngestError::VerifierUnavailable => 503,
@@ -228,7 +230,12 @@ impl Ingress {
             req.relay_token_header,
         )?;
         let delivery = parse_salesman(document).map_err(malformed)?;
-        route(Source::Salesman, &delivery.event, req.family)?;
+        route(
+            Source::Salesman,
+            &delivery.event,
+            &delivery.data,
+            req.family,
+        )?;
         let presented = salesman_presented_secrets(req.query, req.relay_token_header);
         let mut known: Vec<&str> = presented.iter().map(String::as_str).collect();
         known.extend(self.config.salesman_secret.as_ref().map(|s| s.expose()));
@@ -284,7 +291,12 @@ impl Ingress {
             self.verify_bitrix24(&delivery.auth, &delivery.event)
                 .await?;
         }
-        route(Source::Bitrix24, &delivery.event, req.family)?;
+        route(
+            Source::Bitrix24,
+            &delivery.event,
+            &delivery.data,
+            req.family,
+        )?;
         let mut data = delivery.data;
         strip_secrets(&mut data, &delivery.auth.secrets());
         Ok(Draft {
@@ -379,6 +391,7 @@ impl Draft {
             portal: self.portal,
             domain: self.domain,
             family,
+            entity_type: crate::event::entity_type_of(self.source, &self.event, &self.data),
             event: self.event,
             entity_id: self.entity_id,
             ts: self.ts,

@@ -3,6 +3,7 @@
 //! stores behind them live here; the functions under `functions/` only wire ports together.
 
 pub mod aws;
+pub mod catalogue;
 pub mod config;
 pub mod consume;
 pub mod enrich;

@@ -156,20 +156,34 @@ pub struct Snapshot {
     pub version: i64,
 }
 
+/// One entity's snapshot. The kind is part of it: a family holds kinds with separate id
+/// sequences (requisite 5 and bank detail 5 are different records).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SnapshotKey {
     pub source: Source,
     pub portal: String,
     pub family: crate::event::Family,
+    pub entity_type: crate::catalogue::EntityType,
     pub entity_id: String,
 }
 
 impl SnapshotKey {
-    /// DynamoDB partition key: `SNAP#<source>#<portal>#<family>#<entity>`.
+    /// The key of an event's entity; `None` for events about no entity (or of no known kind).
+    pub fn of(event: &RelayEvent) -> Option<SnapshotKey> {
+        Some(SnapshotKey {
+            source: event.source,
+            portal: event.portal.clone(),
+            family: event.family,
+            entity_type: event.kind()?,
+            entity_id: event.entity_id.clone().filter(|id| !id.is_empty())?,
+        })
+    }
+
+    /// DynamoDB partition key (and SQLite's): `SNAP#<source>#<portal>#<family>#<kind>#<entity>`.
     pub fn pk(&self) -> String {
         format!(
-            "SNAP#{}#{}#{}#{}",
-            self.source, self.portal, self.family, self.entity_id
+            "SNAP#{}#{}#{}#{}#{}",
+            self.source, self.portal, self.family, self.entity_type, self.entity_id
         )
     }
 }
@@ -190,6 +204,8 @@ pub trait SnapshotStore: Send + Sync {
         key: &SnapshotKey,
         snapshot: &Snapshot,
     ) -> Result<SnapshotSave, StoreError>;
+    /// Forgets one entity (after its delete was forwarded). Absent is not an error.
+    async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError>;
     /// Deletes every snapshot of one portal (app uninstall). Returns how many.
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError>;
 }
@@ -205,6 +221,10 @@ pub struct PortalTokens {
     pub expires_at_ms: i64,
     /// e.g. `https://x.bitrix24.ru/rest/`
     pub client_endpoint: String,
+    /// The portal's OAuth server as its install named it (`auth[server_endpoint]`,
+    /// `https://oauth.bitrix.info/rest/`); empty when unknown. Refreshes go there only when
+    /// its host is a known Bitrix24 OAuth server.
+    pub server_endpoint: String,
     pub scope: String,
 }
 
@@ -249,6 +269,21 @@ pub trait Bitrix24Rest: Send + Sync {
         method: &str,
         params: serde_json::Value,
     ) -> Result<RestAnswer, crate::error::EnrichError>;
+
+    /// The same call for an event's portal, named by `member_id` and the event's `domain`:
+    /// credentials that are not that portal's are never used (a webhook of another portal
+    /// would answer with its own record of the same id). Clients with one portal's
+    /// credentials only need not override it.
+    async fn call_on(
+        &self,
+        member_id: &str,
+        domain: Option<&str>,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<RestAnswer, crate::error::EnrichError> {
+        let _ = domain;
+        self.call(member_id, method, params).await
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1,7 +1,8 @@
-//! Which family (which deployed function) takes an event: DESIGN.md's routing table kept as
-//! data. Ingress asks it after parsing; an event sent to another family's URL is refused with
-//! the family that takes it, and an event in no family is refused as unknown.
+//! Which family (which deployed function) takes an event: Bitrix24's from the event catalogue,
+//! SalesMan's from the table here. Ingress asks it after parsing; an event sent to another
+//! family's URL is refused with the family that takes it, and an event in no family is refused.
 
+use crate::catalogue::{self, CatalogueMiss};
 use crate::error::IngestError;
 use crate::event::{Family, Source};
 
@@ -10,8 +11,6 @@ use crate::event::{Family, Source};
 enum Pattern {
     Exact(&'static str),
     Prefix(&'static str),
-    /// `ONCRMDYNAMICITEM*_31`: smart-process events carry the entity type in the suffix.
-    PrefixSuffix(&'static str, &'static str),
 }
 
 impl Pattern {
@@ -19,11 +18,6 @@ impl Pattern {
         match self {
             Pattern::Exact(name) => event == name,
             Pattern::Prefix(prefix) => event.starts_with(prefix),
-            Pattern::PrefixSuffix(prefix, suffix) => {
-                event.len() >= prefix.len() + suffix.len()
-                    && event.starts_with(prefix)
-                    && event.ends_with(suffix)
-            }
         }
     }
 
@@ -33,7 +27,6 @@ impl Pattern {
         match self {
             Pattern::Exact(name) => (2, name.len()),
             Pattern::Prefix(prefix) => (1, prefix.len()),
-            Pattern::PrefixSuffix(prefix, suffix) => (1, prefix.len() + suffix.len()),
         }
     }
 }
@@ -54,26 +47,10 @@ const fn rule(source: Source, pattern: Pattern, family: Family) -> Rule {
 
 use Family::*;
 use Pattern::*;
-use Source::{Bitrix24 as B24, Salesman as SM};
+use Source::Salesman as SM;
 
-/// DESIGN.md, "Families". Names are canonical case here; events are canonicalised first.
+/// SalesMan's families by event name, lower case (events are canonicalised first).
 const RULES: &[Rule] = &[
-    rule(B24, Prefix("ONCRMDEAL"), Deal),
-    rule(B24, Prefix("ONCRMLEAD"), Lead),
-    rule(B24, Prefix("ONCRMCONTACT"), Contact),
-    rule(B24, Prefix("ONCRMCOMPANY"), Company),
-    rule(B24, Prefix("ONCRMREQUISITE"), Requisite),
-    rule(B24, Prefix("ONCRMBANKDETAIL"), Requisite),
-    rule(B24, Prefix("ONCRMADDRESS"), Requisite),
-    rule(B24, Prefix("ONCRMINVOICE"), Invoice),
-    rule(B24, PrefixSuffix("ONCRMDYNAMICITEM", "_31"), Invoice),
-    rule(B24, Prefix("ONTASK"), Activity),
-    rule(B24, Prefix("ONCRMACTIVITY"), Activity),
-    rule(B24, Exact("ONAPPINSTALL"), App),
-    rule(B24, Exact("ONAPPUNINSTALL"), App),
-    rule(B24, Exact("ONAPPUPDATE"), App),
-    rule(B24, Exact("ONAPPTEST"), App),
-    rule(B24, Exact("ONOFFLINEEVENT"), App),
     rule(SM, Prefix("deal."), Deal),
     rule(SM, Prefix("lead."), Lead),
     rule(SM, Prefix("entry."), Lead),
@@ -96,7 +73,11 @@ pub fn canonical_event(source: Source, event: &str) -> String {
 }
 
 /// The family that takes `event`, compared case-insensitively; `None` when no family does.
+/// (A base `ONCRMDYNAMICITEM*` name is the invoice family's; [`route`] checks its type.)
 pub fn family_of(source: Source, event: &str) -> Option<Family> {
+    if source == Source::Bitrix24 {
+        return catalogue::entry(event).map(|e| e.family);
+    }
     let event = canonical_event(source, event);
     RULES
         .iter()
@@ -105,10 +86,24 @@ pub fn family_of(source: Source, event: &str) -> Option<Family> {
         .map(|r| r.family)
 }
 
-/// Checks that the URL of `called` takes `event`: `UnknownEvent` when no family does,
-/// `WrongFamily` (naming the right one) when another family does.
-pub fn route(source: Source, event: &str, called: Family) -> Result<(), IngestError> {
-    match family_of(source, event) {
+/// Checks that the URL of `called` takes `event` (with its `data`, which names the type of a
+/// base dynamic-item event): `UnknownEvent` when no family does, `NotTaken` when the
+/// catalogue refuses it, `WrongFamily` (naming the right one) when another family takes it.
+pub fn route(
+    source: Source,
+    event: &str,
+    data: &serde_json::Value,
+    called: Family,
+) -> Result<(), IngestError> {
+    let family = match source {
+        Source::Bitrix24 => match catalogue::resolve(event, data) {
+            Ok(entry) => Some(entry.family),
+            Err(CatalogueMiss::Unknown(_)) => None,
+            Err(miss) => return Err(IngestError::NotTaken(miss.to_string())),
+        },
+        Source::Salesman => family_of(source, event),
+    };
+    match family {
         None => Err(IngestError::UnknownEvent(canonical_event(source, event))),
         Some(family) if family == called => Ok(()),
         Some(family) => Err(IngestError::WrongFamily {
@@ -141,6 +136,9 @@ mod tests {
             ("onCrmDynamicItemUpdate_31", Invoice),
             ("ONTASKADD", Activity),
             ("ONTASKCOMMENTADD", Activity),
+            ("onCrmDynamicItemAdd", Invoice),
+            ("ONCRMDEALRECURRINGEXPOSE", Deal),
+            ("ONCRMINVOICERECURRINGADD", Invoice),
             ("ONCRMACTIVITYADD", Activity),
             ("ONAPPINSTALL", App),
             ("onAppUninstall", App),
@@ -182,6 +180,7 @@ mod tests {
         for (source, event) in [
             (Source::Bitrix24, "ONCRMDYNAMICITEMADD_128"),
             (Source::Bitrix24, "ONCRMDYNAMICITEMADD_131"),
+            (Source::Bitrix24, "ONCRMQUOTEADD"),
             (Source::Bitrix24, "ONAPPINSTALLX"),
             (Source::Bitrix24, "ONUSERADD"),
             (Source::Bitrix24, "ONCRM"),
@@ -195,9 +194,40 @@ mod tests {
         }
     }
 
+    /// on-crm-dynamic-item-add.md: the base name's type is in FIELDS.ENTITY_TYPE_ID.
+    #[test]
+    fn base_dynamic_item_events_route_by_their_type() {
+        let data = |t: &str| serde_json::json!({"FIELDS": {"ID": "22", "ENTITY_TYPE_ID": t}});
+        assert!(route(
+            Source::Bitrix24,
+            "ONCRMDYNAMICITEMADD",
+            &data("31"),
+            Family::Invoice
+        )
+        .is_ok());
+        match route(
+            Source::Bitrix24,
+            "ONCRMDYNAMICITEMADD",
+            &data("1220"),
+            Family::Invoice,
+        ) {
+            Err(IngestError::NotTaken(why)) => assert!(why.contains("1220"), "{why}"),
+            other => panic!("expected NotTaken, got {other:?}"),
+        }
+        match route(Source::Bitrix24, "ONCRMQUOTEADD", &data("7"), Family::Deal) {
+            Err(IngestError::NotTaken(why)) => assert!(why.contains("estimates"), "{why}"),
+            other => panic!("expected NotTaken, got {other:?}"),
+        }
+    }
+
     #[test]
     fn wrong_family_names_the_right_one() {
-        match route(Source::Bitrix24, "onCrmDealUpdate", Family::Lead) {
+        match route(
+            Source::Bitrix24,
+            "onCrmDealUpdate",
+            &serde_json::json!({}),
+            Family::Lead,
+        ) {
             Err(IngestError::WrongFamily {
                 event,
                 expected,
@@ -210,12 +240,23 @@ mod tests {
             other => panic!("expected WrongFamily, got {other:?}"),
         }
         assert!(matches!(
-            route(Source::Salesman, "email.get", Family::Deal),
+            route(Source::Salesman, "email.get", &serde_json::json!({}), Family::Deal),
             Err(IngestError::UnknownEvent(e)) if e == "email.get"
         ));
-        assert!(route(Source::Salesman, "client.change.recv", Family::Requisite).is_ok());
+        assert!(route(
+            Source::Salesman,
+            "client.change.recv",
+            &serde_json::json!({}),
+            Family::Requisite
+        )
+        .is_ok());
         assert!(matches!(
-            route(Source::Salesman, "client.change.recv", Family::Company),
+            route(
+                Source::Salesman,
+                "client.change.recv",
+                &serde_json::json!({}),
+                Family::Company
+            ),
             Err(IngestError::WrongFamily {
                 expected: Family::Requisite,
                 ..

@@ -252,6 +252,7 @@ pub(crate) mod test_tokens {
                 refresh_token: Secret::new("r"),
                 expires_at_ms: 0,
                 client_endpoint: "https://example.bitrix24.ru/rest/".into(),
+                server_endpoint: String::new(),
                 scope: "crm".into(),
             }))
         }

@@ -11,6 +11,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use shared::catalogue::EntityType;
 use shared::config::RelayConfig;
 use shared::consume::{Consumer, ConsumerPorts};
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
@@ -68,7 +69,11 @@ impl World {
             ..RelayConfig::default()
         };
         match auth {
-            Auth::Webhook => config.b24_webhook_url = Some(Secret::new(portal.webhook_url())),
+            // A `member_id=url` pair: a webhook reads its own portal only.
+            Auth::Webhook => {
+                config.b24_webhook_url =
+                    Some(Secret::new(format!("{PORTAL}={}", portal.webhook_url())))
+            }
             Auth::OAuth => {
                 let (client_id, client_secret, access, refresh) = {
                     let s = portal.state();
@@ -92,6 +97,7 @@ impl World {
                         expires_at_ms: T0_MS + 3_600_000,
                         client_endpoint: portal.client_endpoint(),
                         scope: "crm,task".into(),
+                        server_endpoint: String::new(),
                     })
                     .await
                     .expect("store portal tokens");
@@ -156,6 +162,7 @@ pub fn b24_event(family: Family, name: &str, entity_id: &str, ts: i64) -> RelayE
         domain: Some(format!("{PORTAL}.bitrix24.test")),
         family,
         event: name.into(),
+        entity_type: None,
         entity_id: Some(entity_id.into()),
         ts,
         received_at: "2026-11-22T10:00:00Z".into(),
@@ -631,12 +638,10 @@ pub async fn rate_limit_answers_back_off_and_retry(
     world
         .portal
         .set_entity("deal", "3", deal("3", "Busy", "NEW", "1"));
+    // QUERY_LIMIT_EXCEEDED is backed off in-process; OPERATION_TIME_LIMIT blocks a method for
+    // minutes and is given back to the queue instead (fidelity_cases covers it).
     world.portal.inject(MethodReply::query_limit_exceeded());
-    world.portal.inject(MethodReply::error(
-        429,
-        "OPERATION_TIME_LIMIT",
-        "Method is blocked due to operation time limit.",
-    ));
+    world.portal.inject(MethodReply::query_limit_exceeded());
     let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "3", 100);
     let report = world
         .consumer()
@@ -686,6 +691,7 @@ pub async fn changes_across_add_update_update(ports: ConsumerPorts, probe: Arc<d
         source: Source::Bitrix24,
         portal: PORTAL.into(),
         family: Family::Deal,
+        entity_type: EntityType::Deal,
         entity_id: "42".into(),
     };
     let stored = world.ports.snapshots.load(&key).await.expect("snapshot");
@@ -842,6 +848,7 @@ pub async fn no_token_in_forwarded_body_or_snapshot(
         source: Source::Bitrix24,
         portal: PORTAL.into(),
         family: Family::Deal,
+        entity_type: EntityType::Deal,
         entity_id: "77".into(),
     };
     let snapshot = world
@@ -966,6 +973,7 @@ pub async fn salesman_events_are_enriched_through_v3(
         domain: None,
         family: Family::Deal,
         event: name.into(),
+        entity_type: None,
         entity_id: Some("12".into()),
         ts: 200,
         received_at: "2026-11-22T10:00:00Z".into(),
@@ -1062,6 +1070,7 @@ pub async fn salesman_missing_record_is_null_and_bad_key_parks(
             domain: None,
             family,
             event: name.into(),
+            entity_type: None,
             entity_id: Some(id.into()),
             ts,
             received_at: "2026-11-22T10:00:00Z".into(),

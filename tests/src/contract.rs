@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 use shared::aws::sqs::SqsQueue;
+use shared::catalogue::EntityType;
 use shared::event::{envelope_id, Family, RelayEvent, Source};
 use shared::local::SqliteStore;
 use shared::ports::{
@@ -49,6 +50,7 @@ pub fn sample_event(portal: &str, entity_id: &str, n: i64) -> RelayEvent {
         domain: Some("example.bitrix24.ru".into()),
         family: Family::Deal,
         event: "ONCRMDEALUPDATE".into(),
+        entity_type: Some(EntityType::Deal),
         entity_id: Some(entity_id.to_string()),
         ts: 1_766_047_124 + n,
         received_at: "2026-11-22T10:00:00Z".into(),
@@ -260,8 +262,43 @@ fn snapshot_key(portal: &str, entity_id: &str) -> SnapshotKey {
         source: Source::Bitrix24,
         portal: portal.to_string(),
         family: Family::Deal,
+        entity_type: EntityType::Deal,
         entity_id: entity_id.to_string(),
     }
+}
+
+/// Two kinds in one family with the same id are two snapshots (a requisite and a bank detail
+/// may both be 5); `delete` forgets one entity and leaves the other kind alone.
+pub async fn snapshot_kinds_are_apart_and_delete_forgets_one(store: &dyn SnapshotStore) {
+    let portal = unique("portal");
+    let requisite = SnapshotKey {
+        family: Family::Requisite,
+        entity_type: EntityType::Requisite,
+        ..snapshot_key(&portal, "5")
+    };
+    let bankdetail = SnapshotKey {
+        entity_type: EntityType::Bankdetail,
+        ..requisite.clone()
+    };
+    let snap = |name: &str| Snapshot {
+        entity: serde_json::json!({"ID": "5", "NAME": name}),
+        version: 1,
+    };
+    store.save(&requisite, &snap("Requisite 5")).await.unwrap();
+    store.save(&bankdetail, &snap("Bank 5")).await.unwrap();
+    assert_eq!(
+        store.load(&requisite).await.unwrap(),
+        Some(snap("Requisite 5"))
+    );
+    assert_eq!(store.load(&bankdetail).await.unwrap(), Some(snap("Bank 5")));
+    store.delete(&bankdetail).await.unwrap();
+    assert_eq!(store.load(&bankdetail).await.unwrap(), None);
+    assert_eq!(
+        store.load(&requisite).await.unwrap(),
+        Some(snap("Requisite 5"))
+    );
+    // Deleting what is not there is not an error.
+    store.delete(&bankdetail).await.unwrap();
 }
 
 /// Save and load round-trip the entity exactly; an older version is Stale and changes nothing;
@@ -339,6 +376,7 @@ fn tokens(member_id: &str, refresh: &str) -> PortalTokens {
         expires_at_ms: 1_000,
         client_endpoint: "https://example.bitrix24.ru/rest/".into(),
         scope: "crm,task".into(),
+        server_endpoint: String::new(),
     }
 }
 
@@ -769,6 +807,7 @@ macro_rules! store_contract_tests {
             dedup_only_the_owner_extends_releases_completes,
             snapshot_versions,
             snapshot_delete_portal,
+            snapshot_kinds_are_apart_and_delete_forgets_one,
             tokens_crud,
             attempts_oldest_first,
             destination_disable_enable,

@@ -44,6 +44,15 @@ impl MethodReply {
     pub fn query_limit_exceeded() -> Self {
         MethodReply::error(503, "QUERY_LIMIT_EXCEEDED", "Too many requests")
     }
+
+    /// b24restdocs `limits.md`: a method's accumulated time is over the limit: 429.
+    pub fn operation_time_limit() -> Self {
+        MethodReply::error(
+            429,
+            "OPERATION_TIME_LIMIT",
+            "Method is blocked due to operation time limit.",
+        )
+    }
 }
 
 /// A method: reads or changes the portal's state given the call's params.
@@ -279,6 +288,16 @@ fn default_methods() -> HashMap<String, MethodHandler> {
         ("crm.requisite.bankdetail.get", "bankdetail"),
         ("crm.invoice.get", "invoice"),
         ("crm.activity.get", "activity"),
+        // crm-deal-recurring-get.md, crm-invoice-recurring-get.md: the settings row by id.
+        ("crm.deal.recurring.get", "deal_recurring"),
+        ("crm.invoice.recurring.get", "invoice_recurring"),
+        // crm-<x>-userfield-get.md: a field definition by id, per owner kind.
+        ("crm.deal.userfield.get", "userfield:deal"),
+        ("crm.lead.userfield.get", "userfield:lead"),
+        ("crm.contact.userfield.get", "userfield:contact"),
+        ("crm.company.userfield.get", "userfield:company"),
+        ("crm.requisite.userfield.get", "userfield:requisite"),
+        ("crm.invoice.userfield.get", "userfield:invoice"),
     ] {
         m.insert(method.into(), crm_get(kind));
     }
@@ -292,6 +311,34 @@ fn default_methods() -> HashMap<String, MethodHandler> {
                 Some(v) => MethodReply::Result(json!({ "item": v })),
                 None => MethodReply::error(400, "NOT_FOUND", "Element not found"),
             }
+        }),
+    );
+    // crm-address-list.md: `filter` by TYPE_ID, ENTITY_TYPE_ID, ENTITY_ID; a list of rows.
+    // Addresses are kept under "address" by `<TYPE_ID>-<ENTITY_TYPE_ID>-<ENTITY_ID>`.
+    m.insert(
+        "crm.address.list".into(),
+        Arc::new(|s: &mut PortalState, p: &Value| {
+            let filter = p.get("filter").cloned().unwrap_or(Value::Null);
+            let part = |k: &str| param(&filter, k);
+            let rows: Vec<Value> = s
+                .entities
+                .get("address")
+                .map(|all| {
+                    all.iter()
+                        .filter(|(key, _)| {
+                            let mut it = key.split('-');
+                            [it.next(), it.next(), it.next()]
+                                .into_iter()
+                                .zip(["TYPE_ID", "ENTITY_TYPE_ID", "ENTITY_ID"])
+                                .all(|(have, k)| {
+                                    part(k).is_none_or(|want| Some(want.as_str()) == have)
+                                })
+                        })
+                        .map(|(_, v)| v.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            MethodReply::Result(Value::Array(rows))
         }),
     );
     m.insert(
@@ -322,9 +369,15 @@ pub fn param(params: &Value, key: &str) -> Option<String> {
 
 fn answer(reply: MethodReply) -> Response {
     match reply {
+        // limits.md: `time.operating_reset_at` is when the oldest basket of this method's
+        // accumulated time is dropped (at most ten minutes ahead).
         MethodReply::Result(result) => Json(json!({
             "result": result,
-            "time": {"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0, "operating": 0}
+            "time": {"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0, "operating": 0,
+                     "operating_reset_at": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs() as i64 + 600)
+                        .unwrap_or_default()}
         }))
         .into_response(),
         MethodReply::Error {
@@ -469,9 +522,20 @@ fn run_batch(
     for (key, command) in cmd {
         let command = command.as_str().unwrap_or_default();
         let (method, query) = command.split_once('?').unwrap_or((command, ""));
+        // PHP reads `filter[X]=v` of a command's query as `filter: {X: v}`.
         let mut sub = Map::new();
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            sub.insert(k.into_owned(), json!(v));
+            match k.split_once('[') {
+                Some((outer, inner)) => {
+                    let nested = sub.entry(outer.to_string()).or_insert_with(|| json!({}));
+                    if let Value::Object(nested) = nested {
+                        nested.insert(inner.trim_end_matches(']').to_string(), json!(v));
+                    }
+                }
+                None => {
+                    sub.insert(k.into_owned(), json!(v));
+                }
+            }
         }
         let reply = match methods.get(method) {
             Some(handler) => handler(state, &Value::Object(sub)),

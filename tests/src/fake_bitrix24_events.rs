@@ -224,7 +224,26 @@ impl FakePortal {
         })
     }
 
+    /// Whether `feature.get {CODE: rest_offline_extended}` answers `Y` (the default) or `N`.
+    pub fn set_extended_offline_events(&self, available: bool) {
+        self.fake.state().extra.insert(
+            "feature:rest_offline_extended".into(),
+            json!(if available { "Y" } else { "N" }),
+        );
+    }
+
     fn register_methods(&self) {
+        // feature-get.md: `{result: {value: "Y"}}`.
+        self.fake
+            .register("feature.get", |s: &mut PortalState, p: &Value| {
+                let code = param(p, "CODE").unwrap_or_default();
+                let value = s
+                    .extra
+                    .get(&format!("feature:{code}"))
+                    .cloned()
+                    .unwrap_or_else(|| json!("Y"));
+                MethodReply::Result(json!({ "value": value }))
+            });
         let client_endpoint = self.client_endpoint.clone();
         self.fake
             .register("app.info", move |s: &mut PortalState, _: &Value| {

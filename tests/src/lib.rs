@@ -7,6 +7,7 @@ pub mod destination;
 pub mod fake_bitrix24;
 pub mod fake_bitrix24_events;
 pub mod fake_salesman;
+pub mod fidelity_cases;
 pub mod loopback;
 pub mod memory;
 pub mod moto;

@@ -207,6 +207,11 @@ impl SnapshotStore for MemoryStore {
         Ok(SnapshotSave::Saved)
     }
 
+    async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
+        self.lock().snapshots.remove(key);
+        Ok(())
+    }
+
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
         let mut inner = self.lock();
         let before = inner.snapshots.len();

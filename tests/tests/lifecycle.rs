@@ -13,9 +13,11 @@ use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::error::{IngestError, StoreError};
 use shared::event::{Family, RelayEvent, Source};
 use shared::ingest::{IngestReply, Ingress};
-use shared::lifecycle::bind::{bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base};
+use shared::lifecycle::bind::{
+    bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base,
+};
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
-use shared::lifecycle::offline::{OfflinePoller, PortalRef};
+use shared::lifecycle::offline::{OfflinePoller, PollError, PortalRef};
 use shared::ports::{
     Bitrix24Rest, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotStore, TokenStore,
 };
@@ -282,6 +284,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         source: Source::Bitrix24,
         portal: "portal04".into(),
         family: Family::Deal,
+        entity_type: shared::catalogue::EntityType::Deal,
         entity_id: "7".into(),
     };
     s.snapshots
@@ -323,6 +326,39 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         .verify_application_token("portal04", &Secret::new(APP_TOKEN))
         .await
         .unwrap());
+}
+
+/// Defect 13 (offline-events.md, feature-get.md): without `rest_offline_extended` there is no
+/// `clear=0`, so the poller reads nothing and says why, instead of risking records.
+#[tokio::test]
+async fn a_portal_without_extended_offline_events_is_not_drained() {
+    let s = setup("portal19").await;
+    install(&s).await;
+    s.portal
+        .record_change("ONCRMDEALUPDATE", "1", 1_790_000_001, APP_TOKEN);
+    s.portal.set_extended_offline_events(false);
+    let poller = OfflinePoller::new(rest_client(s.tokens.clone()), s.queue.clone());
+    let portal = PortalRef {
+        member_id: "portal19".into(),
+        domain: Some(s.portal.domain.clone()),
+    };
+    let outcome = poller.poll_portal(&portal, SystemTime::now()).await;
+    assert!(
+        matches!(outcome, Err(PollError::NoExtendedOfflineEvents)),
+        "{outcome:?}"
+    );
+    assert_eq!(s.portal.calls("event.offline.get"), 0);
+    assert_eq!(
+        s.portal.offline_records().len(),
+        1,
+        "the record stays in the log"
+    );
+    s.portal.set_extended_offline_events(true);
+    let report = poller
+        .poll_portal(&portal, SystemTime::now())
+        .await
+        .unwrap();
+    assert_eq!(report.enqueued, 1);
 }
 
 #[tokio::test]
@@ -517,6 +553,24 @@ async fn relay_bind_twice_produces_one_handler_per_event() {
     let removed = unbind_all(rest.as_ref(), "portal08", &plan).await.unwrap();
     assert_eq!(removed.removed, plan.len());
     assert!(s.portal.bound().is_empty());
+}
+
+/// Defect 9: `relay bind --remove` (no `--offline` this time) leaves nothing behind: not the
+/// offline-log bindings, not ONOFFLINEEVENT (event-unbind.md: `event_type: offline`).
+#[tokio::test]
+async fn relay_bind_remove_unbinds_offline_bindings_and_the_wake_up_too() {
+    let s = setup("portal18").await;
+    install(&s).await;
+    let rest = rest_client(s.tokens.clone());
+    let urls = urls_from_base("https://relay.example.com/");
+    let plan = plan_bindings(&urls, true);
+    bind_all(rest.as_ref(), "portal18", &plan).await.unwrap();
+    assert!(s.portal.bound().iter().any(|r| r.offline));
+    let removed = unbind_all(rest.as_ref(), "portal18", &removal_plan(&urls))
+        .await
+        .unwrap();
+    assert_eq!(removed.removed, plan.len());
+    assert!(s.portal.bound().is_empty(), "{:?}", s.portal.bound());
 }
 
 #[tokio::test]

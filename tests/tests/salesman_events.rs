@@ -9,8 +9,9 @@ use integration_tests::consumer_cases::{message, Auth, World, REMAINING, T0_MS};
 use integration_tests::fake_bitrix24::PortalLimits;
 use integration_tests::memory::MemoryStore;
 use serde_json::{json, Map, Value};
+use shared::catalogue::EntityType;
 use shared::config::RelayConfig;
-use shared::enrich::salesman::{event_entity_kind, InfoOutcome, SalesmanClient};
+use shared::enrich::salesman::{InfoOutcome, SalesmanClient};
 use shared::enrich::Enricher;
 use shared::error::StoreError;
 use shared::event::{Family, RelayEvent, Source};
@@ -454,7 +455,7 @@ async fn every_seed_event_as_form_and_json_reaches_the_destination_enriched() {
                     (
                         e.event.clone(),
                         e.family,
-                        event_entity_kind(e),
+                        e.kind().map(EntityType::as_str),
                         e.entity_id.clone(),
                     )
                 })
@@ -482,8 +483,10 @@ async fn every_seed_event_as_form_and_json_reaches_the_destination_enriched() {
                     source: Source::Salesman,
                     portal: IDENTITY.into(),
                     family: want.family,
+                    entity_type: EntityType::of_salesman_event(want.event).expect("a kind"),
                     entity_id: want.id.into(),
                 };
+                assert_eq!(body["entity_type"], want.kind, "{label}");
                 let snapshot = world.ports.snapshots.load(&key).await.expect("snapshots");
                 match want.title {
                     Some(title) => {
@@ -544,6 +547,7 @@ fn envelope(event: &str, family: Family, id: &str, ts: i64) -> RelayEvent {
         family,
         event: event.into(),
         entity_id: Some(id.into()),
+        entity_type: EntityType::of_salesman_event(event),
         ts,
         received_at: "2026-11-29T21:00:00Z".into(),
         data,
@@ -585,7 +589,10 @@ async fn a_record_the_api_user_cannot_see_is_no_access_not_gone() {
         .process_batch(&[message(&edit, 1)], REMAINING, T0_MS)
         .await;
     assert!(report.failed.is_empty());
-    assert!(world.destination.delivered_bodies()[0]["entity"].is_null());
+    let body = &world.destination.delivered_bodies()[0];
+    assert!(body["entity"].is_null(), "{body}");
+    assert_eq!(body["enrichment"], "no access", "{body}");
+    assert_eq!(body["deleted"], false, "{body}");
     // A delete is gone without asking.
     let calls = world.salesman.state().requests;
     let delete = envelope("deal.delete", Family::Deal, "401", 101);
@@ -623,19 +630,24 @@ async fn a_deleted_person_answered_with_empty_fields_keeps_its_snapshot() {
     let bodies = world.destination.delivered_bodies();
     assert_eq!(bodies.len(), 2);
     assert_eq!(bodies[0]["entity"]["person"], "Ann");
+    // Gone is forwarded as a Bitrix24 delete is: no entity, what was last seen as
+    // `previous`, `deleted: true`; the empty answer never becomes a snapshot.
     assert!(bodies[1]["entity"].is_null(), "{}", bodies[1]);
+    assert_eq!(bodies[1]["deleted"], true, "{}", bodies[1]);
+    assert_eq!(bodies[1]["previous"]["person"], "Ann", "{}", bodies[1]);
+    assert!(bodies[1]["changes"].as_array().is_some_and(Vec::is_empty));
     let key = SnapshotKey {
         source: Source::Salesman,
         portal: IDENTITY.into(),
         family: Family::Contact,
+        entity_type: EntityType::Person,
         entity_id: "201".into(),
     };
-    let snapshot = world.ports.snapshots.load(&key).await.unwrap().unwrap();
     assert_eq!(
-        snapshot.entity["person"], "Ann",
-        "the empty answer overwrote nothing"
+        world.ports.snapshots.load(&key).await.unwrap(),
+        None,
+        "the snapshot of a gone record is removed, as for a delete"
     );
-    assert_eq!(snapshot.version, 100);
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use crate::poll::poll_ports;
 use shared::config::RelayConfig;
 use shared::enrich::bitrix24::Bitrix24Client;
 use shared::lifecycle::bind::{
-    bind_all, list_bindings, plan_bindings, unbind_all, urls_from_base, urls_from_stack_outputs,
-    FamilyUrls,
+    bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base,
+    urls_from_stack_outputs, FamilyUrls,
 };
 use std::path::{Path, PathBuf};
 
@@ -31,7 +31,7 @@ pub struct BindArgs {
     /// Show what the portal has bound (`event.get`) and change nothing.
     #[arg(long, conflicts_with = "remove")]
     list: bool,
-    /// Unbind what `relay bind` would bind.
+    /// Unbind everything `relay bind` may have bound, offline log and ONOFFLINEEVENT included.
     #[arg(long)]
     remove: bool,
 }
@@ -85,8 +85,8 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
     }
 
     let urls = family_urls(&args)?;
-    let plan = plan_bindings(&urls, args.offline);
     if args.remove {
+        let plan = removal_plan(&urls);
         let report = unbind_all(&rest, &member_id, &plan)
             .await
             .map_err(handler)?;
@@ -97,6 +97,7 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
         );
         return Ok(());
     }
+    let plan = plan_bindings(&urls, args.offline);
     let report = bind_all(&rest, &member_id, &plan).await.map_err(handler)?;
     println!(
         "{member_id}: bound {} handler(s), {} already bound",

@@ -36,6 +36,7 @@ fn event(entity: &str) -> RelayEvent {
         domain: None,
         family: Family::Deal,
         event: "ONCRMDEALUPDATE".into(),
+        entity_type: None,
         entity_id: Some(entity.into()),
         ts: 1,
         received_at: "2026-11-23T10:00:00Z".into(),

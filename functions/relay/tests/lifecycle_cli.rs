@@ -29,6 +29,7 @@ async fn installed_portal(member_id: &str, data_dir: &TempDir) -> FakePortal {
             expires_at_ms: 4_000_000_000_000,
             client_endpoint: portal.client_endpoint.clone(),
             scope: "crm,task".into(),
+            server_endpoint: String::new(),
         })
         .await
         .unwrap();

@@ -96,7 +96,11 @@ async fn forwards_an_event_of_every_family_enriched_and_signed() {
     let dir = TempDir::new("families");
     let mut env = base_env(&destination);
     env.extend([
-        ("RELAY_B24_WEBHOOK_URL", portal.webhook_url()),
+        // The portal's own webhook (`member_id=url`): a webhook reads one portal only.
+        (
+            "RELAY_B24_WEBHOOK_URL",
+            format!("{}={}", crm::B24_MEMBER, portal.webhook_url()),
+        ),
         ("RELAY_SALESMAN_URL", salesman.url()),
         ("RELAY_SALESMAN_LOGIN", "e2e-login".to_string()),
         ("RELAY_SALESMAN_APIKEY", "e2e-apikey".to_string()),

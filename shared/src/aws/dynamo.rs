@@ -399,6 +399,7 @@ impl SnapshotStore for DynamoStore {
             .item("source", s(key.source.as_str()))
             .item("portal", s(&key.portal))
             .item("family", s(key.family.as_str()))
+            .item("entity_type", s(key.entity_type.as_str()))
             .item("entity_id", s(&key.entity_id))
             // A string, not a map: the entity is kept exactly as the CRM answered it.
             .item("entity", s(snapshot.entity.to_string()))
@@ -418,6 +419,11 @@ impl SnapshotStore for DynamoStore {
             }
             Err(err) => Err(store_error("dynamodb PutItem (snapshot)", err)),
         }
+    }
+
+    async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
+        self.delete_item(key.pk(), "dynamodb DeleteItem (snapshot)")
+            .await
     }
 
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
@@ -446,6 +452,12 @@ fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
         expires_at_ms: req_n(item, "access_expires_at_ms")?,
         client_endpoint: req_s(item, "client_endpoint")?,
         scope: req_s(item, "scope")?,
+        // Absent on items written before it was kept.
+        server_endpoint: item
+            .get("server_endpoint")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default(),
     })
 }
 
@@ -473,6 +485,7 @@ impl TokenStore for DynamoStore {
                 ("access_expires_at_ms", n(tokens.expires_at_ms)),
                 ("client_endpoint", s(&tokens.client_endpoint)),
                 ("scope", s(&tokens.scope)),
+                ("server_endpoint", s(&tokens.server_endpoint)),
             ],
             "dynamodb PutItem (portal)",
         )

@@ -1,5 +1,5 @@
 //! Bitrix24 REST client behind `ports::Bitrix24Rest`: the consumer's way to ask a portal for an
-//! entity. It authenticates (portal's stored OAuth tokens, else the inbound webhook URL),
+//! entity. It authenticates (portal's stored OAuth tokens, else that portal's inbound webhook),
 //! refreshes an expired token once, keeps under the portal's leaky bucket and retries its limits.
 
 use crate::config::RelayConfig;
@@ -28,6 +28,18 @@ impl Default for RateLimit {
         RateLimit {
             per_second: 2.0,
             burst: 50.0,
+        }
+    }
+}
+
+impl RateLimit {
+    /// One of `shares` clients' part of a portal's budget: the portal counts every client of
+    /// the app together, so N clients each at the full rate are N times over it.
+    pub fn shared_by(self, shares: u32) -> RateLimit {
+        let shares = f64::from(shares.max(1));
+        RateLimit {
+            per_second: self.per_second / shares,
+            burst: (self.burst / shares).max(1.0),
         }
     }
 }
@@ -76,6 +88,10 @@ impl Limiter {
     }
 }
 
+fn lock_map<K, V>(m: &Mutex<HashMap<K, V>>) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The OAuth application, for refreshing a portal's tokens.
 #[derive(Clone)]
 struct OAuthApp {
@@ -93,15 +109,79 @@ enum Credentials {
 enum Failure {
     ExpiredToken,
     RateLimited,
+    /// 429 `OPERATION_TIME_LIMIT`: this method is blocked for minutes (limits.md).
+    MethodBlocked,
     Enrich(EnrichError),
+}
+
+/// `RELAY_B24_WEBHOOK_URL`: `member_id=url` pairs (comma-separated), or one bare URL. An
+/// inbound webhook reads one portal only, so an event is read through the pair of its own
+/// `member_id`, or through the bare URL when the URL's host is the event's `domain`.
+#[derive(Clone, Default)]
+pub struct WebhookUrls {
+    per_portal: Vec<(String, Secret)>,
+    any: Option<Secret>,
+}
+
+impl WebhookUrls {
+    pub fn parse(raw: &Secret) -> WebhookUrls {
+        let mut urls = WebhookUrls::default();
+        for item in raw
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+        {
+            match item.split_once('=') {
+                // A member_id never holds ':' or '/'; a URL's scheme does.
+                Some((member, url)) if !member.contains([':', '/']) && !member.is_empty() => {
+                    urls.per_portal
+                        .push((member.trim().to_string(), Secret::new(url.trim())));
+                }
+                _ => urls.any = Some(Secret::new(item)),
+            }
+        }
+        urls
+    }
+
+    /// The webhook for a portal. `domain: None` is an operator's command (`relay bind`,
+    /// `relay poll`) naming the portal itself: the bare URL serves it.
+    fn for_portal(&self, member_id: &str, domain: Option<Option<&str>>) -> Option<&Secret> {
+        if let Some((_, url)) = self.per_portal.iter().find(|(m, _)| m == member_id) {
+            return Some(url);
+        }
+        let any = self.any.as_ref()?;
+        match domain {
+            None => Some(any),
+            Some(Some(domain))
+                if url_host(any.expose()).is_some_and(|h| h.eq_ignore_ascii_case(domain)) =>
+            {
+                Some(any)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+fn url_host(url: &str) -> Option<String> {
+    let parsed = reqwest::Url::parse(url).ok()?;
+    let host = parsed.host_str()?;
+    Some(match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
 }
 
 pub struct Bitrix24Client {
     http: reqwest::Client,
-    webhook_url: Option<Secret>,
+    webhooks: WebhookUrls,
     oauth: Option<OAuthApp>,
     tokens: Arc<dyn TokenStore>,
     limiter: Limiter,
+    /// `time.operating_reset_at` of the last successful answer per (portal, method): when a
+    /// blocked method may run again (limits.md: "refer to operating_reset_at from the last
+    /// successful response").
+    operating_reset_at: Mutex<HashMap<(String, String), i64>>,
     /// First wait after `QUERY_LIMIT_EXCEEDED`; doubles per try.
     backoff: Duration,
     max_tries: u32,
@@ -122,13 +202,23 @@ impl Bitrix24Client {
         };
         Bitrix24Client {
             http,
-            webhook_url: config.b24_webhook_url.clone(),
+            webhooks: config
+                .b24_webhook_url
+                .as_ref()
+                .map(WebhookUrls::parse)
+                .unwrap_or_default(),
             oauth,
             tokens,
             limiter: Limiter {
-                limit: RateLimit::default(),
+                // Consumers, the poller and the app's inline drain share one portal's budget.
+                limit: if config.b24_consumers == 0 {
+                    RateLimit::default()
+                } else {
+                    RateLimit::default().shared_by(config.b24_consumers.saturating_add(2))
+                },
                 buckets: Mutex::new(HashMap::new()),
             },
+            operating_reset_at: Mutex::new(HashMap::new()),
             backoff: Duration::from_secs(1),
             max_tries: 5,
             timeout: Duration::from_secs(20),
@@ -149,7 +239,12 @@ impl Bitrix24Client {
         self
     }
 
-    async fn credentials(&self, member_id: &str) -> Result<Credentials, EnrichError> {
+    /// `domain`: see [`WebhookUrls::for_portal`].
+    async fn credentials(
+        &self,
+        member_id: &str,
+        domain: Option<Option<&str>>,
+    ) -> Result<Credentials, EnrichError> {
         let stored = self
             .tokens
             .get(member_id)
@@ -158,7 +253,7 @@ impl Bitrix24Client {
                 reason: format!("token store: {e}"),
                 retry_after: None,
             })?;
-        match (stored, &self.webhook_url) {
+        match (stored, self.webhooks.for_portal(member_id, domain)) {
             (Some(tokens), _) if !tokens.access_token.is_empty() => Ok(Credentials::OAuth(tokens)),
             (_, Some(url)) => Ok(Credentials::Webhook(url.clone())),
             _ => Err(EnrichError::NoCredentials(format!(
@@ -251,13 +346,15 @@ impl Bitrix24Client {
     async fn refresh_or_reload(&self, old: &PortalTokens) -> Result<PortalTokens, EnrichError> {
         match self.refresh(old).await {
             Ok(fresh) => Ok(fresh),
-            Err(EnrichError::Permanent(reason)) => match self.credentials(&old.member_id).await {
-                Ok(Credentials::OAuth(stored)) if stored.access_token != old.access_token => {
-                    tracing::info!(portal = %old.member_id, "tokens were refreshed elsewhere; using them");
-                    Ok(stored)
+            Err(EnrichError::Permanent(reason)) => {
+                match self.credentials(&old.member_id, None).await {
+                    Ok(Credentials::OAuth(stored)) if stored.access_token != old.access_token => {
+                        tracing::info!(portal = %old.member_id, "tokens were refreshed elsewhere; using them");
+                        Ok(stored)
+                    }
+                    _ => Err(EnrichError::Permanent(reason)),
                 }
-                _ => Err(EnrichError::Permanent(reason)),
-            },
+            }
             Err(other) => Err(other),
         }
     }
@@ -279,9 +376,10 @@ impl Bitrix24Client {
             .append_pair("client_secret", app.client_secret.expose())
             .append_pair("refresh_token", old.refresh_token.expose())
             .finish();
+        let server = oauth_server_for(old, &app.server);
         let response = self
             .http
-            .get(format!("{}/oauth/token/?{query}", app.server))
+            .get(format!("{server}/oauth/token/?{query}"))
             .timeout(self.timeout)
             .send()
             .await
@@ -315,8 +413,8 @@ impl Bitrix24Client {
             .unwrap_or(3600);
         let fresh = PortalTokens {
             member_id: old.member_id.clone(),
-            // The answer's `domain` is the OAuth server's ("oauth.bitrix.info", b24restdocs
-            // settings/oauth/auto-renewal.md), not the portal's.
+            // The refresh answer's `domain` is the OAuth server's (`oauth.bitrix.info`), not
+            // the portal's (settings/oauth/index.md): the portal keeps its own.
             domain: old.domain.clone(),
             application_token: old.application_token.clone(),
             access_token: Secret::new(access),
@@ -331,6 +429,7 @@ impl Bitrix24Client {
             .map(|portal| portal.client_endpoint)
             .unwrap_or_else(|_| old.client_endpoint.clone()),
             scope: text("scope").unwrap_or_else(|| old.scope.clone()),
+            server_endpoint: old.server_endpoint.clone(),
         };
         self.tokens
             .put(&fresh)
@@ -344,11 +443,46 @@ impl Bitrix24Client {
     }
 }
 
+/// Bitrix24's OAuth servers as its docs and events name them in `server_endpoint`:
+/// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (seed 001's examples),
+/// `oauth.bitrix24.info` (landing/embedding/block.md).
+pub const KNOWN_OAUTH_HOSTS: &[&str] = &[
+    "oauth.bitrix.info",
+    "oauth.bitrix24.tech",
+    "oauth.bitrix24.info",
+];
+
+/// Where a portal's refresh goes: the OAuth server its install named, when that host is a
+/// known Bitrix24 one or the configured server's; otherwise the configured server. A refresh
+/// carries `client_secret`, so no host an event merely names ever gets it.
+pub fn oauth_server_for(tokens: &PortalTokens, configured: &str) -> String {
+    let origin = |url: &str| {
+        let parsed = reqwest::Url::parse(url).ok()?;
+        let host = parsed.host_str()?.to_ascii_lowercase();
+        let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+        Some((parsed.scheme().to_string(), host, port))
+    };
+    let Some((scheme, host, port)) = origin(&tokens.server_endpoint) else {
+        return configured.to_string();
+    };
+    let configured_host = origin(configured).map(|(_, h, p)| format!("{h}{p}"));
+    let known =
+        (scheme == "https" && port.is_empty() && KNOWN_OAUTH_HOSTS.contains(&host.as_str()))
+            || configured_host.as_deref() == Some(format!("{host}{port}").as_str());
+    if known {
+        format!("{scheme}://{host}{port}")
+    } else {
+        tracing::warn!(portal = %tokens.member_id, "stored server_endpoint is not a known Bitrix24 OAuth server; refreshing through RELAY_B24_OAUTH_URL");
+        configured.to_string()
+    }
+}
+
 /// Bitrix24 error codes as its docs and real answers give them. `Not found` comes with an
 /// empty `error` from crm.*.get (`{"error":"","error_description":"Not found"}`).
 fn classify_error(status: u16, code: &str, description: &str, method: &str) -> Failure {
     match code {
-        "QUERY_LIMIT_EXCEEDED" | "OPERATION_TIME_LIMIT" => Failure::RateLimited,
+        "OPERATION_TIME_LIMIT" => Failure::MethodBlocked,
+        "QUERY_LIMIT_EXCEEDED" => Failure::RateLimited,
         "expired_token" => Failure::ExpiredToken,
         _ if is_not_found(code, description) => Failure::Enrich(EnrichError::NotFound),
         _ if status == 503 || status == 429 => Failure::RateLimited,
@@ -381,13 +515,73 @@ impl Bitrix24Rest for Bitrix24Client {
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
-        let mut credentials = self.credentials(member_id).await?;
+        self.call_with(member_id, None, method, params).await
+    }
+
+    async fn call_on(
+        &self,
+        member_id: &str,
+        domain: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<RestAnswer, EnrichError> {
+        self.call_with(member_id, Some(domain), method, params)
+            .await
+    }
+}
+
+impl Bitrix24Client {
+    /// How long a blocked method stays blocked: until the reset time the portal gave with its
+    /// last successful answer, else one minute (a basket's length), at most ten (limits.md).
+    fn until_reset(&self, member_id: &str, method: &str) -> Duration {
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let known = lock_map(&self.operating_reset_at)
+            .get(&(member_id.to_string(), method.to_string()))
+            .copied()
+            .filter(|reset| *reset > now_s);
+        match known {
+            Some(reset) => Duration::from_secs((reset - now_s).clamp(1, 600) as u64),
+            None => Duration::from_secs(60),
+        }
+    }
+
+    async fn call_with(
+        &self,
+        member_id: &str,
+        domain: Option<Option<&str>>,
+        method: &str,
+        params: Value,
+    ) -> Result<RestAnswer, EnrichError> {
+        let mut credentials = self.credentials(member_id, domain).await?;
         let mut refreshed = false;
         let mut delay = self.backoff;
         for _ in 0..self.max_tries {
             self.limiter.acquire(member_id).await;
             match self.send(&credentials, method, &params).await {
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    if let Some(reset) = answer
+                        .raw
+                        .pointer("/time/operating_reset_at")
+                        .and_then(Value::as_i64)
+                    {
+                        lock_map(&self.operating_reset_at)
+                            .insert((member_id.to_string(), method.to_string()), reset);
+                    }
+                    return Ok(answer);
+                }
+                Err(Failure::MethodBlocked) => {
+                    // Minutes, not seconds: the message waits in the queue, not this process.
+                    let wait = self.until_reset(member_id, method);
+                    tracing::warn!(portal = %member_id, method, wait_s = wait.as_secs(),
+                        "bitrix24 OPERATION_TIME_LIMIT: method blocked; retrying after its reset");
+                    return Err(EnrichError::Transient {
+                        reason: format!("{method}: OPERATION_TIME_LIMIT"),
+                        retry_after: Some(wait),
+                    });
+                }
                 Err(Failure::Enrich(e)) => return Err(e),
                 Err(Failure::ExpiredToken) => match (&credentials, refreshed) {
                     (Credentials::OAuth(tokens), false) => {
@@ -412,5 +606,74 @@ impl Bitrix24Rest for Bitrix24Client {
             reason: format!("{method}: portal kept refusing (rate limit)"),
             retry_after: Some(delay),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(server_endpoint: &str) -> PortalTokens {
+        PortalTokens {
+            member_id: "m".into(),
+            domain: "x.bitrix24.ru".into(),
+            application_token: Secret::new("a"),
+            access_token: Secret::new("b"),
+            refresh_token: Secret::new("c"),
+            expires_at_ms: 0,
+            client_endpoint: "https://x.bitrix24.ru/rest/".into(),
+            server_endpoint: server_endpoint.into(),
+            scope: "crm".into(),
+        }
+    }
+
+    /// Seed 001 shows a portal whose OAuth server is oauth.bitrix24.tech.
+    #[test]
+    fn refresh_goes_to_the_portals_known_oauth_server_only() {
+        let configured = "https://oauth.bitrix.info";
+        assert_eq!(
+            oauth_server_for(&tokens("https://oauth.bitrix24.tech/rest/"), configured),
+            "https://oauth.bitrix24.tech"
+        );
+        assert_eq!(oauth_server_for(&tokens(""), configured), configured);
+        for hostile in [
+            "https://evil.example/rest/",
+            "http://oauth.bitrix24.tech/rest/",
+            "https://oauth.bitrix24.tech:8443/rest/",
+            "https://oauth.bitrix24.tech.evil.example/rest/",
+        ] {
+            assert_eq!(
+                oauth_server_for(&tokens(hostile), configured),
+                configured,
+                "{hostile}"
+            );
+        }
+        // The configured server's own host (a test's loopback OAuth server) is trusted.
+        assert_eq!(
+            oauth_server_for(&tokens("http://127.0.0.1:9/rest/"), "http://127.0.0.1:9"),
+            "http://127.0.0.1:9"
+        );
+    }
+
+    /// Five consumers, the poller and the app's drain together stay within 2 requests/s.
+    #[test]
+    fn consumers_share_the_portal_budget() {
+        let share = RateLimit::default().shared_by(5 + 2);
+        assert!((share.per_second * 7.0 - 2.0).abs() < 1e-9);
+        assert!(share.burst * 7.0 <= 50.0 + 1e-9);
+        assert_eq!(RateLimit::default().shared_by(0), RateLimit::default());
+    }
+
+    #[test]
+    fn webhook_urls_serve_their_own_portal_only() {
+        let urls = WebhookUrls::parse(&Secret::new(
+            "m1=https://a.bitrix24.ru/rest/1/x/, https://b.bitrix24.ru/rest/1/y/",
+        ));
+        assert!(urls.for_portal("m1", Some(Some("other"))).is_some());
+        assert!(urls.for_portal("m2", Some(Some("b.bitrix24.ru"))).is_some());
+        assert!(urls.for_portal("m2", Some(Some("c.bitrix24.ru"))).is_none());
+        assert!(urls.for_portal("m2", Some(None)).is_none());
+        // An operator's command names the portal itself.
+        assert!(urls.for_portal("m2", None).is_some());
     }
 }

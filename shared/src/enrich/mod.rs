@@ -5,6 +5,7 @@
 pub mod bitrix24;
 pub mod salesman;
 
+use crate::catalogue::{self, Arg, Pick};
 use crate::error::EnrichError;
 use crate::event::{Family, RelayEvent, Source};
 use crate::ports::Bitrix24Rest;
@@ -16,22 +17,34 @@ use std::sync::Arc;
 /// Bitrix24 takes at most 50 commands in one `batch`.
 pub const BATCH_LIMIT: usize = 50;
 
-/// A Bitrix24 `*.get` call and where the entity sits in its `result`.
+/// A Bitrix24 read call and where the entity sits in its `result`, from the catalogue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct B24Lookup {
     pub method: &'static str,
+    /// In order; a name `filter[X]` is `X` inside the `filter` object.
     pub params: Vec<(&'static str, String)>,
-    /// `tasks.task.get` → `task`, `crm.item.get` → `item`; `None`: `result` itself.
-    pub field: Option<&'static str>,
+    pub pick: Pick,
 }
 
 impl B24Lookup {
     pub fn params_json(&self) -> Value {
-        let map: Map<String, Value> = self
-            .params
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), json!(v)))
-            .collect();
+        let mut map = Map::new();
+        for (name, value) in &self.params {
+            match name.split_once('[') {
+                Some((outer, inner)) => {
+                    let inner = inner.trim_end_matches(']');
+                    let nested = map
+                        .entry(outer.to_string())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Value::Object(nested) = nested {
+                        nested.insert(inner.to_string(), json!(value));
+                    }
+                }
+                None => {
+                    map.insert((*name).to_string(), json!(value));
+                }
+            }
+        }
         Value::Object(map)
     }
 
@@ -44,18 +57,21 @@ impl B24Lookup {
         format!("{}?{}", self.method, query.finish())
     }
 
-    fn pick(&self, result: &Value) -> Value {
-        match self.field {
-            Some(field) => result.get(field).cloned().unwrap_or(Value::Null),
-            None => result.clone(),
-        }
+    /// The entity in a `result`; `None` when the answer holds none (an empty list).
+    fn pick(&self, result: &Value) -> Option<Value> {
+        let picked = match self.pick {
+            Pick::Result => result.clone(),
+            Pick::Key(key) => result.get(key).cloned().unwrap_or(Value::Null),
+            Pick::First => result.get(0).cloned().unwrap_or(Value::Null),
+        };
+        (!picked.is_null()).then_some(picked)
     }
 }
 
 /// What to do to learn an event's entity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// App events and families without a read method: forwarded as they came, entity null.
+    /// App events and kinds without a read method: forwarded as they came, entity null.
     AsIs,
     /// A delete event: the entity is gone, so nothing is asked and the entity is null.
     Deleted,
@@ -64,7 +80,51 @@ pub enum Plan {
     Salesman(salesman::InfoCall),
 }
 
-/// The read method for an event, from its source, family and name.
+/// What enrichment gave one event; `note` goes into the forwarded body as `enrichment`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Enriched {
+    Fetched(Value),
+    /// The CRM answered "not found" (deleted since, or never readable).
+    NotFound,
+    /// A delete: nothing to read.
+    Deleted,
+    /// No read method for this kind (app events, task comments, SalesMan kinds without one).
+    NotFetched,
+    /// Neither stored tokens nor a webhook for this portal: never another portal's.
+    NoCredentials,
+    /// The CRM's API user may not see this record (SalesMan v3's 403 for a record outside
+    /// the user's visibility).
+    NoAccess,
+}
+
+impl Enriched {
+    pub fn entity(&self) -> Option<&Value> {
+        match self {
+            Enriched::Fetched(entity) => Some(entity),
+            _ => None,
+        }
+    }
+
+    pub fn into_entity(self) -> Option<Value> {
+        match self {
+            Enriched::Fetched(entity) => Some(entity),
+            _ => None,
+        }
+    }
+
+    pub fn note(&self) -> &'static str {
+        match self {
+            Enriched::Fetched(_) => "fetched",
+            Enriched::NotFound => "not found",
+            Enriched::Deleted => "deleted",
+            Enriched::NotFetched => "not fetched",
+            Enriched::NoCredentials => "no credentials for this portal",
+            Enriched::NoAccess => "no access",
+        }
+    }
+}
+
+/// The read method for an event, from its catalogue entry (Bitrix24) or kind (SalesMan).
 pub fn plan(event: &RelayEvent) -> Plan {
     let Some(id) = event.entity_id.clone().filter(|id| !id.is_empty()) else {
         return Plan::AsIs;
@@ -73,58 +133,40 @@ pub fn plan(event: &RelayEvent) -> Plan {
         return Plan::AsIs;
     }
     match event.source {
-        Source::Bitrix24 => plan_bitrix24(&event.event.to_ascii_uppercase(), id),
+        Source::Bitrix24 => plan_bitrix24(&event.event, &event.data, id),
         Source::Salesman => plan_salesman(&event.event.to_ascii_lowercase(), id),
     }
 }
 
-fn plan_bitrix24(name: &str, id: String) -> Plan {
-    // User-field events name a field definition, not a record: nothing to read.
-    if name.contains("USERFIELD") {
+fn plan_bitrix24(name: &str, data: &Value, id: String) -> Plan {
+    // Ingress refused anything the catalogue does not take; an old or hand-made envelope
+    // that slips through is forwarded as it came rather than read with a guessed method.
+    let Ok(entry) = catalogue::resolve(name, data) else {
         return Plan::AsIs;
-    }
-    if name.ends_with("DELETE") {
+    };
+    if entry.delete {
         return Plan::Deleted;
     }
-    let crm = |method: &'static str| B24Lookup {
-        method,
-        params: vec![("id", id.clone())],
-        field: None,
-    };
-    let lookup = if name.starts_with("ONCRMDEAL") {
-        crm("crm.deal.get")
-    } else if name.starts_with("ONCRMLEAD") {
-        crm("crm.lead.get")
-    } else if name.starts_with("ONCRMCONTACT") {
-        crm("crm.contact.get")
-    } else if name.starts_with("ONCRMCOMPANY") {
-        crm("crm.company.get")
-    } else if name.starts_with("ONCRMREQUISITE") {
-        crm("crm.requisite.get")
-    } else if name.starts_with("ONCRMBANKDETAIL") {
-        crm("crm.requisite.bankdetail.get")
-    } else if name.starts_with("ONCRMINVOICE") {
-        crm("crm.invoice.get")
-    } else if name.starts_with("ONCRMACTIVITY") {
-        crm("crm.activity.get")
-    } else if name.starts_with("ONCRMDYNAMICITEM") && name.ends_with("_31") {
-        // Smart invoices are the smart process with entityTypeId 31.
-        B24Lookup {
-            method: "crm.item.get",
-            params: vec![("entityTypeId", "31".to_string()), ("id", id)],
-            field: Some("item"),
-        }
-    } else if name.starts_with("ONTASK") && !name.starts_with("ONTASKCOMMENT") {
-        B24Lookup {
-            method: "tasks.task.get",
-            params: vec![("taskId", id)],
-            field: Some("task"),
-        }
-    } else {
-        // Addresses (crm.address has no get) and anything newer than this table.
+    let Some(fetch) = entry.fetch else {
         return Plan::AsIs;
     };
-    Plan::Bitrix24(lookup)
+    let mut params = Vec::with_capacity(fetch.params.len());
+    for (param, arg) in fetch.params {
+        let value = match arg {
+            Arg::Id => id.clone(),
+            Arg::Const(value) => (*value).to_string(),
+            Arg::Field(key) => match catalogue::field_text(data, "FIELDS", key) {
+                Some(value) => value,
+                None => return Plan::AsIs,
+            },
+        };
+        params.push((*param, value));
+    }
+    Plan::Bitrix24(B24Lookup {
+        method: fetch.method,
+        params,
+        pick: fetch.pick,
+    })
 }
 
 fn plan_salesman(name: &str, id: String) -> Plan {
@@ -151,41 +193,52 @@ impl Enricher {
         Enricher { bitrix24, salesman }
     }
 
-    /// The entity for one event: `Ok(None)` when it is gone, has no read method or no
-    /// credentials are configured; an error only when retrying (or a person) can fix it.
+    /// The entity for one event, or why there is none; an error only when retrying (or a
+    /// person) can fix it.
     pub async fn entity(
         &self,
         event: &RelayEvent,
         prefetched: &Prefetched,
-    ) -> Result<Option<Value>, EnrichError> {
+    ) -> Result<Enriched, EnrichError> {
         let result = match plan(event) {
-            Plan::AsIs | Plan::Deleted => return Ok(None),
+            Plan::AsIs => return Ok(Enriched::NotFetched),
+            Plan::Deleted => return Ok(Enriched::Deleted),
             Plan::Bitrix24(lookup) => {
                 if let Some(hit) = prefetched.get(&(event.portal.clone(), lookup.clone())) {
-                    return Ok(hit.clone());
+                    return Ok(hit.clone().map_or(Enriched::NotFound, Enriched::Fetched));
                 }
                 let Some(client) = &self.bitrix24 else {
-                    return Ok(None);
+                    return Ok(Enriched::NoCredentials);
                 };
                 client
-                    .call(&event.portal, lookup.method, lookup.params_json())
+                    .call_on(
+                        &event.portal,
+                        event.domain.as_deref(),
+                        lookup.method,
+                        lookup.params_json(),
+                    )
                     .await
-                    .map(|answer| Some(lookup.pick(&answer.result)))
+                    .map(|answer| lookup.pick(&answer.result))
             }
             Plan::Salesman(_) => {
+                // Unknown-method and refused calls came back as errors above.
                 return Ok(match self.salesman_outcome(event).await? {
-                    Some(InfoOutcome::Found(entity)) => Some(entity),
-                    _ => None,
-                })
+                    Some(InfoOutcome::Found(entity)) => Enriched::Fetched(entity),
+                    Some(InfoOutcome::Gone) => Enriched::Deleted,
+                    Some(InfoOutcome::NoAccess) => Enriched::NoAccess,
+                    Some(_) => Enriched::NotFetched,
+                    None => Enriched::NoCredentials,
+                });
             }
         };
         match result {
-            Err(EnrichError::NotFound) => Ok(None),
+            Ok(Some(entity)) => Ok(Enriched::Fetched(entity)),
+            Ok(None) | Err(EnrichError::NotFound) => Ok(Enriched::NotFound),
             Err(EnrichError::NoCredentials(what)) => {
-                tracing::warn!(%what, "no CRM credentials; forwarding without entity");
-                Ok(None)
+                tracing::warn!(%what, "no CRM credentials for this portal; forwarding without entity");
+                Ok(Enriched::NoCredentials)
             }
-            other => other,
+            Err(other) => Err(other),
         }
     }
 
@@ -237,16 +290,18 @@ impl Enricher {
         let Some(client) = &self.bitrix24 else {
             return out;
         };
-        let mut per_portal: HashMap<&str, Vec<B24Lookup>> = HashMap::new();
+        let mut per_portal: HashMap<(&str, Option<&str>), Vec<B24Lookup>> = HashMap::new();
         for event in events {
             if let Plan::Bitrix24(lookup) = plan(event) {
-                let lookups = per_portal.entry(event.portal.as_str()).or_default();
+                let lookups = per_portal
+                    .entry((event.portal.as_str(), event.domain.as_deref()))
+                    .or_default();
                 if !lookups.contains(&lookup) {
                     lookups.push(lookup);
                 }
             }
         }
-        for (portal, lookups) in per_portal {
+        for ((portal, domain), lookups) in per_portal {
             if lookups.len() < 2 {
                 continue;
             }
@@ -257,7 +312,7 @@ impl Enricher {
                     .map(|(i, l)| (format!("c{i}"), json!(l.batch_command())))
                     .collect();
                 let answer = match client
-                    .call(portal, "batch", json!({"halt": 0, "cmd": cmd}))
+                    .call_on(portal, domain, "batch", json!({"halt": 0, "cmd": cmd}))
                     .await
                 {
                     Ok(answer) => answer,
@@ -271,7 +326,7 @@ impl Enricher {
                     let found = answer.result.get("result").and_then(|r| r.get(&key));
                     let error = answer.result.get("result_error").and_then(|r| r.get(&key));
                     let entity = match (found, error) {
-                        (Some(result), _) if !result.is_null() => Some(lookup.pick(result)),
+                        (Some(result), _) if !result.is_null() => lookup.pick(result),
                         (_, Some(err)) => {
                             let code = err.get("error").and_then(Value::as_str).unwrap_or("");
                             let text = err
@@ -308,6 +363,7 @@ mod tests {
             domain: None,
             family,
             event: name.into(),
+            entity_type: None,
             entity_id: id.map(str::to_string),
             ts: 1,
             received_at: "2026-11-22T10:00:00Z".into(),
@@ -321,7 +377,13 @@ mod tests {
 
     fn method(p: Plan) -> (&'static str, Option<&'static str>) {
         match p {
-            Plan::Bitrix24(l) => (l.method, l.field),
+            Plan::Bitrix24(l) => (
+                l.method,
+                match l.pick {
+                    Pick::Key(key) => Some(key),
+                    _ => None,
+                },
+            ),
             other => panic!("expected a Bitrix24 lookup, got {other:?}"),
         }
     }
@@ -370,11 +432,98 @@ mod tests {
         }
     }
 
+    /// Seed 004 and crm-requisite-userfield-get.md: the field's definition, by its id.
+    #[test]
+    fn user_field_events_read_the_field_definition() {
+        assert_eq!(
+            method(b24("ONCRMREQUISITEUSERFIELDUPDATE", Family::Requisite)),
+            ("crm.requisite.userfield.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMDEALUSERFIELDADD", Family::Deal)),
+            ("crm.deal.userfield.get", None)
+        );
+        assert_eq!(b24("ONCRMDEALUSERFIELDDELETE", Family::Deal), Plan::Deleted);
+    }
+
+    /// crm-deal-recurring-get.md and on-crm-deal-recurring-expose.md.
+    #[test]
+    fn recurring_events_read_the_settings_row_or_the_new_deal() {
+        assert_eq!(
+            method(b24("ONCRMDEALRECURRINGUPDATE", Family::Deal)),
+            ("crm.deal.recurring.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMINVOICERECURRINGADD", Family::Invoice)),
+            ("crm.invoice.recurring.get", None)
+        );
+        assert_eq!(
+            method(b24("ONCRMDEALRECURRINGEXPOSE", Family::Deal)),
+            ("crm.deal.get", None)
+        );
+    }
+
+    /// on-crm-dynamic-item-update.md + crm-item-get.md: `{entityTypeId: 31, id}`, `result.item`.
+    #[test]
+    fn base_dynamic_item_names_read_smart_invoices() {
+        let mut ev = event(
+            Source::Bitrix24,
+            Family::Invoice,
+            "ONCRMDYNAMICITEMUPDATE",
+            Some("22"),
+        );
+        ev.data = json!({"FIELDS": {"ID": "22", "ENTITY_TYPE_ID": "31"}});
+        match plan(&ev) {
+            Plan::Bitrix24(l) => {
+                assert_eq!(l.params_json(), json!({"entityTypeId": "31", "id": "22"}));
+                assert_eq!(l.pick, Pick::Key("item"));
+            }
+            other => panic!("{other:?}"),
+        }
+        ev.data = json!({"FIELDS": {"ID": "22", "ENTITY_TYPE_ID": "1220"}});
+        assert_eq!(plan(&ev), Plan::AsIs);
+    }
+
+    /// crm-address-list.md: filter by type and owner; the first row.
+    #[test]
+    fn address_events_list_by_their_composite_key() {
+        let mut ev = event(
+            Source::Bitrix24,
+            Family::Requisite,
+            "ONCRMADDRESSREGISTER",
+            Some("1-8-3"),
+        );
+        ev.data = json!({"FIELDS": {"TYPE_ID": "1", "ENTITY_TYPE_ID": "8", "ENTITY_ID": "3"}});
+        match plan(&ev) {
+            Plan::Bitrix24(l) => {
+                assert_eq!(l.method, "crm.address.list");
+                assert_eq!(
+                    l.params_json(),
+                    json!({"filter": {"TYPE_ID": "1", "ENTITY_TYPE_ID": "8", "ENTITY_ID": "3"}})
+                );
+                assert_eq!(
+                    l.batch_command(),
+                    "crm.address.list?filter%5BTYPE_ID%5D=1&filter%5BENTITY_TYPE_ID%5D=8&filter%5BENTITY_ID%5D=3"
+                );
+                assert_eq!(l.pick(&json!([])), None);
+                assert_eq!(l.pick(&json!([{"CITY": "X"}])), Some(json!({"CITY": "X"})));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn deletes_app_events_and_unknown_methods_are_not_fetched() {
         assert_eq!(b24("ONCRMDEALDELETE", Family::Deal), Plan::Deleted);
         assert_eq!(b24("ONTASKDELETE", Family::Activity), Plan::Deleted);
-        assert_eq!(b24("ONCRMDEALUSERFIELDUPDATE", Family::Deal), Plan::AsIs);
+        assert_eq!(
+            b24("ONCRMDYNAMICITEMDELETE_31", Family::Invoice),
+            Plan::Deleted
+        );
+        assert_eq!(
+            b24("ONCRMADDRESSUNREGISTER", Family::Requisite),
+            Plan::Deleted
+        );
         assert_eq!(b24("ONCRMADDRESSUPDATE", Family::Requisite), Plan::AsIs);
         assert_eq!(b24("ONTASKCOMMENTADD", Family::Activity), Plan::AsIs);
         assert_eq!(

@@ -53,15 +53,6 @@ pub fn info_call(event: &str, id: String) -> Option<InfoCall> {
     })
 }
 
-/// The entity kind of a SalesMan envelope (`None` for Bitrix24 ones): every SalesMan
-/// envelope's event name starts with its kind, derived ones included (`person.import`).
-pub fn event_entity_kind(event: &crate::event::RelayEvent) -> Option<&'static str> {
-    match event.source {
-        crate::event::Source::Salesman => crate::parse::salesman::entity_kind(&event.event),
-        crate::event::Source::Bitrix24 => None,
-    }
-}
-
 /// What v3 said about one record, told apart as its source allows.
 #[derive(Clone, Debug, PartialEq)]
 pub enum InfoOutcome {
@@ -69,7 +60,8 @@ pub enum InfoOutcome {
     Found(Value),
     /// The record does not exist (any more): `invoice`/`task`/`history` answer 403 and
     /// `document`/`akt`/`entry`/`lead`/`person` 404 or an empty record, none of them filtered
-    /// by the API user's visibility. The previous snapshot stays as it was.
+    /// by the API user's visibility. Forwarded as a delete is: `deleted`, with the last snapshot
+    /// as `previous`, which is then removed.
     Gone,
     /// `client`/`deal` answer 403 "не найден(а) в пределах аккаунта указанного пользователя"
     /// when the record is outside the API user's visibility (`get_people`) as well as when it
@@ -82,29 +74,6 @@ pub enum InfoOutcome {
     /// Any other error (405 "Отсутствуют параметры…"): the call itself is wrong; parked with
     /// the code, never forwarded as a null entity.
     Refused { method: String, code: String },
-}
-
-impl InfoOutcome {
-    /// The forward body's `enrichment` value for this outcome, when it is not plain.
-    pub fn enrichment_label(&self) -> Option<&'static str> {
-        match self {
-            InfoOutcome::NoAccess => Some("no access"),
-            _ => None,
-        }
-    }
-
-    /// Whether the record is gone: forwarded as deleted, with the previous snapshot.
-    pub fn is_gone(&self) -> bool {
-        matches!(self, InfoOutcome::Gone)
-    }
-
-    /// The entity to forward; `None` for gone and no access.
-    pub fn entity(&self) -> Option<&Value> {
-        match self {
-            InfoOutcome::Found(entity) => Some(entity),
-            _ => None,
-        }
-    }
 }
 
 /// Reads a v3 answer (already parsed as JSON, `None` when the body was empty) for `call`.
@@ -362,8 +331,6 @@ mod tests {
             classify(&call("deal.edit"), Some(&deal)),
             InfoOutcome::NoAccess
         );
-        assert_eq!(InfoOutcome::NoAccess.enrichment_label(), Some("no access"));
-        assert_eq!(InfoOutcome::NoAccess.entity(), None);
         // deal.php answers 404 "Не найдено" when the row passed the filter but `info` is empty.
         assert_eq!(
             classify(&call("deal.edit"), Some(&error(json!(404), "Не найдено"))),

@@ -78,7 +78,12 @@ impl Ingress {
         };
         // An entity event posted to the app URL is refused as for any other family (422),
         // before anything is verified or stored.
-        route(Source::Bitrix24, &delivery.event, req.family)?;
+        route(
+            Source::Bitrix24,
+            &delivery.event,
+            &delivery.data,
+            req.family,
+        )?;
         let now_ms = now
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)

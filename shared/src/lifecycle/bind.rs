@@ -4,7 +4,7 @@
 
 use crate::error::EnrichError;
 use crate::event::Family;
-use crate::lifecycle::events::{bitrix24_events, offline_capable, BITRIX24_EVENTS, ONOFFLINEEVENT};
+use crate::lifecycle::events::{bitrix24_events, bound_families, offline_capable, ONOFFLINEEVENT};
 use crate::ports::Bitrix24Rest;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -15,9 +15,8 @@ pub type FamilyUrls = BTreeMap<Family, String>;
 /// `relay serve` serves `POST /<family>`.
 pub fn urls_from_base(base_url: &str) -> FamilyUrls {
     let base = base_url.trim_end_matches('/');
-    BITRIX24_EVENTS
-        .iter()
-        .map(|(family, _)| (*family, format!("{base}/{family}")))
+    bound_families()
+        .map(|family| (family, format!("{base}/{family}")))
         .collect()
 }
 
@@ -95,7 +94,7 @@ pub struct Binding {
 
 /// Every registration for these URLs: each family's events to its URL and, with `offline`,
 /// the same entity events into the offline log plus ONOFFLINEEVENT to the app URL (the
-/// poller's wake-up). Derived from [`BITRIX24_EVENTS`] only.
+/// poller's wake-up). Derived from the event catalogue only.
 pub fn plan_bindings(urls: &FamilyUrls, offline: bool) -> Vec<Binding> {
     let mut plan = Vec::new();
     for (family, url) in urls {
@@ -124,6 +123,12 @@ pub fn plan_bindings(urls: &FamilyUrls, offline: bool) -> Vec<Binding> {
         }
     }
     plan
+}
+
+/// What `relay bind --remove` unregisters: everything any plan for these URLs may have bound,
+/// online and offline, ONOFFLINEEVENT included, whether or not `--offline` is given again.
+pub fn removal_plan(urls: &FamilyUrls) -> Vec<Binding> {
+    plan_bindings(urls, true)
 }
 
 /// One row of `event.get`.
@@ -268,6 +273,7 @@ fn text(row: &Value, key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lifecycle::events::bindable_count;
 
     #[test]
     fn stack_outputs_in_every_shape() {
@@ -296,7 +302,7 @@ mod tests {
         let urls = urls_from_base("http://127.0.0.1:3000/");
         assert_eq!(urls[&Family::Deal], "http://127.0.0.1:3000/deal");
         let online = plan_bindings(&urls, false);
-        let table_size: usize = BITRIX24_EVENTS.iter().map(|(_, e)| e.len()).sum();
+        let table_size = bindable_count();
         assert_eq!(online.len(), table_size);
         let with_offline = plan_bindings(&urls, true);
         let app_events = bitrix24_events(Family::App).len();

@@ -1,97 +1,35 @@
-//! The one table of Bitrix24 event names crm-relay binds, per family. `relay bind` registers
-//! exactly these, so the offline queue only ever holds these names; every other list of
-//! Bitrix24 event names in the crate is derived from here.
+//! The Bitrix24 event names `relay bind` registers, per family: a view of the event catalogue
+//! (`catalogue::CATALOGUE`, entries with `bind`), so the offline queue only ever holds names
+//! the catalogue knows how to route and read.
 
+use crate::catalogue::{self, CATALOGUE};
 use crate::event::Family;
-
-/// Bindable Bitrix24 events of each family, in the upper case Bitrix24 stores them in.
-/// (The app family's ONAPPINSTALL is the app's install handler, set in the app's settings,
-/// and ONAPPTEST is sent by the settings page: neither can be bound with `event.bind`.)
-pub const BITRIX24_EVENTS: &[(Family, &[&str])] = &[
-    (
-        Family::Deal,
-        &["ONCRMDEALADD", "ONCRMDEALUPDATE", "ONCRMDEALDELETE"],
-    ),
-    (
-        Family::Lead,
-        &["ONCRMLEADADD", "ONCRMLEADUPDATE", "ONCRMLEADDELETE"],
-    ),
-    (
-        Family::Contact,
-        &[
-            "ONCRMCONTACTADD",
-            "ONCRMCONTACTUPDATE",
-            "ONCRMCONTACTDELETE",
-        ],
-    ),
-    (
-        Family::Company,
-        &[
-            "ONCRMCOMPANYADD",
-            "ONCRMCOMPANYUPDATE",
-            "ONCRMCOMPANYDELETE",
-        ],
-    ),
-    (
-        Family::Requisite,
-        &[
-            "ONCRMREQUISITEADD",
-            "ONCRMREQUISITEUPDATE",
-            "ONCRMREQUISITEDELETE",
-            "ONCRMBANKDETAILADD",
-            "ONCRMBANKDETAILUPDATE",
-            "ONCRMBANKDETAILDELETE",
-            "ONCRMADDRESSREGISTER",
-            "ONCRMADDRESSUNREGISTER",
-        ],
-    ),
-    (
-        Family::Invoice,
-        &[
-            "ONCRMINVOICEADD",
-            "ONCRMINVOICEUPDATE",
-            "ONCRMINVOICEDELETE",
-            "ONCRMINVOICESETSTATUS",
-            // Smart invoices are the dynamic type with entityTypeId 31.
-            "ONCRMDYNAMICITEMADD_31",
-            "ONCRMDYNAMICITEMUPDATE_31",
-            "ONCRMDYNAMICITEMDELETE_31",
-        ],
-    ),
-    (
-        Family::Activity,
-        &[
-            "ONTASKADD",
-            "ONTASKUPDATE",
-            "ONTASKDELETE",
-            "ONCRMACTIVITYADD",
-            "ONCRMACTIVITYUPDATE",
-            "ONCRMACTIVITYDELETE",
-        ],
-    ),
-    (Family::App, &["ONAPPUNINSTALL", "ONAPPUPDATE"]),
-];
 
 /// Tells the poller that offline records are waiting; bound online to the app family's URL
 /// when offline events are enabled.
 pub const ONOFFLINEEVENT: &str = "ONOFFLINEEVENT";
 
-/// The events bound for one family (empty for families Bitrix24 has no events for).
-pub fn bitrix24_events(family: Family) -> &'static [&'static str] {
-    BITRIX24_EVENTS
-        .iter()
-        .find(|(f, _)| *f == family)
-        .map(|(_, events)| *events)
-        .unwrap_or(&[])
+/// The events bound for one family, upper case (empty for families Bitrix24 has no events for).
+pub fn bitrix24_events(family: Family) -> Vec<&'static str> {
+    catalogue::bound_events(family).collect()
+}
+
+/// Families with at least one bindable Bitrix24 event, in `Family::ALL` order.
+pub fn bound_families() -> impl Iterator<Item = Family> {
+    Family::ALL
+        .into_iter()
+        .filter(|f| CATALOGUE.iter().any(|e| e.bind && e.family == *f))
+}
+
+/// How many online bindings one full plan has (every bindable event once).
+pub fn bindable_count() -> usize {
+    CATALOGUE.iter().filter(|e| e.bind).count()
 }
 
 /// The family of a bindable event name, compared case-insensitively (Bitrix24 upper-cases
 /// names on bind but its own samples use camel case).
 pub fn family_of_bound_event(event: &str) -> Option<Family> {
-    BITRIX24_EVENTS
-        .iter()
-        .find(|(_, events)| events.iter().any(|e| e.eq_ignore_ascii_case(event)))
-        .map(|(family, _)| *family)
+    catalogue::entry(event).filter(|e| e.bind).map(|e| e.family)
 }
 
 /// Entity events can be recorded offline; app events cannot (Bitrix24 calls no handler for
@@ -105,23 +43,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_event_is_upper_case_and_in_one_family_only() {
-        let mut seen = std::collections::BTreeSet::new();
-        for (_, events) in BITRIX24_EVENTS {
-            for e in *events {
-                assert_eq!(*e, e.to_uppercase());
-                assert!(seen.insert(*e), "{e} listed twice");
-            }
-        }
-    }
-
-    #[test]
     fn the_routing_table_sends_every_bound_event_to_its_family() {
-        for (family, events) in BITRIX24_EVENTS {
-            for e in *events {
+        for family in bound_families() {
+            for e in bitrix24_events(family) {
                 assert_eq!(
                     crate::routing::family_of(crate::event::Source::Bitrix24, e),
-                    Some(*family),
+                    Some(family),
                     "{e}"
                 );
             }
@@ -139,7 +66,13 @@ mod tests {
             family_of_bound_event("ONCRMDYNAMICITEMUPDATE_31"),
             Some(Family::Invoice)
         );
+        // Seed 004: user-field events are bound too.
+        assert_eq!(
+            family_of_bound_event("onCrmRequisiteUserFieldUpdate"),
+            Some(Family::Requisite)
+        );
         assert_eq!(family_of_bound_event("ONCRMDEALX"), None);
+        assert_eq!(family_of_bound_event("ONAPPINSTALL"), None);
         assert!(bitrix24_events(Family::Document).is_empty());
     }
 }

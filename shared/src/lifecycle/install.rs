@@ -296,6 +296,8 @@ fn tokens_from_auth(
         expires_at_ms,
         client_endpoint: with_trailing_slash(&client_endpoint),
         scope: text_at(body, &["auth", "scope"]).unwrap_or_default(),
+        // Where this portal's tokens are refreshed (its region's OAuth server).
+        server_endpoint: text_at(body, &["auth", "server_endpoint"]).unwrap_or_default(),
     })
 }
 

@@ -31,12 +31,12 @@
 //! between the two re-reads the page on the next run: the poller always asks with the same
 //! `process_id` for a portal, and `event.offline.get` re-selects a process's uncleared records.
 
+use crate::catalogue;
 use crate::error::{EnrichError, StoreError};
 use crate::event::{envelope_id, rfc3339_seconds, Family, RelayEvent, Source, ENVELOPE_VERSION};
 use crate::lifecycle::install::{text_at, OfflineWake};
 use crate::parse::bitrix24::parse_bitrix24;
 use crate::ports::{Bitrix24Rest, Queue, TokenStore};
-use crate::routing::family_of;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -93,6 +93,10 @@ pub enum PollError {
     },
     #[error("token store: {0}")]
     Store(#[from] StoreError),
+    /// offline-events.md: `clear=0` (confirm after queueing) needs `rest_offline_extended`;
+    /// without it a record would be gone from the log before it is durable, so nothing is read.
+    #[error("portal lacks the rest_offline_extended feature (feature.get): offline events are not drained, since clearing them before they are queued could lose them")]
+    NoExtendedOfflineEvents,
 }
 
 /// Why one offline record could not become an envelope.
@@ -172,12 +176,40 @@ impl OfflinePoller {
         portal: &PortalRef,
         now: SystemTime,
     ) -> Result<PollReport, PollError> {
+        self.require_extended_offline_events(portal).await?;
         let mut report = PollReport::default();
         for retry_errors in [true, false] {
             let phase = self.drain(portal, retry_errors, now).await?;
             report.add(&phase);
         }
         Ok(report)
+    }
+
+    /// feature-get.md: `{CODE: rest_offline_extended}` answers `{value: "Y"}` when the portal
+    /// has it. A portal that does not know the method is tried as before: `event.offline.get`
+    /// itself refuses `clear=0` there.
+    async fn require_extended_offline_events(&self, portal: &PortalRef) -> Result<(), PollError> {
+        match self
+            .rest
+            .call(
+                &portal.member_id,
+                "feature.get",
+                json!({"CODE": "rest_offline_extended"}),
+            )
+            .await
+        {
+            Ok(answer) => match text_at(&answer.result, &["value"]).as_deref() {
+                Some("Y") => Ok(()),
+                _ => {
+                    tracing::error!(portal = %portal.member_id, "PORTAL LACKS rest_offline_extended: its offline events are not drained (clear=0 is unavailable on its plan)");
+                    Err(PollError::NoExtendedOfflineEvents)
+                }
+            },
+            Err(e) => {
+                tracing::debug!(portal = %portal.member_id, error = %e, "feature.get unavailable; polling as before");
+                Ok(())
+            }
+        }
     }
 
     async fn drain(
@@ -322,12 +354,14 @@ pub fn offline_record_envelope(
     let event = text_at(record, &["EVENT_NAME"])
         .filter(|e| !e.is_empty())
         .ok_or(RecordRejected::NoEventName)?;
-    let family = family_of(Source::Bitrix24, &event)
-        .ok_or_else(|| RecordRejected::UnknownEvent(event.to_ascii_uppercase()))?;
     let data = match record.get("EVENT_DATA") {
         Some(Value::Object(_)) => as_form_strings(&record["EVENT_DATA"]),
         _ => json!({}),
     };
+    // The same catalogue entry ingress would pick (a base dynamic-item name by its type).
+    let entry = catalogue::resolve(&event, &data)
+        .map_err(|_| RecordRejected::UnknownEvent(event.to_ascii_uppercase()))?;
+    let family = entry.family;
     // Ingress's own parser reads the record as if it had been posted, so the event name and
     // the entity id come out exactly as for the online call.
     let mut posted = serde_json::Map::new();
@@ -354,6 +388,7 @@ pub fn offline_record_envelope(
         portal: member_id.to_string(),
         domain: domain.map(str::to_string),
         family,
+        entity_type: Some(entry.entity_type),
         event,
         entity_id,
         ts,
@@ -509,6 +544,12 @@ mod tests {
             offline_record_envelope("m", None, &no_id, SystemTime::UNIX_EPOCH).unwrap_err(),
             RecordRejected::NoEntityId("ONCRMLEADADD".into())
         );
+        // on-crm-address-register.md: no FIELDS.ID; the composite key names it.
+        let address = json!({"EVENT_NAME": "ONCRMADDRESSREGISTER", "EVENT_DATA": {"FIELDS": {
+            "TYPE_ID": 1, "ENTITY_TYPE_ID": 8, "ENTITY_ID": 3}}});
+        let ev = offline_record_envelope("m", None, &address, SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(ev.entity_id.as_deref(), Some("1-8-3"));
+        assert_eq!(ev.entity_type, Some(crate::catalogue::EntityType::Address));
         let task = json!({"EVENT_NAME": "ONTASKUPDATE", "EVENT_DATA": {"FIELDS_AFTER": {"ID": 5}, "FIELDS_BEFORE": "undefined"}});
         let ev = offline_record_envelope("m", None, &task, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(

@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = crate::forward::DEFAULT_MAX_RECEIVE_C
 
 /// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
 /// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index
-/// (`queue::index_group_heads`).
+/// (`queue::index_group_heads`); `portals.server_endpoint`.
 const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS portals (
     refresh_token TEXT NOT NULL,
     expires_at_ms INTEGER NOT NULL,
     client_endpoint TEXT NOT NULL,
-    scope TEXT NOT NULL
+    scope TEXT NOT NULL,
+    server_endpoint TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS attempts (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -248,8 +249,12 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA).map_err(db("schema"))?;
     if version == 1 {
         // Claims of a schema-1 store have no owner: none can be extended, they only expire.
-        tx.execute_batch("ALTER TABLE dedup ADD COLUMN owner TEXT")
-            .map_err(db("schema 1 -> 2"))?;
+        // Portals installed before keep refreshing through the configured OAuth server.
+        tx.execute_batch(
+            "ALTER TABLE dedup ADD COLUMN owner TEXT;
+             ALTER TABLE portals ADD COLUMN server_endpoint TEXT NOT NULL DEFAULT '';",
+        )
+        .map_err(db("schema 1 -> 2"))?;
     }
     queue::index_group_heads(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -59,6 +59,16 @@ impl SnapshotStore for SqliteStore {
         .await
     }
 
+    async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
+        let pk = key.pk();
+        self.with_conn(move |conn| {
+            conn.execute("DELETE FROM snapshots WHERE pk = ?1", params![pk])
+                .map(|_| ())
+                .map_err(db("snapshot delete"))
+        })
+        .await
+    }
+
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
         let portal = portal.to_string();
         self.with_conn(move |conn| {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Row};
 
 const COLUMNS: &str = "member_id, domain, application_token, access_token, refresh_token, \
-                       expires_at_ms, client_endpoint, scope";
+                       expires_at_ms, client_endpoint, scope, server_endpoint";
 
 fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
     Ok(PortalTokens {
@@ -21,6 +21,7 @@ fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
         expires_at_ms: row.get(5)?,
         client_endpoint: row.get(6)?,
         scope: row.get(7)?,
+        server_endpoint: row.get(8)?,
     })
 }
 
@@ -44,7 +45,7 @@ impl TokenStore for SqliteStore {
         let t = tokens.clone();
         self.with_conn(move |conn| {
             conn.execute(
-                &format!("INSERT OR REPLACE INTO portals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                &format!("INSERT OR REPLACE INTO portals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     t.member_id,
                     t.domain,
@@ -53,7 +54,8 @@ impl TokenStore for SqliteStore {
                     t.refresh_token.expose(),
                     t.expires_at_ms,
                     t.client_endpoint,
-                    t.scope
+                    t.scope,
+                    t.server_endpoint
                 ],
             )
             .map_err(db("tokens put"))?;

@@ -3,6 +3,7 @@
 //! Verification and routing come after this, in `verify` and `routing`.
 
 use super::{event_name, identifier, ParseError, MAX_ENTITY_ID_LEN, MAX_PORTAL_LEN};
+use crate::catalogue::{self, IdAt};
 use crate::secret::Secret;
 use serde_json::{Map, Value};
 
@@ -14,8 +15,9 @@ pub struct Bitrix24Delivery {
     pub event_handler_id: Option<String>,
     /// `ts`: queue time, Unix seconds. `None` when the sender left it out.
     pub ts: Option<i64>,
-    /// The entity the event is about: `data[FIELDS][ID]`, for tasks `data[FIELDS_AFTER][ID]`
-    /// (or `FIELDS_BEFORE` on delete); `None` for app events.
+    /// The entity the event is about, where the event catalogue says it is: mostly
+    /// `data[FIELDS][ID]`, for tasks `data[FIELDS_AFTER][ID]` (or `FIELDS_BEFORE` on delete),
+    /// for addresses a `TYPE_ID-ENTITY_TYPE_ID-ENTITY_ID` key; `None` for app events.
     pub entity_id: Option<String>,
     pub auth: Bitrix24Auth,
     /// `data` as sent (an empty object when absent); secrets are stripped later, in ingest.
@@ -150,30 +152,56 @@ fn parse_auth(auth: &Map<String, Value>) -> Result<Bitrix24Auth, ParseError> {
     })
 }
 
-/// App-level events concern the portal, not an entity.
-fn is_app_event(event: &str) -> bool {
-    event.starts_with("ONAPP") || event == "ONOFFLINEEVENT"
-}
-
-/// The entity id by the event's kind. Tasks send `FIELDS_AFTER` (gone on delete, when only
-/// `FIELDS_BEFORE` has the id); the side without fields is the string `undefined`, which
-/// `.get("ID")` on a string skips naturally.
+/// The entity id where the catalogue says the event keeps it. Events the catalogue does not
+/// know are refused by routing later; until then `FIELDS.ID` is read as most events have it.
 fn entity_id(event: &str, data: &Value) -> Result<Option<String>, ParseError> {
-    if is_app_event(event) {
-        return Ok(None);
-    }
-    let containers: &[&str] = if event.starts_with("ONTASK") {
-        &["FIELDS_AFTER", "FIELDS_BEFORE"]
-    } else {
-        &["FIELDS"]
+    let at = match catalogue::entry(event) {
+        Some(entry) => entry.id,
+        None if event.starts_with("ONTASK") => IdAt::TaskFields,
+        None => IdAt::Fields("ID"),
     };
-    for container in containers {
-        let id = data.get(container).and_then(|fields| fields.get("ID"));
-        if let Some(id) = identifier(id, "data[FIELDS][ID]", MAX_ENTITY_ID_LEN)? {
-            return Ok(Some(id));
+    let field = |container: &str, key: &str| data.get(container).and_then(|f| f.get(key));
+    match at {
+        IdAt::Nothing => Ok(None),
+        IdAt::Fields(key) => {
+            identifier(field("FIELDS", key), "data[FIELDS][ID]", MAX_ENTITY_ID_LEN)
+        }
+        // Tasks send `FIELDS_AFTER` (gone on delete, when only `FIELDS_BEFORE` has the id);
+        // the side without fields is the string `undefined`, which `.get("ID")` skips.
+        IdAt::TaskFields => {
+            for container in ["FIELDS_AFTER", "FIELDS_BEFORE"] {
+                let id = identifier(
+                    field(container, "ID"),
+                    "data[FIELDS][ID]",
+                    MAX_ENTITY_ID_LEN,
+                )?;
+                if id.is_some() {
+                    return Ok(id);
+                }
+            }
+            Ok(None)
+        }
+        // on-crm-address-register.md: an address has no id; type and owner name it.
+        IdAt::AddressKey => {
+            let mut parts = Vec::with_capacity(3);
+            for key in ["TYPE_ID", "ENTITY_TYPE_ID", "ENTITY_ID"] {
+                match identifier(
+                    field("FIELDS", key),
+                    "data[FIELDS][ENTITY_ID]",
+                    MAX_ENTITY_ID_LEN,
+                )? {
+                    Some(part) if part.bytes().all(|b| b.is_ascii_digit()) => parts.push(part),
+                    Some(_) => return Err(ParseError::Invalid("data[FIELDS][ENTITY_ID]")),
+                    None => return Ok(None),
+                }
+            }
+            let key = parts.join("-");
+            if key.len() > MAX_ENTITY_ID_LEN {
+                return Err(ParseError::Invalid("data[FIELDS][ENTITY_ID]"));
+            }
+            Ok(Some(key))
         }
     }
-    Ok(None)
 }
 
 #[cfg(test)]
@@ -289,6 +317,46 @@ mod tests {
         assert!(!d.data.to_string().contains("acc-123"));
         let debug = format!("{d:?}");
         assert!(!debug.contains("acc-123") && !debug.contains("ref-456"));
+    }
+
+    /// on-crm-address-register.md: the sample's FIELDS are JSON numbers and carry no ID.
+    #[test]
+    fn address_events_get_a_composite_key() {
+        let body = json!({"event": "onCrmAddressRegister", "data": {"FIELDS": {
+            "TYPE_ID": 1, "ENTITY_TYPE_ID": 8, "ENTITY_ID": 1, "ANCHOR_ID": 17192, "ANCHOR_TYPE_ID": 3}},
+            "ts": "1466439714", "auth": {"member_id": "m"}})
+        .to_string();
+        let d =
+            parse_bitrix24(&decode_document(BodyEncoding::Json, body.as_bytes()).unwrap()).unwrap();
+        assert_eq!(d.entity_id.as_deref(), Some("1-8-1"));
+        let form_body = form(
+            "event=ONCRMADDRESSUNREGISTER&data[FIELDS][TYPE_ID]=1&data[FIELDS][ENTITY_TYPE_ID]=8\
+             &data[FIELDS][ENTITY_ID]=1&ts=1&auth[member_id]=m",
+        )
+        .unwrap();
+        assert_eq!(form_body.entity_id.as_deref(), Some("1-8-1"));
+        assert_eq!(
+            form("event=ONCRMADDRESSREGISTER&data[FIELDS][TYPE_ID]=1-2&data[FIELDS][ENTITY_TYPE_ID]=8\
+                  &data[FIELDS][ENTITY_ID]=1&auth[member_id]=m"),
+            Err(ParseError::Invalid("data[FIELDS][ENTITY_ID]"))
+        );
+    }
+
+    /// on-crm-deal-recurring-expose.md: DEAL_ID is the new deal; ID is a settings row.
+    #[test]
+    fn recurring_expose_names_the_new_deal() {
+        let d = form(
+            "event=ONCRMDEALRECURRINGEXPOSE&data[FIELDS][ID]=9&data[FIELDS][RECURRING_DEAL_ID]=6791\
+             &data[FIELDS][DEAL_ID]=6799&ts=1&auth[member_id]=m",
+        )
+        .unwrap();
+        assert_eq!(d.entity_id.as_deref(), Some("6799"));
+        let add = form(
+            "event=ONCRMDEALRECURRINGADD&data[FIELDS][ID]=11&data[FIELDS][RECURRING_DEAL_ID]=6797\
+             &ts=1&auth[member_id]=m",
+        )
+        .unwrap();
+        assert_eq!(add.entity_id.as_deref(), Some("11"));
     }
 
     #[test]
