@@ -1,5 +1,5 @@
 //! Configuration from the environment: the same names in Lambda and `relay serve`
-//! (DESIGN.md, "Configuration"). Read once at start-up by a `main`; secrets are wrapped in
+//! (README, "Configuration"). Read once at start-up by a `main`; secrets are wrapped in
 //! `Secret` the moment they are read, so no later `Debug` can print them.
 
 use crate::error::ConfigError;

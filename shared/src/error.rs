@@ -67,7 +67,7 @@ pub enum EnrichError {
     #[error("entity not found")]
     NotFound,
     /// Nothing configured or stored to call this CRM portal with: forwarded with
-    /// `entity: null`, as DESIGN.md asks.
+    /// `entity: null` (ARCHITECTURE.md, "The forwarded body").
     #[error("no credentials for {0}")]
     NoCredentials(String),
 }

@@ -26,8 +26,8 @@ pub struct DrainSettings {
 }
 
 impl DrainSettings {
-    /// DESIGN.md, "Queue settings": visibility timeout at least 6 × the consumer timeout, so a
-    /// batch that is still running is never handed out twice.
+    /// Visibility timeout at least 6 × the consumer timeout, AWS's rule for SQS event sources
+    /// (and template.yaml's), so a batch that is still running is never handed out twice.
     pub fn visibility(&self) -> Duration {
         self.batch_timeout * 6
     }

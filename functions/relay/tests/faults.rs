@@ -349,7 +349,11 @@ async fn crm_refusing_calls_for_a_while_delays_events_but_never_empties_them() {
     let destination = Destination::start().await;
     let dir = TempDir::new("fault-crm");
     let mut env = base_env(&destination);
-    env.push(("RELAY_B24_WEBHOOK_URL", portal.webhook_url()));
+    // `member_id=url`: a bare webhook URL serves only events of its own host's portal.
+    env.push((
+        "RELAY_B24_WEBHOOK_URL",
+        format!("{}={}", crm::B24_MEMBER, portal.webhook_url()),
+    ));
     let mut options = vec!["--batch-timeout", "2s"];
     options.extend(QUICK_RETRIES);
     let relay = RelayProcess::start_with(dir.path(), &env, &options);

@@ -249,17 +249,35 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     tx.execute_batch(SCHEMA).map_err(db("schema"))?;
     if version == 1 {
         // Claims of a schema-1 store have no owner: none can be extended, they only expire.
+        add_column_if_missing(&tx, "dedup", "owner", "TEXT")?;
         // Portals installed before keep refreshing through the configured OAuth server.
-        tx.execute_batch(
-            "ALTER TABLE dedup ADD COLUMN owner TEXT;
-             ALTER TABLE portals ADD COLUMN server_endpoint TEXT NOT NULL DEFAULT '';",
-        )
-        .map_err(db("schema 1 -> 2"))?;
+        add_column_if_missing(&tx, "portals", "server_endpoint", "TEXT NOT NULL DEFAULT ''")?;
     }
     queue::index_group_heads(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
     tx.commit().map_err(db("schema: commit"))
+}
+
+/// Schema steps that add a column run once per column, whatever order the steps of earlier
+/// builds ran in.
+fn add_column_if_missing(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> Result<(), StoreError> {
+    let present = conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+        .and_then(|mut stmt| stmt.exists(rusqlite::params![table, column]))
+        .map_err(db("schema: columns"))?;
+    if present {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+    ))
+    .map_err(db("schema 1 -> 2"))
 }
 
 /// A poisoned lock only means another query panicked; SQLite rolled its transaction back
