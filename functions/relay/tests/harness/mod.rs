@@ -80,6 +80,8 @@ impl RelayProcess {
                 "127.0.0.1:0",
                 "--batch-timeout",
                 BATCH_TIMEOUT,
+                "--consumers",
+                &CONSUMERS.to_string(),
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
