@@ -39,6 +39,7 @@ on_sqlite! {
     polling_one_in_flight_per_group,
     polling_retry_delay_holds_group,
     polling_returned_message_is_not_overtaken,
+    polling_park_moves_group_on,
 }
 
 integration_tests::queue_contract_tests!(queue_on_sqlite);

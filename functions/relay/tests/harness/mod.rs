@@ -76,10 +76,11 @@ impl RelayProcess {
         Self::start_with(data_dir, env, &["--batch-timeout", BATCH_TIMEOUT])
     }
 
-    /// `relay serve` with these options after `--addr 127.0.0.1:0`.
+    /// `relay serve` with these options after `--addr 127.0.0.1:0 --consumers CONSUMERS`.
     pub fn start_with(data_dir: &Path, env: &[(&str, String)], options: &[&str]) -> Self {
         let mut child = relay_command(data_dir, env)
             .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(["--consumers", &CONSUMERS.to_string()])
             .args(options)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
