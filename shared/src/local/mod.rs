@@ -251,7 +251,12 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         // Claims of a schema-1 store have no owner: none can be extended, they only expire.
         add_column_if_missing(&tx, "dedup", "owner", "TEXT")?;
         // Portals installed before keep refreshing through the configured OAuth server.
-        add_column_if_missing(&tx, "portals", "server_endpoint", "TEXT NOT NULL DEFAULT ''")?;
+        add_column_if_missing(
+            &tx,
+            "portals",
+            "server_endpoint",
+            "TEXT NOT NULL DEFAULT ''",
+        )?;
     }
     queue::index_group_heads(&tx)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
