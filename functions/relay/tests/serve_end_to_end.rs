@@ -400,8 +400,8 @@ async fn events_in_flight_survive_kill_9_and_each_is_forwarded_once_after_restar
         accepted,
         "nothing lost, nothing extra"
     );
-    // ARCHITECTURE.md, "Exactly once": a crash between a forward and its completion re-forwards with the same
-    // webhook-id (the receiver drops it). Each consumer task delivers one event at a time, so
+    // ARCHITECTURE.md, "Exactly once": a crash between a forward and its completion
+    // re-forwards with the same webhook-id (the receiver drops it). Each consumer task delivers one event at a time, so
     // at most one delivery per task can be in that window.
     let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
