@@ -581,8 +581,12 @@ async fn without_a_destination_events_go_to_the_outbox_file_and_one_line_each() 
     let dir = TempDir::new("outbox");
     let env = vec![("RELAY_B24_APP_TOKENS", B24_TOKEN.to_string())];
     let mut relay = RelayProcess::start(dir.path(), &env);
-    let banner = relay.lines().join("\n");
-    assert!(banner.contains("outbox.jsonl"), "{banner}");
+    // The banner's lines after "listening on" reach the reader thread a moment later.
+    let banner = wait_for(FORWARD_DEADLINE, "the banner's outbox line", || {
+        let banner = relay.lines().join("\n");
+        banner.contains("outbox.jsonl").then_some(banner)
+    })
+    .await;
     assert!(
         banner.contains("RELAY_B24_APP_TOKENS") && !banner.contains(B24_TOKEN),
         "names, never values: {banner}"
