@@ -7,11 +7,14 @@
 mod harness;
 
 use harness::crm::{self, B24_TOKEN, SIGNING_SECRET};
-use harness::{run_relay, wait_for, RelayProcess, TempDir, CONSUMERS, FORWARD_DEADLINE};
+use harness::{
+    delivered_ids, run_relay, wait_for, wait_until_delivered, RelayProcess, TempDir, CONSUMERS,
+    FORWARD_DEADLINE,
+};
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24::{FakeBitrix24, MethodReply, PortalLimits};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -63,27 +66,6 @@ async fn accept_all(relay: &RelayProcess, bodies: Vec<String>) -> BTreeSet<Strin
         accepted.insert(id);
     }
     accepted
-}
-
-/// webhook-id -> how many times the destination answered it 2xx.
-fn delivered_ids(destination: &Destination) -> BTreeMap<String, usize> {
-    let mut ids = BTreeMap::new();
-    for r in destination.delivered() {
-        *ids.entry(r.header("webhook-id").to_string()).or_insert(0) += 1;
-    }
-    ids
-}
-
-async fn wait_until_delivered(destination: &Destination, ids: &BTreeSet<String>) {
-    wait_for(
-        FORWARD_DEADLINE,
-        "every accepted event at the destination",
-        || {
-            let seen = delivered_ids(destination);
-            ids.iter().all(|id| seen.contains_key(id)).then_some(())
-        },
-    )
-    .await;
 }
 
 fn no_dead_letters(dir: &TempDir) {

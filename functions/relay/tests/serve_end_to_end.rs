@@ -5,7 +5,10 @@
 mod harness;
 
 use harness::crm::{self, B24_TOKEN, SALESMAN_SECRET, SIGNING_SECRET};
-use harness::{run_relay, wait_for, RelayProcess, TempDir, FORWARD_DEADLINE};
+use harness::{
+    delivered_ids, run_relay, wait_for, wait_until_delivered, RelayProcess, TempDir,
+    FORWARD_DEADLINE,
+};
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24::{FakeBitrix24, PortalLimits};
 use integration_tests::fake_salesman::FakeSalesman;
@@ -54,27 +57,6 @@ async fn accept(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -
         .as_str()
         .expect("202 names the envelope id")
         .to_string()
-}
-
-/// webhook-id -> how many 2xx deliveries the destination saw.
-fn delivered_ids(destination: &Destination) -> BTreeMap<String, usize> {
-    let mut ids = BTreeMap::new();
-    for r in destination.delivered() {
-        *ids.entry(r.header("webhook-id").to_string()).or_insert(0) += 1;
-    }
-    ids
-}
-
-async fn wait_until_delivered(destination: &Destination, ids: &BTreeSet<String>) {
-    wait_for(
-        FORWARD_DEADLINE,
-        "every accepted event at the destination",
-        || {
-            let seen = delivered_ids(destination);
-            ids.iter().all(|id| seen.contains_key(id)).then_some(())
-        },
-    )
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,9 @@
 
 pub mod crm;
 
+use integration_tests::destination::Destination;
+use std::collections::{BTreeMap, BTreeSet};
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -208,4 +211,26 @@ pub fn run_relay(data_dir: &Path, env: &[(&str, String)], args: &[&str]) -> (boo
 /// The repository's `events/` folder.
 pub fn events_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events")
+}
+
+/// webhook-id -> how many times the destination answered it 2xx.
+pub fn delivered_ids(destination: &Destination) -> BTreeMap<String, usize> {
+    let mut ids = BTreeMap::new();
+    for r in destination.delivered() {
+        *ids.entry(r.header("webhook-id").to_string()).or_insert(0) += 1;
+    }
+    ids
+}
+
+/// Waits (bounded) until every one of `ids` has been answered 2xx at the destination.
+pub async fn wait_until_delivered(destination: &Destination, ids: &BTreeSet<String>) {
+    wait_for(
+        FORWARD_DEADLINE,
+        "every accepted event at the destination",
+        || {
+            let seen = delivered_ids(destination);
+            ids.iter().all(|id| seen.contains_key(id)).then_some(())
+        },
+    )
+    .await;
 }
