@@ -50,6 +50,7 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
         config.clone(),
         store.clone(),
         store.clone(),
+        store.clone(),
         reqwest::Client::new(),
         None,
     );

@@ -21,6 +21,7 @@ pub fn serve_ingress(
         config,
         backend.token_store(),
         backend.snapshot_store(),
+        backend.bind_plan_store(),
         http_client()?,
         Some(Arc::new(NotifyWake(offline_wake))),
     ))

@@ -70,12 +70,13 @@ async fn invoke_ingest(
         .map_err(|e| CliError::Usage(format!("not a Function URL request event: {e}")))?;
     // App mode, as `relay serve` and the functions build it: stored application tokens are
     // accepted and app events go through the lifecycle (no ONOFFLINEEVENT wake here).
-    let (tokens, snapshots) = backend.lifecycle_stores()?;
+    let (tokens, snapshots, bind_plans) = backend.lifecycle_stores()?;
     let ingress = app_mode_ingress(
         backend.queue()?,
         config,
         tokens,
         snapshots,
+        bind_plans,
         crate::backend::http_client()?,
         None,
     );

@@ -93,7 +93,15 @@ pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
     let ingress = match (family, store) {
         (Family::App, Some(store)) => {
             let wake = inline_poll_wake(queue.clone(), &config, store.clone(), http.clone());
-            app_mode_ingress(queue, config, store.clone(), store, http, Some(wake))
+            app_mode_ingress(
+                queue,
+                config,
+                store.clone(),
+                store.clone(),
+                store,
+                http,
+                Some(wake),
+            )
         }
         (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE").into()),
         (_, Some(store)) => Ingress::new(queue, config).with_token_store(store),

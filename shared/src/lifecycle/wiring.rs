@@ -5,21 +5,25 @@
 use crate::config::RelayConfig;
 use crate::enrich::bitrix24::Bitrix24Client;
 use crate::ingest::Ingress;
+use crate::lifecycle::bind::PlanRebind;
 use crate::lifecycle::install::{AppInfoVerifier, AppLifecycle, OfflineWake};
 use crate::lifecycle::offline::{InlinePollWake, OfflinePoller};
-use crate::ports::{Queue, SnapshotStore, TokenStore};
+use crate::ports::{BindPlanStore, Queue, SnapshotStore, TokenStore};
 use std::sync::Arc;
 
 /// Ingress in app mode. `wake`: what ONOFFLINEEVENT triggers (a notify in `relay serve`,
-/// [`inline_poll_wake`] on Lambda); `None` leaves it to the schedule.
+/// [`inline_poll_wake`] on Lambda); `None` leaves it to the schedule. `bind_plans`: what
+/// `relay bind` stored, bound again after a confirmed ONAPPUPDATE.
 pub fn app_mode_ingress(
     queue: Arc<dyn Queue>,
     config: RelayConfig,
     tokens: Arc<dyn TokenStore>,
     snapshots: Arc<dyn SnapshotStore>,
+    bind_plans: Arc<dyn BindPlanStore>,
     http: reqwest::Client,
     wake: Option<Arc<dyn OfflineWake>>,
 ) -> Ingress {
+    let rest = Arc::new(Bitrix24Client::new(http.clone(), &config, tokens.clone()));
     let verifier = AppInfoVerifier::via_oauth_server(
         http,
         &config.b24_oauth_url,
@@ -31,7 +35,8 @@ pub fn app_mode_ingress(
         tokens.clone(),
         snapshots,
         config.b24_app_tokens.clone(),
-    );
+    )
+    .with_plan_rebind(Arc::new(PlanRebind::new(rest, bind_plans)));
     if let Some(wake) = wake {
         lifecycle = lifecycle.with_offline_wake(wake);
     }
