@@ -86,6 +86,11 @@ struct Setup {
 /// A portal and the lifecycle, with `app.info` asked of the portal itself as the trusted
 /// endpoint (in production: the OAuth server), so no forged `client_endpoint` is believed.
 async fn setup(member_id: &str) -> Setup {
+    setup_with(member_id, false).await
+}
+
+/// `rebind_in_background`: as `relay serve` re-binds after an update (Lambda: inline).
+async fn setup_with(member_id: &str, rebind_in_background: bool) -> Setup {
     let portal = FakePortal::start(member_id).await;
     let store = MemoryStore::new();
     let (tokens, snapshots) = (store.clone(), store.clone());
@@ -102,10 +107,10 @@ async fn setup(member_id: &str) -> Setup {
             snapshots.clone(),
             AppTokens::default(),
         )
-        .with_plan_rebind(Arc::new(PlanRebind::new(
-            rest_client(tokens.clone()),
-            store.clone(),
-        ))),
+        .with_plan_rebind(Arc::new(
+            PlanRebind::new(rest_client(tokens.clone()), store.clone())
+                .in_background(rebind_in_background),
+        )),
     );
     let queue = Arc::new(RecordingQueue::default());
     let ingress = Ingress::new(queue.clone(), RelayConfig::default())
@@ -884,6 +889,27 @@ async fn verified_app_update_binds_the_stored_plan_again() {
         Some(plan),
         "the plan stays for the next update"
     );
+}
+
+/// `relay serve` answers the update first and re-binds on a task of its own; the plan is
+/// bound all the same, once.
+#[tokio::test]
+async fn background_rebind_after_update_binds_the_plan_too() {
+    let s = setup_with("portal23", true).await;
+    install(&s).await;
+    let plan = bind_and_store_plan(&s, "portal23").await;
+    let update = s
+        .portal
+        .update_app("access-2", "refresh-2", APP_TOKEN, 1_790_007_200);
+    assert_eq!(post(&s, Family::App, &update).await.status, 202);
+    for _ in 0..200 {
+        if s.portal.bound().len() >= plan.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(bound_set(&s.portal), plan_set(&plan));
+    assert_eq!(s.portal.bound().len(), plan.len());
 }
 
 /// An update that is not confirmed (a wrong application token, or an access token app.info

@@ -14,7 +14,7 @@ use shared::event::{Family, RelayEvent};
 use shared::ingest::Ingress;
 use shared::lifecycle::bind::{bind_all, plan_bindings, urls_from_base};
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
-use shared::lifecycle::wiring::app_mode_ingress;
+use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
 use shared::ports::{BindPlanStore, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -50,9 +50,8 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
     let ingress = app_mode_ingress(
         queue.clone(),
         config.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
+        AppStores::on(store.clone()),
+        false,
         reqwest::Client::new(),
         None,
     );

@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::lifecycle::wiring::app_mode_ingress;
+use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -74,9 +74,13 @@ async fn invoke_ingest(
     let ingress = app_mode_ingress(
         backend.queue()?,
         config,
-        tokens,
-        snapshots,
-        bind_plans,
+        AppStores {
+            tokens,
+            snapshots,
+            bind_plans,
+        },
+        // One request, then the process ends: a background task would not finish.
+        false,
         crate::backend::http_client()?,
         None,
     );

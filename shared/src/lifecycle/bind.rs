@@ -278,19 +278,44 @@ pub async fn bind_stored_plan(
 /// What the app lifecycle does with a portal's bind plan: binds it again after a verified
 /// update (through the portal's REST endpoint, with the tokens the update just stored) and
 /// forgets it at uninstall.
+#[derive(Clone)]
 pub struct PlanRebind {
     rest: Arc<dyn Bitrix24Rest>,
     plans: Arc<dyn BindPlanStore>,
+    in_background: bool,
 }
 
 impl PlanRebind {
     pub fn new(rest: Arc<dyn Bitrix24Rest>, plans: Arc<dyn BindPlanStore>) -> Self {
-        PlanRebind { rest, plans }
+        PlanRebind {
+            rest,
+            plans,
+            in_background: false,
+        }
+    }
+
+    /// Re-bind on a task of its own and answer the update at once (`relay serve`): at the
+    /// portal's 2 calls/s a large plan outlasts Bitrix24's patience, and a handler whose
+    /// caller hangs up is dropped half-way. Lambda re-binds inline: its process is frozen
+    /// once it has answered.
+    pub fn in_background(mut self, in_background: bool) -> Self {
+        self.in_background = in_background;
+        self
     }
 
     /// Never fails the update: its tokens are stored before this runs, and a plan that could
     /// not be bound is named in the log (event and error, no token) for `relay bind --again`.
     pub async fn after_update(&self, member_id: &str) {
+        if self.in_background {
+            let this = self.clone();
+            let member_id = member_id.to_string();
+            tokio::spawn(async move { this.rebind_now(&member_id).await });
+        } else {
+            self.rebind_now(member_id).await;
+        }
+    }
+
+    async fn rebind_now(&self, member_id: &str) {
         match bind_stored_plan(self.rest.as_ref(), self.plans.as_ref(), member_id).await {
             Ok(Some((plan, report))) => tracing::info!(
                 portal = %member_id,
