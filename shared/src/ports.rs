@@ -236,6 +236,25 @@ pub trait TokenStore: Send + Sync {
     async fn list(&self) -> Result<Vec<PortalTokens>, StoreError>;
 }
 
+/// What `relay bind` registered on one portal (`BINDPLAN#<member_id>`): Bitrix24 drops an
+/// app's handlers when the app is updated, so a verified ONAPPUPDATE (and `relay bind
+/// --again`) registers this plan again. Kept apart from the tokens, which every refresh rewrites.
+#[async_trait]
+pub trait BindPlanStore: Send + Sync {
+    async fn load_plan(
+        &self,
+        member_id: &str,
+    ) -> Result<Option<Vec<crate::lifecycle::bind::Binding>>, StoreError>;
+    /// Replaces the portal's plan.
+    async fn save_plan(
+        &self,
+        member_id: &str,
+        plan: &[crate::lifecycle::bind::Binding],
+    ) -> Result<(), StoreError>;
+    /// Absent is not an error.
+    async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError>;
+}
+
 /// One delivery attempt, so a user can see why an event did not arrive (`ATTEMPT#<id>`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {

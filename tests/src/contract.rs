@@ -6,11 +6,12 @@ use async_trait::async_trait;
 use shared::aws::sqs::SqsQueue;
 use shared::catalogue::EntityType;
 use shared::event::{envelope_id, Family, RelayEvent, Source};
+use shared::lifecycle::bind::Binding;
 use shared::local::SqliteStore;
 use shared::ports::{
-    Attempt, AttemptLog, Claim, DeadLetter, DedupStore, DestinationStatus, Ownership, PollingQueue,
-    PortalTokens, Queue, QueueMessage, RedriveFilter, Snapshot, SnapshotKey, SnapshotSave,
-    SnapshotStore, TokenStore,
+    Attempt, AttemptLog, BindPlanStore, Claim, DeadLetter, DedupStore, DestinationStatus,
+    Ownership, PollingQueue, PortalTokens, Queue, QueueMessage, RedriveFilter, Snapshot,
+    SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
 use shared::secret::Secret;
 use std::sync::Arc;
@@ -400,6 +401,64 @@ pub async fn tokens_crud(store: &dyn TokenStore) {
     store.delete(&member).await.unwrap();
     assert_eq!(store.get(&member).await.unwrap(), None);
     assert!(store.get(&other).await.unwrap().is_some());
+}
+
+// ---- BindPlanStore ---------------------------------------------------------------------------
+
+/// A plan with online handlers, an offline-log binding (no handler) and the wake-up.
+fn bind_plan(base: &str) -> Vec<Binding> {
+    vec![
+        Binding {
+            event: "ONCRMDEALUPDATE".into(),
+            handler: Some(format!("{base}/deal")),
+            offline: false,
+        },
+        Binding {
+            event: "ONCRMDEALUPDATE".into(),
+            handler: None,
+            offline: true,
+        },
+        Binding {
+            event: "ONOFFLINEEVENT".into(),
+            handler: Some(format!("{base}/app")),
+            offline: false,
+        },
+    ]
+}
+
+/// A portal's plan comes back exactly as saved, a new `relay bind` replaces it, one portal's
+/// plan is not another's, and a forgotten plan is gone (forgetting twice is fine).
+pub async fn bind_plan_save_load_replace_forget(store: &dyn BindPlanStore) {
+    let member = unique("member");
+    let other = unique("member");
+    assert_eq!(store.load_plan(&member).await.unwrap(), None);
+    store
+        .save_plan(&member, &bind_plan("https://a.example"))
+        .await
+        .unwrap();
+    store
+        .save_plan(&other, &bind_plan("https://b.example"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_plan(&member).await.unwrap(),
+        Some(bind_plan("https://a.example"))
+    );
+    store
+        .save_plan(&member, &bind_plan("https://c.example")[..1])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_plan(&member).await.unwrap(),
+        Some(bind_plan("https://c.example")[..1].to_vec())
+    );
+    store.forget_plan(&member).await.unwrap();
+    store.forget_plan(&member).await.unwrap();
+    assert_eq!(store.load_plan(&member).await.unwrap(), None);
+    assert_eq!(
+        store.load_plan(&other).await.unwrap(),
+        Some(bind_plan("https://b.example"))
+    );
 }
 
 // ---- AttemptLog ------------------------------------------------------------------------------
@@ -809,6 +868,7 @@ macro_rules! store_contract_tests {
             snapshot_delete_portal,
             snapshot_kinds_are_apart_and_delete_forgets_one,
             tokens_crud,
+            bind_plan_save_load_replace_forget,
             attempts_oldest_first,
             destination_disable_enable,
         }

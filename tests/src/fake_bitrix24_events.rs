@@ -224,6 +224,25 @@ impl FakePortal {
         })
     }
 
+    /// The app is updated to a new version: Bitrix24 removes every handler the app bound
+    /// (b24restdocs api-reference/events/event-bind.md: "When deleting and updating the
+    /// application, its actions will be removed"), issues `access_token`, and returns the
+    /// ONAPPUPDATE body it posts to the app (same `auth` block as the install).
+    pub fn update_app(
+        &self,
+        access_token: &str,
+        refresh_token: &str,
+        application_token: &str,
+        expires: i64,
+    ) -> Value {
+        lock(&self.events).handlers.clear();
+        self.issue_access_token(access_token);
+        let mut body = self.install_body(access_token, refresh_token, application_token, expires);
+        body["event"] = json!("ONAPPUPDATE");
+        body["data"] = json!({"VERSION": "2", "LANGUAGE_ID": "ru"});
+        body
+    }
+
     /// Whether `feature.get {CODE: rest_offline_extended}` answers `Y` (the default) or `N`.
     pub fn set_extended_offline_events(&self, available: bool) {
         self.fake.state().extra.insert(

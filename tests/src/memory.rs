@@ -7,9 +7,11 @@ use async_trait::async_trait;
 use shared::consume::ConsumerPorts;
 use shared::error::StoreError;
 use shared::event::{RelayEvent, Source};
+use shared::lifecycle::bind::Binding;
 use shared::ports::{
-    Attempt, AttemptLog, Claim, DedupStore, DestinationStatus, Outbox, Ownership, PortalTokens,
-    Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, BindPlanStore, Claim, DedupStore, DestinationStatus, Outbox, Ownership,
+    PortalTokens, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore,
+    TokenStore,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +31,7 @@ struct Inner {
     dedup: HashMap<String, DedupRecord>,
     snapshots: HashMap<SnapshotKey, Snapshot>,
     tokens: HashMap<String, PortalTokens>,
+    bind_plans: HashMap<String, Vec<Binding>>,
     attempts: Vec<Attempt>,
     disabled: HashMap<String, String>,
     outbox: Vec<serde_json::Value>,
@@ -242,6 +245,25 @@ impl TokenStore for MemoryStore {
 
     async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
         Ok(self.lock().tokens.values().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl BindPlanStore for MemoryStore {
+    async fn load_plan(&self, member_id: &str) -> Result<Option<Vec<Binding>>, StoreError> {
+        Ok(self.lock().bind_plans.get(member_id).cloned())
+    }
+
+    async fn save_plan(&self, member_id: &str, plan: &[Binding]) -> Result<(), StoreError> {
+        self.lock()
+            .bind_plans
+            .insert(member_id.to_string(), plan.to_vec());
+        Ok(())
+    }
+
+    async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError> {
+        self.lock().bind_plans.remove(member_id);
+        Ok(())
     }
 }
 

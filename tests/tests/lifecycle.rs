@@ -14,12 +14,14 @@ use shared::error::{IngestError, StoreError};
 use shared::event::{Family, RelayEvent, Source};
 use shared::ingest::{IngestReply, Ingress};
 use shared::lifecycle::bind::{
-    bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base,
+    bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base, Binding,
+    PlanRebind,
 };
 use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
 use shared::lifecycle::offline::{OfflinePoller, PollError, PortalRef};
 use shared::ports::{
-    Bitrix24Rest, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotStore, TokenStore,
+    BindPlanStore, Bitrix24Rest, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotStore,
+    TokenStore,
 };
 use shared::secret::Secret;
 use std::collections::{BTreeSet, HashSet};
@@ -84,6 +86,11 @@ struct Setup {
 /// A portal and the lifecycle, with `app.info` asked of the portal itself as the trusted
 /// endpoint (in production: the OAuth server), so no forged `client_endpoint` is believed.
 async fn setup(member_id: &str) -> Setup {
+    setup_with(member_id, false).await
+}
+
+/// `rebind_in_background`: as `relay serve` re-binds after an update (Lambda: inline).
+async fn setup_with(member_id: &str, rebind_in_background: bool) -> Setup {
     let portal = FakePortal::start(member_id).await;
     let store = MemoryStore::new();
     let (tokens, snapshots) = (store.clone(), store.clone());
@@ -93,12 +100,18 @@ async fn setup(member_id: &str) -> Setup {
         Some(portal.client_id.clone()),
     )
     .allowing_loopback(true);
-    let lifecycle = Arc::new(AppLifecycle::new(
-        Arc::new(verifier),
-        tokens.clone(),
-        snapshots.clone(),
-        AppTokens::default(),
-    ));
+    let lifecycle = Arc::new(
+        AppLifecycle::new(
+            Arc::new(verifier),
+            tokens.clone(),
+            snapshots.clone(),
+            AppTokens::default(),
+        )
+        .with_plan_rebind(Arc::new(
+            PlanRebind::new(rest_client(tokens.clone()), store.clone())
+                .in_background(rebind_in_background),
+        )),
+    );
     let queue = Arc::new(RecordingQueue::default());
     let ingress = Ingress::new(queue.clone(), RelayConfig::default())
         .with_token_store(tokens.clone())
@@ -811,4 +824,191 @@ async fn a_coalesced_record_matches_the_latest_online_call_and_recovers_a_lost_o
         ts_by_entity, expected,
         "deal 5's record is its second call again; deal 6's lost call is recovered"
     );
+}
+
+/// What the portal has bound, as comparable rows (event, handler or "" offline, offline).
+fn bound_set(portal: &FakePortal) -> BTreeSet<(String, String, bool)> {
+    portal
+        .bound()
+        .into_iter()
+        .map(|r| (r.event, r.handler, r.offline))
+        .collect()
+}
+
+fn plan_set(plan: &[Binding]) -> BTreeSet<(String, String, bool)> {
+    plan.iter()
+        .map(|b| {
+            (
+                b.event.clone(),
+                b.handler.clone().unwrap_or_default(),
+                b.offline,
+            )
+        })
+        .collect()
+}
+
+/// `relay bind --offline` as the CLI does it: the plan stored for the portal, then bound.
+async fn bind_and_store_plan(s: &Setup, member_id: &str) -> Vec<Binding> {
+    let plan = plan_bindings(&urls_from_base("https://relay.example.com/"), true);
+    s.store.save_plan(member_id, &plan).await.unwrap();
+    let rest = rest_client(s.tokens.clone());
+    bind_all(rest.as_ref(), member_id, &plan).await.unwrap();
+    assert_eq!(bound_set(&s.portal), plan_set(&plan));
+    plan
+}
+
+/// Defect 8: Bitrix24 drops the app's handlers on update (event-bind.md); the verified
+/// ONAPPUPDATE binds the stored plan again, online and offline, with the update's new token
+/// (the portal no longer accepts the old one), exactly as planned and nothing more.
+#[tokio::test]
+async fn verified_app_update_binds_the_stored_plan_again() {
+    let s = setup("portal19").await;
+    install(&s).await;
+    let plan = bind_and_store_plan(&s, "portal19").await;
+    assert!(plan.iter().any(|b| b.offline) && plan.iter().any(|b| !b.offline));
+
+    let update = s
+        .portal
+        .update_app("access-2", "refresh-2", APP_TOKEN, 1_790_007_200);
+    assert!(
+        s.portal.bound().is_empty(),
+        "the update removed the handlers"
+    );
+    assert_eq!(post(&s, Family::App, &update).await.status, 202);
+
+    assert_eq!(
+        bound_set(&s.portal),
+        plan_set(&plan),
+        "bound again as planned"
+    );
+    assert_eq!(s.portal.bound().len(), plan.len(), "each handler once");
+    let tokens = s.tokens.get("portal19").await.unwrap().unwrap();
+    assert_eq!(tokens.access_token.expose(), "access-2");
+    assert_eq!(
+        s.store.load_plan("portal19").await.unwrap(),
+        Some(plan),
+        "the plan stays for the next update"
+    );
+}
+
+/// `relay serve` answers the update first and re-binds on a task of its own; the plan is
+/// bound all the same, once.
+#[tokio::test]
+async fn background_rebind_after_update_binds_the_plan_too() {
+    let s = setup_with("portal23", true).await;
+    install(&s).await;
+    let plan = bind_and_store_plan(&s, "portal23").await;
+    let update = s
+        .portal
+        .update_app("access-2", "refresh-2", APP_TOKEN, 1_790_007_200);
+    assert_eq!(post(&s, Family::App, &update).await.status, 202);
+    for _ in 0..200 {
+        if s.portal.bound().len() >= plan.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(bound_set(&s.portal), plan_set(&plan));
+    assert_eq!(s.portal.bound().len(), plan.len());
+}
+
+/// An update that is not confirmed (a wrong application token, or an access token app.info
+/// does not vouch for) binds nothing and changes no token.
+#[tokio::test]
+async fn unverified_app_update_binds_nothing() {
+    let s = setup("portal20").await;
+    install(&s).await;
+    bind_and_store_plan(&s, "portal20").await;
+    let binds_before = s.portal.calls("event.bind");
+
+    let mut forged = s
+        .portal
+        .update_app("access-2", "refresh-2", APP_TOKEN, 1_790_007_200);
+    forged["auth"]["application_token"] = json!("guessed-app-token");
+    assert_eq!(post(&s, Family::App, &forged).await.status, 401);
+
+    let mut unconfirmed = forged.clone();
+    unconfirmed["auth"]["application_token"] = json!(APP_TOKEN);
+    unconfirmed["auth"]["access_token"] = json!("never-issued");
+    assert_eq!(post(&s, Family::App, &unconfirmed).await.status, 401);
+
+    assert!(s.portal.bound().is_empty(), "{:?}", s.portal.bound());
+    assert_eq!(s.portal.calls("event.bind"), binds_before);
+    assert_eq!(s.portal.calls("event.get"), 1, "only the first bind listed");
+    let tokens = s.tokens.get("portal20").await.unwrap().unwrap();
+    assert_eq!(tokens.access_token.expose(), "access-1");
+}
+
+/// A re-bind the portal refuses does not fail the update: its new tokens are kept (so
+/// `relay bind --again` can retry), and the log names the portal and the refused event
+/// without any token.
+#[tokio::test]
+async fn failed_rebind_keeps_the_update_tokens_and_says_why() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let s = setup("portal21").await;
+    install(&s).await;
+    // A plan naming an event this portal does not know: event.bind answers
+    // ERROR_EVENT_NOT_FOUND (event-bind.md, "Possible Error Codes").
+    let plan = vec![Binding {
+        event: "ONNOSUCHEVENT".into(),
+        handler: Some("https://relay.example.com/deal".into()),
+        offline: false,
+    }];
+    s.store.save_plan("portal21", &plan).await.unwrap();
+
+    let update = s
+        .portal
+        .update_app("access-2", "refresh-2", APP_TOKEN, 1_790_007_200);
+    assert_eq!(post(&s, Family::App, &update).await.status, 202);
+    let tokens = s.tokens.get("portal21").await.unwrap().unwrap();
+    assert_eq!(tokens.access_token.expose(), "access-2");
+    assert_eq!(tokens.refresh_token.expose(), "refresh-2");
+
+    let text = logs.text();
+    assert!(text.contains("could NOT be bound again"), "{text}");
+    assert!(
+        text.contains("ONNOSUCHEVENT") && text.contains("portal21"),
+        "{text}"
+    );
+    for secret in ["access-1", "access-2", "refresh-2", APP_TOKEN] {
+        assert!(!text.contains(secret), "{secret} in the log: {text}");
+    }
+}
+
+/// The uninstall forgets the portal's plan with its tokens.
+#[tokio::test]
+async fn uninstall_forgets_the_bind_plan() {
+    let s = setup("portal22").await;
+    install(&s).await;
+    bind_and_store_plan(&s, "portal22").await;
+    let uninstall = json!({"event": "ONAPPUNINSTALL", "data": {"CLEAN": "0"}, "ts": "1790000100",
+        "auth": {"member_id": "portal22", "application_token": APP_TOKEN}});
+    assert_eq!(post(&s, Family::App, &uninstall).await.status, 202);
+    assert_eq!(s.store.load_plan("portal22").await.unwrap(), None);
+}
+
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

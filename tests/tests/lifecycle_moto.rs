@@ -1,6 +1,7 @@
 //! App mode on the AWS adapters over the wire (moto): the install's tokens land in DynamoDB,
 //! online events and the offline drain land on SQS FIFO, where the twins of one change are
-//! one message, and the uninstall removes the portal's item.
+//! one message, an update binds the portal's stored plan again, and the uninstall removes
+//! the portal's items.
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use integration_tests::fake_bitrix24_events::{post_as_bitrix24, FakePortal};
@@ -11,9 +12,10 @@ use shared::config::RelayConfig;
 use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use shared::event::{Family, RelayEvent};
 use shared::ingest::Ingress;
+use shared::lifecycle::bind::{bind_all, plan_bindings, urls_from_base};
 use shared::lifecycle::offline::{OfflinePoller, PortalRef};
-use shared::lifecycle::wiring::app_mode_ingress;
-use shared::ports::TokenStore;
+use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
+use shared::ports::{BindPlanStore, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -48,8 +50,8 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
     let ingress = app_mode_ingress(
         queue.clone(),
         config.clone(),
-        store.clone(),
-        store.clone(),
+        AppStores::on(store.clone()),
+        false,
         reqwest::Client::new(),
         None,
     );
@@ -126,8 +128,47 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
     let leads = by_id.values().filter(|e| e.family == Family::Lead).count();
     assert_eq!(leads, 20);
 
+    // `relay bind --offline` stored its plan in DynamoDB; the update (which drops the handlers,
+    // event-bind.md) binds it again through the portal with the update's own token.
+    // Two families keep the plan inside the client's default burst (the ingress's own client).
+    let urls = urls_from_base("https://relay.example.com")
+        .into_iter()
+        .filter(|(family, _)| matches!(family, Family::Deal | Family::App))
+        .collect();
+    let plan = plan_bindings(&urls, true);
+    store.save_plan("motoportal", &plan).await.unwrap();
+    let bind_rest = Bitrix24Client::new(reqwest::Client::new(), &config, store.clone())
+        .with_rate_limit(RateLimit {
+            per_second: 1000.0,
+            burst: 1000.0,
+        });
+    bind_all(&bind_rest, "motoportal", &plan).await.unwrap();
+    let update = portal.update_app("moto-access-2", "moto-refresh-2", APP_TOKEN, 4_000_000_000);
+    assert!(portal.bound().is_empty());
+    assert_eq!(post(&ingress, Family::App, &update).await, 202);
+    let rebound: std::collections::BTreeSet<_> = portal
+        .bound()
+        .into_iter()
+        .map(|r| (r.event, r.offline))
+        .collect();
+    let planned: std::collections::BTreeSet<_> =
+        plan.iter().map(|b| (b.event.clone(), b.offline)).collect();
+    assert_eq!(rebound, planned);
+    assert_eq!(portal.bound().len(), plan.len());
+    assert_eq!(
+        store
+            .get("motoportal")
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token
+            .expose(),
+        "moto-access-2"
+    );
+
     let uninstall = serde_json::json!({"event": "ONAPPUNINSTALL", "data": {"CLEAN": "0"},
         "ts": "1790000100", "auth": {"member_id": "motoportal", "application_token": APP_TOKEN}});
     assert_eq!(post(&ingress, Family::App, &uninstall).await, 202);
     assert!(store.get("motoportal").await.unwrap().is_none());
+    assert!(store.load_plan("motoportal").await.unwrap().is_none());
 }

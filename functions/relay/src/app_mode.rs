@@ -7,7 +7,7 @@ use crate::cli_error::CliError;
 use shared::config::RelayConfig;
 use shared::ingest::Ingress;
 use shared::lifecycle::offline::NotifyWake;
-use shared::lifecycle::wiring::app_mode_ingress;
+use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
 use std::sync::Arc;
 use tokio::sync::Notify;
 
@@ -19,8 +19,12 @@ pub fn serve_ingress(
     Ok(app_mode_ingress(
         backend.queue(),
         config,
-        backend.token_store(),
-        backend.snapshot_store(),
+        AppStores {
+            tokens: backend.token_store(),
+            snapshots: backend.snapshot_store(),
+            bind_plans: backend.bind_plan_store(),
+        },
+        true,
         http_client()?,
         Some(Arc::new(NotifyWake(offline_wake))),
     ))

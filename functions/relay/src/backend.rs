@@ -11,7 +11,8 @@ use shared::consume::{Consumer, ConsumerPorts};
 use shared::enrich::bitrix24::Bitrix24Client;
 use shared::local::SqliteStore;
 use shared::ports::{
-    AttemptLog, Bitrix24Rest, PollingQueue, Queue, RedriveFilter, SnapshotStore, TokenStore,
+    AttemptLog, BindPlanStore, Bitrix24Rest, PollingQueue, Queue, RedriveFilter, SnapshotStore,
+    TokenStore,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,6 +62,10 @@ impl LocalBackend {
         self.store.clone()
     }
 
+    pub fn bind_plan_store(&self) -> Arc<dyn BindPlanStore> {
+        self.store.clone()
+    }
+
     /// The consumer of `relay serve`: every port on the embedded store, and the outbox file
     /// (with one printed line per event) for families without a destination.
     /// `outbox_to_stderr`: where the outbox lines are printed (stdout for `serve`).
@@ -106,8 +111,15 @@ pub fn http_client() -> Result<reqwest::Client, CliError> {
         .map_err(|e| CliError::Handler(format!("building the HTTP client: {e}")))
 }
 
-/// Token store and snapshot store, for app mode.
-pub type LifecycleStores = (Arc<dyn TokenStore>, Arc<dyn SnapshotStore>);
+/// Token and bind-plan stores, for `relay bind`.
+pub type BindStores = (Arc<dyn TokenStore>, Arc<dyn BindPlanStore>);
+
+/// Token, snapshot and bind-plan stores, for app mode.
+pub type LifecycleStores = (
+    Arc<dyn TokenStore>,
+    Arc<dyn SnapshotStore>,
+    Arc<dyn BindPlanStore>,
+);
 
 /// The store `invoke`, `replay` and `attempts` work on.
 pub enum Backend {
@@ -185,14 +197,29 @@ impl Backend {
         }
     }
 
+    /// What `relay bind` reads and writes: the portals' tokens and their bind plans.
+    pub fn bind_stores(&self) -> Result<BindStores, CliError> {
+        match self {
+            Backend::Local(local) => Ok((local.token_store(), local.bind_plan_store())),
+            Backend::Aws { .. } => {
+                let table = self.dynamo("relay bind")?;
+                Ok((table.clone(), table.clone()))
+            }
+        }
+    }
+
     /// The token and snapshot stores app mode needs (installed portals' tokens; snapshots
     /// dropped on uninstall).
     pub fn lifecycle_stores(&self) -> Result<LifecycleStores, CliError> {
         match self {
-            Backend::Local(local) => Ok((local.token_store(), local.snapshot_store())),
+            Backend::Local(local) => Ok((
+                local.token_store(),
+                local.snapshot_store(),
+                local.bind_plan_store(),
+            )),
             Backend::Aws { .. } => {
                 let table = self.dynamo("relay invoke ingest-*")?;
-                Ok((table.clone(), table.clone()))
+                Ok((table.clone(), table.clone(), table.clone()))
             }
         }
     }

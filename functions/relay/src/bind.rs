@@ -1,15 +1,16 @@
 //! `relay bind`: registers each family's URL for that family's Bitrix24 events on a portal
-//! (`event.bind`), lists (`--list`, `event.get`) or removes (`--remove`, `event.unbind`) them.
-//! The plan comes from `shared::lifecycle::bind`; this module only reads arguments and prints.
+//! (`event.bind`) and stores that plan for the portal, binds the stored plan again (`--again`,
+//! what an app update also does), lists (`--list`, `event.get`) or removes (`--remove`,
+//! `event.unbind`) them. The plan comes from `shared::lifecycle::bind`; this module only reads
+//! arguments and prints.
 
 use crate::backend::{http_client, Backend};
 use crate::cli_error::CliError;
-use crate::poll::poll_ports;
 use shared::config::RelayConfig;
 use shared::enrich::bitrix24::Bitrix24Client;
 use shared::lifecycle::bind::{
-    bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base,
-    urls_from_stack_outputs, FamilyUrls,
+    bind_all, bind_stored_plan, list_bindings, plan_bindings, removal_plan, unbind_all,
+    urls_from_base, urls_from_stack_outputs, FamilyUrls,
 };
 use std::path::{Path, PathBuf};
 
@@ -20,14 +21,18 @@ pub struct BindArgs {
     #[arg(long)]
     member_id: Option<String>,
     /// Where `relay serve` is reachable from Bitrix24: each family binds `<base-url>/<family>`.
-    #[arg(long, conflicts_with = "stack_outputs")]
+    #[arg(long, conflicts_with_all = ["stack_outputs", "again"])]
     base_url: Option<String>,
     /// SAM stack outputs (`sam list stack-outputs --output json`): `<Family>IngestUrl` keys.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "again")]
     stack_outputs: Option<PathBuf>,
     /// Also record the events in the portal's offline log and bind ONOFFLINEEVENT.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "again")]
     offline: bool,
+    /// Bind again what the last `relay bind` stored for this portal (events, handler URLs,
+    /// online and offline): Bitrix24 removes an app's handlers when the app is updated.
+    #[arg(long, conflicts_with_all = ["list", "remove"])]
+    again: bool,
     /// Show what the portal has bound (`event.get`) and change nothing.
     #[arg(long, conflicts_with = "remove")]
     list: bool,
@@ -43,7 +48,7 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
     crate::logs::init_readable_logs();
     let config = RelayConfig::from_env()?;
     let backend = Backend::from_env(data_dir).await?;
-    let tokens = poll_ports(&backend)?.tokens;
+    let (tokens, plans) = backend.bind_stores()?;
     let member_id = match args.member_id.clone() {
         Some(member_id) => member_id,
         None => {
@@ -84,12 +89,32 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
         return Ok(());
     }
 
+    if args.again {
+        let Some((plan, report)) = bind_stored_plan(&rest, plans.as_ref(), &member_id)
+            .await
+            .map_err(handler)?
+        else {
+            return Err(CliError::Usage(format!(
+                "{member_id}: no bind plan stored; run `relay bind --base-url …` or `--stack-outputs …` first"
+            )));
+        };
+        println!(
+            "{member_id}: bound {} handler(s) again, {} already bound, of {} in the stored plan",
+            report.bound,
+            report.already_bound,
+            plan.len()
+        );
+        return Ok(());
+    }
+
     let urls = family_urls(&args)?;
     if args.remove {
         let plan = removal_plan(&urls);
         let report = unbind_all(&rest, &member_id, &plan)
             .await
             .map_err(handler)?;
+        // Nothing is bound any more, so an app update must not bind it back.
+        plans.forget_plan(&member_id).await?;
         println!(
             "{member_id}: removed {} handler(s) of {} planned",
             report.removed,
@@ -98,6 +123,9 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
         return Ok(());
     }
     let plan = plan_bindings(&urls, args.offline);
+    // Stored before binding: a run that fails half-way still leaves the plan `--again` and
+    // the next app update complete.
+    plans.save_plan(&member_id, &plan).await?;
     let report = bind_all(&rest, &member_id, &plan).await.map_err(handler)?;
     println!(
         "{member_id}: bound {} handler(s), {} already bound",

@@ -8,7 +8,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
 use shared::config::RelayConfig;
 use shared::event::Family;
-use shared::lifecycle::wiring::app_mode_ingress;
+use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -70,12 +70,17 @@ async fn invoke_ingest(
         .map_err(|e| CliError::Usage(format!("not a Function URL request event: {e}")))?;
     // App mode, as `relay serve` and the functions build it: stored application tokens are
     // accepted and app events go through the lifecycle (no ONOFFLINEEVENT wake here).
-    let (tokens, snapshots) = backend.lifecycle_stores()?;
+    let (tokens, snapshots, bind_plans) = backend.lifecycle_stores()?;
     let ingress = app_mode_ingress(
         backend.queue()?,
         config,
-        tokens,
-        snapshots,
+        AppStores {
+            tokens,
+            snapshots,
+            bind_plans,
+        },
+        // One request, then the process ends: a background task would not finish.
+        false,
         crate::backend::http_client()?,
         None,
     );

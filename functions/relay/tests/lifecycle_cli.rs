@@ -105,6 +105,94 @@ async fn relay_bind_twice_produces_one_handler_per_event() {
     assert!(portal.bound().is_empty(), "{removed}");
 }
 
+/// Defect 8: Bitrix24 drops the handlers when the app is updated (b24restdocs
+/// api-reference/events/event-bind.md); `relay bind --again` binds what the last `relay bind`
+/// stored, online and offline, without being told the URLs again; `--remove` forgets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_bind_again_restores_the_stored_plan_after_an_update() {
+    let dir = TempDir::new("bind-again");
+    let portal = installed_portal("cliportal3", &dir).await;
+    let (ok, out, err) = relay(dir.path().to_path_buf(), vec!["bind", "--again"]).await;
+    assert!(!ok, "nothing stored yet, yet --again succeeded: {out}");
+    assert!(err.contains("no bind plan stored"), "{err}");
+    assert!(portal.bound().is_empty());
+
+    // Two families (the stack-outputs form) keep the plan inside the CLI's default burst, so
+    // the test is not paced at 2 requests/s.
+    let outputs = dir.path().join("outputs.json");
+    std::fs::write(
+        &outputs,
+        r#"{"DealIngestUrl": "https://deal.example.com/", "AppIngestUrl": "https://app.example.com/"}"#,
+    )
+    .unwrap();
+    let outputs = outputs.to_str().unwrap().to_string();
+    let (ok, out, err) = relay_owned(
+        dir.path().to_path_buf(),
+        vec!["bind", "--stack-outputs", &outputs, "--offline"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let planned = rows(&portal);
+    assert!(planned.contains(&(
+        "ONCRMDEALUPDATE".into(),
+        "https://deal.example.com/".into(),
+        false
+    )));
+    assert!(planned.contains(&(
+        "ONOFFLINEEVENT".into(),
+        "https://app.example.com/".into(),
+        false
+    )));
+    assert!(planned.iter().any(|(_, _, offline)| *offline));
+
+    // The update keeps the token valid here (the CLI holds the stored one) but drops every handler.
+    portal.update_app("cli-access", "cli-refresh", "app-token", 4_000_000_000);
+    assert!(portal.bound().is_empty());
+    let (ok, out, err) = relay(dir.path().to_path_buf(), vec!["bind", "--again"]).await;
+    assert!(ok, "{out}{err}");
+    assert_eq!(rows(&portal), planned, "bound again exactly as planned");
+    assert_eq!(portal.bound().len(), planned.len(), "each handler once");
+    assert!(
+        out.contains(&format!(
+            "bound {} handler(s) again, 0 already bound, of {} in the stored plan",
+            planned.len(),
+            planned.len()
+        )),
+        "{out}"
+    );
+
+    let (ok, out, err) = relay_owned(
+        dir.path().to_path_buf(),
+        vec!["bind", "--stack-outputs", &outputs, "--remove"],
+    )
+    .await;
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = relay(dir.path().to_path_buf(), vec!["bind", "--again"]).await;
+    assert!(!ok && err.contains("no bind plan stored"), "{err}");
+    assert!(
+        portal.bound().is_empty(),
+        "a removed plan is not bound back"
+    );
+}
+
+async fn relay_owned(data_dir: PathBuf, args: Vec<&str>) -> (bool, String, String) {
+    let args: Vec<String> = args.into_iter().map(str::to_string).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_relay(&data_dir, &[], &args)
+    })
+    .await
+    .unwrap()
+}
+
+fn rows(portal: &FakePortal) -> BTreeSet<(String, String, bool)> {
+    portal
+        .bound()
+        .into_iter()
+        .map(|r| (r.event, r.handler, r.offline))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_poll_drains_the_offline_log_into_the_embedded_queue() {
     let dir = TempDir::new("poll");

@@ -1,13 +1,13 @@
 //! The consumer's records in one DynamoDB table (`pk`/`sk`, TTL attribute `expires_at` in
-//! Unix seconds): dedup claims, entity snapshots, portal tokens, delivery attempts and
-//! disabled destinations. Every check-and-write is one conditional write, never a read first.
+//! Unix seconds): dedup claims, entity snapshots, portal tokens and bind plans, delivery
+//! attempts and disabled destinations. Every check-and-write is one conditional write, never a read first.
 
 use super::store_error;
 use crate::error::StoreError;
 use crate::event::Source;
 use crate::ports::{
-    Attempt, AttemptLog, Claim, DedupStore, DestinationStatus, Ownership, PortalTokens, Snapshot,
-    SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, BindPlanStore, Claim, DedupStore, DestinationStatus, Ownership,
+    PortalTokens, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
 use crate::secret::Secret;
 use async_trait::async_trait;
@@ -133,6 +133,10 @@ fn dedup_pk(id: &str) -> String {
 
 fn portal_pk(member_id: &str) -> String {
     format!("PORTAL#{member_id}")
+}
+
+fn bind_plan_pk(member_id: &str) -> String {
+    format!("BINDPLAN#{member_id}")
 }
 
 fn attempt_pk(event_id: &str) -> String {
@@ -506,6 +510,44 @@ impl TokenStore for DynamoStore {
             .collect::<Result<_, _>>()?;
         all.sort_by(|a, b| a.member_id.cmp(&b.member_id));
         Ok(all)
+    }
+}
+
+#[async_trait]
+impl BindPlanStore for DynamoStore {
+    async fn load_plan(
+        &self,
+        member_id: &str,
+    ) -> Result<Option<Vec<crate::lifecycle::bind::Binding>>, StoreError> {
+        let Some(item) = self
+            .get_item(bind_plan_pk(member_id), "dynamodb GetItem (bind plan)")
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_str(&req_s(&item, "plan")?)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt(format!("stored bind plan is not JSON: {e}")))
+    }
+
+    async fn save_plan(
+        &self,
+        member_id: &str,
+        plan: &[crate::lifecycle::bind::Binding],
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(plan)
+            .map_err(|e| StoreError::Corrupt(format!("bind plan not serializable: {e}")))?;
+        self.put_item(
+            bind_plan_pk(member_id),
+            [("member_id", s(member_id)), ("plan", s(text))],
+            "dynamodb PutItem (bind plan)",
+        )
+        .await
+    }
+
+    async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError> {
+        self.delete_item(bind_plan_pk(member_id), "dynamodb DeleteItem (bind plan)")
+            .await
     }
 }
 

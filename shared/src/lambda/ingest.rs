@@ -6,7 +6,7 @@ use crate::error::ConfigError;
 use crate::event::Family;
 use crate::ingest::{IngestRequest, Ingress};
 use crate::lambda::resources::FunctionResources;
-use crate::lifecycle::wiring::{app_mode_ingress, inline_poll_wake};
+use crate::lifecycle::wiring::{app_mode_ingress, inline_poll_wake, AppStores};
 use lambda_http::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{service_fn, Body, Request, Response};
@@ -93,7 +93,7 @@ pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
     let ingress = match (family, store) {
         (Family::App, Some(store)) => {
             let wake = inline_poll_wake(queue.clone(), &config, store.clone(), http.clone());
-            app_mode_ingress(queue, config, store.clone(), store, http, Some(wake))
+            app_mode_ingress(queue, config, AppStores::on(store), false, http, Some(wake))
         }
         (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE").into()),
         (_, Some(store)) => Ingress::new(queue, config).with_token_store(store),

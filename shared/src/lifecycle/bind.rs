@@ -1,13 +1,17 @@
 //! `relay bind`: registers each family's URL for that family's Bitrix24 events (`event.bind`),
 //! optionally the offline log for the poller, lists (`event.get`) and removes (`event.unbind`).
 //! Idempotent: what is already bound is skipped, and "Handler already binded" counts as done.
+//! The plan is stored per portal, because Bitrix24 drops an app's handlers when the app is
+//! updated (b24restdocs api-reference/events/event-bind.md: "When deleting and updating the
+//! application, its actions will be removed"); a verified ONAPPUPDATE binds it again.
 
-use crate::error::EnrichError;
+use crate::error::{EnrichError, StoreError};
 use crate::event::Family;
 use crate::lifecycle::events::{bitrix24_events, bound_families, offline_capable, ONOFFLINEEVENT};
-use crate::ports::Bitrix24Rest;
+use crate::ports::{BindPlanStore, Bitrix24Rest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where each family's events go: its Function URL, or `<base>/<family>` of `relay serve`.
 pub type FamilyUrls = BTreeMap<Family, String>;
@@ -33,6 +37,8 @@ pub enum BindError {
     },
     #[error("event.get answered something that is not a list of handlers")]
     UnexpectedList,
+    #[error("bind plan store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// The `<Family>IngestUrl` outputs of the SAM stack, from any of the JSON shapes the tools
@@ -83,8 +89,8 @@ pub fn urls_from_stack_outputs(json_text: &str) -> Result<FamilyUrls, BindError>
     Ok(urls)
 }
 
-/// One handler registration.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+/// One handler registration; stored as JSON in the portal's bind plan.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub struct Binding {
     pub event: String,
     /// `None` for offline bindings: Bitrix24 calls nobody, it keeps a log.
@@ -253,6 +259,87 @@ pub async fn unbind_all(
             .unwrap_or(0) as usize;
     }
     Ok(report)
+}
+
+/// `relay bind --again` and the re-bind after an app update: registers the portal's stored
+/// plan with `bind_all`. `Ok(None)` when no plan is stored (`relay bind` never ran for it).
+pub async fn bind_stored_plan(
+    rest: &dyn Bitrix24Rest,
+    plans: &dyn BindPlanStore,
+    member_id: &str,
+) -> Result<Option<(Vec<Binding>, BindReport)>, BindError> {
+    let Some(plan) = plans.load_plan(member_id).await? else {
+        return Ok(None);
+    };
+    let report = bind_all(rest, member_id, &plan).await?;
+    Ok(Some((plan, report)))
+}
+
+/// What the app lifecycle does with a portal's bind plan: binds it again after a verified
+/// update (through the portal's REST endpoint, with the tokens the update just stored) and
+/// forgets it at uninstall.
+#[derive(Clone)]
+pub struct PlanRebind {
+    rest: Arc<dyn Bitrix24Rest>,
+    plans: Arc<dyn BindPlanStore>,
+    in_background: bool,
+}
+
+impl PlanRebind {
+    pub fn new(rest: Arc<dyn Bitrix24Rest>, plans: Arc<dyn BindPlanStore>) -> Self {
+        PlanRebind {
+            rest,
+            plans,
+            in_background: false,
+        }
+    }
+
+    /// Re-bind on a task of its own and answer the update at once (`relay serve`): at the
+    /// portal's 2 calls/s a large plan outlasts Bitrix24's patience, and a handler whose
+    /// caller hangs up is dropped half-way. Lambda re-binds inline: its process is frozen
+    /// once it has answered.
+    pub fn in_background(mut self, in_background: bool) -> Self {
+        self.in_background = in_background;
+        self
+    }
+
+    /// Never fails the update: its tokens are stored before this runs, and a plan that could
+    /// not be bound is named in the log (event and error, no token) for `relay bind --again`.
+    pub async fn after_update(&self, member_id: &str) {
+        if self.in_background {
+            let this = self.clone();
+            let member_id = member_id.to_string();
+            tokio::spawn(async move { this.rebind_now(&member_id).await });
+        } else {
+            self.rebind_now(member_id).await;
+        }
+    }
+
+    async fn rebind_now(&self, member_id: &str) {
+        match bind_stored_plan(self.rest.as_ref(), self.plans.as_ref(), member_id).await {
+            Ok(Some((plan, report))) => tracing::info!(
+                portal = %member_id,
+                planned = plan.len(),
+                bound = report.bound,
+                already_bound = report.already_bound,
+                "app updated; handlers bound again from the stored bind plan"
+            ),
+            Ok(None) => tracing::info!(
+                portal = %member_id,
+                "app updated; no bind plan stored for this portal, so nothing to bind again (run `relay bind`)"
+            ),
+            Err(error) => tracing::error!(
+                portal = %member_id,
+                %error,
+                "app updated but its handlers could NOT be bound again: Bitrix24 removed them with the update, so events stop until `relay bind --again` succeeds"
+            ),
+        }
+    }
+
+    /// The portal is gone (uninstall): so is its plan.
+    pub async fn forget(&self, member_id: &str) -> Result<(), StoreError> {
+        self.plans.forget_plan(member_id).await
+    }
 }
 
 fn is_same(existing: &BoundHandler, wanted: &Binding) -> bool {

@@ -4,6 +4,7 @@
 
 use crate::config::AppTokens;
 use crate::error::{EnrichError, IngestError};
+use crate::lifecycle::bind::PlanRebind;
 use crate::lifecycle::portal_endpoint::{confirm_endpoint, ConfirmedPortal};
 use crate::ports::{InstallVerifier, PortalTokens, SnapshotStore, TokenStore};
 use crate::secret::Secret;
@@ -63,6 +64,7 @@ pub struct AppLifecycle {
     snapshots: Arc<dyn SnapshotStore>,
     configured_tokens: AppTokens,
     wake: Option<Arc<dyn OfflineWake>>,
+    rebind: Option<Arc<PlanRebind>>,
 }
 
 impl AppLifecycle {
@@ -78,11 +80,19 @@ impl AppLifecycle {
             snapshots,
             configured_tokens,
             wake: None,
+            rebind: None,
         }
     }
 
     pub fn with_offline_wake(mut self, wake: Arc<dyn OfflineWake>) -> Self {
         self.wake = Some(wake);
+        self
+    }
+
+    /// Binds the portal's stored plan again after a confirmed ONAPPUPDATE (Bitrix24 removes an
+    /// app's handlers on update) and forgets it at uninstall.
+    pub fn with_plan_rebind(mut self, rebind: Arc<PlanRebind>) -> Self {
+        self.rebind = Some(rebind);
         self
     }
 
@@ -120,6 +130,12 @@ impl AppLifecycle {
                     .delete_portal(crate::event::Source::Bitrix24, &member_id)
                     .await
                     .map_err(IngestError::TokenStore)?;
+                if let Some(rebind) = &self.rebind {
+                    rebind
+                        .forget(&member_id)
+                        .await
+                        .map_err(IngestError::TokenStore)?;
+                }
                 tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
                 Ok(AppOutcome::Uninstalled {
                     member_id,
@@ -147,6 +163,11 @@ impl AppLifecycle {
                         .put(&merged)
                         .await
                         .map_err(IngestError::TokenStore)?;
+                    // Only a confirmed update re-binds: the plan's URLs are ours, but the
+                    // calls go out with the portal's tokens to the endpoint app.info named.
+                    if let Some(rebind) = &self.rebind {
+                        rebind.after_update(&member_id).await;
+                    }
                 }
                 Ok(AppOutcome::Updated { member_id })
             }

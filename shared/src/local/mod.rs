@@ -5,6 +5,7 @@
 //! connections (`readers`).
 
 mod attempts;
+mod bind_plans;
 mod dedup;
 mod destinations;
 mod outbox;
@@ -100,6 +101,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts(event_id, at_ms, seq);
+-- A table of its own, created on open like every other: no schema step needed.
+CREATE TABLE IF NOT EXISTS bind_plans (
+    member_id TEXT PRIMARY KEY,
+    plan TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS destinations (
     destination TEXT PRIMARY KEY,
     reason TEXT NOT NULL,
