@@ -6,7 +6,7 @@
 mod harness;
 
 use harness::crm::{self, SALESMAN_SECRET, SIGNING_SECRET};
-use harness::{run_relay, wait_for, RelayProcess, TempDir, FORWARD_DEADLINE};
+use harness::{now_s, post, run_relay, wait_for, RelayProcess, TempDir, FORM, FORWARD_DEADLINE};
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24_events::{php_form, FakePortal};
 use serde_json::{json, Value};
@@ -14,30 +14,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const FORM: &str = "application/x-www-form-urlencoded";
 const APP_TOKEN: &str = "adv-application-token";
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("relay answers");
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json::<Value>().await.unwrap_or(Value::Null),
-    )
-}
 
 /// App mode against a fake portal that is also the OAuth server (it answers `app.info`, as
 /// oauth.bitrix.info does in production), with the loopback switch tests need.

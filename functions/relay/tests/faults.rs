@@ -8,8 +8,8 @@ mod harness;
 
 use harness::crm::{self, B24_TOKEN, SIGNING_SECRET};
 use harness::{
-    delivered_ids, run_relay, wait_for, wait_until_delivered, RelayProcess, TempDir, CONSUMERS,
-    FORWARD_DEADLINE,
+    delivered_ids, now_s, run_relay, wait_for, wait_until_delivered, RelayProcess, TempDir,
+    CONSUMERS, FORM, FORWARD_DEADLINE,
 };
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24::{FakeBitrix24, MethodReply, PortalLimits};
@@ -18,15 +18,6 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-const FORM: &str = "application/x-www-form-urlencoded";
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn base_env(destination: &Destination) -> Vec<(&'static str, String)> {
     vec![

@@ -6,23 +6,14 @@ mod harness;
 
 use harness::crm::{self, B24_TOKEN, SALESMAN_SECRET, SIGNING_SECRET};
 use harness::{
-    delivered_ids, run_relay, wait_for, wait_until_delivered, RelayProcess, TempDir,
-    FORWARD_DEADLINE,
+    delivered_ids, now_s, post, run_relay, wait_for, wait_until_delivered, RelayProcess, TempDir,
+    FORM, FORWARD_DEADLINE,
 };
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24::{FakeBitrix24, PortalLimits};
 use integration_tests::fake_salesman::FakeSalesman;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-
-const FORM: &str = "application/x-www-form-urlencoded";
-
-fn now_s() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 /// Secrets and destination every test uses; enrichment only where a test adds it.
 fn base_env(destination: &Destination) -> Vec<(&'static str, String)> {
@@ -34,19 +25,6 @@ fn base_env(destination: &Destination) -> Vec<(&'static str, String)> {
         // Loopback only: nothing may reach oauth.bitrix.info from a test.
         ("RELAY_B24_OAUTH_URL", "http://127.0.0.1:9".to_string()),
     ]
-}
-
-async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(url)
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .expect("relay answers");
-    let status = response.status().as_u16();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body)
 }
 
 /// Posts and expects 202; returns the envelope id.

@@ -7,6 +7,7 @@
 pub mod crm;
 
 use integration_tests::destination::Destination;
+use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
 use std::io::{BufRead, BufReader};
@@ -233,4 +234,29 @@ pub async fn wait_until_delivered(destination: &Destination, ids: &BTreeSet<Stri
         },
     )
     .await;
+}
+
+/// How Bitrix24 posts its events.
+pub const FORM: &str = "application/x-www-form-urlencoded";
+
+/// Unix seconds now, for events' `ts`.
+pub fn now_s() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// One POST to the relay: its status and its JSON answer (null when there is none).
+pub async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("relay answers");
+    let status = response.status().as_u16();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
 }
