@@ -11,6 +11,7 @@ use crate::ports::{
 };
 use crate::secret::Secret;
 use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
@@ -290,17 +291,12 @@ impl DedupStore for DynamoStore {
             )
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Ownership::Held),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Ownership::Lost)
-            }
-            Err(err) => Err(store_error("dynamodb UpdateItem (dedup extend)", err)),
-        }
+        settle_conditional(
+            result,
+            Ownership::Held,
+            Ownership::Lost,
+            "dynamodb UpdateItem (dedup extend)",
+        )
     }
 
     async fn complete(
@@ -329,17 +325,12 @@ impl DedupStore for DynamoStore {
             .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Ownership::Held),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Ownership::Lost)
-            }
-            Err(err) => Err(store_error("dynamodb PutItem (dedup complete)", err)),
-        }
+        settle_conditional(
+            result,
+            Ownership::Held,
+            Ownership::Lost,
+            "dynamodb PutItem (dedup complete)",
+        )
     }
 
     async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
@@ -358,17 +349,7 @@ impl DedupStore for DynamoStore {
             .expression_attribute_values(":owner", s(owner))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(err) => Err(store_error("dynamodb DeleteItem (dedup release)", err)),
-        }
+        settle_conditional(result, (), (), "dynamodb DeleteItem (dedup release)")
     }
 }
 
@@ -412,17 +393,12 @@ impl SnapshotStore for DynamoStore {
             .expression_attribute_values(":version", n(snapshot.version))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(SnapshotSave::Saved),
-            Err(err)
-                if err
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(SnapshotSave::Stale)
-            }
-            Err(err) => Err(store_error("dynamodb PutItem (snapshot)", err)),
-        }
+        settle_conditional(
+            result,
+            SnapshotSave::Saved,
+            SnapshotSave::Stale,
+            "dynamodb PutItem (snapshot)",
+        )
     }
 
     async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
@@ -656,6 +632,31 @@ impl DestinationStatus for DynamoStore {
             "dynamodb DeleteItem (destination)",
         )
         .await
+    }
+}
+
+/// One conditional write's outcome: `met` when it was written, `failed` when its condition
+/// did not hold (an expected answer, not an error), any other failure a `StoreError`.
+fn settle_conditional<T, O, E, R>(
+    result: Result<O, SdkError<E, R>>,
+    met: T,
+    failed: T,
+    operation: &'static str,
+) -> Result<T, StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match result {
+        Ok(_) => Ok(met),
+        Err(err)
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.code() == Some("ConditionalCheckFailedException")) =>
+        {
+            Ok(failed)
+        }
+        Err(err) => Err(store_error(operation, err)),
     }
 }
 
