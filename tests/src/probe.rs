@@ -45,3 +45,30 @@ impl QueueProbe for shared::aws::sqs::SqsQueue {
         )
     }
 }
+
+/// The consumer's ports on a fresh embedded SQLite store in a scratch directory named after
+/// `label`, with its probe (which keeps the directory alive).
+pub fn sqlite_ports(
+    label: &str,
+) -> (
+    shared::consume::ConsumerPorts,
+    std::sync::Arc<dyn QueueProbe>,
+) {
+    let dir = crate::scratch::ScratchDir::new(label);
+    let store = std::sync::Arc::new(
+        shared::local::SqliteStore::open(dir.path()).expect("open the embedded store"),
+    );
+    let ports = shared::consume::ConsumerPorts {
+        queue: store.clone(),
+        dedup: store.clone(),
+        snapshots: store.clone(),
+        tokens: store.clone(),
+        attempts: store.clone(),
+        destinations: store.clone(),
+    };
+    let probe = PollingQueueProbe {
+        queue: store,
+        keep: dir,
+    };
+    (ports, std::sync::Arc::new(probe))
+}

@@ -2,10 +2,8 @@
 //! and on the embedded SQLite store, against the loopback portal.
 
 use integration_tests::memory::MemoryStore;
-use integration_tests::probe::{PollingQueueProbe, QueueProbe};
-use integration_tests::scratch::ScratchDir;
+use integration_tests::probe::QueueProbe;
 use shared::consume::ConsumerPorts;
-use shared::local::SqliteStore;
 use std::sync::Arc;
 
 async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
@@ -14,23 +12,7 @@ async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
 }
 
 async fn sqlite() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
-    let dir = ScratchDir::new("fidelity");
-    let store = Arc::new(SqliteStore::open(dir.path()).expect("open the embedded store"));
-    let ports = ConsumerPorts {
-        queue: store.clone(),
-        dedup: store.clone(),
-        snapshots: store.clone(),
-        tokens: store.clone(),
-        attempts: store.clone(),
-        destinations: store.clone(),
-    };
-    (
-        ports,
-        Arc::new(PollingQueueProbe {
-            queue: store,
-            keep: dir,
-        }),
-    )
+    integration_tests::probe::sqlite_ports("fidelity")
 }
 
 mod on_memory {
