@@ -18,6 +18,7 @@ pub mod local;
 pub mod logging;
 pub mod parse;
 pub mod ports;
+pub mod routes;
 pub mod routing;
 pub mod secret;
 pub mod verify;

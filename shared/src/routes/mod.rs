@@ -1,0 +1,173 @@
+//! Routes: which destinations receive a forwarded body, and which part of it.
+//! The consumer builds one body per event (enrich, diff); `Routes::deliveries` turns it into
+//! one delivery per matching destination. Without a routes file, `Routes::implicit` is
+//! today's `RELAY_DESTINATION_URL[_<FAMILY>]`, so existing deployments keep working.
+
+mod file;
+mod pattern;
+mod projection;
+
+pub use pattern::EventPattern;
+pub use projection::Projection;
+
+use crate::config::RelayConfig;
+use crate::event::Family;
+use crate::secret::Secret;
+use serde_json::{json, Value};
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    #[error("cannot read routes file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// `line` is 1-based; 0 when the error has no place in the file.
+    #[error("{origin}:{line}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Every route, in file order. A body goes to every route whose pattern matches it.
+#[derive(Clone, Debug)]
+pub struct Routes {
+    pub routes: Vec<Route>,
+    /// True when built from `RELAY_DESTINATION_URL[_<FAMILY>]`, not from a file.
+    pub implicit: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Unique in the file; names the route in logs, metrics and `relay attempts`.
+    pub name: String,
+    pub pattern: EventPattern,
+    pub destinations: Vec<RouteDestination>,
+    pub projection: Option<Projection>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RouteDestination {
+    pub url: String,
+    /// `None`: signed with the relay's own `RELAY_SIGNING_SECRET`.
+    pub secret: Option<Secret>,
+    /// Extra request headers (never one of the Standard Webhooks headers).
+    pub headers: Vec<(String, String)>,
+}
+
+/// What one destination receives for one body.
+#[derive(Clone, Debug)]
+pub struct Delivery<'a> {
+    pub route: &'a str,
+    pub destination: &'a RouteDestination,
+    /// The forwarded body after the route's projection.
+    pub body: Value,
+}
+
+impl Routes {
+    /// Reads and checks a routes file; every error names its line.
+    pub fn load(path: &Path) -> Result<Routes, RoutesError> {
+        file::load(path)
+    }
+
+    /// Parses routes text; `origin` names it in errors (a path, or an SSM parameter).
+    pub fn parse(text: &str, origin: &str) -> Result<Routes, RoutesError> {
+        file::parse(text, origin)
+    }
+
+    /// The routes `RELAY_DESTINATION_URL` and `RELAY_DESTINATION_URL_<FAMILY>` mean: a family
+    /// with its own URL goes there only; every other family goes to the general URL.
+    pub fn implicit(config: &RelayConfig) -> Routes {
+        let mut routes = Vec::new();
+        for (family, url) in &config.destination_per_family {
+            routes.push(Route {
+                name: format!("default-{}", family.as_str()),
+                pattern: EventPattern::exact_family(*family),
+                destinations: vec![RouteDestination::plain(url)],
+                projection: None,
+            });
+        }
+        if let Some(url) = &config.destination_url {
+            let own: Vec<Family> = config.destination_per_family.keys().copied().collect();
+            routes.push(Route {
+                name: "default".into(),
+                pattern: EventPattern::family_not_in(&own),
+                destinations: vec![RouteDestination::plain(url)],
+                projection: None,
+            });
+        }
+        Routes {
+            routes,
+            implicit: true,
+        }
+    }
+
+    /// One delivery per destination of every matching route, in file order.
+    pub fn deliveries<'a>(&'a self, body: &Value) -> Vec<Delivery<'a>> {
+        let mut out = Vec::new();
+        for route in self.routes.iter().filter(|r| r.pattern.matches(body)) {
+            let shaped = match &route.projection {
+                Some(projection) => projection.apply(body),
+                None => body.clone(),
+            };
+            for destination in &route.destinations {
+                out.push(Delivery {
+                    route: &route.name,
+                    destination,
+                    body: shaped.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// One line per route for the `relay serve` banner: name, pattern, destination hosts.
+    /// Never a secret, a header value or a URL's path (paths often carry tokens).
+    pub fn summary(&self) -> Vec<String> {
+        self.routes
+            .iter()
+            .map(|route| {
+                let hosts: Vec<String> = route
+                    .destinations
+                    .iter()
+                    .map(|d| crate::forward::redact_url(&d.url))
+                    .collect();
+                format!(
+                    "{} {} -> {}",
+                    route.name,
+                    route.pattern.as_json(),
+                    hosts.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
+impl RouteDestination {
+    pub fn plain(url: &str) -> RouteDestination {
+        RouteDestination {
+            url: url.to_string(),
+            secret: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+impl EventPattern {
+    fn exact_family(family: Family) -> EventPattern {
+        EventPattern::from_json(&json!({"family": [family.as_str()]}))
+            .unwrap_or_else(|_| EventPattern::match_all())
+    }
+
+    fn family_not_in(families: &[Family]) -> EventPattern {
+        if families.is_empty() {
+            return EventPattern::match_all();
+        }
+        let names: Vec<&str> = families.iter().map(|f| f.as_str()).collect();
+        EventPattern::from_json(&json!({"family": [{"anything-but": names}]}))
+            .unwrap_or_else(|_| EventPattern::match_all())
+    }
+}
