@@ -145,9 +145,15 @@ impl RelayEvent {
         )
     }
 
-    /// FIFO MessageDeduplicationId: the envelope id (64 hex chars, within SQS's 128 limit).
-    pub fn deduplication_id(&self) -> &str {
-        &self.id
+    /// FIFO MessageDeduplicationId for one send: the envelope id plus a random suffix (81
+    /// chars, within SQS's 128). A retry of that one send (the SDK's) reuses it, so SQS still
+    /// drops a repeated `SendMessage`; but two requests with identical bytes (Bitrix24 sends
+    /// two when a deal changes twice in one second) both reach the consumer. There they share
+    /// the envelope id, and the dedup record's news-only rule decides: the second is
+    /// forwarded if the entity changed since the first was fetched, skipped otherwise. Keyed
+    /// on the envelope id alone, the queue would drop the second change before anyone looked.
+    pub fn send_deduplication_id(&self) -> String {
+        format!("{}.{:016x}", self.id, fastrand::u64(..))
     }
 }
 

@@ -359,3 +359,72 @@ async fn crm_refusing_calls_for_a_while_delays_events_but_never_empties_them() {
     }
     assert_eq!(delivered_ids(&destination).len(), EVENTS);
 }
+
+/// Bitrix24 posts identical bytes twice when a deal changes twice in one second (same `ts`,
+/// same body, so the same envelope id). Both requests are queued (each send its own
+/// deduplication id); the consumer's news-only rule decides. Here the deal changed after
+/// the first delivery was fetched: the second request is forwarded under `<id>.v<ts>` with
+/// that change. A third identical request, with nothing new, is recorded and not forwarded.
+/// The receiver's view is asserted; a later event of the same deal proves the group drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_forward_each_change_once() {
+    let portal = FakeBitrix24::start(crm::B24_MEMBER, PortalLimits::default()).await;
+    let deal = |stage: &str, title: &str| json!({"ID": "60000", "TITLE": title, "STAGE_ID": stage});
+    portal.set_entity("deal", "60000", deal("NEW", "twice"));
+    let destination = Destination::start().await;
+    let dir = TempDir::new("fault-identical");
+    let mut env = base_env(&destination);
+    env.push((
+        "RELAY_B24_WEBHOOK_URL",
+        format!("{}={}", crm::B24_MEMBER, portal.webhook_url()),
+    ));
+    let relay = RelayProcess::start_with(dir.path(), &env, &QUICK_RETRIES);
+    let client = reqwest::Client::new();
+    let ts = now_s();
+    let same_bytes = crm::b24_event("ONCRMDEALUPDATE", "60000", ts, B24_TOKEN);
+    let url = relay.url("/deal");
+    let post = |body: String| post_event(&client, &url, body);
+    let delivered_count = |n: usize| {
+        let destination = &destination;
+        move || (destination.delivered().len() >= n).then_some(())
+    };
+
+    let id = post(same_bytes.clone()).await.expect("202");
+    wait_for(FORWARD_DEADLINE, "the first delivery", delivered_count(1)).await;
+    portal.set_entity("deal", "60000", deal("WON", "twice"));
+    assert_eq!(post(same_bytes.clone()).await.as_deref(), Some(id.as_str()));
+    wait_for(FORWARD_DEADLINE, "the second change", delivered_count(2)).await;
+    assert_eq!(post(same_bytes).await.as_deref(), Some(id.as_str()));
+    let skipped = || {
+        let (ok, stdout, _) = run_relay(dir.path(), &[], &["attempts", &id]);
+        (ok && stdout.contains("skipped")).then_some(())
+    };
+    wait_for(
+        FORWARD_DEADLINE,
+        "the third copy recorded as skipped",
+        skipped,
+    )
+    .await;
+    // Beyond the twin window, with a real change.
+    portal.set_entity("deal", "60000", deal("WON", "renamed"));
+    let later = crm::b24_event("ONCRMDEALUPDATE", "60000", ts + 600, B24_TOKEN);
+    let later_id = post(later).await.expect("202");
+    wait_for(FORWARD_DEADLINE, "the later event", delivered_count(3)).await;
+
+    let ids = destination.delivered_webhook_ids();
+    assert_eq!(
+        ids,
+        vec![id.clone(), format!("{id}.v{ts}"), later_id],
+        "each change once; the copy without news not at all"
+    );
+    let bodies = destination.delivered_bodies();
+    assert_eq!(
+        bodies[1]["changes"],
+        json!([{"field": "STAGE_ID", "old": "NEW", "new": "WON"}])
+    );
+    assert_eq!(
+        bodies[2]["changes"],
+        json!([{"field": "TITLE", "old": "twice", "new": "renamed"}])
+    );
+    no_dead_letters(&dir);
+}

@@ -227,7 +227,7 @@ impl Queue for SqsQueue {
             .queue_url(&self.queue_url)
             .message_body(body)
             .message_group_id(event.message_group_id())
-            .message_deduplication_id(event.deduplication_id())
+            .message_deduplication_id(event.send_deduplication_id())
             .send()
             .await
             .map_err(|e| store_error("sqs SendMessage", e))?;

@@ -99,7 +99,7 @@ impl Queue for SqliteStore {
         let body = serde_json::to_string(event)
             .map_err(|e| StoreError::Corrupt(format!("envelope does not serialize: {e}")))?;
         let message = NewMessage {
-            dedup_id: event.deduplication_id().to_string(),
+            dedup_id: event.send_deduplication_id(),
             group_id: event.message_group_id(),
             body,
         };
@@ -303,7 +303,9 @@ impl PollingQueue for SqliteStore {
         self.with_conn(move |tx| {
             let mut moved = 0;
             for (seq, dedup_id, letter) in dead_letter_rows(tx)? {
-                if !filter.selects(&letter, Some(&dedup_id)) {
+                // A send's deduplication id is `<envelope id>.<per-send suffix>`.
+                let envelope_id = dedup_id.split('.').next();
+                if !filter.selects(&letter, envelope_id) {
                     continue;
                 }
                 // A fresh message at the end of its group, past the dedup window on purpose:
