@@ -9,7 +9,9 @@
 //! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
 //! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
 //! webhook-id is `<event id>.v<snapshot version>` (`redelivery_id`); if nothing changed it is
-//! recorded as a skipped duplicate and not forwarded.
+//! recorded as a skipped duplicate and not forwarded. A twin (another id for the same change,
+//! such as the offline log's copy stamped a second off) whose entity is unchanged since a
+//! delivery stamped within `TWIN_WINDOW_S` is skipped the same way.
 
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
@@ -39,6 +41,13 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 /// Time a message needs besides its POST (claim, CRM fetch, snapshot, bookkeeping); a batch
 /// does not start a message when less than `forward_timeout` plus this is left.
 pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
+
+/// Two events about one entity whose stamps are at most this far apart, and between which
+/// the entity did not change, are one change seen twice: Bitrix24 writes an event both to
+/// the handler and to the offline log, stamping the two copies a second or so apart, so they
+/// get different envelope ids. Wide enough for Bitrix24's own send queue to lag; narrow
+/// enough that a later, real edit the CRM does not show us is still forwarded.
+pub const TWIN_WINDOW_S: i64 = 120;
 
 /// The stores the consumer talks to: SQS + DynamoDB on AWS, SQLite in `relay serve`.
 #[derive(Clone)]
@@ -333,6 +342,9 @@ impl Consumer {
             Ok(Ok(claim)) => {
                 let work = async {
                     match self.fetch_state(event, prefetched, clock.now_ms).await {
+                        Ok(state) if is_twin_of_delivered(event, &state) => {
+                            self.skip_twin(event, &claim, &state, clock.now_ms).await
+                        }
                         Ok(state) => {
                             let delivery = DeliveryPlan {
                                 webhook_id: &event.id,
@@ -411,6 +423,34 @@ impl Consumer {
             Some("duplicate of a delivered event".into()),
         )
         .await;
+        Outcome::Done
+    }
+
+    /// A twin (see [`TWIN_WINDOW_S`]) is not forwarded: the receiver already has this exact
+    /// state. Its claim is completed, so a redelivery of it takes the news-only path.
+    async fn skip_twin(
+        &self,
+        event: &RelayEvent,
+        claim: &HeldClaim,
+        state: &EntityState,
+        now_ms: i64,
+    ) -> Outcome {
+        let delivered_ts = state.previous.as_ref().map_or(0, |s| s.version);
+        tracing::info!(event_id = %event.id, event_ts = event.ts, delivered_ts,
+            "same state as the delivery stamped within the twin window; not forwarded");
+        self.record(
+            event,
+            now_ms,
+            "-",
+            None,
+            0,
+            "skipped",
+            Some(format!(
+                "twin of the delivery stamped {delivered_ts}: the entity has not changed since"
+            )),
+        )
+        .await;
+        self.complete_claim(claim, now_ms).await;
         Outcome::Done
     }
 
@@ -800,8 +840,13 @@ impl Consumer {
                 Err(e) => tracing::warn!(event_id = %event.id, error = %e, "snapshot not saved"),
             }
         }
+        self.complete_claim(finish.claim, now_ms).await;
+        Outcome::Done
+    }
+
+    /// Marks the claim COMPLETED for [`DEDUP_RETENTION`], if this consumer still owns it.
+    async fn complete_claim(&self, claim: &HeldClaim, now_ms: i64) {
         let expires_at_ms = now_ms.saturating_add(DEDUP_RETENTION.as_millis() as i64);
-        let claim = finish.claim;
         match self
             .ports
             .dedup
@@ -816,7 +861,6 @@ impl Consumer {
                 tracing::warn!(claim_id = %claim.id, error = %e, "could not mark event completed")
             }
         }
-        Outcome::Done
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -843,6 +887,16 @@ impl Consumer {
             tracing::warn!(event_id = %event.id, error = %e, "attempt not recorded");
         }
     }
+}
+
+/// True when `state` shows nothing new against a snapshot stamped within [`TWIN_WINDOW_S`]
+/// of this event: the same change, seen a second time under another id. Deletes, first
+/// sightings and events the CRM answered without an entity are never twins.
+fn is_twin_of_delivered(event: &RelayEvent, state: &EntityState) -> bool {
+    let (Some(previous), Some(entity)) = (&state.previous, state.enriched.entity()) else {
+        return false;
+    };
+    *entity == previous.entity && event.ts.abs_diff(previous.version) <= TWIN_WINDOW_S as u64
 }
 
 /// The queue body as an envelope this build understands.

@@ -275,6 +275,82 @@ pub async fn redelivery_forwards_only_news(ports: ConsumerPorts, probe: Arc<dyn 
     );
 }
 
+/// The offline log's copy of a change the handler already delivered: event.offline.get
+/// stamps it (TIMESTAMP_X) a second later than the online call's `ts`, so it gets another
+/// envelope id (bitrix24/b24restdocs `api-reference/events/offline-events.md`: a change goes
+/// to the offline queue and to online handlers). The entity did not change between them:
+/// not forwarded again, recorded as skipped. A real change after it still goes out, and so
+/// does an unchanged copy stamped beyond the twin window (it is not the same change).
+pub async fn offline_twin_in_another_second_is_not_forwarded_again(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "33", deal("33", "Twin", "NEW", "1"));
+    let consumer = world.consumer();
+    let online_ts = 1_766_000_000;
+    let online = b24_event(Family::Deal, "ONCRMDEALUPDATE", "33", online_ts);
+    let stamp = |ts: i64| {
+        let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64);
+        shared::event::rfc3339_seconds(at)
+    };
+    let offline_record = |ts: i64| {
+        json!({"ID": "9", "TIMESTAMP_X": stamp(ts), "EVENT_NAME": "ONCRMDEALUPDATE",
+            "EVENT_DATA": {"FIELDS": {"ID": 33}}, "EVENT_ADDITIONAL": {"user_id": 1},
+            "MESSAGE_ID": "abc"})
+    };
+    let envelope = |ts: i64| {
+        shared::lifecycle::offline::offline_record_envelope(
+            PORTAL,
+            online.domain.as_deref(),
+            &offline_record(ts),
+            std::time::SystemTime::UNIX_EPOCH,
+        )
+        .expect("a routable offline record")
+    };
+    let twin = envelope(online_ts + 1);
+    assert_ne!(twin.id, online.id, "stamped in another second: another id");
+    // Beyond the window of the change below (stamped online_ts + 5).
+    let late_copy = envelope(online_ts + 5 + shared::consume::TWIN_WINDOW_S + 1);
+
+    for (n, event) in [&online, &twin].into_iter().enumerate() {
+        let report = consumer
+            .process_batch(&[message(event, 1)], REMAINING, T0_MS + n as i64 * 1_000)
+            .await;
+        assert!(report.failed.is_empty());
+    }
+    assert_eq!(
+        world.destination.delivered_webhook_ids(),
+        vec![online.id.clone()]
+    );
+    let twin_outcomes = outcomes(&world, &twin.id).await;
+    assert_eq!(twin_outcomes, vec![("skipped".into(), None)]);
+
+    world
+        .portal
+        .set_entity("deal", "33", deal("33", "Twin", "WON", "1"));
+    let change = b24_event(Family::Deal, "ONCRMDEALUPDATE", "33", online_ts + 5);
+    for (n, event) in [&change, &twin, &late_copy].into_iter().enumerate() {
+        let report = consumer
+            .process_batch(&[message(event, 1)], REMAINING, T0_MS + 10_000 + n as i64)
+            .await;
+        assert!(report.failed.is_empty());
+    }
+    assert_eq!(
+        world.destination.delivered_webhook_ids(),
+        vec![online.id.clone(), change.id.clone(), late_copy.id.clone()],
+        "the change goes out; the twin, redelivered, is still no news; a copy beyond the window is"
+    );
+    let bodies = world.destination.delivered_bodies();
+    assert_eq!(
+        bodies[1]["changes"],
+        json!([{"field": "STAGE_ID", "old": "NEW", "new": "WON"}])
+    );
+    assert_eq!(bodies[2]["changes"], json!([]));
+}
+
 /// A POST slower than the lease: the heartbeat keeps the claim, so a second consumer that
 /// gets the message meanwhile (its visibility ran out) does not POST it again.
 pub async fn heartbeat_keeps_a_slow_delivery_claimed(
@@ -788,7 +864,9 @@ pub async fn fifo_group_failure_holds_back_later_messages(
         .set_entity("deal", "2", deal("2", "B", "NEW", "1"));
     world.destination.fail_next(503, 1);
     let a1 = b24_event(Family::Deal, "ONCRMDEALADD", "1", 100);
-    let a2 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 101);
+    // Stamped beyond the twin window: an unchanged entity then still goes out, so the
+    // order of the two deliveries is visible.
+    let a2 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 1_000);
     let b1 = b24_event(Family::Deal, "ONCRMDEALADD", "2", 100);
     let batch = [message(&a1, 1), message(&a2, 1), message(&b1, 1)];
     let report = world
@@ -1112,6 +1190,7 @@ macro_rules! consumer_case_tests {
         $crate::consumer_case_tests!(@each $setup;
             duplicate_delivery_forwards_once,
             redelivery_forwards_only_news,
+            offline_twin_in_another_second_is_not_forwarded_again,
             heartbeat_keeps_a_slow_delivery_claimed,
             batch_stops_taking_messages_before_its_deadline,
             racing_consumers_forward_once,

@@ -358,7 +358,8 @@ pub async fn two_portals_one_webhook_never_cross(ports: ConsumerPorts, probe: Ar
         .base_url()
         .trim_start_matches("http://")
         .to_string();
-    let by_host = delivered(PORTAL, &host, "ONCRMDEALUPDATE", deal, 102);
+    // Stamped beyond the twin window of portal A's first delivery (same deal, unchanged).
+    let by_host = delivered(PORTAL, &host, "ONCRMDEALUPDATE", deal, 1_000);
     forward(&bare_consumer, &by_host).await;
 
     let bodies = world.destination.delivered_bodies();
