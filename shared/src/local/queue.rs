@@ -124,6 +124,22 @@ impl Queue for SqliteStore {
         .await
     }
 
+    /// As `retry_after`, and the receive that brought the message is given back: a wait the
+    /// CRM asked for never moves a message toward the dead-letter table.
+    async fn defer(&self, receipt: &str, wait: Duration) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE queue SET visible_at_ms = ?1, receive_count = MAX(receive_count - 1, 0)
+                 WHERE receipt = ?2",
+                params![unix_ms_now().saturating_add(duration_ms(wait)), receipt],
+            )
+            .map_err(db("defer"))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn park_dead_letter(
         &self,
         message: &QueueMessage,
