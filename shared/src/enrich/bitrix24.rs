@@ -681,8 +681,20 @@ impl Bitrix24Client {
         }
     }
 
+    /// Whether `method` was blocked and its wait is over without a successful answer since:
+    /// the next call finds out whether the block persists.
+    fn probing(&self, member_id: &str, method: &str, now_ms: i64) -> bool {
+        self.clocks()
+            .get(&(member_id.to_string(), method.to_string()))
+            .and_then(|clock| clock.blocked_until_ms)
+            .is_some_and(|until| until <= now_ms)
+    }
+
     /// A `batch` without the commands of blocked methods (nested calls are checked against
-    /// their own method's limit, limits.md); `MethodBlocked` when none is left to send.
+    /// their own method's limit, limits.md), and with one command only of a method whose
+    /// block may have ended: if it persists, one refusal says so, not fifty. The commands
+    /// left out are asked one by one later, when the client knows. `MethodBlocked` when
+    /// none is left to send.
     fn without_blocked_commands(
         &self,
         member_id: &str,
@@ -696,9 +708,18 @@ impl Bitrix24Client {
             return Ok(Value::Object(map));
         };
         let mut soonest: Option<(String, Duration)> = None;
+        let mut probed: Vec<String> = Vec::new();
         commands.retain(|_, command| {
             let nested = command_method(command);
             match self.blocked_for(member_id, nested, now_ms) {
+                None if self.probing(member_id, nested, now_ms) => {
+                    if probed.iter().any(|m| m == nested) {
+                        false
+                    } else {
+                        probed.push(nested.to_string());
+                        true
+                    }
+                }
                 None => true,
                 Some(wait) => {
                     if soonest.as_ref().is_none_or(|(_, w)| wait < *w) {
