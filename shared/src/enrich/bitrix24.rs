@@ -860,6 +860,43 @@ mod tests {
         assert_eq!(RateLimit::default().shared_by(0), RateLimit::default());
     }
 
+    /// limits.md's plans as RELAY_B24_RATE_LIMIT spells them; anything else is refused.
+    #[test]
+    fn rate_limit_setting_reads_rate_and_bucket() {
+        assert_eq!(RateLimit::parse("2/50"), Some(RateLimit::default()));
+        assert_eq!(
+            RateLimit::parse(" 5 / 250 "),
+            Some(RateLimit {
+                per_second: 5.0,
+                burst: 250.0
+            })
+        );
+        for bad in [
+            "2", "2/", "/50", "0/50", "2/0", "-2/50", "two/50", "inf/50", "NaN/50",
+        ] {
+            assert_eq!(RateLimit::parse(bad), None, "{bad}");
+        }
+        let config = RelayConfig {
+            b24_consumers: 5,
+            b24_rate_limit: RateLimit::parse("5/250"),
+            ..RelayConfig::default()
+        };
+        let share = client_share(&config);
+        assert!((share.per_second * 7.0 - 5.0).abs() < 1e-9);
+        assert!((share.burst * 7.0 - 250.0).abs() < 1e-9);
+        assert_eq!(
+            client_share(&RelayConfig::default()),
+            RateLimit::default(),
+            "one process alone takes the standard plan's whole bucket"
+        );
+    }
+
+    #[test]
+    fn batch_commands_name_their_method() {
+        assert_eq!(command_method(&json!("crm.deal.get?id=1")), "crm.deal.get");
+        assert_eq!(command_method(&json!("app.info")), "app.info");
+    }
+
     #[test]
     fn webhook_urls_serve_their_own_portal_only() {
         let urls = WebhookUrls::parse(&Secret::new(
