@@ -414,6 +414,49 @@ mod tests {
         }
     }
 
+    /// A message given back as a wait (`defer`) keeps its receive count, so even a queue that
+    /// parks on the second receive hands it out again; a retry (`retry_after`) counts.
+    #[tokio::test]
+    async fn a_deferred_receive_does_not_count_toward_the_dead_letters() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-defer-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        store.set_max_receive_count(1);
+        let event: RelayEvent = serde_json::from_value(serde_json::json!({
+            "v": 1, "id": "e1", "source": "bitrix24", "portal": "m", "family": "deal",
+            "event": "ONCRMDEALUPDATE", "entity_id": "7", "ts": 1,
+            "received_at": "2026-11-22T10:00:00Z", "data": {}
+        }))
+        .unwrap();
+        store.send(&event).await.unwrap();
+        let hide = Duration::from_secs(30);
+        let later = unix_ms_now() + 60_000;
+        let mut held = store.receive(10, hide, unix_ms_now()).await.unwrap();
+        assert_eq!(held[0].receive_count, 1);
+        for wait in 1..=2 {
+            store.defer(&held[0].receipt, Duration::ZERO).await.unwrap();
+            held = store.receive(10, hide, later * wait).await.unwrap();
+            assert_eq!(held.len(), 1, "handed out again after wait {wait}");
+            assert_eq!(held[0].receive_count, 1, "wait {wait} was not counted");
+        }
+        store
+            .retry_after(&held[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(store.receive(10, hide, later * 3).await.unwrap().is_empty());
+        assert_eq!(
+            store.list_dead_letters().await.unwrap().len(),
+            1,
+            "a retry counts"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A queue written by schema 1 (no `is_head`) opens with the heads of what it holds
     /// marked: one message per group comes out, oldest first, and the rest follow in order.
     #[tokio::test]
