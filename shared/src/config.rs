@@ -2,6 +2,7 @@
 //! (README, "Configuration"). Read once at start-up by a `main`; secrets are wrapped in
 //! `Secret` the moment they are read, so no later `Debug` can print them.
 
+use crate::enrich::bitrix24::RateLimit;
 use crate::error::ConfigError;
 use crate::event::Family;
 use crate::secret::Secret;
@@ -59,6 +60,10 @@ pub struct RelayConfig {
     /// maximum concurrency). Each client then keeps to 1/(consumers + 2) of the portal's
     /// budget: the offline poller and the app function's inline drain take a share each.
     pub b24_consumers: u32,
+    /// `RELAY_B24_RATE_LIMIT`, `<requests per second>/<bucket size>`: the portal's leaky
+    /// bucket (b24restdocs `limits.md`: `2/50` on most plans, `5/250` on Enterprise). `None`:
+    /// the standard `2/50`.
+    pub b24_rate_limit: Option<RateLimit>,
     pub salesman_url: Option<String>,
     pub salesman_login: Option<String>,
     pub salesman_apikey: Option<Secret>,
@@ -120,6 +125,15 @@ impl RelayConfig {
                         reason: "a whole number of at least 1".into(),
                     })?,
             },
+            b24_rate_limit: non_empty("RELAY_B24_RATE_LIMIT")
+                .map(|raw| {
+                    RateLimit::parse(&raw).ok_or(ConfigError::Invalid {
+                        name: "RELAY_B24_RATE_LIMIT",
+                        reason: "<requests per second>/<bucket size>, both above 0, e.g. 2/50"
+                            .into(),
+                    })
+                })
+                .transpose()?,
             salesman_url: non_empty("RELAY_SALESMAN_URL"),
             salesman_login: non_empty("RELAY_SALESMAN_LOGIN"),
             salesman_apikey: non_empty("RELAY_SALESMAN_APIKEY").map(Secret::new),

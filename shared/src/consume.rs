@@ -69,9 +69,13 @@ pub struct BatchReport {
 }
 
 /// One message's fate.
+#[derive(Clone, Copy)]
 enum Outcome {
     Done,
     RetryAfter(Duration),
+    /// A wait that is no failure of the message (a Bitrix24 method blocked until its reset):
+    /// given back through `Queue::defer`, so it does not count toward the dead-letter queue.
+    Defer(Duration),
 }
 
 /// A dedup claim this consumer holds: the record id (the webhook-id) and its owner token.
@@ -97,7 +101,13 @@ struct EntityState {
 /// Why the entity's state could not be had: for now (the CRM or the store is down; the
 /// reason is already logged and recorded), or for good (the CRM refused).
 enum StateFailure {
-    Transient { retry_after: Option<Duration> },
+    Transient {
+        retry_after: Option<Duration>,
+    },
+    /// The CRM method is blocked until its reset (`EnrichError::MethodBlocked`).
+    Blocked {
+        wait: Duration,
+    },
     Refused(String),
 }
 
@@ -235,11 +245,11 @@ impl Consumer {
 
         let mut report = BatchReport::default();
         // FIFO: once a message of a group fails, the later ones of that group must not overtake
-        // it, so they fail too, with the same delay.
-        let mut failed_groups: HashMap<&str, Duration> = HashMap::new();
+        // it, so they fail too, with the same delay (and wait, not fail, behind a wait).
+        let mut failed_groups: HashMap<&str, Outcome> = HashMap::new();
         for (index, (message, parsed)) in messages.iter().zip(&parsed).enumerate() {
-            let outcome = if let Some(delay) = failed_groups.get(message.group_id.as_str()) {
-                Outcome::RetryAfter(*delay)
+            let outcome = if let Some(held) = failed_groups.get(message.group_id.as_str()) {
+                *held
             } else if index > 0
                 && self.hard_deadline
                 && !self.time_for_one_more(remaining, started.elapsed())
@@ -259,14 +269,19 @@ impl Consumer {
                     }
                 }
             };
-            if let Outcome::RetryAfter(delay) = outcome {
-                if let Err(e) = self.ports.queue.retry_after(&message.receipt, delay).await {
-                    // The message still comes back after its visibility timeout.
-                    tracing::warn!(message_id = %message.message_id, error = %e, "could not set retry delay");
+            let handed_back = match outcome {
+                Outcome::Done => continue,
+                Outcome::RetryAfter(delay) => {
+                    self.ports.queue.retry_after(&message.receipt, delay).await
                 }
-                failed_groups.insert(message.group_id.as_str(), delay);
-                report.failed.push(message.message_id.clone());
+                Outcome::Defer(wait) => self.ports.queue.defer(&message.receipt, wait).await,
+            };
+            if let Err(e) = handed_back {
+                // The message still comes back after its visibility timeout.
+                tracing::warn!(message_id = %message.message_id, error = %e, "could not set retry delay");
             }
+            failed_groups.insert(message.group_id.as_str(), outcome);
+            report.failed.push(message.message_id.clone());
         }
         report
     }
@@ -380,6 +395,7 @@ impl Consumer {
             Err(StateFailure::Transient { retry_after }) => {
                 return Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
+            Err(StateFailure::Blocked { wait }) => return Outcome::Defer(wait),
             // The event itself was delivered; a refused re-fetch only means no news.
             Err(StateFailure::Refused(_)) => return self.skip_duplicate(event, clock.now_ms).await,
         };
@@ -488,7 +504,7 @@ impl Consumer {
                 Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
             }
         };
-        if let Outcome::RetryAfter(_) = outcome {
+        if let Outcome::RetryAfter(_) | Outcome::Defer(_) = outcome {
             self.release(claim).await;
         }
         outcome
@@ -580,6 +596,24 @@ impl Consumer {
                     .await;
                 return Err(StateFailure::Transient { retry_after });
             }
+            Err(EnrichError::MethodBlocked {
+                method,
+                retry_after,
+            }) => {
+                tracing::info!(event_id = %event.id, %method, wait_ms = retry_after.as_millis() as u64,
+                    "CRM method blocked until its reset; the event waits");
+                self.record(
+                    event,
+                    now_ms,
+                    "crm",
+                    None,
+                    0,
+                    "deferred",
+                    Some(format!("{method}: OPERATION_TIME_LIMIT")),
+                )
+                .await;
+                return Err(StateFailure::Blocked { wait: retry_after });
+            }
             Err(e) => return Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
         };
         let snapshot_key = SnapshotKey::of(event);
@@ -609,6 +643,7 @@ impl Consumer {
             StateFailure::Transient { retry_after } => {
                 Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
+            StateFailure::Blocked { wait } => Outcome::Defer(wait),
             StateFailure::Refused(reason) => {
                 tracing::error!(event_id = %event.id, %reason, "parking event");
                 self.record(

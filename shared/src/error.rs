@@ -60,6 +60,14 @@ pub enum EnrichError {
         reason: String,
         retry_after: Option<std::time::Duration>,
     },
+    /// Bitrix24 429 `OPERATION_TIME_LIMIT`: this one method is blocked for the app or webhook
+    /// for minutes (b24restdocs `limits.md`). Not a failure of the event: it waits out
+    /// `retry_after` without counting as a failed try where the queue allows it.
+    #[error("CRM method {method} is blocked (OPERATION_TIME_LIMIT) for {}s", retry_after.as_secs())]
+    MethodBlocked {
+        method: String,
+        retry_after: std::time::Duration,
+    },
     /// Bad credentials that a refresh could not fix, malformed answers, 4xx: retrying won't help.
     #[error("CRM refused: {0}")]
     Permanent(String),

@@ -19,6 +19,15 @@ pub trait Queue: Send + Sync {
     /// retry with backoff (SQS ChangeMessageVisibility).
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError>;
 
+    /// Hides a received message for `wait` because the CRM asked to wait (a Bitrix24 method
+    /// blocked until its reset), not because the message failed: where the queue can, this
+    /// receive is not counted toward the dead-letter queue (the embedded queue). SQS cannot
+    /// uncount a receive (and a FIFO queue has no per-message delay for a re-sent copy), so
+    /// there it is `retry_after`: one receive per block, since the wait lasts until the reset.
+    async fn defer(&self, receipt: &str, wait: Duration) -> Result<(), StoreError> {
+        self.retry_after(receipt, wait).await
+    }
+
     /// Parks a message in the dead-letter queue at once (permanent failure) with the reason.
     /// The caller then treats the message as handled, so it is not retried.
     async fn park_dead_letter(
@@ -264,7 +273,8 @@ pub struct Attempt {
     /// HTTP status, if the destination answered at all.
     pub status: Option<u16>,
     pub latency_ms: u64,
-    /// `delivered`, `retry`, `dead_letter`, `disabled`, `skipped`.
+    /// `delivered`, `retry`, `deferred` (the CRM asked to wait), `dead_letter`, `disabled`,
+    /// `skipped`.
     pub outcome: String,
     pub error: Option<String>,
 }

@@ -1,6 +1,12 @@
 //! A loopback Bitrix24 portal: the same URL forms (inbound webhook `/rest/<user>/<code>/<method>.json`,
-//! OAuth `/rest/<method>.json` with `auth`), the same error bodies and statuses, a leaky bucket,
-//! `batch`, and an `/oauth/token/` refresh endpoint. One server is one portal.
+//! OAuth `/rest/<method>.json` with `auth`), the same error bodies and statuses, `batch`, and an
+//! `/oauth/token/` refresh endpoint. One server is one portal.
+//!
+//! Both limits of b24restdocs `limits.md` are enforced as documented there: the portal's leaky
+//! bucket (503 `QUERY_LIMIT_EXCEEDED`) and the per-method accumulated execution time in ten
+//! one-minute baskets (429 `OPERATION_TIME_LIMIT`, `time.operating` and
+//! `time.operating_reset_at` in every answer). Tests scale the rates and the basket length
+//! (`PortalLimits`, `OperatingLimits`) and keep the algorithms.
 //!
 //! Methods live in a table (`register`), so tests and other suites can add `app.info`,
 //! `event.bind`… with a closure over the portal's state.
@@ -14,7 +20,7 @@ use axum::Json;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a method answers: the `result`, or an error as Bitrix24 writes it.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +84,15 @@ pub struct PortalState {
     pub requests: u64,
     /// Requests refused with 503 `QUERY_LIMIT_EXCEEDED` by the bucket.
     pub limited: u64,
+    /// Calls refused with 429 `OPERATION_TIME_LIMIT` (nested `batch` commands included), by
+    /// method.
+    pub blocked: BTreeMap<String, u64>,
+    /// Seconds of execution time one call of a method adds to its `operating` (limits.md:
+    /// "Resource Intensity Limits"); methods not named cost nothing.
+    pub operating_cost: HashMap<String, f64>,
+    operating: OperatingLimits,
+    /// Per (app or webhook, method): the baskets of accumulated time, oldest first.
+    baskets: HashMap<(String, String), VecDeque<Basket>>,
     pub refreshes: u64,
     /// Method names in arrival order (`batch` once per batch).
     pub calls: Vec<String>,
@@ -104,7 +119,8 @@ impl PortalState {
             .insert(id.to_string(), value);
     }
 
-    /// The leaky bucket: drains at `rate`/s; a request that would overflow `burst` is refused.
+    /// The leaky bucket of limits.md: each request adds one, the counter drains by `rate`
+    /// each second, and once it is above `burst` the next request is refused.
     fn admit(&mut self) -> bool {
         let now = Instant::now();
         let drained = now.duration_since(self.bucket_at).as_secs_f64() * self.bucket_rate;
@@ -117,21 +133,124 @@ impl PortalState {
             true
         }
     }
+
+    /// The method's baskets without those whose ten baskets' time has passed.
+    fn live_baskets(&mut self, caller: &str, method: &str) -> &mut VecDeque<Basket> {
+        let window = self.operating.basket * 10;
+        let baskets = self
+            .baskets
+            .entry((caller.to_string(), method.to_string()))
+            .or_default();
+        let now = Instant::now();
+        while baskets
+            .front()
+            .is_some_and(|b| now.duration_since(b.started) >= window)
+        {
+            baskets.pop_front();
+        }
+        baskets
+    }
+
+    /// Runs one call of `method` for `caller` under its operating-time limit: refused while
+    /// the accumulated time is over the limit ("checked before executing each call"),
+    /// otherwise run and its cost added to the basket of the current minute. The answer's
+    /// `time` object carries `operating` and `operating_reset_at`.
+    fn run_timed(
+        &mut self,
+        caller: &str,
+        method: &str,
+        run: impl FnOnce(&mut PortalState) -> MethodReply,
+    ) -> (MethodReply, Value) {
+        let limit = self.operating.limit_s;
+        let over = self
+            .live_baskets(caller, method)
+            .iter()
+            .map(|b| b.seconds)
+            .sum::<f64>()
+            > limit;
+        if over {
+            *self.blocked.entry(method.to_string()).or_default() += 1;
+            return (MethodReply::operation_time_limit(), Value::Null);
+        }
+        let reply = run(self);
+        let cost = self.operating_cost.get(method).copied().unwrap_or(0.0);
+        let basket_span = self.operating.basket;
+        let window = basket_span * 10;
+        let baskets = self.live_baskets(caller, method);
+        let now = Instant::now();
+        match baskets.back_mut() {
+            Some(last) if now.duration_since(last.started) < basket_span => last.seconds += cost,
+            _ => baskets.push_back(Basket {
+                started: now,
+                started_unix: SystemTime::now(),
+                seconds: cost,
+            }),
+        }
+        let operating: f64 = baskets.iter().map(|b| b.seconds).sum();
+        // When the oldest basket leaves the count, in whole seconds as the docs show it,
+        // rounded up so it is never earlier than the real moment.
+        let reset_at = baskets
+            .front()
+            .and_then(|b| (b.started_unix + window).duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .unwrap_or_default();
+        (
+            reply,
+            json!({"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0,
+                   "operating": operating, "operating_reset_at": reset_at}),
+        )
+    }
 }
 
-/// The bucket the portal enforces. Bitrix24: 2/s, blocked above 50.
+/// One minute's sum of a method's execution time (limits.md: ten one-minute baskets; a
+/// basket's ten minutes count from the first call in it).
+struct Basket {
+    started: Instant,
+    started_unix: SystemTime,
+    seconds: f64,
+}
+
+/// limits.md, "Resource Intensity Limits": a method whose execution time over the last ten
+/// baskets exceeds `limit_s` is blocked. The cloud's limit is 480 s in ten one-minute baskets.
+#[derive(Clone, Copy, Debug)]
+pub struct OperatingLimits {
+    pub limit_s: f64,
+    pub basket: Duration,
+}
+
+impl Default for OperatingLimits {
+    fn default() -> Self {
+        OperatingLimits {
+            limit_s: 480.0,
+            basket: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The bucket the portal enforces (limits.md, "Request Rate Limits"): the counter drains by
+/// `per_second` (Y) and requests above `burst` (X) are refused.
 #[derive(Clone, Copy, Debug)]
 pub struct PortalLimits {
     pub per_second: f64,
     pub burst: f64,
 }
 
+impl PortalLimits {
+    /// Every plan but Enterprise: Y = 2 per second, X = 50.
+    pub const STANDARD: PortalLimits = PortalLimits {
+        per_second: 2.0,
+        burst: 50.0,
+    };
+    /// Enterprise: Y = 5 per second, X = 250.
+    pub const ENTERPRISE: PortalLimits = PortalLimits {
+        per_second: 5.0,
+        burst: 250.0,
+    };
+}
+
 impl Default for PortalLimits {
     fn default() -> Self {
-        PortalLimits {
-            per_second: 2.0,
-            burst: 50.0,
-        }
+        PortalLimits::STANDARD
     }
 }
 
@@ -169,6 +288,10 @@ impl FakeBitrix24 {
             extra: HashMap::new(),
             requests: 0,
             limited: 0,
+            blocked: BTreeMap::new(),
+            operating_cost: HashMap::new(),
+            operating: OperatingLimits::default(),
+            baskets: HashMap::new(),
             refreshes: 0,
             calls: Vec::new(),
             injected: VecDeque::new(),
@@ -260,6 +383,23 @@ impl FakeBitrix24 {
 
     pub fn limited(&self) -> u64 {
         self.state().limited
+    }
+
+    /// Scales the operating-time limit (its basket length) for a test.
+    pub fn set_operating_limits(&self, limits: OperatingLimits) {
+        self.state().operating = limits;
+    }
+
+    /// Every call of `method` now adds `seconds` to its accumulated execution time.
+    pub fn set_operating_cost(&self, method: &str, seconds: f64) {
+        self.state()
+            .operating_cost
+            .insert(method.to_string(), seconds);
+    }
+
+    /// Calls of `method` refused with `OPERATION_TIME_LIMIT`.
+    pub fn blocked(&self, method: &str) -> u64 {
+        self.state().blocked.get(method).copied().unwrap_or(0)
     }
 }
 
@@ -367,19 +507,20 @@ pub fn param(params: &Value, key: &str) -> Option<String> {
     }
 }
 
+/// An answer without a method's own time (errors before any method ran, `batch` itself).
 fn answer(reply: MethodReply) -> Response {
+    answer_timed(
+        reply,
+        json!({"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0}),
+    )
+}
+
+/// `time`: limits.md's `time` object, with `operating` and `operating_reset_at` for a method.
+fn answer_timed(reply: MethodReply, time: Value) -> Response {
     match reply {
-        // limits.md: `time.operating_reset_at` is when the oldest basket of this method's
-        // accumulated time is dropped (at most ten minutes ahead).
-        MethodReply::Result(result) => Json(json!({
-            "result": result,
-            "time": {"start": 0.0, "finish": 0.0, "duration": 0.001, "processing": 0.0, "operating": 0,
-                     "operating_reset_at": std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_secs() as i64 + 600)
-                        .unwrap_or_default()}
-        }))
-        .into_response(),
+        MethodReply::Result(result) => {
+            Json(json!({"result": result, "time": time})).into_response()
+        }
         MethodReply::Error {
             status,
             error,
@@ -438,7 +579,8 @@ async fn handle(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let mut state = lock(&shared.state);
     // Authenticate by URL form: webhook `/rest/<user>/<code>/<method>.json`, OAuth `/rest/<method>.json`.
-    let method = match segments.as_slice() {
+    // limits.md: operating time is kept "separately for an application or a webhook".
+    let (caller, method) = match segments.as_slice() {
         ["rest", user, code, method] => {
             if *user != state.webhook_user || *code != state.webhook_code {
                 return answer(MethodReply::error(
@@ -447,7 +589,10 @@ async fn handle(
                     "Invalid request credentials",
                 ));
             }
-            method.trim_end_matches(".json").to_string()
+            (
+                format!("webhook:{user}"),
+                method.trim_end_matches(".json").to_string(),
+            )
         }
         ["rest", method] => {
             let auth = param(&params, "auth").unwrap_or_default();
@@ -467,7 +612,10 @@ async fn handle(
                     "The access token provided is invalid.",
                 ));
             }
-            method.trim_end_matches(".json").to_string()
+            (
+                format!("app:{}", state.client_id),
+                method.trim_end_matches(".json").to_string(),
+            )
         }
         _ => return (StatusCode::NOT_FOUND, "not a REST path").into_response(),
     };
@@ -487,10 +635,13 @@ async fn handle(
     }
     let methods = lock(&shared.methods).clone();
     if method == "batch" {
-        return answer(run_batch(&mut state, &methods, &params));
+        return answer(run_batch(&mut state, &caller, &methods, &params));
     }
     match methods.get(&method) {
-        Some(handler) => answer(handler(&mut state, &params)),
+        Some(handler) => {
+            let (reply, time) = state.run_timed(&caller, &method, |s| handler(s, &params));
+            answer_timed(reply, time)
+        }
         None => answer(MethodReply::error(
             404,
             "ERROR_METHOD_NOT_FOUND",
@@ -503,6 +654,7 @@ async fn handle(
 /// are `[]`, as PHP writes them.
 fn run_batch(
     state: &mut PortalState,
+    caller: &str,
     methods: &HashMap<String, MethodHandler>,
     params: &Value,
 ) -> MethodReply {
@@ -519,6 +671,7 @@ fn run_batch(
     let halt = param(params, "halt").is_some_and(|h| h == "1" || h == "true");
     let mut results = Map::new();
     let mut errors = Map::new();
+    let mut times = Map::new();
     for (key, command) in cmd {
         let command = command.as_str().unwrap_or_default();
         let (method, query) = command.split_once('?').unwrap_or((command, ""));
@@ -537,8 +690,17 @@ fn run_batch(
                 }
             }
         }
+        // limits.md: "Nested calls are executed as separate methods", each under its own
+        // method's operating-time limit; `batch` itself is not counted.
         let reply = match methods.get(method) {
-            Some(handler) => handler(state, &Value::Object(sub)),
+            Some(handler) => {
+                let (reply, time) =
+                    state.run_timed(caller, method, |s| handler(s, &Value::Object(sub)));
+                if !time.is_null() {
+                    times.insert(key.clone(), time);
+                }
+                reply
+            }
             None => MethodReply::error(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
         };
         match reply {
@@ -570,7 +732,7 @@ fn run_batch(
         "result_error": php(errors),
         "result_total": [],
         "result_next": [],
-        "result_time": [],
+        "result_time": php(times),
     }))
 }
 

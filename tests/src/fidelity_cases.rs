@@ -450,16 +450,23 @@ pub async fn operation_time_limit_waits_until_the_reset(
         .call(PORTAL, "crm.deal.get", json!({"id": "1"}))
         .await
     {
-        Err(EnrichError::Transient {
-            retry_after: Some(wait),
-            ..
+        Err(EnrichError::MethodBlocked {
+            retry_after: wait, ..
         }) => assert!(
             (590..=600).contains(&wait.as_secs()),
             "waits until operating_reset_at, not a back-off: {wait:?}"
         ),
-        other => panic!("expected a transient error with a wait, got {other:?}"),
+        other => panic!("expected the method blocked with a wait, got {other:?}"),
     }
     assert_eq!(world.portal.requests(), before + 1, "no in-process retry");
+    // Remembered: the blocked method is not asked again before its reset.
+    assert!(matches!(
+        client
+            .call(PORTAL, "crm.deal.get", json!({"id": "1"}))
+            .await,
+        Err(EnrichError::MethodBlocked { .. })
+    ));
+    assert_eq!(world.portal.requests(), before + 1, "no call while blocked");
 }
 
 #[macro_export]

@@ -1,6 +1,17 @@
 //! Bitrix24 REST client behind `ports::Bitrix24Rest`: the consumer's way to ask a portal for an
 //! entity. It authenticates (portal's stored OAuth tokens, else that portal's inbound webhook),
 //! refreshes an expired token once, keeps under the portal's leaky bucket and retries its limits.
+//!
+//! The two limits of b24restdocs `limits.md` are handled apart, because they differ in kind:
+//! - The leaky bucket (503 `QUERY_LIMIT_EXCEEDED`) counts every request of the portal from
+//!   our address together, so every client keeps to its share of it (`RELAY_B24_RATE_LIMIT`
+//!   divided by `RELAY_B24_CONSUMERS` + 2) and a refusal is backed off here, in seconds.
+//! - 429 `OPERATION_TIME_LIMIT` blocks one method for minutes. The client remembers the block
+//!   per (portal, method) until the reset time of the last successful answer (else one basket,
+//!   a minute, as the docs say), refuses calls of that method meanwhile without asking the
+//!   portal (also inside a `batch`), and answers `EnrichError::MethodBlocked`: the consumer
+//!   then gives the message back until the reset as a wait, not as a failed try, so a block
+//!   never brings a message nearer to the dead-letter queue.
 
 use crate::config::RelayConfig;
 use crate::error::EnrichError;
@@ -33,6 +44,21 @@ impl Default for RateLimit {
 }
 
 impl RateLimit {
+    /// `RELAY_B24_RATE_LIMIT`: `<requests per second>/<bucket size>`, e.g. `2/50`.
+    pub fn parse(raw: &str) -> Option<RateLimit> {
+        let (rate, burst) = raw.split_once('/')?;
+        let number = |s: &str| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n > 0.0)
+        };
+        Some(RateLimit {
+            per_second: number(rate)?,
+            burst: number(burst)?,
+        })
+    }
+
     /// One of `shares` clients' part of a portal's budget: the portal counts every client of
     /// the app together, so N clients each at the full rate are N times over it.
     pub fn shared_by(self, shares: u32) -> RateLimit {
@@ -103,6 +129,40 @@ struct OAuthApp {
 enum Credentials {
     Webhook(Secret),
     OAuth(PortalTokens),
+}
+
+/// What the client knows of one method on one portal (limits.md, "Resource Intensity Limits").
+#[derive(Clone, Copy, Debug, Default)]
+struct MethodClock {
+    /// `time.operating_reset_at` of the last successful answer, Unix ms: when the oldest
+    /// basket of the method's accumulated time is dropped.
+    reset_at_ms: Option<i64>,
+    /// Until when the method answered `OPERATION_TIME_LIMIT`, Unix ms.
+    blocked_until_ms: Option<i64>,
+}
+
+/// The longest a method stays blocked: its ten one-minute baskets (limits.md).
+const LONGEST_BLOCK: Duration = Duration::from_secs(600);
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// The method of one `batch` command, `crm.deal.get?id=1` -> `crm.deal.get`.
+fn command_method(command: &Value) -> &str {
+    let command = command.as_str().unwrap_or_default();
+    command
+        .split_once('?')
+        .map_or(command, |(method, _)| method)
+}
+
+/// `operating_reset_at` of a `time` object (Unix seconds) in Unix ms.
+fn reset_at_ms(time: Option<&Value>) -> Option<i64> {
+    let seconds = time?.get("operating_reset_at")?.as_f64()?;
+    Some((seconds * 1000.0).ceil() as i64)
 }
 
 /// How one HTTP answer went, before retry decisions.
@@ -178,10 +238,12 @@ pub struct Bitrix24Client {
     oauth: Option<OAuthApp>,
     tokens: Arc<dyn TokenStore>,
     limiter: Limiter,
-    /// `time.operating_reset_at` of the last successful answer per (portal, method): when a
-    /// blocked method may run again (limits.md: "refer to operating_reset_at from the last
-    /// successful response").
-    operating_reset_at: Mutex<HashMap<(String, String), i64>>,
+    /// Per (portal, method): when a blocked method may run again (limits.md: "refer to
+    /// operating_reset_at from the last successful response").
+    methods: Mutex<HashMap<(String, String), MethodClock>>,
+    /// One basket of the method's accumulated time (limits.md: a minute): how long a block
+    /// is waited out when no reset time is known or the known one has passed.
+    operating_basket: Duration,
     /// First wait after `QUERY_LIMIT_EXCEEDED`; doubles per try.
     backoff: Duration,
     max_tries: u32,
@@ -210,15 +272,11 @@ impl Bitrix24Client {
             oauth,
             tokens,
             limiter: Limiter {
-                // Consumers, the poller and the app's inline drain share one portal's budget.
-                limit: if config.b24_consumers == 0 {
-                    RateLimit::default()
-                } else {
-                    RateLimit::default().shared_by(config.b24_consumers.saturating_add(2))
-                },
+                limit: client_share(config),
                 buckets: Mutex::new(HashMap::new()),
             },
-            operating_reset_at: Mutex::new(HashMap::new()),
+            methods: Mutex::new(HashMap::new()),
+            operating_basket: Duration::from_secs(60),
             backoff: Duration::from_secs(1),
             max_tries: 5,
             timeout: Duration::from_secs(20),
@@ -229,6 +287,12 @@ impl Bitrix24Client {
     /// Tests use a fast bucket; production keeps the documented default.
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
         self.limiter.limit = limit;
+        self
+    }
+
+    /// Tests scale Bitrix24's one-minute operating-time basket down with their fake portal.
+    pub fn with_operating_basket(mut self, basket: Duration) -> Self {
+        self.operating_basket = basket.max(Duration::from_millis(1));
         self
     }
 
@@ -443,6 +507,17 @@ impl Bitrix24Client {
     }
 }
 
+/// This client's part of the portal's bucket: consumers, the poller and the app function's
+/// inline drain each run their own client against the one bucket of the portal.
+pub fn client_share(config: &RelayConfig) -> RateLimit {
+    let portal = config.b24_rate_limit.unwrap_or_default();
+    if config.b24_consumers == 0 {
+        portal
+    } else {
+        portal.shared_by(config.b24_consumers.saturating_add(2))
+    }
+}
+
 /// Bitrix24's OAuth servers as its docs and events name them in `server_endpoint`:
 /// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (seed 001's examples),
 /// `oauth.bitrix24.info` (landing/embedding/block.md).
@@ -531,20 +606,135 @@ impl Bitrix24Rest for Bitrix24Client {
 }
 
 impl Bitrix24Client {
-    /// How long a blocked method stays blocked: until the reset time the portal gave with its
-    /// last successful answer, else one minute (a basket's length), at most ten (limits.md).
-    fn until_reset(&self, member_id: &str, method: &str) -> Duration {
-        let now_s = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
-        let known = lock_map(&self.operating_reset_at)
+    fn clocks(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), MethodClock>> {
+        lock_map(&self.methods)
+    }
+
+    /// How long `method` stays blocked on this portal, if it is.
+    fn blocked_for(&self, member_id: &str, method: &str, now_ms: i64) -> Option<Duration> {
+        let until = self
+            .clocks()
+            .get(&(member_id.to_string(), method.to_string()))?
+            .blocked_until_ms
+            .filter(|until| *until > now_ms)?;
+        Some(Duration::from_millis((until - now_ms) as u64))
+    }
+
+    /// Remembers an `OPERATION_TIME_LIMIT` answer: blocked until the reset the portal gave
+    /// with its last successful answer, or, when that is unknown or has passed already (the
+    /// block outlived it), for one more basket; never longer than the ten baskets.
+    fn block(&self, member_id: &str, method: &str) -> Duration {
+        let now_ms = unix_ms_now();
+        let basket = i64::try_from(self.operating_basket.as_millis()).unwrap_or(60_000);
+        let longest = i64::try_from(LONGEST_BLOCK.as_millis()).unwrap_or(600_000);
+        let mut clocks = self.clocks();
+        let clock = clocks
+            .entry((member_id.to_string(), method.to_string()))
+            .or_default();
+        let until = clock
+            .reset_at_ms
+            .filter(|reset| *reset > now_ms)
+            .unwrap_or(now_ms + basket)
+            .min(now_ms + longest);
+        clock.blocked_until_ms = Some(until);
+        Duration::from_millis((until - now_ms) as u64)
+    }
+
+    /// Learns from a successful answer: the method's reset time, and that it runs again;
+    /// for a `batch`, the same per command, and which commands' methods were blocked.
+    fn learn(&self, member_id: &str, method: &str, params: &Value, answer: &RestAnswer) {
+        if method != "batch" {
+            let mut clocks = self.clocks();
+            let clock = clocks
+                .entry((member_id.to_string(), method.to_string()))
+                .or_default();
+            clock.blocked_until_ms = None;
+            if let Some(reset) = reset_at_ms(answer.raw.get("time")) {
+                clock.reset_at_ms = Some(reset);
+            }
+            return;
+        }
+        let Some(Value::Object(commands)) = params.get("cmd") else {
+            return;
+        };
+        for (key, command) in commands {
+            let nested = command_method(command);
+            let error = answer
+                .result
+                .pointer(&format!("/result_error/{key}/error"))
+                .and_then(Value::as_str);
+            if error == Some("OPERATION_TIME_LIMIT") {
+                let wait = self.block(member_id, nested);
+                tracing::warn!(portal = %member_id, method = nested, wait_ms = wait.as_millis() as u64,
+                    "bitrix24 OPERATION_TIME_LIMIT inside a batch: method blocked until its reset");
+                continue;
+            }
+            let time = answer.result.pointer(&format!("/result_time/{key}"));
+            if let Some(reset) = reset_at_ms(time) {
+                let mut clocks = self.clocks();
+                let clock = clocks
+                    .entry((member_id.to_string(), nested.to_string()))
+                    .or_default();
+                clock.reset_at_ms = Some(reset);
+                clock.blocked_until_ms = None;
+            }
+        }
+    }
+
+    /// Whether `method` was blocked and its wait is over without a successful answer since:
+    /// the next call finds out whether the block persists.
+    fn probing(&self, member_id: &str, method: &str, now_ms: i64) -> bool {
+        self.clocks()
             .get(&(member_id.to_string(), method.to_string()))
-            .copied()
-            .filter(|reset| *reset > now_s);
-        match known {
-            Some(reset) => Duration::from_secs((reset - now_s).clamp(1, 600) as u64),
-            None => Duration::from_secs(60),
+            .and_then(|clock| clock.blocked_until_ms)
+            .is_some_and(|until| until <= now_ms)
+    }
+
+    /// A `batch` without the commands of blocked methods (nested calls are checked against
+    /// their own method's limit, limits.md), and with one command only of a method whose
+    /// block may have ended: if it persists, one refusal says so, not fifty. The commands
+    /// left out are asked one by one later, when the client knows. `MethodBlocked` when
+    /// none is left to send.
+    fn without_blocked_commands(
+        &self,
+        member_id: &str,
+        params: Value,
+        now_ms: i64,
+    ) -> Result<Value, EnrichError> {
+        let Value::Object(mut map) = params else {
+            return Ok(params);
+        };
+        let Some(Value::Object(commands)) = map.get_mut("cmd") else {
+            return Ok(Value::Object(map));
+        };
+        let mut soonest: Option<(String, Duration)> = None;
+        let mut probed: Vec<String> = Vec::new();
+        commands.retain(|_, command| {
+            let nested = command_method(command);
+            match self.blocked_for(member_id, nested, now_ms) {
+                None if self.probing(member_id, nested, now_ms) => {
+                    if probed.iter().any(|m| m == nested) {
+                        false
+                    } else {
+                        probed.push(nested.to_string());
+                        true
+                    }
+                }
+                None => true,
+                Some(wait) => {
+                    if soonest.as_ref().is_none_or(|(_, w)| wait < *w) {
+                        soonest = Some((nested.to_string(), wait));
+                    }
+                    false
+                }
+            }
+        });
+        match soonest {
+            Some((method, retry_after)) if commands.is_empty() => Err(EnrichError::MethodBlocked {
+                method,
+                retry_after,
+            }),
+            _ => Ok(Value::Object(map)),
         }
     }
 
@@ -555,6 +745,19 @@ impl Bitrix24Client {
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
+        let now_ms = unix_ms_now();
+        let params = if method == "batch" {
+            self.without_blocked_commands(member_id, params, now_ms)?
+        } else {
+            if let Some(retry_after) = self.blocked_for(member_id, method, now_ms) {
+                // No call: a blocked method answers nothing but the block until its reset.
+                return Err(EnrichError::MethodBlocked {
+                    method: method.to_string(),
+                    retry_after,
+                });
+            }
+            params
+        };
         let mut credentials = self.credentials(member_id, domain).await?;
         let mut refreshed = false;
         let mut delay = self.backoff;
@@ -562,24 +765,17 @@ impl Bitrix24Client {
             self.limiter.acquire(member_id).await;
             match self.send(&credentials, method, &params).await {
                 Ok(answer) => {
-                    if let Some(reset) = answer
-                        .raw
-                        .pointer("/time/operating_reset_at")
-                        .and_then(Value::as_i64)
-                    {
-                        lock_map(&self.operating_reset_at)
-                            .insert((member_id.to_string(), method.to_string()), reset);
-                    }
+                    self.learn(member_id, method, &params, &answer);
                     return Ok(answer);
                 }
                 Err(Failure::MethodBlocked) => {
                     // Minutes, not seconds: the message waits in the queue, not this process.
-                    let wait = self.until_reset(member_id, method);
-                    tracing::warn!(portal = %member_id, method, wait_s = wait.as_secs(),
-                        "bitrix24 OPERATION_TIME_LIMIT: method blocked; retrying after its reset");
-                    return Err(EnrichError::Transient {
-                        reason: format!("{method}: OPERATION_TIME_LIMIT"),
-                        retry_after: Some(wait),
+                    let retry_after = self.block(member_id, method);
+                    tracing::warn!(portal = %member_id, method, wait_ms = retry_after.as_millis() as u64,
+                        "bitrix24 OPERATION_TIME_LIMIT: method blocked; no call to it until its reset");
+                    return Err(EnrichError::MethodBlocked {
+                        method: method.to_string(),
+                        retry_after,
                     });
                 }
                 Err(Failure::Enrich(e)) => return Err(e),
@@ -662,6 +858,43 @@ mod tests {
         assert!((share.per_second * 7.0 - 2.0).abs() < 1e-9);
         assert!(share.burst * 7.0 <= 50.0 + 1e-9);
         assert_eq!(RateLimit::default().shared_by(0), RateLimit::default());
+    }
+
+    /// limits.md's plans as RELAY_B24_RATE_LIMIT spells them; anything else is refused.
+    #[test]
+    fn rate_limit_setting_reads_rate_and_bucket() {
+        assert_eq!(RateLimit::parse("2/50"), Some(RateLimit::default()));
+        assert_eq!(
+            RateLimit::parse(" 5 / 250 "),
+            Some(RateLimit {
+                per_second: 5.0,
+                burst: 250.0
+            })
+        );
+        for bad in [
+            "2", "2/", "/50", "0/50", "2/0", "-2/50", "two/50", "inf/50", "NaN/50",
+        ] {
+            assert_eq!(RateLimit::parse(bad), None, "{bad}");
+        }
+        let config = RelayConfig {
+            b24_consumers: 5,
+            b24_rate_limit: RateLimit::parse("5/250"),
+            ..RelayConfig::default()
+        };
+        let share = client_share(&config);
+        assert!((share.per_second * 7.0 - 5.0).abs() < 1e-9);
+        assert!((share.burst * 7.0 - 250.0).abs() < 1e-9);
+        assert_eq!(
+            client_share(&RelayConfig::default()),
+            RateLimit::default(),
+            "one process alone takes the standard plan's whole bucket"
+        );
+    }
+
+    #[test]
+    fn batch_commands_name_their_method() {
+        assert_eq!(command_method(&json!("crm.deal.get?id=1")), "crm.deal.get");
+        assert_eq!(command_method(&json!("app.info")), "app.info");
     }
 
     #[test]

@@ -265,7 +265,9 @@ impl AppLifecycle {
             .confirm_portal(&tokens.access_token, &tokens.member_id)
             .await
             .map_err(|e| match e {
-                EnrichError::Transient { .. } => IngestError::VerifierUnavailable,
+                EnrichError::Transient { .. } | EnrichError::MethodBlocked { .. } => {
+                    IngestError::VerifierUnavailable
+                }
                 _ => IngestError::Unauthorized,
             })?;
         let Some(ConfirmedPortal {

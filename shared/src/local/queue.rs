@@ -124,6 +124,22 @@ impl Queue for SqliteStore {
         .await
     }
 
+    /// As `retry_after`, and the receive that brought the message is given back: a wait the
+    /// CRM asked for never moves a message toward the dead-letter table.
+    async fn defer(&self, receipt: &str, wait: Duration) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE queue SET visible_at_ms = ?1, receive_count = MAX(receive_count - 1, 0)
+                 WHERE receipt = ?2",
+                params![unix_ms_now().saturating_add(duration_ms(wait)), receipt],
+            )
+            .map_err(db("defer"))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn park_dead_letter(
         &self,
         message: &QueueMessage,
@@ -398,6 +414,49 @@ mod tests {
             );
             assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
         }
+    }
+
+    /// A message given back as a wait (`defer`) keeps its receive count, so even a queue that
+    /// parks on the second receive hands it out again; a retry (`retry_after`) counts.
+    #[tokio::test]
+    async fn a_deferred_receive_does_not_count_toward_the_dead_letters() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-defer-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        store.set_max_receive_count(1);
+        let event: RelayEvent = serde_json::from_value(serde_json::json!({
+            "v": 1, "id": "e1", "source": "bitrix24", "portal": "m", "family": "deal",
+            "event": "ONCRMDEALUPDATE", "entity_id": "7", "ts": 1,
+            "received_at": "2026-11-22T10:00:00Z", "data": {}
+        }))
+        .unwrap();
+        store.send(&event).await.unwrap();
+        let hide = Duration::from_secs(30);
+        let later = unix_ms_now() + 60_000;
+        let mut held = store.receive(10, hide, unix_ms_now()).await.unwrap();
+        assert_eq!(held[0].receive_count, 1);
+        for wait in 1..=2 {
+            store.defer(&held[0].receipt, Duration::ZERO).await.unwrap();
+            held = store.receive(10, hide, later * wait).await.unwrap();
+            assert_eq!(held.len(), 1, "handed out again after wait {wait}");
+            assert_eq!(held[0].receive_count, 1, "wait {wait} was not counted");
+        }
+        store
+            .retry_after(&held[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(store.receive(10, hide, later * 3).await.unwrap().is_empty());
+        assert_eq!(
+            store.list_dead_letters().await.unwrap().len(),
+            1,
+            "a retry counts"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A queue written by schema 1 (no `is_head`) opens with the heads of what it holds
