@@ -26,7 +26,11 @@ MUTATIONS = [
     ("no plain secret default", "Default: /crm-relay/signing-secret", "Default: whsec_c2VjcmV0"),
     ("no plain secret in env", "RELAY_SIGNING_SECRET_PARAM: !Ref", "RELAY_SIGNING_SECRET: !Ref"),
     # The first LeadingKeys condition in the file is the ingest role's.
-    ("ingest reads only PORTAL# items", 'dynamodb:LeadingKeys: ["PORTAL#*"]', 'dynamodb:LeadingKeys: ["*"]'),
+    ("ingest reads only the PORTALS partition", 'dynamodb:LeadingKeys: ["PORTALS"]', 'dynamodb:LeadingKeys: ["*"]'),
+    ("no Scan", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query]", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query, dynamodb:Scan]"),
+    ("no Scan through a wildcard", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query]", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:*]"),
+    ("consumer's table calls bounded", 'dynamodb:LeadingKeys: ["DEDUP#*", "SNAP#*", "PORTALS", "ATTEMPT#*", "DEST#*"]', 'dynamodb:Attributes: ["pk", "sk"]'),
+    ("consumer extends its lease", "dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem", "dynamodb:PutItem, dynamodb:DeleteItem"),
     ("DLQ takes only the relay queue", "redrivePermission: byQueue", "redrivePermission: allowAll"),
     ("TLS-only queues", 'aws:SecureTransport: "false"', 'aws:SecureTransport: "true"'),
     ("table deletion protection", "DeletionProtectionEnabled: true", "DeletionProtectionEnabled: false"),

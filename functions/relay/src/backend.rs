@@ -145,10 +145,11 @@ impl Backend {
                 .queue_url
                 .as_ref()
                 .map(|url| Arc::new(SqsQueue::from_conf(&sdk, url, config.dlq_url.clone()))),
-            dynamo: config
-                .table
-                .as_ref()
-                .map(|table| Arc::new(DynamoStore::from_conf(&sdk, table))),
+            dynamo: config.table.as_ref().map(|table| {
+                Arc::new(
+                    DynamoStore::from_conf(&sdk, table).with_snapshot_ttl(config.snapshot_ttl()),
+                )
+            }),
         })
     }
 

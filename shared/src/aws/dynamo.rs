@@ -1,6 +1,11 @@
 //! The consumer's records in one DynamoDB table (`pk`/`sk`, TTL attribute `expires_at` in
 //! Unix seconds): dedup claims, entity snapshots, portal tokens and bind plans, delivery
 //! attempts and disabled destinations. Every check-and-write is one conditional write, never a read first.
+//!
+//! Every read is a GetItem or a Query on one partition, never a Scan: portals share the
+//! partition `PORTALS` (sort key: member id), and a portal's snapshots share
+//! `SNAP#<source>#<portal>` (sort key: family, kind, entity), so listing portals and
+//! forgetting a portal read only what they need, whatever else the table holds.
 
 use super::store_error;
 use crate::error::StoreError;
@@ -17,15 +22,28 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailur
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 type Item = HashMap<String, AttributeValue>;
 
-/// Sort key of every item that is alone in its partition (all but attempts).
+/// Sort key of every item that is alone in its partition (dedup, bind plans, destinations).
 pub const ITEM_SK: &str = "item";
+/// The one partition of every portal's tokens (sort key: member id). Portals are few and
+/// each event reads one item by its full key, so one partition holds them; listing them is
+/// one Query.
+pub const PORTALS_PK: &str = "PORTALS";
 /// The TTL attribute the table is configured with (Unix seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// An abandoned IN_PROGRESS claim is claimable once its lease passes; TTL only tidies it.
 const CLAIM_TIDY_AFTER_SECS: i64 = 24 * 60 * 60;
+/// Snapshot keys per Query page when a portal is forgotten: each page's deletes finish
+/// before the next page is read, so an uninstall cut short leaves a bounded tail for its retry.
+const DELETE_PAGE_ITEMS: i32 = 100;
+/// How long a snapshot stays after its last change unless configured otherwise
+/// (`RELAY_SNAPSHOT_TTL_DAYS`): an entity untouched for this long is forgotten, and its next
+/// event is forwarded without `changes`.
+pub const DEFAULT_SNAPSHOT_TTL: Duration =
+    Duration::from_secs(crate::config::DEFAULT_SNAPSHOT_TTL_DAYS as u64 * 24 * 60 * 60);
 /// How long the attempt log keeps a delivery's history.
 pub const ATTEMPT_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 
@@ -35,6 +53,8 @@ const STATUS_COMPLETED: &str = "COMPLETED";
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// `None`: snapshots never expire.
+    snapshot_ttl: Option<Duration>,
 }
 
 impl DynamoStore {
@@ -42,7 +62,14 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
+            snapshot_ttl: Some(DEFAULT_SNAPSHOT_TTL),
         }
+    }
+
+    /// How long a snapshot stays after its last change; `None` keeps snapshots forever.
+    pub fn with_snapshot_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.snapshot_ttl = ttl;
+        self
     }
 
     /// Builds the DynamoDB client from a shared SDK configuration (see [`super::sdk_config`]).
@@ -56,7 +83,7 @@ impl DynamoStore {
 
     async fn get_item(
         &self,
-        pk: String,
+        (pk, sk): (String, String),
         operation: &'static str,
     ) -> Result<Option<Item>, StoreError> {
         let out = self
@@ -64,7 +91,7 @@ impl DynamoStore {
             .get_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .key("sk", s(ITEM_SK))
+            .key("sk", s(sk))
             .consistent_read(true)
             .send()
             .await
@@ -72,14 +99,14 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Writes the item at `pk` whatever is there: `attributes` besides the key.
+    /// Writes the item at `(pk, sk)` whatever is there: `attributes` besides the key.
     async fn put_item<const N: usize>(
         &self,
-        pk: String,
+        (pk, sk): (String, String),
         attributes: [(&'static str, AttributeValue); N],
         operation: &'static str,
     ) -> Result<(), StoreError> {
-        let item: Item = [("pk", s(pk)), ("sk", s(ITEM_SK))]
+        let item: Item = [("pk", s(pk)), ("sk", s(sk))]
             .into_iter()
             .chain(attributes)
             .map(|(name, value)| (name.to_string(), value))
@@ -94,31 +121,36 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn delete_item(&self, pk: String, operation: &'static str) -> Result<(), StoreError> {
+    async fn delete_item(
+        &self,
+        (pk, sk): (String, String),
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
         self.client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .key("sk", s(ITEM_SK))
+            .key("sk", s(sk))
             .send()
             .await
             .map_err(|e| store_error(operation, e))?;
         Ok(())
     }
 
-    /// Every item whose pk starts with `prefix` (a Scan: only for rare, small sets such as
-    /// an uninstall or listing portals).
-    async fn scan_prefix(
+    /// Every item of one partition, page by page (a Query: it reads that partition only).
+    /// `consistent`: false where a read a moment stale is harmless, at half the price.
+    async fn query_partition(
         &self,
-        prefix: &str,
+        pk: String,
+        consistent: bool,
         operation: &'static str,
     ) -> Result<Vec<Item>, StoreError> {
         self.client
-            .scan()
+            .query()
             .table_name(&self.table)
-            .filter_expression("begins_with(pk, :prefix)")
-            .expression_attribute_values(":prefix", s(prefix))
-            .consistent_read(true)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(consistent)
             .into_paginator()
             .items()
             .send()
@@ -128,12 +160,30 @@ impl DynamoStore {
     }
 }
 
+/// The key of an item alone in its partition.
+fn single(pk: String) -> (String, String) {
+    (pk, ITEM_SK.to_string())
+}
+
 fn dedup_pk(id: &str) -> String {
     format!("DEDUP#{id}")
 }
 
-fn portal_pk(member_id: &str) -> String {
-    format!("PORTAL#{member_id}")
+fn portal_key(member_id: &str) -> (String, String) {
+    (PORTALS_PK.to_string(), member_id.to_string())
+}
+
+/// The partition of one portal's snapshots. `source` holds no `#`, so two portals never
+/// share a partition.
+pub fn snapshot_partition(source: Source, portal: &str) -> String {
+    format!("SNAP#{source}#{portal}")
+}
+
+fn snapshot_key(key: &SnapshotKey) -> (String, String) {
+    (
+        snapshot_partition(key.source, &key.portal),
+        format!("{}#{}#{}", key.family, key.entity_type, key.entity_id),
+    )
 }
 
 fn bind_plan_pk(member_id: &str) -> String {
@@ -250,7 +300,7 @@ impl DedupStore for DynamoStore {
                         Some(item) => claim_refused_by(item),
                         // Older emulators omit ALL_OLD: read the record that refused us.
                         None => match self
-                            .get_item(dedup_pk(id), "dynamodb GetItem (dedup)")
+                            .get_item(single(dedup_pk(id)), "dynamodb GetItem (dedup)")
                             .await?
                         {
                             Some(item) => claim_refused_by(&item),
@@ -357,7 +407,7 @@ impl DedupStore for DynamoStore {
 impl SnapshotStore for DynamoStore {
     async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
         let Some(item) = self
-            .get_item(key.pk(), "dynamodb GetItem (snapshot)")
+            .get_item(snapshot_key(key), "dynamodb GetItem (snapshot)")
             .await?
         else {
             return Ok(None);
@@ -375,24 +425,24 @@ impl SnapshotStore for DynamoStore {
         key: &SnapshotKey,
         snapshot: &Snapshot,
     ) -> Result<SnapshotSave, StoreError> {
-        let result = self
+        let (pk, sk) = snapshot_key(key);
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(key.pk()))
-            .item("sk", s(ITEM_SK))
-            .item("source", s(key.source.as_str()))
-            .item("portal", s(&key.portal))
-            .item("family", s(key.family.as_str()))
-            .item("entity_type", s(key.entity_type.as_str()))
-            .item("entity_id", s(&key.entity_id))
-            // A string, not a map: the entity is kept exactly as the CRM answered it.
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            // A string, not a map: the entity is kept exactly as the CRM answered it. The
+            // key already names source, portal, family, kind and id: every byte more is paid
+            // on each write.
             .item("entity", s(snapshot.entity.to_string()))
             .item("version", n(snapshot.version))
             .condition_expression("attribute_not_exists(pk) OR version <= :version")
-            .expression_attribute_values(":version", n(snapshot.version))
-            .send()
-            .await;
+            .expression_attribute_values(":version", n(snapshot.version));
+        if let Some(ttl) = self.snapshot_ttl {
+            put = put.item(TTL_ATTRIBUTE, n(snapshot_expires_at(unix_secs_now(), ttl)));
+        }
+        let result = put.send().await;
         settle_conditional(
             result,
             SnapshotSave::Saved,
@@ -402,24 +452,52 @@ impl SnapshotStore for DynamoStore {
     }
 
     async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
-        self.delete_item(key.pk(), "dynamodb DeleteItem (snapshot)")
+        self.delete_item(snapshot_key(key), "dynamodb DeleteItem (snapshot)")
             .await
     }
 
+    /// A Query of the portal's partition, page by page, deleting each page before reading
+    /// the next: a retry after a failure finds only what is left, so it is idempotent.
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
-        // The trailing '#' keeps portal "ab" from matching portal "abc".
-        let prefix = format!("SNAP#{source}#{portal}#");
-        let items = self
-            .scan_prefix(&prefix, "dynamodb Scan (snapshots)")
-            .await?;
+        let pk = snapshot_partition(source, portal);
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(&pk))
+            // Keys only: a page of keys is 1 MB of items' keys, not of their entities.
+            .projection_expression("pk, sk")
+            .consistent_read(true)
+            .limit(DELETE_PAGE_ITEMS)
+            .into_paginator()
+            .send();
         let mut deleted = 0;
-        for item in &items {
-            self.delete_item(req_s(item, "pk")?, "dynamodb DeleteItem (snapshot)")
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| store_error("dynamodb Query (snapshots)", e))?;
+            for item in page.items() {
+                self.delete_item(
+                    (pk.clone(), req_s(item, "sk")?),
+                    "dynamodb DeleteItem (snapshot)",
+                )
                 .await?;
-            deleted += 1;
+                deleted += 1;
+            }
         }
         Ok(deleted)
     }
+}
+
+/// The TTL of a snapshot written at `now_secs`: `ttl` after its last change.
+fn snapshot_expires_at(now_secs: i64, ttl: Duration) -> i64 {
+    now_secs.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn unix_secs_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
@@ -444,7 +522,7 @@ fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-        self.get_item(portal_pk(member_id), "dynamodb GetItem (portal)")
+        self.get_item(portal_key(member_id), "dynamodb GetItem (portal)")
             .await?
             .as_ref()
             .map(tokens_from)
@@ -453,7 +531,7 @@ impl TokenStore for DynamoStore {
 
     async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
         self.put_item(
-            portal_pk(&tokens.member_id),
+            portal_key(&tokens.member_id),
             [
                 ("member_id", s(&tokens.member_id)),
                 ("domain", s(&tokens.domain)),
@@ -473,13 +551,14 @@ impl TokenStore for DynamoStore {
     }
 
     async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
-        self.delete_item(portal_pk(member_id), "dynamodb DeleteItem (portal)")
+        self.delete_item(portal_key(member_id), "dynamodb DeleteItem (portal)")
             .await
     }
 
     async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
+        // Eventually consistent: a portal installed a moment ago is listed on the next run.
         let mut all: Vec<PortalTokens> = self
-            .scan_prefix("PORTAL#", "dynamodb Scan (portals)")
+            .query_partition(PORTALS_PK.to_string(), false, "dynamodb Query (portals)")
             .await?
             .iter()
             .map(tokens_from)
@@ -496,7 +575,10 @@ impl BindPlanStore for DynamoStore {
         member_id: &str,
     ) -> Result<Option<Vec<crate::lifecycle::bind::Binding>>, StoreError> {
         let Some(item) = self
-            .get_item(bind_plan_pk(member_id), "dynamodb GetItem (bind plan)")
+            .get_item(
+                single(bind_plan_pk(member_id)),
+                "dynamodb GetItem (bind plan)",
+            )
             .await?
         else {
             return Ok(None);
@@ -514,7 +596,7 @@ impl BindPlanStore for DynamoStore {
         let text = serde_json::to_string(plan)
             .map_err(|e| StoreError::Corrupt(format!("bind plan not serializable: {e}")))?;
         self.put_item(
-            bind_plan_pk(member_id),
+            single(bind_plan_pk(member_id)),
             [("member_id", s(member_id)), ("plan", s(text))],
             "dynamodb PutItem (bind plan)",
         )
@@ -522,8 +604,11 @@ impl BindPlanStore for DynamoStore {
     }
 
     async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError> {
-        self.delete_item(bind_plan_pk(member_id), "dynamodb DeleteItem (bind plan)")
-            .await
+        self.delete_item(
+            single(bind_plan_pk(member_id)),
+            "dynamodb DeleteItem (bind plan)",
+        )
+        .await
     }
 }
 
@@ -605,7 +690,7 @@ impl DestinationStatus for DynamoStore {
     async fn disabled(&self, destination: &str) -> Result<Option<String>, StoreError> {
         let item = self
             .get_item(
-                destination_pk(destination),
+                single(destination_pk(destination)),
                 "dynamodb GetItem (destination)",
             )
             .await?;
@@ -619,7 +704,7 @@ impl DestinationStatus for DynamoStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         self.put_item(
-            destination_pk(destination),
+            single(destination_pk(destination)),
             [("reason", s(reason)), ("disabled_at_ms", n(now_ms))],
             "dynamodb PutItem (destination)",
         )
@@ -628,7 +713,7 @@ impl DestinationStatus for DynamoStore {
 
     async fn enable(&self, destination: &str) -> Result<(), StoreError> {
         self.delete_item(
-            destination_pk(destination),
+            single(destination_pk(destination)),
             "dynamodb DeleteItem (destination)",
         )
         .await
