@@ -301,6 +301,14 @@ class TemplateTest(unittest.TestCase):
                 f"{lid} {stmt.get('Sid')}: LeadingKeys needs ForAllValues",
             )
 
+    def test_snapshots_expire_through_the_table_ttl_by_default(self):
+        # The consumer writes each snapshot's expires_at (RELAY_SNAPSHOT_TTL_DAYS after its last
+        # change); the table's TTL on that attribute deletes it.
+        _, consumer = self.function_by_code("functions/consumer")
+        env = consumer["Environment"]["Variables"]
+        self.assertEqual(env.get("RELAY_SNAPSHOT_TTL_DAYS"), {"Ref": "SnapshotTtlDays"})
+        self.assertGreater(int(self.parameters["SnapshotTtlDays"]["Default"]), 0)
+
     def test_consumer_may_extend_its_claim(self):
         # The heartbeat moves a claim's lease with one conditional UpdateItem.
         actions = {a for lid, _, acts in self.table_statements() if lid == "ConsumerRole" for a in acts}

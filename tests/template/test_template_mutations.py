@@ -30,6 +30,8 @@ MUTATIONS = [
     ("no Scan", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query]", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query, dynamodb:Scan]"),
     ("no Scan through a wildcard", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query]", "Action: [dynamodb:GetItem, dynamodb:PutItem, dynamodb:*]"),
     ("consumer's table calls bounded", 'dynamodb:LeadingKeys: ["DEDUP#*", "SNAP#*", "PORTALS", "ATTEMPT#*", "DEST#*"]', 'dynamodb:Attributes: ["pk", "sk"]'),
+    ("snapshots expire by default", "    Default: 400\n    MinValue: 0", "    Default: 0\n    MinValue: 0"),
+    ("consumer expires snapshots", "RELAY_SNAPSHOT_TTL_DAYS: !Ref SnapshotTtlDays", "RELAY_SNAPSHOT_TTL: !Ref SnapshotTtlDays"),
     ("consumer extends its lease", "dynamodb:PutItem, dynamodb:UpdateItem, dynamodb:DeleteItem", "dynamodb:PutItem, dynamodb:DeleteItem"),
     ("DLQ takes only the relay queue", "redrivePermission: byQueue", "redrivePermission: allowAll"),
     ("TLS-only queues", 'aws:SecureTransport: "false"', 'aws:SecureTransport: "true"'),

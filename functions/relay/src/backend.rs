@@ -38,6 +38,11 @@ impl LocalBackend {
         &self.data_dir
     }
 
+    /// How long a snapshot stays after its last change (`RELAY_SNAPSHOT_TTL_DAYS`).
+    pub fn set_snapshot_ttl(&self, ttl: Option<std::time::Duration>) {
+        self.store.set_snapshot_ttl(ttl);
+    }
+
     pub fn outbox_path(&self) -> &Path {
         self.store.outbox_path()
     }
