@@ -17,7 +17,9 @@ async fn dynamo_store() -> DynamoStore {
     let config = moto_config().await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let table = create_table(&client).await;
-    DynamoStore::new(client, table)
+    // The contract: what is recorded is listed. Which outcomes the consumer's AWS store keeps
+    // is `the_aws_attempt_log_keeps_failures_only` below.
+    DynamoStore::new(client, table).with_deliveries_recorded(true)
 }
 
 /// A fresh FIFO queue + DLQ per test.
@@ -161,4 +163,33 @@ async fn a_portal_with_many_snapshots_is_forgotten_page_by_page() {
         assert_eq!(store.load(&deal_key("busy", id)).await.unwrap(), None);
     }
     assert!(store.load(&deal_key("quiet", 1)).await.unwrap().is_some());
+}
+
+/// On AWS a delivery costs no attempt write: the log keeps retries, dead letters and the like.
+#[tokio::test]
+async fn the_aws_attempt_log_keeps_failures_only() {
+    use shared::ports::{Attempt, AttemptLog};
+    let config = moto_config().await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let store = DynamoStore::new(client.clone(), create_table(&client).await);
+    let attempt = |at_ms: i64, outcome: &str| Attempt {
+        event_id: "ev-kept".into(),
+        at_ms,
+        destination: "https://example.test/hook".into(),
+        status: Some(if outcome == "retry" { 503 } else { 200 }),
+        latency_ms: 5,
+        outcome: outcome.into(),
+        error: None,
+    };
+    store.record(&attempt(1_000, "retry")).await.unwrap();
+    store.record(&attempt(2_000, "delivered")).await.unwrap();
+    store.record(&attempt(3_000, "skipped")).await.unwrap();
+    let kept: Vec<String> = store
+        .list("ev-kept")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(kept, ["retry", "skipped"]);
 }

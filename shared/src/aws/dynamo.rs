@@ -18,11 +18,13 @@ use crate::secret::Secret;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -44,6 +46,19 @@ const DELETE_PAGE_ITEMS: i32 = 100;
 /// event is forwarded without `changes`.
 pub const DEFAULT_SNAPSHOT_TTL: Duration =
     Duration::from_secs(crate::config::DEFAULT_SNAPSHOT_TTL_DAYS as u64 * 24 * 60 * 60);
+/// Best compression: a snapshot is written once per event and its size is what is billed.
+const DEFLATE_LEVEL: u8 = 9;
+/// An item is at most 400 KB; its entity inflated past this is not a CRM entity.
+const MAX_ENTITY_BYTES: usize = 16 * 1024 * 1024;
+/// How long a container trusts what it learned of a destination's status: a destination
+/// disabled by another container (after a 410) is seen this late at most, and meanwhile a
+/// POST there only gets the 410 again. Every event would otherwise pay a read for it.
+pub const DESTINATION_STATUS_TTL: Duration = Duration::from_secs(30);
+/// The attempt outcome of a successful delivery. The attempt log on DynamoDB keeps only what
+/// went wrong (retries, dead letters, disabled destinations, skipped duplicates): a
+/// delivery is the consumer's `delivered` log line and the Forwards metric, not a write per
+/// event. `relay attempts` then lists the failures before an event arrived.
+pub const DELIVERED_OUTCOME: &str = "delivered";
 /// How long the attempt log keeps a delivery's history.
 pub const ATTEMPT_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 
@@ -55,6 +70,11 @@ pub struct DynamoStore {
     table: String,
     /// `None`: snapshots never expire.
     snapshot_ttl: Option<Duration>,
+    /// Destination statuses this container read or wrote, by key, with when it learned them.
+    destination_statuses: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    destination_status_ttl: Duration,
+    /// Whether the attempt log also keeps deliveries (see [`DELIVERED_OUTCOME`]).
+    record_deliveries: bool,
 }
 
 impl DynamoStore {
@@ -63,7 +83,41 @@ impl DynamoStore {
             client,
             table: table.into(),
             snapshot_ttl: Some(DEFAULT_SNAPSHOT_TTL),
+            destination_statuses: Mutex::new(HashMap::new()),
+            destination_status_ttl: DESTINATION_STATUS_TTL,
+            record_deliveries: false,
         }
+    }
+
+    /// Keeps successful deliveries in the attempt log too (a write per event; off on AWS).
+    pub fn with_deliveries_recorded(mut self, record: bool) -> Self {
+        self.record_deliveries = record;
+        self
+    }
+
+    /// How long a destination's status, once read, is trusted without reading it again
+    /// (zero: read every time).
+    pub fn with_destination_status_ttl(mut self, ttl: Duration) -> Self {
+        self.destination_status_ttl = ttl;
+        self
+    }
+
+    fn remember_status(&self, key: String, status: Option<String>) {
+        self.destination_statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (Instant::now(), status));
+    }
+
+    fn remembered_status(&self, key: &str) -> Option<Option<String>> {
+        let statuses = self
+            .destination_statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        statuses
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.destination_status_ttl)
+            .map(|(_, status)| status.clone())
     }
 
     /// How long a snapshot stays after its last change; `None` keeps snapshots forever.
@@ -412,10 +466,8 @@ impl SnapshotStore for DynamoStore {
         else {
             return Ok(None);
         };
-        let entity = serde_json::from_str(&req_s(&item, "entity")?)
-            .map_err(|e| StoreError::Corrupt(format!("snapshot entity is not JSON: {e}")))?;
         Ok(Some(Snapshot {
-            entity,
+            entity: entity_from(&item)?,
             version: req_n(&item, "version")?,
         }))
     }
@@ -432,10 +484,9 @@ impl SnapshotStore for DynamoStore {
             .table_name(&self.table)
             .item("pk", s(pk))
             .item("sk", s(sk))
-            // A string, not a map: the entity is kept exactly as the CRM answered it. The
-            // key already names source, portal, family, kind and id: every byte more is paid
-            // on each write.
-            .item("entity", s(snapshot.entity.to_string()))
+            // The key already names source, portal, family, kind and id: every byte more is
+            // paid on each write.
+            .item("entity", entity_value(&snapshot.entity))
             .item("version", n(snapshot.version))
             .condition_expression("attribute_not_exists(pk) OR version <= :version")
             .expression_attribute_values(":version", n(snapshot.version));
@@ -486,6 +537,37 @@ impl SnapshotStore for DynamoStore {
         }
         Ok(deleted)
     }
+}
+
+/// An entity as stored: its JSON text (exactly as the CRM answered it, not a map), deflated
+/// into a binary when that is smaller. A write unit is 1 KB, and a CRM entity's JSON (field
+/// names and codes repeated on every entity) deflates to about a quarter.
+fn entity_value(entity: &serde_json::Value) -> AttributeValue {
+    let text = entity.to_string();
+    let deflated = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), DEFLATE_LEVEL);
+    if deflated.len() < text.len() {
+        AttributeValue::B(Blob::new(deflated))
+    } else {
+        AttributeValue::S(text)
+    }
+}
+
+/// The entity of a stored snapshot, deflated (`B`) or plain (`S`, also every snapshot
+/// written before compression).
+fn entity_from(item: &Item) -> Result<serde_json::Value, StoreError> {
+    let parsed = match item.get("entity") {
+        Some(AttributeValue::S(text)) => serde_json::from_str(text),
+        Some(AttributeValue::B(blob)) => {
+            let text =
+                miniz_oxide::inflate::decompress_to_vec_with_limit(blob.as_ref(), MAX_ENTITY_BYTES)
+                    .map_err(|e| {
+                        StoreError::Corrupt(format!("snapshot entity does not inflate: {e}"))
+                    })?;
+            serde_json::from_slice(&text)
+        }
+        _ => return Err(StoreError::Corrupt("snapshot lacks its entity".into())),
+    };
+    parsed.map_err(|e| StoreError::Corrupt(format!("snapshot entity is not JSON: {e}")))
 }
 
 /// The TTL of a snapshot written at `now_secs`: `ttl` after its last change.
@@ -633,6 +715,9 @@ fn attempt_from(item: &Item) -> Result<Attempt, StoreError> {
 #[async_trait]
 impl AttemptLog for DynamoStore {
     async fn record(&self, attempt: &Attempt) -> Result<(), StoreError> {
+        if attempt.outcome == DELIVERED_OUTCOME && !self.record_deliveries {
+            return Ok(());
+        }
         // Zero-padded time first, so sk order is time order; the random tail keeps two
         // attempts in one millisecond apart.
         let sk = format!("{:015}#{:08x}", attempt.at_ms.max(0), fastrand::u32(..));
@@ -688,13 +773,16 @@ impl AttemptLog for DynamoStore {
 #[async_trait]
 impl DestinationStatus for DynamoStore {
     async fn disabled(&self, destination: &str) -> Result<Option<String>, StoreError> {
+        let pk = destination_pk(destination);
+        if let Some(status) = self.remembered_status(&pk) {
+            return Ok(status);
+        }
         let item = self
-            .get_item(
-                single(destination_pk(destination)),
-                "dynamodb GetItem (destination)",
-            )
+            .get_item(single(pk.clone()), "dynamodb GetItem (destination)")
             .await?;
-        Ok(item.map(|item| opt_s(&item, "reason").unwrap_or("disabled").to_string()))
+        let status = item.map(|item| opt_s(&item, "reason").unwrap_or("disabled").to_string());
+        self.remember_status(pk, status.clone());
+        Ok(status)
     }
 
     async fn disable(
@@ -703,20 +791,23 @@ impl DestinationStatus for DynamoStore {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let pk = destination_pk(destination);
         self.put_item(
-            single(destination_pk(destination)),
+            single(pk.clone()),
             [("reason", s(reason)), ("disabled_at_ms", n(now_ms))],
             "dynamodb PutItem (destination)",
         )
-        .await
+        .await?;
+        self.remember_status(pk, Some(reason.to_string()));
+        Ok(())
     }
 
     async fn enable(&self, destination: &str) -> Result<(), StoreError> {
-        self.delete_item(
-            single(destination_pk(destination)),
-            "dynamodb DeleteItem (destination)",
-        )
-        .await
+        let pk = destination_pk(destination);
+        self.delete_item(single(pk.clone()), "dynamodb DeleteItem (destination)")
+            .await?;
+        self.remember_status(pk, None);
+        Ok(())
     }
 }
 
@@ -754,6 +845,38 @@ mod tests {
         assert_eq!(ttl_secs(1_000), 1);
         assert_eq!(ttl_secs(1_001), 2);
         assert_eq!(ttl_secs(0), 0);
+    }
+
+    #[test]
+    fn entities_are_stored_deflated_when_that_is_smaller_and_read_back_exactly() {
+        let small = serde_json::json!({"ID": "1"});
+        assert!(matches!(entity_value(&small), AttributeValue::S(_)));
+        let fields: serde_json::Map<String, serde_json::Value> = (0..80)
+            .map(|n| {
+                (
+                    format!("UF_CRM_{n}"),
+                    serde_json::json!(format!("значение {n}")),
+                )
+            })
+            .collect();
+        let big = serde_json::Value::Object(fields);
+        let stored = entity_value(&big);
+        let AttributeValue::B(blob) = &stored else {
+            panic!("a large entity is deflated")
+        };
+        assert!(blob.as_ref().len() * 2 < big.to_string().len());
+        for value in [stored, entity_value(&small), s(big.to_string())] {
+            let item: Item = [("entity".to_string(), value)].into_iter().collect();
+            let back = entity_from(&item).unwrap();
+            assert!(back == big || back == small);
+        }
+        let broken: Item = [(
+            "entity".to_string(),
+            AttributeValue::B(Blob::new(vec![1, 2, 3])),
+        )]
+        .into_iter()
+        .collect();
+        assert!(matches!(entity_from(&broken), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
