@@ -23,7 +23,8 @@ use shared::ingest::Ingress;
 use shared::lifecycle::offline::OfflinePoller;
 use shared::ports::{Bitrix24Rest, PortalTokens, QueueMessage, TokenStore};
 use shared::secret::Secret;
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const APP_TOKEN: &str = "cost-app-token";
@@ -39,6 +40,8 @@ const INGEST_TABLE_READS: f64 = 1.0;
 const CONSUMER_TABLE_WRITES: f64 = 3.0;
 /// Consumer: the snapshot; destination status and tokens come from the per-container cache.
 const CONSUMER_TABLE_READS: f64 = 1.5;
+/// A log line at INFO, at most (CloudWatch bills ingestion by the byte).
+const LOG_LINE_BYTES: usize = 400;
 /// The poller, per portal and run with nothing to drain: the tokens of each REST call it makes.
 const POLLER_TOKEN_READS_PER_PORTAL: usize = 3;
 /// A snapshot of this 3.5 KB entity, deflated, fits two write units (1 KB each; four when it
@@ -181,8 +184,64 @@ async fn drain(
     done
 }
 
+/// Every log line the functions write, as `shared::logging` formats them on Lambda (JSON, no
+/// time: Lambda stamps it), tagged with the phase that wrote it. This test binary holds one
+/// test, so the global subscriber is its own.
+#[derive(Clone, Default)]
+struct LogBytes {
+    phase: Arc<Mutex<String>>,
+    by_phase: Arc<Mutex<BTreeMap<String, (usize, usize, usize)>>>,
+}
+
+impl LogBytes {
+    fn set_phase(&self, phase: &str) {
+        *self.phase.lock().unwrap() = phase.to_string();
+    }
+
+    /// (lines, bytes, longest write) in `phase`: the formatter writes a line at a time.
+    fn of(&self, phase: &str) -> (usize, usize, usize) {
+        self.by_phase
+            .lock()
+            .unwrap()
+            .get(phase)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+impl std::io::Write for LogBytes {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let phase = self.phase.lock().unwrap().clone();
+        let mut by_phase = self.by_phase.lock().unwrap();
+        let entry = by_phase.entry(phase).or_default();
+        entry.0 += buf.iter().filter(|b| **b == b'\n').count();
+        entry.1 += buf.len();
+        entry.2 = entry.2.max(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() -> LogBytes {
+    let logs = LogBytes::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_current_span(false)
+        .with_target(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .init();
+    logs
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_per_event_stay_within_the_budget() {
+    let logs = capture_logs();
     let sdk = moto_config().await;
     let plain_sqs = aws_sdk_sqs::Client::new(&sdk);
     let queues = create_fifo_queues(&plain_sqs, MAX_RECEIVE_COUNT).await;
@@ -254,6 +313,7 @@ async fn calls_per_event_stay_within_the_budget() {
     {
         let phase = if round == 0 { "first" } else { "update" };
         log.set_phase(&format!("ingest_{phase}"));
+        logs.set_phase(&format!("ingest_{phase}"));
         for id in 1..=ENTITIES {
             portal.set_entity("deal", &id.to_string(), deal(id, stage, 100 * id as u32));
             let body = b24_post(&portal, event, id, base_ts + round as i64);
@@ -263,6 +323,7 @@ async fn calls_per_event_stay_within_the_budget() {
             );
         }
         log.set_phase(&format!("consumer_{phase}"));
+        logs.set_phase(&format!("consumer_{phase}"));
         assert_eq!(
             drain(&plain_sqs, &queues.queue_url, &consumer, ENTITIES).await,
             ENTITIES
@@ -276,6 +337,7 @@ async fn calls_per_event_stay_within_the_budget() {
 
     // One scheduled poller run over the two installed portals, with nothing to drain.
     log.set_phase("poller");
+    logs.set_phase("poller");
     let poller = OfflinePoller::new(rest.clone(), queue.clone());
     let polled = poller
         .poll_all(store.as_ref(), SystemTime::now())
@@ -310,11 +372,22 @@ async fn calls_per_event_stay_within_the_budget() {
     );
     println!("{summary}");
 
+    let log_sizes: BTreeMap<String, (usize, usize, usize)> = [
+        "ingest_first",
+        "consumer_first",
+        "ingest_update",
+        "consumer_update",
+        "poller",
+    ]
+    .iter()
+    .map(|phase| (phase.to_string(), logs.of(phase)))
+    .collect();
     if let Ok(path) = std::env::var("RELAY_COST_OUT") {
         let out = json!({
             "entities": ENTITIES,
             "entity_bytes": entity_bytes,
             "portals_polled": polled.len(),
+            "log_lines_and_bytes": log_sizes,
             "calls": calls,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap())
@@ -327,6 +400,19 @@ async fn calls_per_event_stay_within_the_budget() {
     assert!(writes <= CONSUMER_TABLE_WRITES, "{summary}");
     assert!(reads <= CONSUMER_TABLE_READS, "{summary}");
     assert_eq!(consumer_sqs, 0.0, "{summary}");
+
+    // One compact JSON line per event per function on the happy path.
+    for phase in ["ingest_update", "consumer_update"] {
+        let (lines, _, longest) = log_sizes[phase];
+        assert!(
+            lines <= ENTITIES,
+            "{phase}: {lines} log lines for {ENTITIES} events"
+        );
+        assert!(
+            longest <= LOG_LINE_BYTES,
+            "{phase}: a log line of {longest} B"
+        );
+    }
 
     // The snapshot item as written: one write unit for a typical entity.
     let snapshot_puts: Vec<&Call> = calls
