@@ -187,10 +187,13 @@ async fn drain(
 /// Every log line the functions write, as `shared::logging` formats them on Lambda (JSON, no
 /// time: Lambda stamps it), tagged with the phase that wrote it. This test binary holds one
 /// test, so the global subscriber is its own.
+/// Per phase: lines, bytes, and the longest single write (a line).
+type LogSizes = BTreeMap<String, (usize, usize, usize)>;
+
 #[derive(Clone, Default)]
 struct LogBytes {
     phase: Arc<Mutex<String>>,
-    by_phase: Arc<Mutex<BTreeMap<String, (usize, usize, usize)>>>,
+    by_phase: Arc<Mutex<LogSizes>>,
 }
 
 impl LogBytes {
@@ -372,7 +375,7 @@ async fn calls_per_event_stay_within_the_budget() {
     );
     println!("{summary}");
 
-    let log_sizes: BTreeMap<String, (usize, usize, usize)> = [
+    let log_sizes: LogSizes = [
         "ingest_first",
         "consumer_first",
         "ingest_update",
