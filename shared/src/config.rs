@@ -79,7 +79,14 @@ pub struct RelayConfig {
     pub allow_loopback_crm: bool,
     /// RELAY_ALLOW_UNSIGNED=1: on AWS the consumer starts without a signing secret.
     pub allow_unsigned: bool,
+    /// `RELAY_SNAPSHOT_TTL_DAYS`: days a snapshot stays after its entity last changed;
+    /// unset means [`DEFAULT_SNAPSHOT_TTL_DAYS`], `0` keeps snapshots forever.
+    pub snapshot_ttl_days: Option<u32>,
 }
+
+/// Days a snapshot stays after its last change when `RELAY_SNAPSHOT_TTL_DAYS` is unset: more
+/// than a year, so an entity edited once a year still gets its `changes`.
+pub const DEFAULT_SNAPSHOT_TTL_DAYS: u32 = 400;
 
 fn non_empty(name: &str) -> Option<String> {
     std::env::var(name)
@@ -145,7 +152,24 @@ impl RelayConfig {
             table: non_empty("RELAY_TABLE"),
             allow_loopback_crm: switch("RELAY_ALLOW_LOOPBACK_CRM"),
             allow_unsigned: switch("RELAY_ALLOW_UNSIGNED"),
+            snapshot_ttl_days: match non_empty("RELAY_SNAPSHOT_TTL_DAYS") {
+                None => None,
+                Some(days) => Some(days.parse().map_err(|_| ConfigError::Invalid {
+                    name: "RELAY_SNAPSHOT_TTL_DAYS",
+                    reason: "a whole number of days (0 keeps snapshots forever)".into(),
+                })?),
+            },
         })
+    }
+
+    /// How long a snapshot stays after its last change; `None`: forever.
+    pub fn snapshot_ttl(&self) -> Option<std::time::Duration> {
+        match self.snapshot_ttl_days.unwrap_or(DEFAULT_SNAPSHOT_TTL_DAYS) {
+            0 => None,
+            days => Some(std::time::Duration::from_secs(
+                u64::from(days) * 24 * 60 * 60,
+            )),
+        }
     }
 
     /// Refused at start rather than discovered per event: a signing secret that is not
@@ -191,6 +215,26 @@ mod tests {
         assert!(AppTokens::parse("").unwrap().is_empty());
         assert!(AppTokens::parse("m1:").is_err());
         assert!(AppTokens::parse(":tok").is_err());
+    }
+
+    #[test]
+    fn snapshots_expire_after_400_days_unless_configured() {
+        let days = |d: Option<u32>| {
+            RelayConfig {
+                snapshot_ttl_days: d,
+                ..RelayConfig::default()
+            }
+            .snapshot_ttl()
+        };
+        assert_eq!(
+            days(None),
+            Some(std::time::Duration::from_secs(400 * 86_400))
+        );
+        assert_eq!(
+            days(Some(30)),
+            Some(std::time::Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(days(Some(0)), None);
     }
 
     #[test]

@@ -125,7 +125,7 @@ impl Ingress {
     }
 
     /// Also accepts a Bitrix24 event whose application_token equals the one stored for its
-    /// portal (`PORTAL#<member_id>`), for apps installed through ONAPPINSTALL.
+    /// portal (`PORTALS` / `<member_id>`), for apps installed through ONAPPINSTALL.
     pub fn with_token_store(mut self, store: Arc<dyn TokenStore>) -> Self {
         self.token_store = Some(store);
         self

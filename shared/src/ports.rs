@@ -188,7 +188,8 @@ impl SnapshotKey {
         })
     }
 
-    /// DynamoDB partition key (and SQLite's): `SNAP#<source>#<portal>#<family>#<kind>#<entity>`.
+    /// The embedded store's key: `SNAP#<source>#<portal>#<family>#<kind>#<entity>` (DynamoDB
+    /// splits it: the portal's partition, then family, kind and entity as the sort key).
     pub fn pk(&self) -> String {
         format!(
             "SNAP#{}#{}#{}#{}#{}",
@@ -219,7 +220,7 @@ pub trait SnapshotStore: Send + Sync {
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError>;
 }
 
-/// What Bitrix24 gave one portal's app (`PORTAL#<member_id>`). Debug redacts every token.
+/// What Bitrix24 gave one portal's app (`PORTALS` / `<member_id>` on DynamoDB). Debug redacts every token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PortalTokens {
     pub member_id: String,

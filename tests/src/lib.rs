@@ -3,6 +3,7 @@
 
 pub mod consumer_cases;
 pub mod contract;
+pub mod counting;
 pub mod destination;
 pub mod fake_bitrix24;
 pub mod fake_bitrix24_events;

@@ -263,11 +263,56 @@ class TemplateTest(unittest.TestCase):
         )
         self.assertEqual(by_action["sqs:SendMessage"]["Resource"], {"Fn::GetAtt": ["RelayQueue", "Arn"]})
         lookup = by_action["dynamodb:GetItem"]
-        self.assertEqual(lookup["Condition"], {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["PORTAL#*"]}})
+        self.assertEqual(lookup["Condition"], {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": ["PORTALS"]}})
         for family in FAMILIES:
             lid, props = self.function_by_code(f"functions/ingest-{family}")
             expected = "AppIngestRole" if family == "app" else "IngestRole"
             self.assertEqual(props["Role"], {"Fn::GetAtt": [expected, "Arn"]}, lid)
+
+    def table_statements(self):
+        """(role, statement) for every Allow statement of every role that names the table."""
+        for lid, res in self.resources.items():
+            if res["Type"] != "AWS::IAM::Role":
+                continue
+            for policy in res["Properties"].get("Policies", []):
+                for stmt in policy["PolicyDocument"]["Statement"]:
+                    actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
+                    if stmt.get("Effect") == "Allow" and any(a.lower().startswith("dynamodb:") or a == "*" for a in actions):
+                        yield lid, stmt, actions
+
+    def test_no_role_may_scan_the_table(self):
+        # Every read is a GetItem or a Query on one partition; a Scan reads (and bills) the
+        # whole table, and the poller's would grow with every event ever relayed.
+        import fnmatch
+        for lid, _, actions in self.table_statements():
+            for action in actions:
+                self.assertFalse(
+                    fnmatch.fnmatch("dynamodb:scan", action.lower()) or action == "*",
+                    f"{lid} allows {action}, which includes dynamodb:Scan",
+                )
+
+    def test_every_table_permission_is_bounded_by_leading_keys(self):
+        for lid, stmt, _ in self.table_statements():
+            conditions = stmt.get("Condition", {})
+            keys = [v.get("dynamodb:LeadingKeys") for v in conditions.values() if isinstance(v, dict)]
+            self.assertTrue(any(keys), f"{lid} {stmt.get('Sid')} reaches every partition of the table")
+            self.assertTrue(
+                all(k.startswith("ForAllValues:") for k in conditions),
+                f"{lid} {stmt.get('Sid')}: LeadingKeys needs ForAllValues",
+            )
+
+    def test_snapshots_expire_through_the_table_ttl_by_default(self):
+        # The consumer writes each snapshot's expires_at (RELAY_SNAPSHOT_TTL_DAYS after its last
+        # change); the table's TTL on that attribute deletes it.
+        _, consumer = self.function_by_code("functions/consumer")
+        env = consumer["Environment"]["Variables"]
+        self.assertEqual(env.get("RELAY_SNAPSHOT_TTL_DAYS"), {"Ref": "SnapshotTtlDays"})
+        self.assertGreater(int(self.parameters["SnapshotTtlDays"]["Default"]), 0)
+
+    def test_consumer_may_extend_its_claim(self):
+        # The heartbeat moves a claim's lease with one conditional UpdateItem.
+        actions = {a for lid, _, acts in self.table_statements() if lid == "ConsumerRole" for a in acts}
+        self.assertIn("dynamodb:UpdateItem", actions)
 
     # ------------------------------------------------------------------ alarms
     def alarm(self, logical_id):

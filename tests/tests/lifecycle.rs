@@ -341,6 +341,86 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         .unwrap());
 }
 
+/// Snapshots whose first portal-wide delete fails, as a table throttling an uninstall would.
+struct SnapshotsFailingOnce {
+    inner: Arc<MemoryStore>,
+    failed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl SnapshotStore for SnapshotsFailingOnce {
+    async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.load(key).await
+    }
+    async fn save(
+        &self,
+        key: &SnapshotKey,
+        snapshot: &Snapshot,
+    ) -> Result<shared::ports::SnapshotSave, StoreError> {
+        self.inner.save(key, snapshot).await
+    }
+    async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
+        SnapshotStore::delete(self.inner.as_ref(), key).await
+    }
+    async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
+        if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("throttled".into()));
+        }
+        self.inner.delete_portal(source, portal).await
+    }
+}
+
+/// An uninstall cut short answers 5xx and keeps the portal's tokens, so Bitrix24's retry still
+/// authenticates and finishes the job: tokens go last.
+#[tokio::test]
+async fn an_uninstall_cut_short_still_authenticates_its_retry() {
+    let s = setup("portal05").await;
+    install(&s).await;
+    let key = SnapshotKey {
+        source: Source::Bitrix24,
+        portal: "portal05".into(),
+        family: Family::Deal,
+        entity_type: shared::catalogue::EntityType::Deal,
+        entity_id: "8".into(),
+    };
+    let snap = Snapshot {
+        entity: json!({"ID": "8"}),
+        version: 1,
+    };
+    s.snapshots.save(&key, &snap).await.unwrap();
+    let verifier = AppInfoVerifier::new(
+        reqwest::Client::new(),
+        &s.portal.client_endpoint,
+        Some(s.portal.client_id.clone()),
+    )
+    .allowing_loopback(true);
+    let lifecycle = AppLifecycle::new(
+        Arc::new(verifier),
+        s.tokens.clone(),
+        Arc::new(SnapshotsFailingOnce {
+            inner: s.snapshots.clone(),
+            failed: Default::default(),
+        }),
+        AppTokens::default(),
+    );
+    let uninstall = json!({"event": "ONAPPUNINSTALL", "data": {"CLEAN": "0"}, "ts": "2",
+        "auth": {"member_id": "portal05", "application_token": APP_TOKEN, "domain": "x"}});
+    assert!(lifecycle.handle(&uninstall, NOW_MS).await.is_err());
+    assert!(
+        s.tokens.get("portal05").await.unwrap().is_some(),
+        "tokens outlive a failed uninstall"
+    );
+    assert_eq!(
+        lifecycle.handle(&uninstall, NOW_MS).await.unwrap(),
+        AppOutcome::Uninstalled {
+            member_id: "portal05".into(),
+            snapshots_deleted: 1
+        }
+    );
+    assert!(s.tokens.get("portal05").await.unwrap().is_none());
+    assert!(s.snapshots.load(&key).await.unwrap().is_none());
+}
+
 /// Defect 13 (offline-events.md, feature-get.md): without `rest_offline_extended` there is no
 /// `clear=0`, so the poller reads nothing and says why, instead of risking records.
 #[tokio::test]

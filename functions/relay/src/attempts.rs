@@ -8,6 +8,10 @@ use shared::ports::Attempt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+/// DynamoDB's attempt log keeps what went wrong, not each delivery (a write per event).
+pub const AWS_KEEPS_FAILURES_ONLY: &str = "note: on AWS only failed attempts are kept; a \
+    delivery is the consumer's \"delivered\" log line (event_id, webhook_id, status)";
+
 #[derive(clap::Args)]
 pub struct AttemptsArgs {
     /// The envelope id (the `id` of a 202 answer, the `webhook-id` header of a forward).
@@ -23,11 +27,14 @@ pub async fn run(args: AttemptsArgs, data_dir: &Path) -> Result<(), CliError> {
             args.id,
             backend.describe()
         );
-        return Ok(());
+    } else {
+        println!("attempts for {} ({}):", args.id, backend.describe());
+        for attempt in &attempts {
+            println!("{}", attempt_line(attempt));
+        }
     }
-    println!("attempts for {} ({}):", args.id, backend.describe());
-    for attempt in &attempts {
-        println!("{}", attempt_line(attempt));
+    if matches!(backend, Backend::Aws { .. }) {
+        println!("{AWS_KEEPS_FAILURES_ONLY}");
     }
     Ok(())
 }

@@ -38,6 +38,11 @@ impl LocalBackend {
         &self.data_dir
     }
 
+    /// How long a snapshot stays after its last change (`RELAY_SNAPSHOT_TTL_DAYS`).
+    pub fn set_snapshot_ttl(&self, ttl: Option<std::time::Duration>) {
+        self.store.set_snapshot_ttl(ttl);
+    }
+
     pub fn outbox_path(&self) -> &Path {
         self.store.outbox_path()
     }
@@ -145,10 +150,11 @@ impl Backend {
                 .queue_url
                 .as_ref()
                 .map(|url| Arc::new(SqsQueue::from_conf(&sdk, url, config.dlq_url.clone()))),
-            dynamo: config
-                .table
-                .as_ref()
-                .map(|table| Arc::new(DynamoStore::from_conf(&sdk, table))),
+            dynamo: config.table.as_ref().map(|table| {
+                Arc::new(
+                    DynamoStore::from_conf(&sdk, table).with_snapshot_ttl(config.snapshot_ttl()),
+                )
+            }),
         })
     }
 

@@ -51,6 +51,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let config = RelayConfig::from_env()?;
     config.check_signing(false)?;
     let backend = LocalBackend::open(data_dir)?;
+    backend.set_snapshot_ttl(config.snapshot_ttl());
     let queued = Arc::new(Notify::new());
     let offline_wake = Arc::new(Notify::new());
     let ingress = Arc::new(crate::app_mode::serve_ingress(

@@ -1,6 +1,16 @@
 //! The consumer's records in one DynamoDB table (`pk`/`sk`, TTL attribute `expires_at` in
 //! Unix seconds): dedup claims, entity snapshots, portal tokens and bind plans, delivery
 //! attempts and disabled destinations. Every check-and-write is one conditional write, never a read first.
+//!
+//! Every read is a GetItem or a Query on one partition, never a Scan: portals share the
+//! partition `PORTALS` (sort key: member id), and a portal's snapshots share
+//! `SNAP#<source>#<portal>` (sort key: family, kind, entity), so listing portals and
+//! forgetting a portal read only what they need, whatever else the table holds.
+//! A partition takes 1,000 write and 3,000 read units a second. A portal's snapshots are
+//! written at most once per event, and every event costs a REST call within the portal's
+//! rate limit (a few a second), far below that; a sparse index by portal instead would have
+//! doubled every snapshot write. Each event reads one `PORTALS` item; DynamoDB splits a hot
+//! partition by sort key, so portals spread out, and one portal's item bounds its reads.
 
 use super::store_error;
 use crate::error::StoreError;
@@ -13,19 +23,47 @@ use crate::secret::Secret;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 type Item = HashMap<String, AttributeValue>;
 
-/// Sort key of every item that is alone in its partition (all but attempts).
+/// Sort key of every item that is alone in its partition (dedup, bind plans, destinations).
 pub const ITEM_SK: &str = "item";
+/// The one partition of every portal's tokens (sort key: member id). Portals are few and
+/// each event reads one item by its full key, so one partition holds them; listing them is
+/// one Query.
+pub const PORTALS_PK: &str = "PORTALS";
 /// The TTL attribute the table is configured with (Unix seconds).
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// An abandoned IN_PROGRESS claim is claimable once its lease passes; TTL only tidies it.
 const CLAIM_TIDY_AFTER_SECS: i64 = 24 * 60 * 60;
+/// Snapshot keys per Query page when a portal is forgotten: each page's deletes finish
+/// before the next page is read, so an uninstall cut short leaves a bounded tail for its retry.
+const DELETE_PAGE_ITEMS: i32 = 100;
+/// How long a snapshot stays after its last change unless configured otherwise
+/// (`RELAY_SNAPSHOT_TTL_DAYS`): an entity untouched for this long is forgotten, and its next
+/// event is forwarded without `changes`.
+pub const DEFAULT_SNAPSHOT_TTL: Duration =
+    Duration::from_secs(crate::config::DEFAULT_SNAPSHOT_TTL_DAYS as u64 * 24 * 60 * 60);
+/// Best compression: a snapshot is written once per event and its size is what is billed.
+const DEFLATE_LEVEL: u8 = 9;
+/// An item is at most 400 KB; its entity inflated past this is not a CRM entity.
+const MAX_ENTITY_BYTES: usize = 16 * 1024 * 1024;
+/// How long a container trusts what it learned of a destination's status: a destination
+/// disabled by another container (after a 410) is seen this late at most, and meanwhile a
+/// POST there only gets the 410 again. Every event would otherwise pay a read for it.
+pub const DESTINATION_STATUS_TTL: Duration = Duration::from_secs(30);
+/// The attempt outcome of a successful delivery. The attempt log on DynamoDB keeps only what
+/// went wrong (retries, dead letters, disabled destinations, skipped duplicates): a
+/// delivery is the consumer's `delivered` log line and the Forwards metric, not a write per
+/// event. `relay attempts` then lists the failures before an event arrived.
+pub const DELIVERED_OUTCOME: &str = "delivered";
 /// How long the attempt log keeps a delivery's history.
 pub const ATTEMPT_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 
@@ -35,6 +73,13 @@ const STATUS_COMPLETED: &str = "COMPLETED";
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// `None`: snapshots never expire.
+    snapshot_ttl: Option<Duration>,
+    /// Destination statuses this container read or wrote, by key, with when it learned them.
+    destination_statuses: Mutex<HashMap<String, (Instant, Option<String>)>>,
+    destination_status_ttl: Duration,
+    /// Whether the attempt log also keeps deliveries (see [`DELIVERED_OUTCOME`]).
+    record_deliveries: bool,
 }
 
 impl DynamoStore {
@@ -42,7 +87,48 @@ impl DynamoStore {
         DynamoStore {
             client,
             table: table.into(),
+            snapshot_ttl: Some(DEFAULT_SNAPSHOT_TTL),
+            destination_statuses: Mutex::new(HashMap::new()),
+            destination_status_ttl: DESTINATION_STATUS_TTL,
+            record_deliveries: false,
         }
+    }
+
+    /// Keeps successful deliveries in the attempt log too (a write per event; off on AWS).
+    pub fn with_deliveries_recorded(mut self, record: bool) -> Self {
+        self.record_deliveries = record;
+        self
+    }
+
+    /// How long a destination's status, once read, is trusted without reading it again
+    /// (zero: read every time).
+    pub fn with_destination_status_ttl(mut self, ttl: Duration) -> Self {
+        self.destination_status_ttl = ttl;
+        self
+    }
+
+    fn remember_status(&self, key: String, status: Option<String>) {
+        self.destination_statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, (Instant::now(), status));
+    }
+
+    fn remembered_status(&self, key: &str) -> Option<Option<String>> {
+        let statuses = self
+            .destination_statuses
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        statuses
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < self.destination_status_ttl)
+            .map(|(_, status)| status.clone())
+    }
+
+    /// How long a snapshot stays after its last change; `None` keeps snapshots forever.
+    pub fn with_snapshot_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.snapshot_ttl = ttl;
+        self
     }
 
     /// Builds the DynamoDB client from a shared SDK configuration (see [`super::sdk_config`]).
@@ -56,7 +142,7 @@ impl DynamoStore {
 
     async fn get_item(
         &self,
-        pk: String,
+        (pk, sk): (String, String),
         operation: &'static str,
     ) -> Result<Option<Item>, StoreError> {
         let out = self
@@ -64,7 +150,7 @@ impl DynamoStore {
             .get_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .key("sk", s(ITEM_SK))
+            .key("sk", s(sk))
             .consistent_read(true)
             .send()
             .await
@@ -72,14 +158,14 @@ impl DynamoStore {
         Ok(out.item)
     }
 
-    /// Writes the item at `pk` whatever is there: `attributes` besides the key.
+    /// Writes the item at `(pk, sk)` whatever is there: `attributes` besides the key.
     async fn put_item<const N: usize>(
         &self,
-        pk: String,
+        (pk, sk): (String, String),
         attributes: [(&'static str, AttributeValue); N],
         operation: &'static str,
     ) -> Result<(), StoreError> {
-        let item: Item = [("pk", s(pk)), ("sk", s(ITEM_SK))]
+        let item: Item = [("pk", s(pk)), ("sk", s(sk))]
             .into_iter()
             .chain(attributes)
             .map(|(name, value)| (name.to_string(), value))
@@ -94,31 +180,36 @@ impl DynamoStore {
         Ok(())
     }
 
-    async fn delete_item(&self, pk: String, operation: &'static str) -> Result<(), StoreError> {
+    async fn delete_item(
+        &self,
+        (pk, sk): (String, String),
+        operation: &'static str,
+    ) -> Result<(), StoreError> {
         self.client
             .delete_item()
             .table_name(&self.table)
             .key("pk", s(pk))
-            .key("sk", s(ITEM_SK))
+            .key("sk", s(sk))
             .send()
             .await
             .map_err(|e| store_error(operation, e))?;
         Ok(())
     }
 
-    /// Every item whose pk starts with `prefix` (a Scan: only for rare, small sets such as
-    /// an uninstall or listing portals).
-    async fn scan_prefix(
+    /// Every item of one partition, page by page (a Query: it reads that partition only).
+    /// `consistent`: false where a read a moment stale is harmless, at half the price.
+    async fn query_partition(
         &self,
-        prefix: &str,
+        pk: String,
+        consistent: bool,
         operation: &'static str,
     ) -> Result<Vec<Item>, StoreError> {
         self.client
-            .scan()
+            .query()
             .table_name(&self.table)
-            .filter_expression("begins_with(pk, :prefix)")
-            .expression_attribute_values(":prefix", s(prefix))
-            .consistent_read(true)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(consistent)
             .into_paginator()
             .items()
             .send()
@@ -128,12 +219,30 @@ impl DynamoStore {
     }
 }
 
+/// The key of an item alone in its partition.
+fn single(pk: String) -> (String, String) {
+    (pk, ITEM_SK.to_string())
+}
+
 fn dedup_pk(id: &str) -> String {
     format!("DEDUP#{id}")
 }
 
-fn portal_pk(member_id: &str) -> String {
-    format!("PORTAL#{member_id}")
+fn portal_key(member_id: &str) -> (String, String) {
+    (PORTALS_PK.to_string(), member_id.to_string())
+}
+
+/// The partition of one portal's snapshots. `source` holds no `#`, so two portals never
+/// share a partition.
+pub fn snapshot_partition(source: Source, portal: &str) -> String {
+    format!("SNAP#{source}#{portal}")
+}
+
+fn snapshot_key(key: &SnapshotKey) -> (String, String) {
+    (
+        snapshot_partition(key.source, &key.portal),
+        format!("{}#{}#{}", key.family, key.entity_type, key.entity_id),
+    )
 }
 
 fn bind_plan_pk(member_id: &str) -> String {
@@ -250,7 +359,7 @@ impl DedupStore for DynamoStore {
                         Some(item) => claim_refused_by(item),
                         // Older emulators omit ALL_OLD: read the record that refused us.
                         None => match self
-                            .get_item(dedup_pk(id), "dynamodb GetItem (dedup)")
+                            .get_item(single(dedup_pk(id)), "dynamodb GetItem (dedup)")
                             .await?
                         {
                             Some(item) => claim_refused_by(&item),
@@ -357,15 +466,13 @@ impl DedupStore for DynamoStore {
 impl SnapshotStore for DynamoStore {
     async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
         let Some(item) = self
-            .get_item(key.pk(), "dynamodb GetItem (snapshot)")
+            .get_item(snapshot_key(key), "dynamodb GetItem (snapshot)")
             .await?
         else {
             return Ok(None);
         };
-        let entity = serde_json::from_str(&req_s(&item, "entity")?)
-            .map_err(|e| StoreError::Corrupt(format!("snapshot entity is not JSON: {e}")))?;
         Ok(Some(Snapshot {
-            entity,
+            entity: entity_from(&item)?,
             version: req_n(&item, "version")?,
         }))
     }
@@ -375,24 +482,23 @@ impl SnapshotStore for DynamoStore {
         key: &SnapshotKey,
         snapshot: &Snapshot,
     ) -> Result<SnapshotSave, StoreError> {
-        let result = self
+        let (pk, sk) = snapshot_key(key);
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .item("pk", s(key.pk()))
-            .item("sk", s(ITEM_SK))
-            .item("source", s(key.source.as_str()))
-            .item("portal", s(&key.portal))
-            .item("family", s(key.family.as_str()))
-            .item("entity_type", s(key.entity_type.as_str()))
-            .item("entity_id", s(&key.entity_id))
-            // A string, not a map: the entity is kept exactly as the CRM answered it.
-            .item("entity", s(snapshot.entity.to_string()))
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            // The key already names source, portal, family, kind and id: every byte more is
+            // paid on each write.
+            .item("entity", entity_value(&snapshot.entity))
             .item("version", n(snapshot.version))
             .condition_expression("attribute_not_exists(pk) OR version <= :version")
-            .expression_attribute_values(":version", n(snapshot.version))
-            .send()
-            .await;
+            .expression_attribute_values(":version", n(snapshot.version));
+        if let Some(ttl) = self.snapshot_ttl {
+            put = put.item(TTL_ATTRIBUTE, n(snapshot_expires_at(unix_secs_now(), ttl)));
+        }
+        let result = put.send().await;
         settle_conditional(
             result,
             SnapshotSave::Saved,
@@ -402,24 +508,83 @@ impl SnapshotStore for DynamoStore {
     }
 
     async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
-        self.delete_item(key.pk(), "dynamodb DeleteItem (snapshot)")
+        self.delete_item(snapshot_key(key), "dynamodb DeleteItem (snapshot)")
             .await
     }
 
+    /// A Query of the portal's partition, page by page, deleting each page before reading
+    /// the next: a retry after a failure finds only what is left, so it is idempotent.
     async fn delete_portal(&self, source: Source, portal: &str) -> Result<usize, StoreError> {
-        // The trailing '#' keeps portal "ab" from matching portal "abc".
-        let prefix = format!("SNAP#{source}#{portal}#");
-        let items = self
-            .scan_prefix(&prefix, "dynamodb Scan (snapshots)")
-            .await?;
+        let pk = snapshot_partition(source, portal);
+        let mut pages = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(&pk))
+            // Keys only: a page of keys is 1 MB of items' keys, not of their entities.
+            .projection_expression("pk, sk")
+            .consistent_read(true)
+            .limit(DELETE_PAGE_ITEMS)
+            .into_paginator()
+            .send();
         let mut deleted = 0;
-        for item in &items {
-            self.delete_item(req_s(item, "pk")?, "dynamodb DeleteItem (snapshot)")
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| store_error("dynamodb Query (snapshots)", e))?;
+            for item in page.items() {
+                self.delete_item(
+                    (pk.clone(), req_s(item, "sk")?),
+                    "dynamodb DeleteItem (snapshot)",
+                )
                 .await?;
-            deleted += 1;
+                deleted += 1;
+            }
         }
         Ok(deleted)
     }
+}
+
+/// An entity as stored: its JSON text (exactly as the CRM answered it, not a map), deflated
+/// into a binary when that is smaller. A write unit is 1 KB, and a CRM entity's JSON (field
+/// names and codes repeated on every entity) deflates to about a quarter.
+fn entity_value(entity: &serde_json::Value) -> AttributeValue {
+    let text = entity.to_string();
+    let deflated = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), DEFLATE_LEVEL);
+    if deflated.len() < text.len() {
+        AttributeValue::B(Blob::new(deflated))
+    } else {
+        AttributeValue::S(text)
+    }
+}
+
+/// The entity of a stored snapshot, deflated (`B`) or plain (`S`, also every snapshot
+/// written before compression).
+fn entity_from(item: &Item) -> Result<serde_json::Value, StoreError> {
+    let parsed = match item.get("entity") {
+        Some(AttributeValue::S(text)) => serde_json::from_str(text),
+        Some(AttributeValue::B(blob)) => {
+            let text =
+                miniz_oxide::inflate::decompress_to_vec_with_limit(blob.as_ref(), MAX_ENTITY_BYTES)
+                    .map_err(|e| {
+                        StoreError::Corrupt(format!("snapshot entity does not inflate: {e}"))
+                    })?;
+            serde_json::from_slice(&text)
+        }
+        _ => return Err(StoreError::Corrupt("snapshot lacks its entity".into())),
+    };
+    parsed.map_err(|e| StoreError::Corrupt(format!("snapshot entity is not JSON: {e}")))
+}
+
+/// The TTL of a snapshot written at `now_secs`: `ttl` after its last change.
+fn snapshot_expires_at(now_secs: i64, ttl: Duration) -> i64 {
+    now_secs.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn unix_secs_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
@@ -444,7 +609,7 @@ fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
 #[async_trait]
 impl TokenStore for DynamoStore {
     async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-        self.get_item(portal_pk(member_id), "dynamodb GetItem (portal)")
+        self.get_item(portal_key(member_id), "dynamodb GetItem (portal)")
             .await?
             .as_ref()
             .map(tokens_from)
@@ -453,7 +618,7 @@ impl TokenStore for DynamoStore {
 
     async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
         self.put_item(
-            portal_pk(&tokens.member_id),
+            portal_key(&tokens.member_id),
             [
                 ("member_id", s(&tokens.member_id)),
                 ("domain", s(&tokens.domain)),
@@ -473,13 +638,14 @@ impl TokenStore for DynamoStore {
     }
 
     async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
-        self.delete_item(portal_pk(member_id), "dynamodb DeleteItem (portal)")
+        self.delete_item(portal_key(member_id), "dynamodb DeleteItem (portal)")
             .await
     }
 
     async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
+        // Eventually consistent: a portal installed a moment ago is listed on the next run.
         let mut all: Vec<PortalTokens> = self
-            .scan_prefix("PORTAL#", "dynamodb Scan (portals)")
+            .query_partition(PORTALS_PK.to_string(), false, "dynamodb Query (portals)")
             .await?
             .iter()
             .map(tokens_from)
@@ -496,7 +662,10 @@ impl BindPlanStore for DynamoStore {
         member_id: &str,
     ) -> Result<Option<Vec<crate::lifecycle::bind::Binding>>, StoreError> {
         let Some(item) = self
-            .get_item(bind_plan_pk(member_id), "dynamodb GetItem (bind plan)")
+            .get_item(
+                single(bind_plan_pk(member_id)),
+                "dynamodb GetItem (bind plan)",
+            )
             .await?
         else {
             return Ok(None);
@@ -514,7 +683,7 @@ impl BindPlanStore for DynamoStore {
         let text = serde_json::to_string(plan)
             .map_err(|e| StoreError::Corrupt(format!("bind plan not serializable: {e}")))?;
         self.put_item(
-            bind_plan_pk(member_id),
+            single(bind_plan_pk(member_id)),
             [("member_id", s(member_id)), ("plan", s(text))],
             "dynamodb PutItem (bind plan)",
         )
@@ -522,8 +691,11 @@ impl BindPlanStore for DynamoStore {
     }
 
     async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError> {
-        self.delete_item(bind_plan_pk(member_id), "dynamodb DeleteItem (bind plan)")
-            .await
+        self.delete_item(
+            single(bind_plan_pk(member_id)),
+            "dynamodb DeleteItem (bind plan)",
+        )
+        .await
     }
 }
 
@@ -548,6 +720,9 @@ fn attempt_from(item: &Item) -> Result<Attempt, StoreError> {
 #[async_trait]
 impl AttemptLog for DynamoStore {
     async fn record(&self, attempt: &Attempt) -> Result<(), StoreError> {
+        if attempt.outcome == DELIVERED_OUTCOME && !self.record_deliveries {
+            return Ok(());
+        }
         // Zero-padded time first, so sk order is time order; the random tail keeps two
         // attempts in one millisecond apart.
         let sk = format!("{:015}#{:08x}", attempt.at_ms.max(0), fastrand::u32(..));
@@ -603,13 +778,16 @@ impl AttemptLog for DynamoStore {
 #[async_trait]
 impl DestinationStatus for DynamoStore {
     async fn disabled(&self, destination: &str) -> Result<Option<String>, StoreError> {
+        let pk = destination_pk(destination);
+        if let Some(status) = self.remembered_status(&pk) {
+            return Ok(status);
+        }
         let item = self
-            .get_item(
-                destination_pk(destination),
-                "dynamodb GetItem (destination)",
-            )
+            .get_item(single(pk.clone()), "dynamodb GetItem (destination)")
             .await?;
-        Ok(item.map(|item| opt_s(&item, "reason").unwrap_or("disabled").to_string()))
+        let status = item.map(|item| opt_s(&item, "reason").unwrap_or("disabled").to_string());
+        self.remember_status(pk, status.clone());
+        Ok(status)
     }
 
     async fn disable(
@@ -618,20 +796,23 @@ impl DestinationStatus for DynamoStore {
         reason: &str,
         now_ms: i64,
     ) -> Result<(), StoreError> {
+        let pk = destination_pk(destination);
         self.put_item(
-            destination_pk(destination),
+            single(pk.clone()),
             [("reason", s(reason)), ("disabled_at_ms", n(now_ms))],
             "dynamodb PutItem (destination)",
         )
-        .await
+        .await?;
+        self.remember_status(pk, Some(reason.to_string()));
+        Ok(())
     }
 
     async fn enable(&self, destination: &str) -> Result<(), StoreError> {
-        self.delete_item(
-            destination_pk(destination),
-            "dynamodb DeleteItem (destination)",
-        )
-        .await
+        let pk = destination_pk(destination);
+        self.delete_item(single(pk.clone()), "dynamodb DeleteItem (destination)")
+            .await?;
+        self.remember_status(pk, None);
+        Ok(())
     }
 }
 
@@ -669,6 +850,38 @@ mod tests {
         assert_eq!(ttl_secs(1_000), 1);
         assert_eq!(ttl_secs(1_001), 2);
         assert_eq!(ttl_secs(0), 0);
+    }
+
+    #[test]
+    fn entities_are_stored_deflated_when_that_is_smaller_and_read_back_exactly() {
+        let small = serde_json::json!({"ID": "1"});
+        assert!(matches!(entity_value(&small), AttributeValue::S(_)));
+        let fields: serde_json::Map<String, serde_json::Value> = (0..80)
+            .map(|n| {
+                (
+                    format!("UF_CRM_{n}"),
+                    serde_json::json!(format!("значение {n}")),
+                )
+            })
+            .collect();
+        let big = serde_json::Value::Object(fields);
+        let stored = entity_value(&big);
+        let AttributeValue::B(blob) = &stored else {
+            panic!("a large entity is deflated")
+        };
+        assert!(blob.as_ref().len() * 2 < big.to_string().len());
+        for value in [stored, entity_value(&small), s(big.to_string())] {
+            let item: Item = [("entity".to_string(), value)].into_iter().collect();
+            let back = entity_from(&item).unwrap();
+            assert!(back == big || back == small);
+        }
+        let broken: Item = [(
+            "entity".to_string(),
+            AttributeValue::B(Blob::new(vec![1, 2, 3])),
+        )]
+        .into_iter()
+        .collect();
+        assert!(matches!(entity_from(&broken), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

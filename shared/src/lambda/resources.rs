@@ -26,10 +26,9 @@ impl FunctionResources {
             .clone()
             .ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
         let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
-        let store = config
-            .table
-            .as_ref()
-            .map(|table| Arc::new(DynamoStore::from_conf(&sdk, table)));
+        let store = config.table.as_ref().map(|table| {
+            Arc::new(DynamoStore::from_conf(&sdk, table).with_snapshot_ttl(config.snapshot_ttl()))
+        });
         // Outbound calls (CRM REST, destination) carry their own per-request timeouts; the
         // client adds a connect timeout and never follows a redirect.
         let http = crate::http_client::outbound_client().map_err(|e| ConfigError::Invalid {

@@ -120,10 +120,8 @@ impl AppLifecycle {
             "ONAPPUNINSTALL" => {
                 self.require_stored_token(&member_id, &application_token)
                     .await?;
-                self.tokens
-                    .delete(&member_id)
-                    .await
-                    .map_err(IngestError::TokenStore)?;
+                // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
+                // still authenticates on its retry, which finds only what is left to delete.
                 // Snapshots live in the same store as the tokens (one table, one SQLite file).
                 let snapshots_deleted = self
                     .snapshots
@@ -136,6 +134,10 @@ impl AppLifecycle {
                         .await
                         .map_err(IngestError::TokenStore)?;
                 }
+                self.tokens
+                    .delete(&member_id)
+                    .await
+                    .map_err(IngestError::TokenStore)?;
                 tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
                 Ok(AppOutcome::Uninstalled {
                     member_id,

@@ -22,7 +22,7 @@ use crate::error::StoreError;
 use readers::Readers;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,7 +35,8 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = crate::forward::DEFAULT_MAX_RECEIVE_C
 /// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
 /// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index
 /// (`queue::index_group_heads`); `portals.server_endpoint`.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: `snapshots.changed_at_ms`, so snapshots expire as DynamoDB's TTL expires them.
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     portal TEXT NOT NULL,
     entity TEXT NOT NULL,
     version INTEGER NOT NULL
+    -- changed_at_ms: added by snapshots::add_change_time (schema 3)
 );
 CREATE INDEX IF NOT EXISTS snapshots_portal ON snapshots(source, portal);
 CREATE TABLE IF NOT EXISTS portals (
@@ -128,6 +130,8 @@ struct Inner {
     /// async runtime.
     readers: Readers,
     max_receive_count: AtomicU32,
+    /// Milliseconds a snapshot stays after its last change; 0: forever.
+    snapshot_ttl_ms: AtomicI64,
     outbox: JsonlOutbox,
 }
 
@@ -160,6 +164,9 @@ impl SqliteStore {
                 writer: writer::Writer::new(conn),
                 readers: Readers::new(path),
                 max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
+                snapshot_ttl_ms: AtomicI64::new(duration_ms(
+                    crate::aws::dynamo::DEFAULT_SNAPSHOT_TTL,
+                )),
                 outbox: JsonlOutbox::new(dir.join(outbox::OUTBOX_FILE)),
             }),
         })
@@ -184,6 +191,17 @@ impl SqliteStore {
 
     fn max_receive_count(&self) -> u32 {
         self.inner.max_receive_count.load(Ordering::Relaxed)
+    }
+
+    /// How long a snapshot stays after its last change (`None`: forever), as on DynamoDB.
+    pub fn set_snapshot_ttl(&self, ttl: Option<Duration>) {
+        self.inner
+            .snapshot_ttl_ms
+            .store(ttl.map_or(0, duration_ms).max(0), Ordering::Relaxed);
+    }
+
+    fn snapshot_ttl_ms(&self) -> i64 {
+        self.inner.snapshot_ttl_ms.load(Ordering::Relaxed)
     }
 
     /// Runs one write statement in the writer's next round; `operation` names it in the error.
@@ -265,6 +283,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
         )?;
     }
     queue::index_group_heads(&tx)?;
+    snapshots::add_change_time(&tx, unix_ms_now())?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
     tx.commit().map_err(db("schema: commit"))

@@ -1,4 +1,4 @@
-//! Portal tokens on the embedded store (`PORTAL#<member_id>` on DynamoDB): what ONAPPINSTALL
+//! Portal tokens on the embedded store (`pk = PORTALS`, `sk = <member_id>` on DynamoDB): what ONAPPINSTALL
 //! and each OAuth refresh gave a Bitrix24 portal. The file is the user's own machine's.
 
 use super::{db, SqliteStore};
