@@ -362,6 +362,52 @@ pub async fn gone_disables_only_that_destination(stores: ConsumerPorts) {
     assert!(queue.is_empty() && queue.dead_letters().is_empty());
 }
 
+/// One matching destination is posted inline, as before routes: no delivery message is
+/// queued, the POST carries the destination's secret and headers, and the attempt its route.
+pub async fn a_single_destination_is_posted_inline(stores: ConsumerPorts) {
+    let destination = Destination::start().await;
+    let other = Destination::start().await;
+    let queue = SimQueue::new(T0_MS, MAX_RECEIVE_COUNT);
+    let consumer = consumer(
+        &stores,
+        &queue,
+        routes(vec![
+            route(
+                "deals",
+                json!({"family": ["deal"]}),
+                vec![RouteDestination {
+                    url: destination.url(),
+                    secret: Some(Secret::new(SECOND_SECRET)),
+                    headers: vec![("Authorization".into(), "Bearer receiver-key".into())],
+                }],
+            ),
+            route(
+                "leads",
+                json!({"family": ["lead"]}),
+                vec![RouteDestination::plain(&other.url())],
+            ),
+        ]),
+    );
+    let events = deal_updates(1, 1);
+    enqueue(&queue, &events).await;
+    let batch = queue.receive(10, Duration::from_secs(30));
+    let report = consumer.process_batch(&batch, REMAINING, T0_MS).await;
+    assert!(report.failed.is_empty());
+    queue.delete(&batch[0].receipt);
+    assert!(queue.is_empty(), "nothing queued for a single destination");
+
+    let got = destination.delivered();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].header("webhook-id"), events[0].id);
+    assert!(signed_with(&got[0], SECOND_SECRET));
+    assert_eq!(got[0].header("authorization"), "Bearer receiver-key");
+    assert!(other.received().is_empty());
+    let attempts = stores.attempts.list(&events[0].id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "delivered");
+    assert_eq!(attempts[0].route.as_deref(), Some("deals"));
+}
+
 #[macro_export]
 macro_rules! fanout_case_tests {
     ($setup:path) => {
@@ -369,6 +415,7 @@ macro_rules! fanout_case_tests {
             one_destination_failing_for_an_hour_delays_only_itself,
             unmatched_event_delivers_nothing_and_completes,
             gone_disables_only_that_destination,
+            a_single_destination_is_posted_inline,
         );
     };
     (@each $setup:path; $($name:ident),* $(,)?) => {$(
