@@ -16,19 +16,21 @@
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
 use crate::enrich::{Enriched, Enricher, Prefetched};
-use crate::error::{EnrichError, ForwardError};
+use crate::error::EnrichError;
 use crate::event::{RelayEvent, ENVELOPE_VERSION};
-use crate::forward::{
-    deliver, redact_url, Delivery, RetrySchedule, Signer, FORWARD_TIMEOUT, MAX_RETRY_DELAY,
-};
+use crate::forward::{RetrySchedule, Signer, FORWARD_TIMEOUT, MAX_RETRY_DELAY};
 use crate::ports::{
     Attempt, AttemptLog, Bitrix24Rest, Claim, DedupStore, DestinationStatus, Outbox, Ownership,
     Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
+use crate::routes::Routes;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod fanout;
+pub use fanout::{delivery_group, DeliveryMessage};
 
 /// How long a COMPLETED record keeps answering "already delivered". Bitrix24 offline events
 /// and `relay replay` can bring an event back days later; SQS's own dedup lasts 5 minutes.
@@ -151,7 +153,6 @@ pub fn redelivery_id(event_id: &str, snapshot_version: i64) -> String {
 
 pub struct Consumer {
     ports: ConsumerPorts,
-    config: RelayConfig,
     http: reqwest::Client,
     enricher: Enricher,
     /// `Err`: a secret is configured but unusable; nothing is sent unsigned because of it.
@@ -162,6 +163,8 @@ pub struct Consumer {
     lease_span: Duration,
     /// Whether the invocation is killed at its deadline (Lambda), see `with_soft_deadline`.
     hard_deadline: bool,
+    /// Where bodies go: `RELAY_ROUTES`, else `Routes::implicit` (the destination URLs).
+    routes: Routes,
 }
 
 impl Consumer {
@@ -186,7 +189,7 @@ impl Consumer {
         Consumer {
             enricher: Enricher::new(bitrix24, salesman),
             ports,
-            config,
+            routes: Routes::implicit(&config),
             http,
             signer,
             outbox: None,
@@ -200,6 +203,12 @@ impl Consumer {
     /// Where events go when their family has no destination URL (`relay serve`'s outbox file).
     pub fn with_outbox(mut self, outbox: Arc<dyn Outbox>) -> Self {
         self.outbox = Some(outbox);
+        self
+    }
+
+    /// The routes of `RELAY_ROUTES` instead of the destination URLs' implicit ones.
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
         self
     }
 
@@ -257,16 +266,17 @@ impl Consumer {
                 tracing::info!(message_id = %message.message_id, "batch deadline near; not starting this message");
                 Outcome::RetryAfter(Duration::ZERO)
             } else {
+                let clock = InBatch {
+                    now_ms,
+                    started,
+                    pending: &messages[index..],
+                };
                 match parsed {
-                    Err(reason) => self.park_malformed(message, reason).await,
-                    Ok(event) => {
-                        let clock = InBatch {
-                            now_ms,
-                            started,
-                            pending: &messages[index..],
-                        };
-                        self.process_one(message, event, &prefetched, clock).await
-                    }
+                    Err(reason) => match DeliveryMessage::from_body(&message.body) {
+                        Some(queued) => self.process_delivery(message, &queued, clock).await,
+                        None => self.park_malformed(message, reason).await,
+                    },
+                    Ok(event) => self.process_one(message, event, &prefetched, clock).await,
                 }
             };
             let handed_back = match outcome {
@@ -670,17 +680,6 @@ impl Consumer {
         state: EntityState,
         clock: InBatch<'_>,
     ) -> Outcome {
-        let now_ms = clock.now_ms;
-        let retry = |hint: Option<Duration>| {
-            Outcome::RetryAfter(self.schedule.delay(message.receive_count, hint))
-        };
-        let signer = match &self.signer {
-            Ok(signer) => signer.as_ref(),
-            Err(reason) => {
-                tracing::error!(event_id = %event.id, %reason, "signing secret unusable; holding event");
-                return retry(None);
-            }
-        };
         let EntityState {
             enriched,
             snapshot_key,
@@ -705,147 +704,8 @@ impl Consumer {
             enriched,
             version: plan.snapshot_version,
         };
-
-        let Some(url) = self.config.destination_for(event.family) else {
-            return match &self.outbox {
-                Some(outbox) => match outbox.append(&body).await {
-                    Ok(()) => {
-                        tracing::info!(event_id = %event.id, family = %event.family, "written to the outbox");
-                        self.record(event, now_ms, "outbox", None, 0, "delivered", None)
-                            .await;
-                        self.finish_delivered(event, finish, now_ms).await
-                    }
-                    Err(e) => {
-                        tracing::warn!(event_id = %event.id, error = %e, "outbox unavailable");
-                        retry(None)
-                    }
-                },
-                None => {
-                    let reason = format!("no destination configured for family {}", event.family);
-                    self.record(
-                        event,
-                        now_ms,
-                        "-",
-                        None,
-                        0,
-                        "dead_letter",
-                        Some(reason.clone()),
-                    )
-                    .await;
-                    self.park_claimed(message, claim, &reason).await
-                }
-            };
-        };
-        let shown = redact_url(url);
-        match self.ports.destinations.disabled(url).await {
-            Ok(None) => {}
-            Ok(Some(why)) => {
-                let reason = format!("destination disabled: {why}");
-                self.record(
-                    event,
-                    now_ms,
-                    &shown,
-                    None,
-                    0,
-                    "disabled",
-                    Some(reason.clone()),
-                )
-                .await;
-                return self.park_claimed(message, claim, &reason).await;
-            }
-            Err(e) => {
-                tracing::warn!(event_id = %event.id, error = %e, "destination status unavailable");
-                return retry(None);
-            }
-        }
-        let bytes = match serde_json::to_vec(&body) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                let reason = format!("body not serialisable: {e}");
-                return self.park_claimed(message, claim, &reason).await;
-            }
-        };
-        let started = Instant::now();
-        let result = deliver(
-            &self.http,
-            &Delivery {
-                url,
-                msg_id: plan.webhook_id,
-                timestamp: now_ms.div_euclid(1000),
-                body: &bytes,
-                signer,
-                timeout: self.forward_timeout,
-            },
-        )
-        .await;
-        let latency_ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(status) => {
-                tracing::info!(event_id = %event.id, webhook_id = %plan.webhook_id, family = %event.family, status, latency_ms, "delivered");
-                self.record(
-                    event,
-                    now_ms,
-                    &shown,
-                    Some(status),
-                    latency_ms,
-                    "delivered",
-                    None,
-                )
-                .await;
-                self.finish_delivered(event, finish, now_ms).await
-            }
-            Err(ForwardError::Retryable {
-                status,
-                retry_after,
-                reason,
-            }) => {
-                tracing::warn!(event_id = %event.id, ?status, %reason, "delivery failed; will retry");
-                self.record(
-                    event,
-                    now_ms,
-                    &shown,
-                    status,
-                    latency_ms,
-                    "retry",
-                    Some(reason),
-                )
-                .await;
-                retry(retry_after)
-            }
-            Err(ForwardError::Permanent { status, reason }) => {
-                tracing::error!(event_id = %event.id, status, "destination refused the event; parking it");
-                self.record(
-                    event,
-                    now_ms,
-                    &shown,
-                    Some(status),
-                    latency_ms,
-                    "dead_letter",
-                    Some(reason.clone()),
-                )
-                .await;
-                self.park_claimed(message, claim, &reason).await
-            }
-            Err(ForwardError::Gone) => {
-                let reason = "destination answered 410 Gone".to_string();
-                tracing::error!(destination_host = %url_host(url), "DESTINATION DISABLED: it answered 410 Gone; \
-                    no event goes there until it is re-enabled; events are parked in the DLQ");
-                if let Err(e) = self.ports.destinations.disable(url, &reason, now_ms).await {
-                    tracing::error!(error = %e, "could not store the disabled destination");
-                }
-                self.record(
-                    event,
-                    now_ms,
-                    &shown,
-                    Some(410),
-                    latency_ms,
-                    "disabled",
-                    Some(reason.clone()),
-                )
-                .await;
-                self.park_claimed(message, claim, &reason).await
-            }
-        }
+        self.route_body(message, event, finish, body, plan.webhook_id, clock.now_ms)
+            .await
     }
 
     /// After a delivery: the new snapshot (never over a newer one), or for a delete the
@@ -917,6 +777,7 @@ impl Consumer {
             latency_ms,
             outcome: outcome.to_string(),
             error,
+            route: None,
         };
         if let Err(e) = self.ports.attempts.record(&attempt).await {
             tracing::warn!(event_id = %event.id, error = %e, "attempt not recorded");

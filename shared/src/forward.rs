@@ -180,7 +180,18 @@ pub struct Delivery<'a> {
     pub body: &'a [u8],
     pub signer: Option<&'a Signer>,
     pub timeout: Duration,
+    /// A route destination's own headers. Never one `deliver` sets itself: those are skipped,
+    /// so no configuration can forge a signature or an id.
+    pub headers: &'a [(String, String)],
 }
+
+/// Headers `deliver` sets itself; a route's extra headers may not replace them.
+pub const RESERVED_HEADERS: [&str; 4] = [
+    "content-type",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
 
 /// Sends one delivery. `Ok(status)` only for 2xx; the error says whether to retry.
 pub async fn deliver(http: &reqwest::Client, delivery: &Delivery<'_>) -> Result<u16, ForwardError> {
@@ -191,6 +202,11 @@ pub async fn deliver(http: &reqwest::Client, delivery: &Delivery<'_>) -> Result<
         .header("webhook-id", delivery.msg_id)
         .header("webhook-timestamp", delivery.timestamp.to_string())
         .body(delivery.body.to_vec());
+    for (name, value) in delivery.headers {
+        if !RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            request = request.header(name.as_str(), value.as_str());
+        }
+    }
     if let Some(signer) = delivery.signer {
         request = request.header(
             "webhook-signature",

@@ -19,6 +19,7 @@ pub mod logging;
 pub mod parse;
 pub mod ports;
 pub mod routes;
+pub mod routes_source;
 pub mod routing;
 pub mod secret;
 pub mod verify;

@@ -35,6 +35,26 @@ pub trait Queue: Send + Sync {
         message: &QueueMessage,
         reason: &str,
     ) -> Result<(), StoreError>;
+
+    /// Enqueues a message the consumer built itself (one destination's share of a fanned-out
+    /// event), with its own FIFO group and deduplication id. Like `send`, `Ok` means stored.
+    /// A queue that only ever carries ingress envelopes (test doubles, benches) refuses it,
+    /// and the consumer then retries the event instead of losing a destination.
+    async fn send_message(&self, message: &OutgoingMessage) -> Result<(), StoreError> {
+        let _ = message;
+        Err(StoreError::Unavailable(
+            "this queue does not carry fan-out deliveries".into(),
+        ))
+    }
+}
+
+/// A message for `Queue::send_message`. `group_id` and `dedup_id` keep to SQS FIFO's limits
+/// (at most 128 printable ASCII characters).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutgoingMessage {
+    pub body: String,
+    pub group_id: String,
+    pub dedup_id: String,
 }
 
 /// One message as the consumer receives it, from SQS (via Lambda) or the embedded queue.
@@ -275,9 +295,13 @@ pub struct Attempt {
     pub status: Option<u16>,
     pub latency_ms: u64,
     /// `delivered`, `retry`, `deferred` (the CRM asked to wait), `dead_letter`, `disabled`,
-    /// `skipped`.
+    /// `skipped`, `fanned_out`, `unmatched`.
     pub outcome: String,
     pub error: Option<String>,
+    /// The route the attempt was for; `None` for steps before routing (the CRM fetch) and
+    /// for attempts logged before routes existed.
+    #[serde(default)]
+    pub route: Option<String>,
 }
 
 #[async_trait]

@@ -482,6 +482,7 @@ fn attempt(event_id: &str, at_ms: i64, status: Option<u16>, outcome: &str) -> At
         error: status
             .filter(|s| *s >= 500)
             .map(|s| format!("destination answered {s}")),
+        route: (outcome == "delivered").then(|| "won-deals".to_string()),
     }
 }
 

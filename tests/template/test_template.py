@@ -412,6 +412,28 @@ class TemplateTest(unittest.TestCase):
             ingest_groups.add(props["LoggingConfig"]["LogGroup"]["Ref"])
         self.assertEqual(filtered, ingest_groups)
 
+    def test_route_outcomes_are_counted_per_route_and_shown_on_the_dashboard(self):
+        _, consumer = self.function_by_code("functions/consumer")
+        self.assertEqual(consumer["Environment"]["Variables"]["RELAY_ROUTES"], {"Ref": "Routes"})
+        self.assertEqual(self.parameters["Routes"]["Default"], "")
+        group = consumer["LoggingConfig"]["LogGroup"]
+        per_route = {}
+        for r in self.resources.values():
+            if r["Type"] != "AWS::Logs::MetricFilter":
+                continue
+            props = r["Properties"]
+            transform = props["MetricTransformations"][0]
+            if '"route outcome"' not in props["FilterPattern"]:
+                continue
+            self.assertEqual(props["LogGroupName"], group)
+            outcome = re.search(r'\$\.fields\.outcome = "(\w+)"', props["FilterPattern"]).group(1)
+            self.assertEqual(transform.get("Dimensions"), [{"Key": "Route", "Value": "$.fields.route"}])
+            per_route[outcome] = transform["MetricName"]
+        self.assertEqual(set(per_route), {"matched", "delivered", "failed"})
+        body = self.resource("Dashboard", "AWS::CloudWatch::Dashboard")["DashboardBody"]["Fn::Sub"][0]
+        for metric in per_route.values():
+            self.assertIn(f'MetricName=\\"{metric}\\"', body, f"{metric} is not on the dashboard")
+
     def test_outputs_name_the_queue_dead_letter_queue_and_table(self):
         outputs = self.t.get("Outputs", {})
         for name in ("QueueName", "DeadLetterQueueName", "TableName"):

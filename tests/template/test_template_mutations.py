@@ -42,6 +42,8 @@ MUTATIONS = [
      "                - {Name: FunctionName, Value: !Ref IngestLeadFunction}\n        - Id: tlead"),
     ("token-rejected filter on deal", "      LogGroupName: !Ref IngestDealLogGroup\n      FilterPattern: '{ $.fields.message = \"application_token rejected\" }'",
      "      LogGroupName: !Ref IngestLeadLogGroup\n      FilterPattern: '{ $.fields.message = \"application_token rejected\" }'"),
+    ("per-route delivered metric", "&& $.fields.outcome = \"delivered\" }'", "&& $.fields.outcome = \"sent\" }'"),
+    ("per-route failures on the dashboard", "MetricName=\\\"RouteFailed\\\"", "MetricName=\\\"RouteErrors\\\""),
     ("DLQ alarm", "        - {Name: QueueName, Value: !GetAtt DeadLetterQueue.QueueName}", "        - {Name: QueueName, Value: !GetAtt RelayQueue.QueueName}"),
 ]
 

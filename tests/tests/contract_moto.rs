@@ -180,6 +180,7 @@ async fn the_aws_attempt_log_keeps_failures_only() {
         latency_ms: 5,
         outcome: outcome.into(),
         error: None,
+        route: None,
     };
     store.record(&attempt(1_000, "retry")).await.unwrap();
     store.record(&attempt(2_000, "delivered")).await.unwrap();

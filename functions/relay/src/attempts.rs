@@ -39,7 +39,7 @@ pub async fn run(args: AttemptsArgs, data_dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// `2026-11-23T19:00:00.123Z  delivered    200     35 ms  https://…  error`
+/// `2026-11-23T19:00:00.123Z  delivered    200     35 ms  https://…  route won-deals  error`
 pub fn attempt_line(attempt: &Attempt) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(u64::try_from(attempt.at_ms).unwrap_or(0));
     let status = attempt
@@ -53,6 +53,10 @@ pub fn attempt_line(attempt: &Attempt) -> String {
         attempt.latency_ms,
         attempt.destination,
     );
+    if let Some(route) = &attempt.route {
+        line.push_str("  route ");
+        line.push_str(route);
+    }
     if let Some(error) = &attempt.error {
         line.push_str("  ");
         line.push_str(error);
@@ -74,6 +78,7 @@ mod tests {
             latency_ms: 35,
             outcome: "dead_letter".into(),
             error: Some("destination answered 400".into()),
+            route: Some("won-deals".into()),
         });
         for part in [
             "2025-12-18T08:38:44.123Z",
@@ -82,6 +87,7 @@ mod tests {
             "35 ms",
             "http://127.0.0.1:9/hook",
             "answered 400",
+            "route won-deals",
         ] {
             assert!(line.contains(part), "{line} lacks {part}");
         }

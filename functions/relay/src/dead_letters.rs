@@ -3,6 +3,7 @@
 
 use crate::backend::LocalBackend;
 use crate::cli_error::CliError;
+use shared::consume::DeliveryMessage;
 use shared::event::RelayEvent;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
@@ -27,10 +28,20 @@ pub async fn run(data_dir: &Path) -> Result<(), CliError> {
                     ev.entity_id.as_deref().unwrap_or("-")
                 ),
             ),
-            Err(_) => (
-                letter.message_id.clone(),
-                "(unreadable envelope)".to_string(),
-            ),
+            Err(_) => match DeliveryMessage::from_body(&letter.body) {
+                // One destination's share of a fanned-out event.
+                Some(queued) => (
+                    queued.id,
+                    format!(
+                        "{} delivery: route {} -> {}",
+                        queued.family, queued.route, queued.target
+                    ),
+                ),
+                None => (
+                    letter.message_id.clone(),
+                    "(unreadable envelope)".to_string(),
+                ),
+            },
         };
         println!(
             "{}  {id}  {what}  reason: {}",

@@ -134,7 +134,8 @@ async fn invoke_consumer(
 ) -> Result<serde_json::Value, CliError> {
     let event: SqsEvent =
         serde_json::from_str(raw).map_err(|e| CliError::Usage(format!("not an SQS event: {e}")))?;
-    let consumer = backend.consumer(config)?;
+    let routes = shared::routes_source::load_routes(&config).await?;
+    let consumer = backend.consumer(config)?.with_routes(routes);
     let mut context = Context::default();
     let deadline = SystemTime::now() + CONSUMER_DEADLINE;
     context.deadline = u64::try_from(crate::drain::unix_ms(deadline)).unwrap_or(0);

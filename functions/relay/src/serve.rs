@@ -9,6 +9,7 @@ use crate::routes::{router, RouteState};
 use shared::config::RelayConfig;
 use shared::event::Family;
 use shared::forward::{redact_url, RetrySchedule};
+use shared::routes::Routes;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     crate::logs::init_readable_logs();
     let config = RelayConfig::from_env()?;
     config.check_signing(false)?;
+    let routes = shared::routes_source::load_routes(&config).await?;
     let backend = LocalBackend::open(data_dir)?;
     backend.set_snapshot_ttl(config.snapshot_ttl());
     let queued = Arc::new(Notify::new());
@@ -71,7 +73,8 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
                 cap: args.retry_cap,
                 ..RetrySchedule::default()
             })
-            .with_soft_deadline(),
+            .with_soft_deadline()
+            .with_routes(routes.clone()),
     );
 
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -80,7 +83,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::io("reading the listen address", e))?;
-    print_banner(addr, &config, &backend);
+    print_banner(addr, &config, &routes, &backend);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let offline_poller = crate::poll::spawn_serve_poller(
@@ -122,7 +125,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
 }
 
 /// The first line (`relay: listening on http://…`) is what scripts and tests wait for.
-fn print_banner(addr: SocketAddr, config: &RelayConfig, backend: &LocalBackend) {
+fn print_banner(addr: SocketAddr, config: &RelayConfig, routes: &Routes, backend: &LocalBackend) {
     let base = format!("http://{addr}");
     println!("relay: listening on {base}");
     println!();
@@ -140,6 +143,14 @@ fn print_banner(addr: SocketAddr, config: &RelayConfig, backend: &LocalBackend) 
     }
     println!();
     println!("  Store:       {} (SQLite)", backend.data_dir().display());
+    if !routes.implicit {
+        println!("  Routes ({}):", routes.routes.len());
+        for line in routes.summary() {
+            println!("    {line}");
+        }
+        println!();
+        return;
+    }
     let destinations: Vec<String> = Family::ALL
         .into_iter()
         .filter_map(|f| {

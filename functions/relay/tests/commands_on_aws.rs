@@ -106,6 +106,7 @@ async fn attempts_reads_the_dynamodb_attempt_log() {
                 latency_ms: 12,
                 outcome: outcome.into(),
                 error: (outcome == "retry").then(|| "destination answered 503".to_string()),
+                route: Some("default".into()),
             })
             .await
             .unwrap();

@@ -714,6 +714,7 @@ fn attempt_from(item: &Item) -> Result<Attempt, StoreError> {
             .map_err(|_| StoreError::Corrupt("attempt latency is negative".into()))?,
         outcome: req_s(item, "outcome")?,
         error: opt_s(item, "error").map(str::to_string),
+        route: opt_s(item, "route").map(str::to_string),
     })
 }
 
@@ -749,6 +750,9 @@ impl AttemptLog for DynamoStore {
         }
         if let Some(error) = &attempt.error {
             put = put.item("error", s(error));
+        }
+        if let Some(route) = &attempt.route {
+            put = put.item("route", s(route));
         }
         put.send()
             .await

@@ -5,7 +5,7 @@
 use super::store_error;
 use crate::error::StoreError;
 use crate::event::RelayEvent;
-use crate::ports::{DeadLetter, Queue, QueueMessage, RedriveFilter};
+use crate::ports::{DeadLetter, OutgoingMessage, Queue, QueueMessage, RedriveFilter};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
@@ -231,6 +231,19 @@ impl Queue for SqsQueue {
             .send()
             .await
             .map_err(|e| store_error("sqs SendMessage", e))?;
+        Ok(())
+    }
+
+    async fn send_message(&self, message: &OutgoingMessage) -> Result<(), StoreError> {
+        self.client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(&message.body)
+            .message_group_id(&message.group_id)
+            .message_deduplication_id(&message.dedup_id)
+            .send()
+            .await
+            .map_err(|e| store_error("sqs SendMessage (fan-out)", e))?;
         Ok(())
     }
 

@@ -97,6 +97,8 @@ pub async fn run() -> Result<(), Error> {
     crate::logging::init_json_logs();
     let resources = FunctionResources::from_env().await?;
     resources.config.check_signing(true)?;
+    // A routes file that does not load fails the init, with the loader's error in the log.
+    let routes = crate::routes_source::load_routes(&resources.config).await?;
     let store = resources.require_store()?;
     let ports = ConsumerPorts {
         queue: resources.queue.clone(),
@@ -111,6 +113,7 @@ pub async fn run() -> Result<(), Error> {
         &resources.config,
         store,
     ));
-    let consumer = Consumer::new(ports, resources.config, Some(bitrix24), resources.http);
+    let consumer =
+        Consumer::new(ports, resources.config, Some(bitrix24), resources.http).with_routes(routes);
     serve(Arc::new(consumer)).await
 }

@@ -13,8 +13,8 @@ impl AttemptLog for SqliteStore {
         let a = attempt.clone();
         self.execute_write(
             "attempt record",
-            "INSERT INTO attempts (event_id, at_ms, destination, status, latency_ms, outcome, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO attempts (event_id, at_ms, destination, status, latency_ms, outcome, error, route)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             (
                 a.event_id,
                 a.at_ms,
@@ -23,6 +23,7 @@ impl AttemptLog for SqliteStore {
                 i64::try_from(a.latency_ms).unwrap_or(i64::MAX),
                 a.outcome,
                 a.error,
+                a.route,
             ),
         )
         .await
@@ -33,7 +34,7 @@ impl AttemptLog for SqliteStore {
         self.with_reader(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
-                    "SELECT event_id, at_ms, destination, status, latency_ms, outcome, error
+                    "SELECT event_id, at_ms, destination, status, latency_ms, outcome, error, route
                      FROM attempts WHERE event_id = ?1 ORDER BY at_ms, seq",
                 )
                 .map_err(db("attempt list"))?;
@@ -47,6 +48,7 @@ impl AttemptLog for SqliteStore {
                         latency_ms: row.get::<_, i64>(4)?.max(0) as u64,
                         outcome: row.get(5)?,
                         error: row.get(6)?,
+                        route: row.get(7)?,
                     })
                 })
                 .map_err(db("attempt list"))?;

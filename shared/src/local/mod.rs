@@ -100,7 +100,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     status INTEGER,
     latency_ms INTEGER NOT NULL,
     outcome TEXT NOT NULL,
-    error TEXT
+    error TEXT,
+    route TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts(event_id, at_ms, seq);
 -- A table of its own, created on open like every other: no schema step needed.
@@ -282,6 +283,8 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
             "TEXT NOT NULL DEFAULT ''",
         )?;
     }
+    // Attempts logged before routes existed have no route; any store may predate them.
+    add_column_if_missing(&tx, "attempts", "route", "TEXT")?;
     queue::index_group_heads(&tx)?;
     snapshots::add_change_time(&tx, unix_ms_now())?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)

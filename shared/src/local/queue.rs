@@ -5,7 +5,7 @@
 use super::{db, duration_ms, unix_ms_now, SqliteStore};
 use crate::error::StoreError;
 use crate::event::RelayEvent;
-use crate::ports::{DeadLetter, PollingQueue, Queue, QueueMessage, RedriveFilter};
+use crate::ports::{DeadLetter, OutgoingMessage, PollingQueue, Queue, QueueMessage, RedriveFilter};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::time::Duration;
@@ -102,6 +102,18 @@ impl Queue for SqliteStore {
             dedup_id: event.send_deduplication_id(),
             group_id: event.message_group_id(),
             body,
+        };
+        self.inner
+            .writer
+            .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
+            .await
+    }
+
+    async fn send_message(&self, message: &OutgoingMessage) -> Result<(), StoreError> {
+        let message = NewMessage {
+            dedup_id: message.dedup_id.clone(),
+            group_id: message.group_id.clone(),
+            body: message.body.clone(),
         };
         self.inner
             .writer
@@ -319,9 +331,11 @@ impl PollingQueue for SqliteStore {
         self.with_conn(move |tx| {
             let mut moved = 0;
             for (seq, dedup_id, letter) in dead_letter_rows(tx)? {
-                // A send's deduplication id is `<envelope id>.<per-send suffix>`.
-                let envelope_id = dedup_id.split('.').next();
-                if !filter.selects(&letter, envelope_id) {
+                // The body names the event (a fan-out delivery's dedup id is its own, and a
+                // send's is `<envelope id>.<per-send suffix>`).
+                let envelope = body_id(&letter.body)
+                    .unwrap_or_else(|| dedup_id.split('.').next().unwrap_or_default().to_string());
+                if !filter.selects(&letter, Some(&envelope)) {
                     continue;
                 }
                 // A fresh message at the end of its group, past the dedup window on purpose:
@@ -339,6 +353,15 @@ impl PollingQueue for SqliteStore {
         })
         .await
     }
+}
+
+/// The `id` of a message body (the envelope id, or the event id of a fan-out delivery).
+fn body_id(body: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// Dead letters oldest first, with their row and envelope (dedup) id.

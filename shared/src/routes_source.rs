@@ -1,0 +1,147 @@
+//! Where the consumer's routes come from, read once at start by `relay serve`, `relay invoke`
+//! and the consumer Lambda: `RELAY_ROUTES` names a routes file (on AWS a path inside the
+//! package) or `ssm:<parameter>`; unset, the destination URLs' implicit routes apply.
+//! A routes file that does not load refuses the start: events are never routed by a guess.
+
+use crate::config::RelayConfig;
+use crate::error::ConfigError;
+use crate::forward::Signer;
+use crate::routes::Routes;
+use std::path::PathBuf;
+
+pub const ROUTES_VARIABLE: &str = "RELAY_ROUTES";
+/// `RELAY_ROUTES=ssm:/crm-relay/routes` reads the routes from that SSM parameter.
+pub const SSM_PREFIX: &str = "ssm:";
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RoutesSource {
+    /// `RELAY_ROUTES` unset or blank: `Routes::implicit`.
+    Implicit,
+    File(PathBuf),
+    /// An SSM parameter name (or ARN).
+    Ssm(String),
+}
+
+impl RoutesSource {
+    pub fn parse(setting: Option<&str>) -> RoutesSource {
+        match setting.map(str::trim).filter(|s| !s.is_empty()) {
+            None => RoutesSource::Implicit,
+            Some(value) => match value.strip_prefix(SSM_PREFIX) {
+                Some(name) => RoutesSource::Ssm(name.trim().to_string()),
+                None => RoutesSource::File(PathBuf::from(value)),
+            },
+        }
+    }
+
+    pub fn from_env() -> RoutesSource {
+        RoutesSource::parse(std::env::var(ROUTES_VARIABLE).ok().as_deref())
+    }
+}
+
+/// The routes `RELAY_ROUTES` names, checked: every error says where (file and line, or
+/// parameter) and what.
+pub async fn load_routes(config: &RelayConfig) -> Result<Routes, ConfigError> {
+    let routes = match RoutesSource::from_env() {
+        RoutesSource::Implicit => return Ok(Routes::implicit(config)),
+        RoutesSource::File(path) => Routes::load(&path).map_err(invalid)?,
+        RoutesSource::Ssm(name) => {
+            let text = fetch_parameter(&name).await?;
+            Routes::parse(&text, &format!("{SSM_PREFIX}{name}")).map_err(invalid)?
+        }
+    };
+    check_secrets(&routes)?;
+    Ok(routes)
+}
+
+fn invalid(error: crate::routes::RoutesError) -> ConfigError {
+    ConfigError::Invalid {
+        name: ROUTES_VARIABLE,
+        reason: error.to_string(),
+    }
+}
+
+/// A destination secret that cannot sign is found at start, not on the first event.
+pub fn check_secrets(routes: &Routes) -> Result<(), ConfigError> {
+    for route in &routes.routes {
+        for (position, destination) in route.destinations.iter().enumerate() {
+            if let Some(secret) = &destination.secret {
+                Signer::from_secret(secret).map_err(|e| ConfigError::Invalid {
+                    name: ROUTES_VARIABLE,
+                    reason: format!(
+                        "route {:?}, destination {}: its signing secret is unusable: {e}",
+                        route.name,
+                        position + 1
+                    ),
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One SSM parameter through the cold start's client (retried while SSM throttles).
+async fn fetch_parameter(name: &str) -> Result<String, ConfigError> {
+    use crate::aws::secrets::{fetch_secrets, ParameterRef};
+    let sdk = crate::aws::sdk_config().await;
+    let client = aws_sdk_ssm::Client::new(&sdk);
+    let reference = ParameterRef {
+        variable: ROUTES_VARIABLE.to_string(),
+        parameter: name.to_string(),
+    };
+    let fetched = fetch_secrets(&client, &[reference]).await?;
+    fetched
+        .into_iter()
+        .next()
+        .map(|(_, value)| value.expose().to_string())
+        .ok_or_else(|| ConfigError::Invalid {
+            name: ROUTES_VARIABLE,
+            reason: format!("SSM parameter {name} does not exist"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::{EventPattern, Route, RouteDestination};
+    use crate::secret::Secret;
+    use serde_json::json;
+
+    #[test]
+    fn the_setting_names_a_file_an_ssm_parameter_or_nothing() {
+        assert_eq!(RoutesSource::parse(None), RoutesSource::Implicit);
+        assert_eq!(RoutesSource::parse(Some("  ")), RoutesSource::Implicit);
+        assert_eq!(
+            RoutesSource::parse(Some("routes.json")),
+            RoutesSource::File("routes.json".into())
+        );
+        assert_eq!(
+            RoutesSource::parse(Some("ssm:/crm-relay/routes")),
+            RoutesSource::Ssm("/crm-relay/routes".into())
+        );
+    }
+
+    #[test]
+    fn an_unusable_destination_secret_is_refused_with_its_route() {
+        let routes = Routes {
+            routes: vec![Route {
+                name: "won".into(),
+                pattern: EventPattern::from_json(&json!({"family": ["deal"]})).unwrap(),
+                destinations: vec![
+                    RouteDestination::plain("https://a.example/hook"),
+                    RouteDestination {
+                        url: "https://b.example/hook".into(),
+                        // "secret-for-test": 15 bytes, too short to sign with.
+                        secret: Some(Secret::new("whsec_c2VjcmV0LWZvci10ZXN0")),
+                        headers: Vec::new(),
+                    },
+                ],
+                projection: None,
+            }],
+            implicit: false,
+        };
+        let error = check_secrets(&routes).unwrap_err().to_string();
+        assert!(error.contains("RELAY_ROUTES"), "{error}");
+        assert!(error.contains("\"won\", destination 2"), "{error}");
+        assert!(!error.contains("c2VjcmV0"), "{error}");
+    }
+}

@@ -1,0 +1,100 @@
+//! Fan-out to several route destinations on DynamoDB over the wire (moto, which
+//! scripts/test.sh starts): claims, attempts and destination status in a fresh table per case,
+//! with a FIFO queue on a simulated clock. The real SQS path of a delivery message is
+//! `delivery_messages_travel_through_sqs_fifo` below.
+
+use integration_tests::consumer_cases::{b24_event, REMAINING, SIGNING_SECRET, T0_MS};
+use integration_tests::destination::Destination;
+use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
+use shared::aws::dynamo::DynamoStore;
+use shared::aws::sqs::SqsQueue;
+use shared::config::RelayConfig;
+use shared::consume::{Consumer, ConsumerPorts};
+use shared::event::Family;
+use shared::ports::Queue;
+use shared::routes::{EventPattern, Route, RouteDestination, Routes};
+use shared::secret::Secret;
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn moto_ports() -> (ConsumerPorts, Arc<SqsQueue>) {
+    let config = moto_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&config);
+    let table = create_table(&dynamo).await;
+    let store = Arc::new(DynamoStore::new(dynamo, table));
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let queues = create_fifo_queues(&sqs, MAX_RECEIVE_COUNT).await;
+    let queue = Arc::new(SqsQueue::new(sqs, queues.queue_url, Some(queues.dlq_url)));
+    let ports = ConsumerPorts {
+        queue: queue.clone(),
+        dedup: store.clone(),
+        snapshots: store.clone(),
+        tokens: store.clone(),
+        attempts: store.clone(),
+        destinations: store,
+    };
+    (ports, queue)
+}
+
+async fn moto() -> (ConsumerPorts, ()) {
+    (moto_ports().await.0, ())
+}
+
+integration_tests::fanout_case_tests!(moto);
+
+/// One event, two destinations, through a real FIFO queue: the event's message fans out into
+/// two delivery messages (their own groups), and each reaches its destination once.
+#[tokio::test]
+async fn delivery_messages_travel_through_sqs_fifo() {
+    let (ports, queue) = moto_ports().await;
+    let (first, second) = (Destination::start().await, Destination::start().await);
+    let routes = Routes {
+        routes: vec![Route {
+            name: "all-deals".into(),
+            pattern: EventPattern::from_json(&serde_json::json!({"family": ["deal"]}))
+                .expect("pattern"),
+            destinations: vec![
+                RouteDestination::plain(&first.url()),
+                RouteDestination::plain(&second.url()),
+            ],
+            projection: None,
+        }],
+        implicit: false,
+    };
+    let config = RelayConfig {
+        signing_secret: Some(Secret::new(SIGNING_SECRET)),
+        ..RelayConfig::default()
+    };
+    let consumer = Consumer::new(ports, config, None, reqwest::Client::new()).with_routes(routes);
+    let event = b24_event(Family::Deal, "ONCRMDEALUPDATE", "5", 100);
+    queue.send(&event).await.expect("send");
+
+    let mut groups = Vec::new();
+    for _ in 0..10 {
+        let batch = queue
+            .receive(10, Duration::from_secs(30))
+            .await
+            .expect("receive");
+        if batch.is_empty() {
+            break;
+        }
+        groups.extend(batch.iter().map(|m| m.group_id.clone()));
+        let report = consumer.process_batch(&batch, REMAINING, T0_MS).await;
+        assert!(report.failed.is_empty());
+        for message in &batch {
+            queue.delete(&message.receipt).await.expect("delete");
+        }
+    }
+    assert_eq!(first.delivered_webhook_ids(), vec![event.id.clone()]);
+    assert_eq!(second.delivered_webhook_ids(), vec![event.id.clone()]);
+    let entity = event.message_group_id();
+    groups.sort();
+    assert_eq!(
+        groups,
+        vec![
+            entity.clone(),
+            format!("{entity}#all-deals#0"),
+            format!("{entity}#all-deals#1"),
+        ]
+    );
+}
