@@ -1,6 +1,7 @@
 //! Transport-free consumer: a batch of queue messages -> which of them failed.
 //! For each event: claim its dedup key, fetch the entity's current state, diff it against the
-//! last snapshot, forward it signed, record the attempt, then complete the claim.
+//! last snapshot, forward it signed to the destinations its routes name (`fanout`), record
+//! the attempt, then complete the claim.
 //!
 //! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
 //! renews (with the message's invisibility) while the event is worked on, and a batch does not
