@@ -30,6 +30,9 @@ pub enum RoutesError {
         line: usize,
         message: String,
     },
+    /// More than one problem in one file, each an `Invalid`, in file order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<RoutesError>),
 }
 
 /// Every route, in file order. A body goes to every route whose pattern matches it.
@@ -76,6 +79,16 @@ impl Routes {
     /// Parses routes text; `origin` names it in errors (a path, or an SSM parameter).
     pub fn parse(text: &str, origin: &str) -> Result<Routes, RoutesError> {
         file::parse(text, origin)
+    }
+
+    /// `parse`, with `env` answering for environment variables (`secret_env`, `{"env": ...}`
+    /// header values) instead of the process's own.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Routes, RoutesError> {
+        file::parse_with_env(text, origin, env)
     }
 
     /// The routes `RELAY_DESTINATION_URL` and `RELAY_DESTINATION_URL_<FAMILY>` mean: a family
