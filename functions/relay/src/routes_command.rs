@@ -4,7 +4,6 @@
 
 use crate::cli_error::CliError;
 use serde_json::Value;
-use shared::forward::redact_url;
 use shared::routes::{Projection, Routes};
 use std::path::{Path, PathBuf};
 
@@ -139,7 +138,7 @@ fn try_on(routes: &Routes, body: &Value) -> String {
         out.push_str(&format!(
             "\n{} -> POST {} (signed with {signing})\n",
             delivery.route,
-            redact_url(&delivery.destination.url)
+            delivery.destination.shown_url()
         ));
         for (name, _) in &delivery.destination.headers {
             out.push_str(&format!("{name}: <set>\n"));

@@ -192,7 +192,7 @@ fn the_summary_names_routes_and_hosts_but_no_secret() {
     assert!(summary.contains("r1"), "{summary}");
     assert!(summary.contains("hooks.example"), "{summary}");
     assert!(summary.contains("deal"), "{summary}");
-    for secret in [SECRET, "t0ken", "token=q", "visible-value"] {
+    for secret in [SECRET, "t0ken", "token=q", "visible-value", "SECRETPATH"] {
         assert!(!summary.contains(secret), "{secret} in {summary}");
     }
     // Debug output (a stray `?routes` in a log line) is no leak either.

@@ -146,7 +146,7 @@ impl Routes {
                 let hosts: Vec<String> = route
                     .destinations
                     .iter()
-                    .map(|d| crate::forward::redact_url(&d.url))
+                    .map(RouteDestination::shown_url)
                     .collect();
                 format!(
                     "{} {} -> {}",
@@ -165,6 +165,23 @@ impl RouteDestination {
             url: url.to_string(),
             secret: None,
             headers: Vec::new(),
+        }
+    }
+
+    /// The URL as banners and `relay routes` show it: scheme, host and port; a path becomes
+    /// `/…` (receivers often put a token in it), a query and credentials are dropped.
+    pub fn shown_url(&self) -> String {
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) => {
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let path = if url.path().len() > 1 { "/…" } else { "" };
+                format!(
+                    "{}://{}{port}{path}",
+                    url.scheme(),
+                    url.host_str().unwrap_or("")
+                )
+            }
+            Err(_) => "<invalid url>".to_string(),
         }
     }
 }
