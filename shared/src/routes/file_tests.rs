@@ -427,3 +427,70 @@ fn located_json_keeps_every_line() {
     assert_eq!(tree.line_of(&[PathStep::Key("c".into())]), 6);
     assert_eq!(tree.line_of(&[PathStep::Key("zzz".into())]), 1);
 }
+
+#[test]
+fn implicit_routes_send_each_family_to_its_own_url_or_the_general_one() {
+    // Built from patterns too: a pattern that failed to compile there would silently become
+    // "every event" and send deals to the general URL as well.
+    let mut config = crate::config::RelayConfig {
+        destination_url: Some("https://all.example/".into()),
+        ..Default::default()
+    };
+    config
+        .destination_per_family
+        .insert(crate::event::Family::Deal, "https://deals.example/".into());
+    let routes = Routes::implicit(&config);
+    let urls = |family: &str| -> Vec<String> {
+        routes
+            .deliveries(&json!({"family": family}))
+            .iter()
+            .map(|d| d.destination.url.clone())
+            .collect()
+    };
+    assert_eq!(urls("deal"), ["https://deals.example/"]);
+    assert_eq!(urls("lead"), ["https://all.example/"]);
+}
+
+mod properties {
+    use super::super::located;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null)),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(6, 64, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((any::<String>(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The line-keeping reader and serde_json read every document the same way (escapes,
+        /// numbers, nesting), compact or pretty.
+        #[test]
+        fn located_reads_what_serde_json_reads(value in json_value(), pretty in any::<bool>()) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&value)
+            } else {
+                serde_json::to_string(&value)
+            }
+            .unwrap();
+            let expected: Value = serde_json::from_str(&text).unwrap();
+            let tree = located::parse(&text).unwrap();
+            prop_assert_eq!(tree.to_value(), expected);
+        }
+    }
+}

@@ -571,3 +571,83 @@ fn equal_when_written_the_same() {
     assert_eq!(pattern(json!({"a": ["1"]})), pattern(json!({"a": ["1"]})));
     assert_ne!(pattern(json!({"a": ["1"]})), pattern(json!({"a": ["2"]})));
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i32>().prop_map(Value::from),
+            prop_oneof![
+                Just("NEW"),
+                Just("C3:NEW"),
+                Just("1500.00"),
+                Just("-1e3"),
+                Just(""),
+                Just("STAGE_ID"),
+                Just("deal"),
+                Just("сделка"),
+                Just("a*b\\")
+            ]
+            .prop_map(|s| Value::String(s.to_string())),
+            any::<String>().prop_map(Value::String),
+        ];
+        let key = prop_oneof![
+            Just("entity"),
+            Just("changes"),
+            Just("field"),
+            Just("new"),
+            Just("STAGE_ID"),
+            Just("OPPORTUNITY"),
+            Just("family"),
+            Just("$or")
+        ]
+        .prop_map(str::to_string);
+        leaf.prop_recursive(5, 48, 4, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec((key.clone(), inner), 0..4)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn patterns() -> Vec<EventPattern> {
+        [
+            json!({"family": ["deal"], "entity": {"STAGE_ID": [{"anything-but": {"wildcard": ["NEW", "*:NEW"]}}]}}),
+            json!({"changes": {"field": ["STAGE_ID"], "new": [{"suffix": ":WON"}, {"exists": false}]}}),
+            json!({"entity": {"OPPORTUNITY": [{"numeric": [">", 0, "<=", 5000]}, 1500, {"anything-but": [0]}]}}),
+            json!({"$or": [{"entity": {"STAGE_ID": [{"prefix": {"equals-ignore-case": "c3:"}}]}},
+                           {"family": [{"equals-ignore-case": "DEAL"}, {"wildcard": "d*l"}, null]}]}),
+        ]
+        .iter()
+        .map(|p| EventPattern::from_json(p).unwrap())
+        .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a CRM and the enrichment put in a body, matching answers (no panic), and
+        /// a pattern matches a body exactly when `$or` of it with itself does.
+        #[test]
+        fn any_body_gets_an_answer(body in json_value()) {
+            for p in patterns() {
+                let doubled = EventPattern::from_json(&json!({"$or": [p.as_json(), p.as_json()]})).unwrap();
+                prop_assert_eq!(p.matches(&body), doubled.matches(&body));
+            }
+        }
+
+        /// Any JSON is either a pattern or refused with a message; never a panic.
+        #[test]
+        fn any_json_compiles_or_is_refused(pattern in json_value(), body in json_value()) {
+            match EventPattern::from_json(&pattern) {
+                Ok(p) => { let _ = p.matches(&body); }
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}
