@@ -452,6 +452,18 @@ impl Reader<'_> {
                 continue;
             }
             let value = match &member.value.node {
+                Node::Scalar(Value::String(_)) if is_credential_header(name) => {
+                    // Never echo the value: it is the credential.
+                    self.problem(
+                        member.value.line,
+                        Some(route),
+                        format!(
+                            "header `{name}` carries a credential: give it as {{\"env\": \"VAR\"}}, \
+                             not in the file"
+                        ),
+                    );
+                    None
+                }
                 Node::Scalar(Value::String(value)) => Some(value.clone()),
                 Node::Object(inner) if inner.len() == 1 && inner[0].key == "env" => {
                     match &inner[0].value.node {
@@ -542,6 +554,18 @@ impl Reader<'_> {
             }
         }
     }
+}
+
+/// Headers whose value is a credential by name: a literal value for one of these would put a
+/// secret in a file that ships in packages and sits in git.
+fn is_credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    ) || ["token", "secret", "password", "api-key", "apikey"]
+        .iter()
+        .any(|word| name.contains(word))
 }
 
 /// RFC 9110 `token`.

@@ -315,11 +315,24 @@ fn refuses_each_kind_of_bad_destination() {
             r#"{"url": "https://x.example/", "headers": {"X-A": {"env": "NOPE"}}}"#,
             "NOPE is not set",
         ),
+        (
+            r#"{"url": "https://x.example/", "headers": {"Authorization": "Bearer abc"}}"#,
+            "carries a credential",
+        ),
+        (
+            r#"{"url": "https://x.example/", "headers": {"X-Api-Key": "Bearer abc"}}"#,
+            "carries a credential",
+        ),
+        (
+            r#"{"url": "https://x.example/", "headers": {"X-Auth-Token": "Bearer abc"}}"#,
+            "carries a credential",
+        ),
     ] {
         let (line, message) = one_problem(&with_destination(destination));
         assert_eq!(line, 1);
         assert!(message.contains(expected), "{destination}: {message}");
         assert!(message.starts_with("route `r`: "), "{message}");
+        assert!(!message.contains("Bearer abc"), "{message}");
     }
 }
 

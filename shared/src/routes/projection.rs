@@ -22,42 +22,58 @@ impl Projection {
         }
     }
 
+    /// The body with only what the projection lets through; what it hides is never copied.
     pub fn apply(&self, body: &Value) -> Value {
-        let mut shaped = body.clone();
-        let Value::Object(map) = &mut shaped else {
-            return shaped;
+        let Value::Object(map) = body else {
+            return body.clone();
         };
-        for key in ["entity", "previous"] {
-            if let Some(Value::Object(fields)) = map.get_mut(key) {
-                fields.retain(|name, _| self.keeps(name));
-            }
-        }
-        if let Some(Value::Array(changes)) = map.get_mut("changes") {
-            // An entry without a field name cannot be shown to be harmless.
-            changes.retain(|change| {
-                change
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .is_some_and(|field| self.keeps(field))
-            });
-        }
-        if let Some(Value::Object(data)) = map.get_mut("data") {
-            self.shape_data(data);
-        }
-        shaped
+        let shaped = map
+            .iter()
+            .map(|(key, value)| {
+                let value = match (key.as_str(), value) {
+                    ("entity" | "previous", Value::Object(fields)) => {
+                        Value::Object(self.kept(fields))
+                    }
+                    // An entry without a field name cannot be shown to be harmless.
+                    ("changes", Value::Array(changes)) => Value::Array(
+                        changes
+                            .iter()
+                            .filter(|change| {
+                                change
+                                    .get("field")
+                                    .and_then(Value::as_str)
+                                    .is_some_and(|field| self.keeps(field))
+                            })
+                            .cloned()
+                            .collect(),
+                    ),
+                    ("data", Value::Object(data)) => Value::Object(self.shaped_data(data)),
+                    _ => value.clone(),
+                };
+                (key.clone(), value)
+            })
+            .collect();
+        Value::Object(shaped)
+    }
+
+    fn kept(&self, fields: &Map<String, Value>) -> Map<String, Value> {
+        fields
+            .iter()
+            .filter(|(name, _)| self.keeps(name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
     }
 
     /// Top-level scalar fields of `data` are the CRM's entity fields (SalesMan); an object one
     /// level down (Bitrix24's `FIELDS`) is filtered the same way. An `include` list keeps such
     /// objects but only their listed fields.
-    fn shape_data(&self, data: &mut Map<String, Value>) {
-        data.retain(|name, value| match value {
-            Value::Object(inner) => {
-                inner.retain(|field, _| self.keeps(field));
-                true
-            }
-            _ => self.keeps(name),
-        });
+    fn shaped_data(&self, data: &Map<String, Value>) -> Map<String, Value> {
+        data.iter()
+            .filter_map(|(name, value)| match value {
+                Value::Object(inner) => Some((name.clone(), Value::Object(self.kept(inner)))),
+                _ => self.keeps(name).then(|| (name.clone(), value.clone())),
+            })
+            .collect()
     }
 }
 
