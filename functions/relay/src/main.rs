@@ -16,6 +16,7 @@ mod poll;
 mod printing_outbox;
 mod replay;
 mod routes;
+mod routes_command;
 mod serve;
 mod sign;
 
@@ -55,6 +56,8 @@ enum Command {
     Poll(poll::PollArgs),
     /// Register (or list, or remove) each family's URL for its Bitrix24 events on a portal.
     Bind(bind::BindArgs),
+    /// Check a routes file, or try it on a forwarded body.
+    Routes(routes_command::RoutesArgs),
 }
 
 #[tokio::main]
@@ -69,6 +72,7 @@ async fn main() -> ExitCode {
         Command::Sign(args) => sign::run(args),
         Command::Poll(args) => poll::run(args, &cli.data_dir).await,
         Command::Bind(args) => bind::run(args, &cli.data_dir).await,
+        Command::Routes(args) => routes_command::run(args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

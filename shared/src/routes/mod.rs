@@ -30,6 +30,9 @@ pub enum RoutesError {
         line: usize,
         message: String,
     },
+    /// More than one problem in one file, each an `Invalid`, in file order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<RoutesError>),
 }
 
 /// Every route, in file order. A body goes to every route whose pattern matches it.
@@ -76,6 +79,16 @@ impl Routes {
     /// Parses routes text; `origin` names it in errors (a path, or an SSM parameter).
     pub fn parse(text: &str, origin: &str) -> Result<Routes, RoutesError> {
         file::parse(text, origin)
+    }
+
+    /// `parse`, with `env` answering for environment variables (`secret_env`, `{"env": ...}`
+    /// header values) instead of the process's own.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Routes, RoutesError> {
+        file::parse_with_env(text, origin, env)
     }
 
     /// The routes `RELAY_DESTINATION_URL` and `RELAY_DESTINATION_URL_<FAMILY>` mean: a family
@@ -133,7 +146,7 @@ impl Routes {
                 let hosts: Vec<String> = route
                     .destinations
                     .iter()
-                    .map(|d| crate::forward::redact_url(&d.url))
+                    .map(RouteDestination::shown_url)
                     .collect();
                 format!(
                     "{} {} -> {}",
@@ -152,6 +165,23 @@ impl RouteDestination {
             url: url.to_string(),
             secret: None,
             headers: Vec::new(),
+        }
+    }
+
+    /// The URL as banners and `relay routes` show it: scheme, host and port; a path becomes
+    /// `/…` (receivers often put a token in it), a query and credentials are dropped.
+    pub fn shown_url(&self) -> String {
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) => {
+                let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+                let path = if url.path().len() > 1 { "/…" } else { "" };
+                format!(
+                    "{}://{}{port}{path}",
+                    url.scheme(),
+                    url.host_str().unwrap_or("")
+                )
+            }
+            Err(_) => "<invalid url>".to_string(),
         }
     }
 }
