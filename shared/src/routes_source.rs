@@ -6,7 +6,8 @@
 use crate::config::RelayConfig;
 use crate::error::ConfigError;
 use crate::forward::Signer;
-use crate::routes::Routes;
+use crate::routes::{Routes, SSM_REFERENCE};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub const ROUTES_VARIABLE: &str = "RELAY_ROUTES";
@@ -41,16 +42,82 @@ impl RoutesSource {
 /// The routes `RELAY_ROUTES` names, checked: every error says where (file and line, or
 /// parameter) and what.
 pub async fn load_routes(config: &RelayConfig) -> Result<Routes, ConfigError> {
-    let routes = match RoutesSource::from_env() {
+    let (text, origin) = match RoutesSource::from_env() {
         RoutesSource::Implicit => return Ok(Routes::implicit(config)),
-        RoutesSource::File(path) => Routes::load(&path).map_err(invalid)?,
-        RoutesSource::Ssm(name) => {
-            let text = fetch_parameter(&name).await?;
-            Routes::parse(&text, &format!("{SSM_PREFIX}{name}")).map_err(invalid)?
-        }
+        RoutesSource::File(path) => match std::fs::read_to_string(&path) {
+            Ok(text) => (text, path.display().to_string()),
+            Err(source) => {
+                return Err(invalid(crate::routes::RoutesError::Read {
+                    path: path.display().to_string(),
+                    source,
+                }))
+            }
+        },
+        RoutesSource::Ssm(name) => (fetch_parameter(&name).await?, format!("{SSM_PREFIX}{name}")),
     };
+    let ssm_secrets = match ssm_secret_names(&text, &origin) {
+        names if names.is_empty() => HashMap::new(),
+        names => fetch_ssm_secrets(&names).await?,
+    };
+    let routes = parse_with_ssm_secrets(&text, &origin, &ssm_secrets).map_err(invalid)?;
     check_secrets(&routes)?;
     Ok(routes)
+}
+
+/// Parses routes whose `secret_ssm` parameters were fetched into `ssm_secrets` (by name);
+/// every other reference is an environment variable.
+pub fn parse_with_ssm_secrets(
+    text: &str,
+    origin: &str,
+    ssm_secrets: &HashMap<String, String>,
+) -> Result<Routes, crate::routes::RoutesError> {
+    Routes::parse_with_env(
+        text,
+        origin,
+        &|name| match name.strip_prefix(SSM_REFERENCE) {
+            Some(parameter) => ssm_secrets.get(parameter).cloned(),
+            None => std::env::var(name).ok(),
+        },
+    )
+}
+
+/// The `secret_ssm` parameters a routes text names: a first parse whose answers are
+/// placeholders records what it is asked for (its errors come again in the real parse).
+pub fn ssm_secret_names(text: &str, origin: &str) -> Vec<String> {
+    let asked = std::cell::RefCell::new(Vec::new());
+    let _ = Routes::parse_with_env(text, origin, &|name| {
+        if let Some(parameter) = name.strip_prefix(SSM_REFERENCE) {
+            asked.borrow_mut().push(parameter.to_string());
+        }
+        Some(PLACEHOLDER_SECRET.to_string())
+    });
+    let mut names = asked.into_inner();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Signs like a real secret (32 bytes), so the first parse asks for every name it would.
+const PLACEHOLDER_SECRET: &str = "whsec_cGxhY2Vob2xkZXItcGxhY2Vob2xkZXItcGxhY2Vob2w=";
+
+/// Every `secret_ssm` parameter, decrypted, through the cold start's SSM client. A missing
+/// one is left out, and the parse then names it with its line.
+async fn fetch_ssm_secrets(names: &[String]) -> Result<HashMap<String, String>, ConfigError> {
+    use crate::aws::secrets::{fetch_secrets, ParameterRef};
+    let sdk = crate::aws::sdk_config().await;
+    let client = aws_sdk_ssm::Client::new(&sdk);
+    let refs: Vec<ParameterRef> = names
+        .iter()
+        .map(|name| ParameterRef {
+            variable: name.clone(),
+            parameter: name.clone(),
+        })
+        .collect();
+    Ok(fetch_secrets(&client, &refs)
+        .await?
+        .into_iter()
+        .map(|(name, value)| (name, value.expose().to_string()))
+        .collect())
 }
 
 fn invalid(error: crate::routes::RoutesError) -> ConfigError {

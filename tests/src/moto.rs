@@ -36,6 +36,20 @@ pub async fn moto_config() -> SdkConfig {
     shared::aws::sdk_config().await
 }
 
+/// Stores a SecureString in the shared moto server's SSM, as a deployment stores a secret.
+pub async fn put_secure_string(name: &str, value: &str) {
+    let client = aws_sdk_ssm::Client::new(&moto_config().await);
+    client
+        .put_parameter()
+        .name(name)
+        .value(value)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .overwrite(true)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto put_parameter {name}: {e:?}"));
+}
+
 /// An SQS client with the functions' configuration, aimed at `endpoint` (a private server).
 /// Set on the service config: `AWS_ENDPOINT_URL` in the environment outranks an endpoint set
 /// on the shared `SdkConfig`.

@@ -173,3 +173,78 @@ async fn serve_lists_its_routes_and_fans_an_event_out() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("route all-deals"), "{stdout}");
 }
+
+/// On Lambda no secret sits in the environment: the routes come from SSM, and a destination's
+/// signing secret is another SSM SecureString named by `secret_ssm`. Both are read at start
+/// (moto here); the destination gets the event signed with that secret (checked with an
+/// independent HMAC), and the banner never shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_and_destination_secrets_come_from_ssm() {
+    let moto = std::env::var("RELAY_TEST_MOTO_URL")
+        .expect("RELAY_TEST_MOTO_URL is not set: run scripts/test.sh (it starts moto)");
+    let destination = Destination::start().await;
+    let unique = format!("{}-{}", std::process::id(), now_s());
+    let (routes_name, secret_name) = (
+        format!("/crm-relay/routes/test-{unique}"),
+        format!("/crm-relay/routes/test-{unique}/erp-secret"),
+    );
+    let secret_key = b"erp-signing-key-of-32-bytes-long";
+    let secret = {
+        use base64::Engine;
+        format!(
+            "whsec_{}",
+            base64::engine::general_purpose::STANDARD.encode(secret_key)
+        )
+    };
+    let routes = json!({"routes": [{
+        "name": "erp",
+        "match": {"family": ["deal"]},
+        "destinations": [{"url": destination.url(), "secret_ssm": secret_name}],
+    }]});
+    integration_tests::moto::put_secure_string(&routes_name, &routes.to_string()).await;
+    integration_tests::moto::put_secure_string(&secret_name, &secret).await;
+
+    let dir = TempDir::new("routes-ssm-secret");
+    let mut env = base_env();
+    env.extend([
+        ("RELAY_ROUTES", format!("ssm:{routes_name}")),
+        ("AWS_ENDPOINT_URL", moto),
+        ("AWS_ACCESS_KEY_ID", "testing".to_string()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+    ]);
+    let relay = RelayProcess::start(dir.path(), &env);
+    let banner = relay.lines().join("\n");
+    assert!(banner.contains("erp"), "{banner}");
+    assert!(!banner.contains(&secret), "{banner}");
+
+    let (status, reply) = post(
+        &relay.url("/deal"),
+        FORM,
+        crm::b24_event("ONCRMDEALUPDATE", "43", now_s(), B24_TOKEN),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let id = reply["id"].as_str().expect("envelope id").to_string();
+    wait_for(Duration::from_secs(60), "the event at the ERP", || {
+        (!destination.delivered().is_empty()).then_some(())
+    })
+    .await;
+    let got = &destination.delivered()[0];
+    assert_eq!(got.header("webhook-id"), id);
+    let expected = {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256>>::new_from_slice(secret_key).unwrap();
+        mac.update(format!("{id}.{}.", got.header("webhook-timestamp")).as_bytes());
+        mac.update(&got.body);
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    assert!(
+        got.header("webhook-signature")
+            .split(' ')
+            .any(|sig| sig.strip_prefix("v1,") == Some(expected.as_str())),
+        "signed with the SSM secret"
+    );
+}

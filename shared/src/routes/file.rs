@@ -1,7 +1,9 @@
 //! The routes file (`RELAY_ROUTES`): JSON, read once at start; every mistake is a load error
 //! that names its line and route, so a bad file stops the relay before an event is consumed.
 //! Secrets never sit in the file (it ships in packages and lives in git): `secret_env` and
-//! `{"env": ...}` header values name environment variables, read here.
+//! `{"env": ...}` header values name environment variables, read here; `secret_ssm` names an
+//! SSM SecureString (Lambda has no secret in its environment), fetched by the loader
+//! (`routes_source`) before this parser runs.
 //!
 //! ```json
 //! {"routes": [{
@@ -27,6 +29,9 @@ pub fn load(path: &Path) -> Result<Routes, RoutesError> {
     })?;
     parse(&text, &path.display().to_string())
 }
+
+/// How the `env` answer function is asked for a `secret_ssm` parameter: `ssm:<name>`.
+pub const SSM_REFERENCE: &str = "ssm:";
 
 pub fn parse(text: &str, origin: &str) -> Result<Routes, RoutesError> {
     parse_with_env(text, origin, &|name| std::env::var(name).ok())
@@ -313,7 +318,7 @@ impl Reader<'_> {
         let members = self.object(node, Some(route), "a destination")?;
         self.unknown_keys(
             members,
-            &["url", "secret_env", "headers"],
+            &["url", "secret_env", "secret_ssm", "headers"],
             Some(route),
             "a destination",
         );
@@ -331,17 +336,46 @@ impl Reader<'_> {
                 None
             }
         };
-        let secret = match located::get(members, "secret_env") {
-            None => Some(None),
-            Some(Located {
-                node: Node::Scalar(Value::String(var)),
-                line,
-            }) => self.signing_secret(var, *line, route).map(Some),
-            Some(other) => {
+        let secret = match (
+            located::get(members, "secret_env"),
+            located::get(members, "secret_ssm"),
+        ) {
+            (None, None) => Some(None),
+            (Some(_), Some(both)) => {
+                self.problem(
+                    both.line,
+                    Some(route),
+                    "`secret_env` and `secret_ssm` both given: name the secret once",
+                );
+                None
+            }
+            (
+                Some(Located {
+                    node: Node::Scalar(Value::String(var)),
+                    line,
+                }),
+                None,
+            ) => self.signing_secret(var, *line, route).map(Some),
+            (
+                None,
+                Some(Located {
+                    node: Node::Scalar(Value::String(name)),
+                    line,
+                }),
+            ) => self.ssm_signing_secret(name, *line, route).map(Some),
+            (Some(other), None) => {
                 self.problem(
                     other.line,
                     Some(route),
                     "`secret_env` names an environment variable (a string)",
+                );
+                None
+            }
+            (None, Some(other)) => {
+                self.problem(
+                    other.line,
+                    Some(route),
+                    "`secret_ssm` names an SSM parameter (a string starting with /)",
                 );
                 None
             }
@@ -413,6 +447,45 @@ impl Reader<'_> {
 
     fn signing_secret(&mut self, var: &str, line: usize, route: &str) -> Option<Secret> {
         let secret = Secret::new(self.env_value(var, line, route, "secret_env")?);
+        self.usable_secret(secret, var, line, route)
+    }
+
+    /// On Lambda a secret lives in SSM, never in the environment: the loader fetches every
+    /// `secret_ssm` parameter first and answers for it as `ssm:<name>`.
+    fn ssm_signing_secret(&mut self, name: &str, line: usize, route: &str) -> Option<Secret> {
+        let named = name.starts_with('/')
+            && name.len() > 1
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b));
+        if !named {
+            self.problem(
+                line,
+                Some(route),
+                format!("secret_ssm: `{name}` is not an SSM parameter name (/a/b)"),
+            );
+            return None;
+        }
+        match (self.env)(&format!("{SSM_REFERENCE}{name}")).filter(|v| !v.is_empty()) {
+            Some(value) => self.usable_secret(Secret::new(value), name, line, route),
+            None => {
+                self.problem(
+                    line,
+                    Some(route),
+                    format!("secret_ssm: SSM parameter {name} does not exist or is empty"),
+                );
+                None
+            }
+        }
+    }
+
+    fn usable_secret(
+        &mut self,
+        secret: Secret,
+        var: &str,
+        line: usize,
+        route: &str,
+    ) -> Option<Secret> {
         match crate::forward::Signer::from_secret(&secret) {
             Ok(_) => Some(secret),
             Err(e) => {

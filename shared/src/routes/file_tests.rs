@@ -507,3 +507,45 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_destination_secret_may_be_an_ssm_parameter_named_once() {
+    let ssm_secret = "whsec_ZXJwLXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzLWxvbmc=";
+    let env = |name: &str| (name == "ssm:/crm-relay/routes/erp").then(|| ssm_secret.to_string());
+    let text = r#"{"routes": [{"name": "erp", "match": {"family": ["deal"]},
+        "destinations": [{"url": "https://erp.example/hook", "secret_ssm": "/crm-relay/routes/erp"}]}]}"#;
+    let routes = parse_with_env(text, "routes.json", &env).expect("loads");
+    assert_eq!(
+        routes.routes[0].destinations[0]
+            .secret
+            .as_ref()
+            .map(|s| s.expose()),
+        Some(ssm_secret)
+    );
+
+    let missing = r#"{"routes": [{"name": "erp", "match": {"family": ["deal"]},
+        "destinations": [{"url": "https://erp.example/hook",
+                          "secret_ssm": "/crm-relay/routes/gone"}]}]}"#;
+    let error = parse_with_env(missing, "routes.json", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("routes.json:3:") && error.contains("/crm-relay/routes/gone does not exist"),
+        "{error}"
+    );
+
+    let both = r#"{"routes": [{"name": "erp", "match": {"family": ["deal"]},
+        "destinations": [{"url": "https://erp.example/hook", "secret_env": "X",
+                          "secret_ssm": "/crm-relay/routes/erp"}]}]}"#;
+    let error = parse_with_env(both, "routes.json", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("name the secret once"), "{error}");
+
+    let not_a_name = r#"{"routes": [{"name": "erp", "match": {"family": ["deal"]},
+        "destinations": [{"url": "https://erp.example/hook", "secret_ssm": "erp secret"}]}]}"#;
+    let error = parse_with_env(not_a_name, "routes.json", &env)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("not an SSM parameter name"), "{error}");
+}

@@ -4,6 +4,7 @@
 //! today's `RELAY_DESTINATION_URL[_<FAMILY>]`, so existing deployments keep working.
 
 mod file;
+pub use file::SSM_REFERENCE;
 mod pattern;
 mod projection;
 
