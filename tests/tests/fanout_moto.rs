@@ -21,7 +21,8 @@ async fn moto_ports() -> (ConsumerPorts, Arc<SqsQueue>) {
     let config = moto_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
     let table = create_table(&dynamo).await;
-    let store = Arc::new(DynamoStore::new(dynamo, table));
+    // The cases read delivered attempts back; on AWS only failures are kept by default.
+    let store = Arc::new(DynamoStore::new(dynamo, table).with_deliveries_recorded(true));
     let sqs = aws_sdk_sqs::Client::new(&config);
     let queues = create_fifo_queues(&sqs, MAX_RECEIVE_COUNT).await;
     let queue = Arc::new(SqsQueue::new(sqs, queues.queue_url, Some(queues.dlq_url)));

@@ -190,7 +190,8 @@ async fn a_burst_of_events_through_five_consumers_stays_inside_the_portals_bucke
                 Family::Deal,
                 "ONCRMDEALUPDATE",
                 &id.to_string(),
-                1_000 + update as i64,
+                // Stamped beyond each other's twin window: an unchanged deal is still news.
+                1_000 + update as i64 * (shared::consume::TWIN_WINDOW_S + 1),
             );
             relay.ports.queue.send(&event).await.expect("enqueue");
         }

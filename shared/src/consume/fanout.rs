@@ -97,9 +97,18 @@ pub fn delivery_group(entity_group: &str, route: &str, destination: usize) -> St
 }
 
 /// One log line per route and outcome (`matched`, `delivered`, `failed`): the template's
-/// metric filters count them per route.
-fn route_outcome(event_id: &str, route: &str, outcome: &'static str) {
-    tracing::info!(%event_id, %route, outcome, "route outcome");
+/// metric filters count them per route. Only for a routes file: the implicit routes are one
+/// destination, whose own log lines (and Forwarded/Retries/Parked metrics) say it all, so a
+/// deployment without routes keeps one log line per event.
+fn route_outcome(
+    routes: &crate::routes::Routes,
+    event_id: &str,
+    route: &str,
+    outcome: &'static str,
+) {
+    if !routes.implicit {
+        tracing::info!(%event_id, %route, outcome, "route outcome");
+    }
 }
 
 /// One POST of one body to one route destination.
@@ -133,7 +142,7 @@ impl Consumer {
     ) -> Outcome {
         let deliveries = self.routes.deliveries(&body);
         for delivery in &deliveries {
-            route_outcome(&event.id, delivery.route, "matched");
+            route_outcome(&self.routes, &event.id, delivery.route, "matched");
         }
         match deliveries.as_slice() {
             [] if self.routes.implicit => {
@@ -403,7 +412,7 @@ impl Consumer {
             Ok(None) => {}
             Ok(Some(why)) => {
                 let reason = format!("destination disabled: {why}");
-                route_outcome(target.event_id, target.route, "failed");
+                route_outcome(&self.routes, target.event_id, target.route, "failed");
                 self.record_route(
                     target.event_id,
                     now_ms,
@@ -455,7 +464,7 @@ impl Consumer {
         match result {
             Ok(status) => {
                 tracing::info!(event_id = %target.event_id, webhook_id = %target.webhook_id, family = %target.family, route = %target.route, status, latency_ms, "delivered");
-                route_outcome(target.event_id, target.route, "delivered");
+                route_outcome(&self.routes, target.event_id, target.route, "delivered");
                 self.store_attempt(attempt(Some(status), "delivered", None))
                     .await;
                 Sent::Delivered
@@ -466,14 +475,14 @@ impl Consumer {
                 reason,
             }) => {
                 tracing::warn!(event_id = %target.event_id, route = %target.route, ?status, %reason, "delivery failed; will retry");
-                route_outcome(target.event_id, target.route, "failed");
+                route_outcome(&self.routes, target.event_id, target.route, "failed");
                 self.store_attempt(attempt(status, "retry", Some(reason)))
                     .await;
                 retry(retry_after)
             }
             Err(ForwardError::Permanent { status, reason }) => {
                 tracing::error!(event_id = %target.event_id, route = %target.route, status, "destination refused the event; parking it");
-                route_outcome(target.event_id, target.route, "failed");
+                route_outcome(&self.routes, target.event_id, target.route, "failed");
                 self.store_attempt(attempt(Some(status), "dead_letter", Some(reason.clone())))
                     .await;
                 Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
@@ -482,7 +491,7 @@ impl Consumer {
                 let reason = "destination answered 410 Gone".to_string();
                 tracing::error!(destination_host = %super::url_host(url), route = %target.route, "DESTINATION DISABLED: it answered 410 Gone; \
                     no event goes there until it is re-enabled; events are parked in the DLQ");
-                route_outcome(target.event_id, target.route, "failed");
+                route_outcome(&self.routes, target.event_id, target.route, "failed");
                 if let Err(e) = self.ports.destinations.disable(url, &reason, now_ms).await {
                     tracing::error!(error = %e, "could not store the disabled destination");
                 }
