@@ -5,7 +5,8 @@
 //!
 //! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
 //! renews (with the message's invisibility) while the event is worked on, and a batch does not
-//! start a message when less than a whole forward's time is left.
+//! start a message when less than a whole forward's time is left. A batch's FIFO groups run
+//! side by side (`groups`), each in order, so a batch costs about one round trip, not ten.
 //!
 //! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
 //! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
@@ -53,6 +54,11 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 /// get different envelope ids. Wide enough for Bitrix24's own send queue to lag; narrow
 /// enough that a later, real edit the CRM does not show us is still forwarded.
 pub const TWIN_WINDOW_S: i64 = 120;
+
+/// Groups of one batch worked on at once: an SQS batch holds at most ten messages, so a Lambda
+/// batch never waits for a slot; a bigger batch (a test's, or a backlog) does not open
+/// hundreds of store connections and POSTs at once.
+pub const GROUPS_IN_FLIGHT: usize = 10;
 
 /// The stores the consumer talks to: SQS + DynamoDB on AWS, SQLite in `relay serve`.
 #[derive(Clone)]
@@ -136,6 +142,8 @@ struct InBatch<'a> {
 
 /// What every group of a batch works from.
 struct BatchWork<'a> {
+    /// One per group in flight (`GROUPS_IN_FLIGHT`), held for the group's whole run.
+    slots: &'a tokio::sync::Semaphore,
     messages: &'a [QueueMessage],
     parsed: &'a [Result<RelayEvent, String>],
     prefetched: &'a Prefetched,
@@ -249,7 +257,7 @@ impl Consumer {
     }
 
     /// `remaining`: how long this invocation may still run. The batch's FIFO groups are
-    /// worked on side by side, each group's messages in order. A message is only started while
+    /// worked on side by side (`GROUPS_IN_FLIGHT` at most), each group's messages in order. A message is only started while
     /// the time left at that moment covers a whole forward (`forward_timeout` +
     /// `DEADLINE_MARGIN`), except the batch's first, so a batch never times out in the middle
     /// of a POST; the messages not started are reported failed and come back at once.
@@ -271,7 +279,9 @@ impl Consumer {
             started,
             pending: &pending,
         };
+        let slots = tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT);
         let batch = BatchWork {
+            slots: &slots,
             messages,
             parsed: &parsed,
             prefetched: &prefetched,
@@ -299,6 +309,8 @@ impl Consumer {
     /// once one fails, the later ones must not overtake it, so they fail too, with the same
     /// delay (and wait, not fail, behind a wait). Gives the indices of the failed ones.
     async fn process_group(&self, batch: &BatchWork<'_>, members: Vec<usize>) -> Vec<usize> {
+        // Never closed, so never `Err`; a group without a slot would only run beyond the cap.
+        let _slot = batch.slots.acquire().await.ok();
         let mut failed = Vec::new();
         let mut held: Option<Outcome> = None;
         for index in members {
