@@ -257,10 +257,11 @@ impl Consumer {
     }
 
     /// `remaining`: how long this invocation may still run. The batch's FIFO groups are
-    /// worked on side by side (`GROUPS_IN_FLIGHT` at most), each group's messages in order. A message is only started while
-    /// the time left at that moment covers a whole forward (`forward_timeout` +
-    /// `DEADLINE_MARGIN`), except the batch's first, so a batch never times out in the middle
-    /// of a POST; the messages not started are reported failed and come back at once.
+    /// worked on side by side (`GROUPS_IN_FLIGHT` at most), each group's messages in order.
+    /// A message is only started while the time left at that moment covers a whole forward
+    /// (`forward_timeout` + `DEADLINE_MARGIN`), except the batch's first, so a batch never
+    /// times out in the middle of a POST; the messages not started are reported failed and
+    /// come back at once.
     pub async fn process_batch(
         &self,
         messages: &[QueueMessage],
