@@ -5,7 +5,8 @@
 //!
 //! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
 //! renews (with the message's invisibility) while the event is worked on, and a batch does not
-//! start a message when less than a whole forward's time is left.
+//! start a message when less than a whole forward's time is left. A batch's FIFO groups run
+//! side by side (`groups`), each in order, so a batch costs about one round trip, not ten.
 //!
 //! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
 //! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
@@ -26,12 +27,14 @@ use crate::ports::{
 };
 use crate::routes::Routes;
 use serde_json::{json, Value};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod fanout;
+mod groups;
 pub use fanout::{delivery_group, DeliveryMessage};
+use groups::Pending;
 
 /// How long a COMPLETED record keeps answering "already delivered". Bitrix24 offline events
 /// and `relay replay` can bring an event back days later; SQS's own dedup lasts 5 minutes.
@@ -51,6 +54,11 @@ pub const DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 /// get different envelope ids. Wide enough for Bitrix24's own send queue to lag; narrow
 /// enough that a later, real edit the CRM does not show us is still forwarded.
 pub const TWIN_WINDOW_S: i64 = 120;
+
+/// Groups of one batch worked on at once: an SQS batch holds at most ten messages, so a Lambda
+/// batch never waits for a slot; a bigger batch (a test's, or a backlog) does not open
+/// hundreds of store connections and POSTs at once.
+pub const GROUPS_IN_FLIGHT: usize = 10;
 
 /// The stores the consumer talks to: SQS + DynamoDB on AWS, SQLite in `relay serve`.
 #[derive(Clone)]
@@ -123,13 +131,24 @@ struct Finish<'a> {
 }
 
 /// Where a message stands in its batch: the batch's clock (`now_ms` as passed in, which tests
-/// fix, plus the real time since `started`) and the batch's messages not finished yet, which
-/// the heartbeat keeps invisible.
+/// fix, plus the real time since `started`) and the batch's messages not finished yet (in any
+/// group), which the heartbeat keeps invisible.
 #[derive(Clone, Copy)]
 struct InBatch<'a> {
     now_ms: i64,
     started: Instant,
-    pending: &'a [QueueMessage],
+    pending: &'a Pending<'a>,
+}
+
+/// What every group of a batch works from.
+struct BatchWork<'a> {
+    /// One per group in flight (`GROUPS_IN_FLIGHT`), held for the group's whole run.
+    slots: &'a tokio::sync::Semaphore,
+    messages: &'a [QueueMessage],
+    parsed: &'a [Result<RelayEvent, String>],
+    prefetched: &'a Prefetched,
+    remaining: Duration,
+    clock: InBatch<'a>,
 }
 
 impl InBatch<'_> {
@@ -237,10 +256,12 @@ impl Consumer {
         self
     }
 
-    /// `remaining`: how long this invocation may still run. A message is only started while
-    /// the time left covers a whole forward (`forward_timeout` + `DEADLINE_MARGIN`), except
-    /// the batch's first, so a batch never times out in the middle of a POST; the messages
-    /// not started are reported failed and come back at once.
+    /// `remaining`: how long this invocation may still run. The batch's FIFO groups are
+    /// worked on side by side (`GROUPS_IN_FLIGHT` at most), each group's messages in order.
+    /// A message is only started while the time left at that moment covers a whole forward
+    /// (`forward_timeout` + `DEADLINE_MARGIN`), except the batch's first, so a batch never
+    /// times out in the middle of a POST; the messages not started are reported failed and
+    /// come back at once.
     pub async fn process_batch(
         &self,
         messages: &[QueueMessage],
@@ -253,48 +274,90 @@ impl Consumer {
         let events: Vec<&RelayEvent> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
         let prefetched = self.enricher.prefetch(&events).await;
 
-        let mut report = BatchReport::default();
-        // FIFO: once a message of a group fails, the later ones of that group must not overtake
-        // it, so they fail too, with the same delay (and wait, not fail, behind a wait).
-        let mut failed_groups: HashMap<&str, Outcome> = HashMap::new();
-        for (index, (message, parsed)) in messages.iter().zip(&parsed).enumerate() {
-            let outcome = if let Some(held) = failed_groups.get(message.group_id.as_str()) {
-                *held
-            } else if index > 0
-                && self.hard_deadline
-                && !self.time_for_one_more(remaining, started.elapsed())
-            {
-                tracing::info!(message_id = %message.message_id, "batch deadline near; not starting this message");
-                Outcome::RetryAfter(Duration::ZERO)
-            } else {
-                let clock = InBatch {
-                    now_ms,
-                    started,
-                    pending: &messages[index..],
-                };
-                match parsed {
+        let pending = Pending::new(messages);
+        let clock = InBatch {
+            now_ms,
+            started,
+            pending: &pending,
+        };
+        let slots = tokio::sync::Semaphore::new(GROUPS_IN_FLIGHT);
+        let batch = BatchWork {
+            slots: &slots,
+            messages,
+            parsed: &parsed,
+            prefetched: &prefetched,
+            remaining,
+            clock,
+        };
+        let groups = groups::group_indices(messages)
+            .into_iter()
+            .map(|members| self.process_group(&batch, members));
+        let mut failed: Vec<usize> = groups::join_all(groups.collect())
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        failed.sort_unstable();
+        BatchReport {
+            failed: failed
+                .into_iter()
+                .map(|index| messages[index].message_id.clone())
+                .collect(),
+        }
+    }
+
+    /// One FIFO group's messages (`members`, indices in batch order), one after the other:
+    /// once one fails, the later ones must not overtake it, so they fail too, with the same
+    /// delay (and wait, not fail, behind a wait). Gives the indices of the failed ones.
+    async fn process_group(&self, batch: &BatchWork<'_>, members: Vec<usize>) -> Vec<usize> {
+        // Never closed, so never `Err`; a group without a slot would only run beyond the cap.
+        let _slot = batch.slots.acquire().await.ok();
+        let mut failed = Vec::new();
+        let mut held: Option<Outcome> = None;
+        for index in members {
+            let message = &batch.messages[index];
+            let outcome = match held {
+                Some(held) => held,
+                None if index > 0
+                    && self.hard_deadline
+                    && !self.time_for_one_more(batch.remaining, batch.clock.started.elapsed()) =>
+                {
+                    tracing::info!(message_id = %message.message_id, "batch deadline near; not starting this message");
+                    Outcome::RetryAfter(Duration::ZERO)
+                }
+                None => match &batch.parsed[index] {
                     Err(reason) => match DeliveryMessage::from_body(&message.body) {
-                        Some(queued) => self.process_delivery(message, &queued, clock).await,
+                        Some(queued) => self.process_delivery(message, &queued, batch.clock).await,
                         None => self.park_malformed(message, reason).await,
                     },
-                    Ok(event) => self.process_one(message, event, &prefetched, clock).await,
+                    Ok(event) => {
+                        self.process_one(message, event, batch.prefetched, batch.clock)
+                            .await
+                    }
+                },
+            };
+            let pending = batch.clock.pending;
+            let handed_back = async {
+                let handed_back = match outcome {
+                    Outcome::Done => return,
+                    Outcome::RetryAfter(delay) => {
+                        self.ports.queue.retry_after(&message.receipt, delay).await
+                    }
+                    Outcome::Defer(wait) => self.ports.queue.defer(&message.receipt, wait).await,
+                };
+                if let Err(e) = handed_back {
+                    // The message still comes back after its visibility timeout.
+                    tracing::warn!(message_id = %message.message_id, error = %e, "could not set retry delay");
                 }
             };
-            let handed_back = match outcome {
-                Outcome::Done => continue,
-                Outcome::RetryAfter(delay) => {
-                    self.ports.queue.retry_after(&message.receipt, delay).await
-                }
-                Outcome::Defer(wait) => self.ports.queue.defer(&message.receipt, wait).await,
-            };
-            if let Err(e) = handed_back {
-                // The message still comes back after its visibility timeout.
-                tracing::warn!(message_id = %message.message_id, error = %e, "could not set retry delay");
+            pending.finish_with(index, handed_back).await;
+            if let Outcome::Done = outcome {
+                continue;
             }
-            failed_groups.insert(message.group_id.as_str(), outcome);
-            report.failed.push(message.message_id.clone());
+            held = Some(outcome);
+            failed.push(index);
         }
-        report
+        failed
     }
 
     fn time_for_one_more(&self, remaining: Duration, elapsed: Duration) -> bool {
@@ -547,18 +610,10 @@ impl Consumer {
         if ownership == Ownership::Lost {
             return ownership;
         }
-        let invisible = async {
-            for message in clock.pending {
-                if let Err(e) = self
-                    .ports
-                    .queue
-                    .retry_after(&message.receipt, self.lease_span)
-                    .await
-                {
-                    tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility");
-                }
-            }
-        };
+        let invisible =
+            clock
+                .pending
+                .keep_invisible(self.ports.queue.as_ref(), self.lease_span, period);
         // Bounded, so a slow queue cannot make the next lease renewal late.
         if tokio::time::timeout(period, invisible).await.is_err() {
             tracing::warn!(claim_id = %claim.id, "heartbeat: extending visibility took too long");

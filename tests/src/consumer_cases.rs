@@ -394,14 +394,16 @@ pub async fn heartbeat_keeps_a_slow_delivery_claimed(
     assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
 }
 
-/// A batch does not start a message it could not finish: with less time left than a whole
-/// forward, the rest of the batch is reported failed, unstarted, and nothing is POSTed for it.
+/// A batch does not start a message it could not finish: each group, before each message,
+/// looks at the time left then. With less than a whole forward left, the rest of a group is
+/// reported failed, unstarted, and nothing is POSTed for it; another group's first message,
+/// started at once beside the batch's first, still goes out.
 pub async fn batch_stops_taking_messages_before_its_deadline(
     ports: ConsumerPorts,
     probe: Arc<dyn QueueProbe>,
 ) {
     let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
-    for id in ["41", "42", "43"] {
+    for id in ["41", "42"] {
         world
             .portal
             .set_entity("deal", id, deal(id, "Deadline", "NEW", "1"));
@@ -411,31 +413,157 @@ pub async fn batch_stops_taking_messages_before_its_deadline(
         .hold_answers_for(Duration::from_millis(800));
     let forward_timeout = Duration::from_secs(2);
     let consumer = world.consumer().with_forward_timeout(forward_timeout);
-    let events: Vec<_> = ["41", "42", "43"]
-        .iter()
-        .map(|id| b24_event(Family::Deal, "ONCRMDEALUPDATE", id, 100))
-        .collect();
+    // Deal 41 three times (stamped beyond the twin window, so each is forwarded), deal 42 once.
+    let events = [
+        b24_event(Family::Deal, "ONCRMDEALUPDATE", "41", 100),
+        b24_event(Family::Deal, "ONCRMDEALUPDATE", "42", 100),
+        b24_event(Family::Deal, "ONCRMDEALUPDATE", "41", 1_000),
+        b24_event(Family::Deal, "ONCRMDEALUPDATE", "41", 2_000),
+    ];
     let messages: Vec<_> = events.iter().map(|e| message(e, 1)).collect();
-    // Enough for the first forward and a little more, not for a second whole one after it.
+    // Enough for the first forwards and a little more, not for a second whole one after them.
     let remaining = forward_timeout + shared::consume::DEADLINE_MARGIN + Duration::from_millis(400);
     let report = consumer.process_batch(&messages, remaining, T0_MS).await;
     assert_eq!(
         report.failed,
         vec![
-            messages[1].message_id.clone(),
-            messages[2].message_id.clone()
+            messages[2].message_id.clone(),
+            messages[3].message_id.clone()
         ]
     );
+    let mut received = world.destination.received_webhook_ids();
+    received.sort();
+    let mut started = vec![events[0].id.clone(), events[1].id.clone()];
+    started.sort();
     assert_eq!(
-        world.destination.received_webhook_ids(),
-        vec![events[0].id.clone()]
+        received, started,
+        "both groups' first messages, nothing after"
     );
     // Unstarted means unclaimed: the next batch takes them at once.
     let next = consumer
-        .process_batch(&messages[1..], REMAINING, T0_MS + 1_000)
+        .process_batch(&messages[2..], REMAINING, T0_MS + 1_000)
         .await;
     assert!(next.failed.is_empty());
-    assert_eq!(world.destination.delivered().len(), 3);
+    assert_eq!(world.destination.delivered().len(), 4);
+}
+
+/// The groups of a batch go side by side: ten events about ten deals are all POSTed before
+/// the first answer comes (the destination answers none until all ten are in flight; one at a
+/// time, the first POST would time out). Then, for the record, a batch of ten over ten groups
+/// against one of ten in a single group (the cost of every batch before), each answer held.
+pub async fn groups_of_a_batch_are_posted_side_by_side(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let ids: Vec<String> = (1..=10).map(|i| (60 + i).to_string()).collect();
+    for id in &ids {
+        world
+            .portal
+            .set_entity("deal", id, deal(id, "Side by side", "NEW", "1"));
+    }
+    world
+        .destination
+        .answer_together(ids.len(), Duration::from_secs(20));
+    let consumer = world
+        .consumer()
+        .with_forward_timeout(Duration::from_secs(5));
+    let batch: Vec<_> = ids
+        .iter()
+        .map(|id| message(&b24_event(Family::Deal, "ONCRMDEALUPDATE", id, 100), 1))
+        .collect();
+    let report = consumer.process_batch(&batch, REMAINING, T0_MS).await;
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    assert_eq!(world.destination.delivered().len(), 10);
+    assert_eq!(world.destination.most_concurrent(), 10);
+    assert_eq!(
+        world.portal.requests(),
+        1,
+        "the ten lookups went as one batch call"
+    );
+
+    // Informational, not asserted: wall time of ten groups against one group of ten.
+    let hold = Duration::from_millis(200);
+    world.destination.hold_answers_for(hold);
+    let over_groups: Vec<_> = ids
+        .iter()
+        .map(|id| message(&b24_event(Family::Deal, "ONCRMDEALUPDATE", id, 1_000), 1))
+        .collect();
+    let one_group: Vec<_> = (0..10)
+        .map(|i| {
+            let ts = 1_000 + i * 1_000;
+            message(&b24_event(Family::Deal, "ONCRMDEALUPDATE", &ids[0], ts), 1)
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let report = consumer
+        .process_batch(&over_groups, REMAINING, T0_MS + 1_000)
+        .await;
+    let side_by_side = started.elapsed();
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    let started = std::time::Instant::now();
+    let report = consumer
+        .process_batch(&one_group, REMAINING, T0_MS + 2_000)
+        .await;
+    let in_order = started.elapsed();
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    println!(
+        "batch of 10, each answer held {hold:?}: 10 groups {side_by_side:?}, 1 group {in_order:?} \
+         (ratio {:.1})",
+        in_order.as_secs_f64() / side_by_side.as_secs_f64().max(f64::EPSILON)
+    );
+}
+
+/// Within a group the deliveries keep the order they were sent in, while the other groups
+/// go on: the first message of each of three groups is in flight at once (the destination
+/// answers none before all three are), the group's later ones follow one by one.
+pub async fn a_group_keeps_its_order_while_other_groups_proceed(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    for id in ["71", "72", "73"] {
+        world
+            .portal
+            .set_entity("deal", id, deal(id, "Ordered", "NEW", "1"));
+    }
+    world
+        .destination
+        .answer_together(3, Duration::from_secs(20));
+    // Deal 71 three times, stamped beyond the twin window so each is forwarded.
+    let a: Vec<RelayEvent> = [100, 1_000, 2_000]
+        .into_iter()
+        .map(|ts| b24_event(Family::Deal, "ONCRMDEALUPDATE", "71", ts))
+        .collect();
+    let b1 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "72", 100);
+    let c1 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "73", 100);
+    let batch = [
+        message(&a[0], 1),
+        message(&b1, 1),
+        message(&a[1], 1),
+        message(&c1, 1),
+        message(&a[2], 1),
+    ];
+    let report = world
+        .consumer()
+        .with_forward_timeout(Duration::from_secs(5))
+        .process_batch(&batch, REMAINING, T0_MS)
+        .await;
+    assert!(report.failed.is_empty(), "failed: {:?}", report.failed);
+    assert_eq!(world.destination.most_concurrent(), 3);
+    let received = world.destination.received_webhook_ids();
+    let first_three: std::collections::BTreeSet<&String> = received[..3].iter().collect();
+    assert_eq!(
+        first_three,
+        [&a[0].id, &b1.id, &c1.id].into_iter().collect(),
+        "each group's first message went out before any answer"
+    );
+    let group_a: Vec<&String> = received
+        .iter()
+        .filter(|id| a.iter().any(|e| &e.id == *id))
+        .collect();
+    assert_eq!(group_a, vec![&a[0].id, &a[1].id, &a[2].id], "in send order");
+    assert_eq!(world.destination.delivered().len(), 5);
 }
 
 pub async fn racing_consumers_forward_once(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
@@ -851,6 +979,8 @@ pub async fn malformed_message_parks_alone(ports: ConsumerPorts, probe: Arc<dyn 
     assert_eq!(world.destination.delivered().len(), 1, "its group goes on");
 }
 
+/// A failed message holds back the later ones of its group, and only those: the other group,
+/// in flight beside it (the destination answers neither before both are), goes on in order.
 pub async fn fifo_group_failure_holds_back_later_messages(
     ports: ConsumerPorts,
     probe: Arc<dyn QueueProbe>,
@@ -862,15 +992,25 @@ pub async fn fifo_group_failure_holds_back_later_messages(
     world
         .portal
         .set_entity("deal", "2", deal("2", "B", "NEW", "1"));
-    world.destination.fail_next(503, 1);
     let a1 = b24_event(Family::Deal, "ONCRMDEALADD", "1", 100);
     // Stamped beyond the twin window: an unchanged entity then still goes out, so the
     // order of the two deliveries is visible.
     let a2 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 1_000);
     let b1 = b24_event(Family::Deal, "ONCRMDEALADD", "2", 100);
-    let batch = [message(&a1, 1), message(&a2, 1), message(&b1, 1)];
+    let b2 = b24_event(Family::Deal, "ONCRMDEALUPDATE", "2", 1_000);
+    world.destination.fail_next_for(&a1.id, 503, None);
+    world
+        .destination
+        .answer_together(2, Duration::from_secs(20));
+    let batch = [
+        message(&a1, 1),
+        message(&a2, 1),
+        message(&b1, 1),
+        message(&b2, 1),
+    ];
     let report = world
         .consumer()
+        .with_forward_timeout(Duration::from_secs(5))
         .process_batch(&batch, REMAINING, T0_MS)
         .await;
 
@@ -879,11 +1019,16 @@ pub async fn fifo_group_failure_holds_back_later_messages(
         vec![batch[0].message_id.clone(), batch[1].message_id.clone()],
         "the failed message and the later one of its group"
     );
-    let ids: Vec<String> = world.destination.received_webhook_ids();
+    let mut ids: Vec<String> = world.destination.received_webhook_ids();
+    assert!(!ids.contains(&a2.id), "a2 was not sent ahead of a1");
+    ids.sort();
+    let mut expected = vec![a1.id.clone(), b1.id.clone(), b2.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
     assert_eq!(
-        ids,
-        vec![a1.id.clone(), b1.id.clone()],
-        "a2 was not sent ahead of a1"
+        world.destination.delivered_webhook_ids(),
+        vec![b1.id.clone(), b2.id.clone()],
+        "the other group went on, in order"
     );
     assert!(
         outcomes(&world, &a2.id).await.is_empty(),
@@ -896,7 +1041,10 @@ pub async fn fifo_group_failure_holds_back_later_messages(
         .await;
     assert!(next.failed.is_empty());
     let delivered: Vec<String> = world.destination.delivered_webhook_ids();
-    assert_eq!(delivered, vec![b1.id.clone(), a1.id.clone(), a2.id.clone()]);
+    assert_eq!(
+        delivered,
+        vec![b1.id.clone(), b2.id.clone(), a1.id.clone(), a2.id.clone()]
+    );
 }
 
 pub async fn no_token_in_forwarded_body_or_snapshot(
@@ -1068,15 +1216,23 @@ pub async fn salesman_events_are_enriched_through_v3(
         .process_batch(&[message(&event, 1), message(&lead, 1)], REMAINING, T0_MS)
         .await;
     assert!(report.failed.is_empty());
+    // The two are of two groups, worked on side by side: found by id, not by order.
     let bodies: Vec<Value> = world.destination.delivered_bodies();
-    assert_eq!(bodies[0]["entity"]["title"], "SM deal");
+    let body_of = |id: &str| {
+        bodies
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("{id} delivered"))
+    };
+    assert_eq!(body_of(&event.id)["entity"]["title"], "SM deal");
     // developer/v3/methods/lead.php `info`: the lead is read too, with `id`.
-    assert_eq!(bodies[1]["entity"]["title"], "SM lead");
+    assert_eq!(body_of(&lead.id)["entity"]["title"], "SM lead");
     assert_eq!(world.salesman.state().requests, 2);
-    assert_eq!(
-        world.salesman.state().calls[1],
-        ("lead".to_string(), "info".to_string(), json!({"id": 12}))
-    );
+    assert!(world.salesman.state().calls.contains(&(
+        "lead".to_string(),
+        "info".to_string(),
+        json!({"id": 12})
+    )));
 }
 
 pub async fn destination_timeout_is_retried(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
@@ -1193,6 +1349,8 @@ macro_rules! consumer_case_tests {
             offline_twin_in_another_second_is_not_forwarded_again,
             heartbeat_keeps_a_slow_delivery_claimed,
             batch_stops_taking_messages_before_its_deadline,
+            groups_of_a_batch_are_posted_side_by_side,
+            a_group_keeps_its_order_while_other_groups_proceed,
             racing_consumers_forward_once,
             dead_consumer_is_taken_over_after_its_lease,
             destination_failing_three_times_then_delivers_once,

@@ -1,6 +1,7 @@
 //! A loopback destination (the user's system): records every request's headers and body,
-//! and answers with a chosen failure the next N times, optionally with `Retry-After`, or at
-//! random; it also counts how many POSTs of one webhook-id were in flight at once.
+//! and answers with a chosen failure the next N times (or for one webhook-id), optionally with
+//! `Retry-After`, or at random; it counts how many POSTs were in flight at once (in all, and
+//! of one webhook-id), and can hold the first N requests until N are in flight together.
 
 use crate::loopback::{serve, LoopbackServer};
 use axum::body::Bytes;
@@ -44,6 +45,17 @@ struct DestinationState {
     hangs: VecDeque<Duration>,
     /// Percent of requests (beyond `failures`) answered 503 at random.
     random_failure_percent: u8,
+    /// Answers for one webhook-id, given before `failures`.
+    failures_for: BTreeMap<String, VecDeque<(u16, Option<String>)>>,
+    /// Held before answering one webhook-id, instead of `delay`.
+    delay_for: BTreeMap<String, Duration>,
+    /// The first requests, up to the barrier's size, wait at it until that many are in
+    /// flight together (or its bound passes).
+    together: Option<(Arc<tokio::sync::Barrier>, Duration)>,
+    together_left: usize,
+    /// POSTs being answered right now, and the most there ever were.
+    in_flight_total: usize,
+    most_in_flight_total: usize,
     /// POSTs of each webhook-id being answered right now, and the most there ever were.
     in_flight: BTreeMap<String, usize>,
     most_in_flight: usize,
@@ -62,6 +74,7 @@ impl Drop for InFlight {
         if let Some(count) = s.in_flight.get_mut(&self.webhook_id) {
             *count = count.saturating_sub(1);
         }
+        s.in_flight_total = s.in_flight_total.saturating_sub(1);
     }
 }
 
@@ -106,6 +119,36 @@ impl Destination {
     /// Answers `percent` % of requests 503 (after any `fail_next` answers), at random.
     pub fn fail_at_random(&self, percent: u8) {
         lock(&self.state).random_failure_percent = percent.min(100);
+    }
+
+    /// The next `times` requests carrying `webhook_id` answer `status`, whatever others get.
+    pub fn fail_next_for(&self, webhook_id: &str, status: u16, retry_after: Option<&str>) {
+        lock(&self.state)
+            .failures_for
+            .entry(webhook_id.to_string())
+            .or_default()
+            .push_back((status, retry_after.map(str::to_string)));
+    }
+
+    /// Requests carrying `webhook_id` are held this long before their answer.
+    pub fn hold_answers_to(&self, webhook_id: &str, delay: Duration) {
+        lock(&self.state)
+            .delay_for
+            .insert(webhook_id.to_string(), delay);
+    }
+
+    /// The next `count` requests are not answered until all `count` are in flight at once,
+    /// or `at_most` has passed: a client that sends one at a time gets its first answer only
+    /// then (after its own timeout, if shorter).
+    pub fn answer_together(&self, count: usize, at_most: Duration) {
+        let mut s = lock(&self.state);
+        s.together = Some((Arc::new(tokio::sync::Barrier::new(count)), at_most));
+        s.together_left = count;
+    }
+
+    /// The most POSTs (of any webhook-ids) that were ever in flight at the same time.
+    pub fn most_concurrent(&self) -> usize {
+        lock(&self.state).most_in_flight_total
     }
 
     /// The most POSTs of one webhook-id that were ever in flight at the same time.
@@ -193,25 +236,41 @@ async fn receive(
         tokio::time::sleep(hang).await;
         return (StatusCode::SERVICE_UNAVAILABLE, "hung").into_response();
     }
-    let (answer, delay) = {
+    let (answer, delay, together) = {
         let mut s = lock(&state);
         let count = s.in_flight.entry(webhook_id.clone()).or_default();
         *count += 1;
         let now_in_flight = *count;
         s.most_in_flight = s.most_in_flight.max(now_in_flight);
+        s.in_flight_total += 1;
+        s.most_in_flight_total = s.most_in_flight_total.max(s.in_flight_total);
         let percent = s.random_failure_percent;
         let answer = s
-            .failures
-            .pop_front()
+            .failures_for
+            .get_mut(&webhook_id)
+            .and_then(VecDeque::pop_front)
+            .or_else(|| s.failures.pop_front())
             .or_else(|| (percent > 0 && fastrand::u8(0..100) < percent).then_some((503, None)));
         let status = answer.as_ref().map(|a| a.0).unwrap_or(200);
         s.received.push(recorded(status));
-        (answer, s.delay)
+        let together = match s.together.clone() {
+            Some(barrier) if s.together_left > 0 => {
+                s.together_left -= 1;
+                Some(barrier)
+            }
+            _ => None,
+        };
+        let delay = s.delay_for.get(&webhook_id).copied().unwrap_or(s.delay);
+        (answer, delay, together)
     };
     let _in_flight = InFlight {
         state: Arc::clone(&state),
         webhook_id,
     };
+    if let Some((barrier, at_most)) = together {
+        // Past the bound the request is answered anyway (the barrier stays short of its count).
+        let _ = tokio::time::timeout(at_most, barrier.wait()).await;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

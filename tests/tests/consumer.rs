@@ -67,13 +67,18 @@ async fn sample_fifo_batch_reports_the_failed_group_only() {
         "7406",
         serde_json::json!({"ID": "7406", "TITLE": "y"}),
     );
-    world.destination.fail_next(503, 1);
     let event = sample("sqs-fifo-deal-batch.json");
     let ids: Vec<String> = event
         .records
         .iter()
         .filter_map(|r| r.message_id.clone())
         .collect();
+    // The groups go side by side: the failure is the first record's, whichever POST is first.
+    let first = event.records[0].body.as_deref().expect("a body");
+    let first_id = shared::consume::parse_envelope(first)
+        .expect("an envelope")
+        .id;
+    world.destination.fail_next_for(&first_id, 503, None);
 
     let response =
         shared::lambda::consumer::handle_sqs_event(&world.consumer(), lambda_event(event)).await;
@@ -265,4 +270,59 @@ async fn a_refresh_done_elsewhere_is_picked_up_from_the_token_store() {
         "raced"
     );
     assert_eq!(world.portal.state().refreshes, 1, "no second rotation");
+}
+
+/// The heartbeat of a slow delivery keeps every unfinished message of the batch invisible,
+/// whichever group it is in, and leaves alone one another group already handed back: its
+/// retry delay stands.
+#[tokio::test]
+async fn heartbeat_covers_the_unfinished_messages_of_every_group() {
+    let store = MemoryStore::new();
+    let world = webhook_world(&store).await;
+    for id in ["1", "2"] {
+        world
+            .portal
+            .set_entity("deal", id, serde_json::json!({"ID": id, "TITLE": "x"}));
+    }
+    let family = shared::event::Family::Deal;
+    let slow = cases::b24_event(family, "ONCRMDEALUPDATE", "1", 100);
+    let behind = cases::b24_event(family, "ONCRMDEALUPDATE", "1", 1_000);
+    let failing = cases::b24_event(family, "ONCRMDEALUPDATE", "2", 100);
+    let lease = std::time::Duration::from_millis(600);
+    // Five lease thirds: the slow one's heartbeat beats four times or so.
+    world
+        .destination
+        .hold_answers_to(&slow.id, std::time::Duration::from_millis(1_000));
+    world
+        .destination
+        .fail_next_for(&failing.id, 503, Some("120"));
+    let batch = [
+        cases::message(&slow, 1),
+        cases::message(&failing, 1),
+        cases::message(&behind, 1),
+    ];
+    let report = world
+        .consumer()
+        .with_lease(lease)
+        .process_batch(&batch, REMAINING, T0_MS)
+        .await;
+    assert_eq!(report.failed, vec![batch[1].message_id.clone()]);
+    let delays = store.delays();
+    let of = |receipt: &str| -> Vec<std::time::Duration> {
+        delays
+            .iter()
+            .filter(|(r, _)| r == receipt)
+            .map(|(_, d)| *d)
+            .collect()
+    };
+    assert!(
+        of(&batch[2].receipt).contains(&lease),
+        "the message waiting behind the slow one was kept invisible: {delays:?}"
+    );
+    assert!(of(&batch[0].receipt).contains(&lease));
+    assert_eq!(
+        of(&batch[1].receipt).last(),
+        Some(&std::time::Duration::from_secs(120)),
+        "no beat overrode the failed message's retry delay: {delays:?}"
+    );
 }

@@ -1,0 +1,164 @@
+//! A batch's message groups side by side: `process_batch` runs each FIFO group's messages in
+//! order on a future of its own and joins the groups here, in the batch's one task, so a batch
+//! of ten events about ten entities costs about one round trip to the CRM and the destination.
+//!
+//! What the groups share is the batch's `Pending` set: which messages are not finished yet. A
+//! claim's heartbeat keeps those invisible; a message handed back with its retry delay leaves
+//! the set under the same lock, so no beat of another group overrides that delay afterwards.
+
+use crate::ports::{Queue, QueueMessage};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// The batch's messages in batch order, split into their groups (each in batch order), groups
+/// ordered by their first message.
+pub(super) fn group_indices(messages: &[QueueMessage]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (index, message) in messages.iter().enumerate() {
+        match groups
+            .iter_mut()
+            .find(|(group, _)| *group == message.group_id)
+        {
+            Some((_, members)) => members.push(index),
+            None => groups.push((message.group_id.as_str(), vec![index])),
+        }
+    }
+    groups.into_iter().map(|(_, members)| members).collect()
+}
+
+#[derive(Clone, Copy, Default)]
+struct Standing {
+    finished: bool,
+    /// When a heartbeat last made it invisible for a whole lease.
+    extended_at: Option<Instant>,
+}
+
+/// The messages of a batch not finished yet (being worked on, or waiting behind another of
+/// their group). Every change of a message's visibility goes through the one lock, so a hand-
+/// back and a heartbeat never race each other at the queue.
+pub(super) struct Pending<'a> {
+    messages: &'a [QueueMessage],
+    standing: Mutex<Vec<Standing>>,
+}
+
+impl<'a> Pending<'a> {
+    pub(super) fn new(messages: &'a [QueueMessage]) -> Self {
+        Pending {
+            messages,
+            standing: Mutex::new(vec![Standing::default(); messages.len()]),
+        }
+    }
+
+    /// Finished: done (deleted after the batch), or given back by `hand_back` (its retry
+    /// delay, or its wait) under the lock, so that no heartbeat extends its visibility after.
+    pub(super) async fn finish_with(&self, index: usize, hand_back: impl Future<Output = ()>) {
+        let mut standing = self.standing.lock().await;
+        if let Some(standing) = standing.get_mut(index) {
+            standing.finished = true;
+        }
+        hand_back.await;
+    }
+
+    /// One heartbeat's share: every unfinished message of the batch invisible for `lease`
+    /// more. Several groups beat at once; a message another beat extended within the last
+    /// half `period` is skipped, so each is extended about once a period whatever the number
+    /// of groups in flight (a beat then comes at most 1.5 periods after the last, well inside
+    /// the lease of 3 periods).
+    pub(super) async fn keep_invisible(
+        &self,
+        queue: &dyn Queue,
+        lease: Duration,
+        period: Duration,
+    ) {
+        let mut standing = self.standing.lock().await;
+        for (message, standing) in self.messages.iter().zip(standing.iter_mut()) {
+            let recent = standing
+                .extended_at
+                .is_some_and(|at| at.elapsed() < period / 2);
+            if standing.finished || recent {
+                continue;
+            }
+            match queue.retry_after(&message.receipt, lease).await {
+                Ok(()) => standing.extended_at = Some(Instant::now()),
+                Err(e) => {
+                    tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility")
+                }
+            }
+        }
+    }
+}
+
+/// Runs `futures` side by side in the calling task and gives their outputs in their order.
+/// Each is polled only when the task is woken and only until it is done; ten or so groups
+/// make polling them all on each wake cheaper than any bookkeeping of which one woke.
+pub(super) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut running: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = running.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (future, output) in running.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_some() {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                Poll::Ready(value) => *output = Some(value),
+                Poll::Pending => all_done = false,
+            }
+        }
+        if all_done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: &str, group: &str) -> QueueMessage {
+        QueueMessage {
+            message_id: id.into(),
+            receipt: format!("r-{id}"),
+            body: String::new(),
+            group_id: group.into(),
+            receive_count: 1,
+        }
+    }
+
+    #[test]
+    fn groups_keep_batch_order_within_and_between_them() {
+        let batch = [
+            message("1", "a"),
+            message("2", "b"),
+            message("3", "a"),
+            message("4", "c"),
+            message("5", "b"),
+        ];
+        assert_eq!(group_indices(&batch), vec![vec![0, 2], vec![1, 4], vec![3]]);
+        assert!(group_indices(&[]).is_empty());
+    }
+
+    #[tokio::test]
+    async fn join_all_runs_the_futures_side_by_side_and_keeps_their_order() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<u8>();
+        // The first waits for the second: run one after the other, this would never end.
+        let waits =
+            Box::pin(async move { rx.await.unwrap_or(0) }) as Pin<Box<dyn Future<Output = u8>>>;
+        let sends = Box::pin(async move {
+            tokio::task::yield_now().await;
+            let _ = tx.send(7);
+            1u8
+        }) as Pin<Box<dyn Future<Output = u8>>>;
+        let joined = tokio::time::timeout(Duration::from_secs(5), join_all(vec![waits, sends]))
+            .await
+            .expect("joined");
+        assert_eq!(joined, vec![7, 1]);
+    }
+}
