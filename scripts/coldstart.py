@@ -217,7 +217,9 @@ def cold_start(command, env, event, run):
     server.shutdown()
     server.server_close()
     if not finished or invocation.error is not None or invocation.response is None:
-        sys.exit(f"coldstart: {command[-1]} gave no response (error: {invocation.error})\n"
+        stage = "no GET next" if invocation.first_next_ns is None else "no response"
+        sys.exit(f"coldstart: {command[-1]}: {stage} within {RUN_TIMEOUT_S:.0f} s, exit "
+                 f"{process.returncode} (error: {invocation.error})\n"
                  f"{stderr.decode(errors='replace')[-2000:]}")
     answer = json.loads(invocation.response)
     if answer.get("statusCode") != 202:
