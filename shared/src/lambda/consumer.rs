@@ -111,7 +111,6 @@ pub async fn run() -> Result<(), Error> {
     };
     let bitrix24: Arc<dyn Bitrix24Rest> =
         Arc::new(Bitrix24Client::new(http.clone(), &resources.config, store));
-    let consumer =
-        Consumer::new(ports, resources.config, Some(bitrix24), http).with_routes(routes);
+    let consumer = Consumer::new(ports, resources.config, Some(bitrix24), http).with_routes(routes);
     serve(Arc::new(consumer)).await
 }

@@ -51,7 +51,11 @@ pub async fn run() -> Result<(), Error> {
     let resources = FunctionResources::from_env().await?;
     let store = resources.require_store()?;
     let (config, queue) = (resources.config, resources.queue);
-    let rest = Arc::new(Bitrix24Client::new(outbound_http()?, &config, store.clone()));
+    let rest = Arc::new(Bitrix24Client::new(
+        outbound_http()?,
+        &config,
+        store.clone(),
+    ));
     let poller = Arc::new(OfflinePoller::new(rest, queue));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let poller = Arc::clone(&poller);
