@@ -1,6 +1,8 @@
 //! Function URL for Bitrix24/SalesMan company events: everything happens in `shared`.
 
-#[tokio::main]
+// One thread: an ingest function handles one event at a time, and a cold start need not
+// spawn a worker pool first.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
     shared::lambda::ingest::run(shared::event::Family::Company).await
 }

@@ -6,7 +6,7 @@
 
 use crate::consume::{Consumer, ConsumerPorts};
 use crate::enrich::bitrix24::Bitrix24Client;
-use crate::lambda::resources::FunctionResources;
+use crate::lambda::resources::{outbound_http, FunctionResources};
 use crate::ports::Bitrix24Rest;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -100,6 +100,7 @@ pub async fn run() -> Result<(), Error> {
     // A routes file that does not load fails the init, with the loader's error in the log.
     let routes = crate::routes_source::load_routes(&resources.config).await?;
     let store = resources.require_store()?;
+    let http = outbound_http()?;
     let ports = ConsumerPorts {
         queue: resources.queue.clone(),
         dedup: store.clone(),
@@ -108,12 +109,8 @@ pub async fn run() -> Result<(), Error> {
         attempts: store.clone(),
         destinations: store.clone(),
     };
-    let bitrix24: Arc<dyn Bitrix24Rest> = Arc::new(Bitrix24Client::new(
-        resources.http.clone(),
-        &resources.config,
-        store,
-    ));
-    let consumer =
-        Consumer::new(ports, resources.config, Some(bitrix24), resources.http).with_routes(routes);
+    let bitrix24: Arc<dyn Bitrix24Rest> =
+        Arc::new(Bitrix24Client::new(http.clone(), &resources.config, store));
+    let consumer = Consumer::new(ports, resources.config, Some(bitrix24), http).with_routes(routes);
     serve(Arc::new(consumer)).await
 }

@@ -5,7 +5,7 @@
 use crate::error::ConfigError;
 use crate::event::Family;
 use crate::ingest::{IngestRequest, Ingress};
-use crate::lambda::resources::FunctionResources;
+use crate::lambda::resources::{outbound_http, FunctionResources};
 use crate::lifecycle::wiring::{app_mode_ingress, inline_poll_wake, AppStores};
 use lambda_http::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use lambda_http::http::{Method, StatusCode};
@@ -88,10 +88,10 @@ pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
         config,
         queue,
         store,
-        http,
     } = FunctionResources::from_env().await?;
     let ingress = match (family, store) {
         (Family::App, Some(store)) => {
+            let http = outbound_http()?;
             let wake = inline_poll_wake(queue.clone(), &config, store.clone(), http.clone());
             app_mode_ingress(queue, config, AppStores::on(store), false, http, Some(wake))
         }

@@ -3,7 +3,7 @@
 //! Clients are built once per container; the schedule is the only trigger.
 
 use crate::enrich::bitrix24::Bitrix24Client;
-use crate::lambda::resources::FunctionResources;
+use crate::lambda::resources::{outbound_http, FunctionResources};
 use crate::lifecycle::offline::OfflinePoller;
 use crate::ports::TokenStore;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -51,7 +51,11 @@ pub async fn run() -> Result<(), Error> {
     let resources = FunctionResources::from_env().await?;
     let store = resources.require_store()?;
     let (config, queue) = (resources.config, resources.queue);
-    let rest = Arc::new(Bitrix24Client::new(resources.http, &config, store.clone()));
+    let rest = Arc::new(Bitrix24Client::new(
+        outbound_http()?,
+        &config,
+        store.clone(),
+    ));
     let poller = Arc::new(OfflinePoller::new(rest, queue));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let poller = Arc::clone(&poller);

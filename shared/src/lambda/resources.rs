@@ -1,6 +1,7 @@
 //! What every function builds once per cold start, outside its handler: the configuration
-//! (with secrets from SSM), the SQS queue, the DynamoDB store and one HTTP client. One place,
-//! so the three kinds of function cannot disagree on a variable name or a timeout.
+//! (with secrets from SSM), the SQS queue and the DynamoDB store; and the one outbound HTTP
+//! client, for the functions that call a CRM or a destination. One place, so the three kinds
+//! of function cannot disagree on a variable name or a timeout.
 
 use crate::aws::dynamo::DynamoStore;
 use crate::aws::sqs::SqsQueue;
@@ -13,7 +14,6 @@ pub struct FunctionResources {
     pub queue: Arc<SqsQueue>,
     /// `None` only where RELAY_TABLE is unset (an ingest function without stored tokens).
     pub store: Option<Arc<DynamoStore>>,
-    pub http: reqwest::Client,
 }
 
 impl FunctionResources {
@@ -29,17 +29,10 @@ impl FunctionResources {
         let store = config.table.as_ref().map(|table| {
             Arc::new(DynamoStore::from_conf(&sdk, table).with_snapshot_ttl(config.snapshot_ttl()))
         });
-        // Outbound calls (CRM REST, destination) carry their own per-request timeouts; the
-        // client adds a connect timeout and never follows a redirect.
-        let http = crate::http_client::outbound_client().map_err(|e| ConfigError::Invalid {
-            name: "HTTP client",
-            reason: e.to_string(),
-        })?;
         Ok(FunctionResources {
             config,
             queue,
             store,
-            http,
         })
     }
 
@@ -49,6 +42,17 @@ impl FunctionResources {
             .clone()
             .ok_or(ConfigError::Missing("RELAY_TABLE"))
     }
+}
+
+/// The HTTP client for CRM REST calls and destinations, built only by the functions that make
+/// them (consumer, poller, app ingress): a family ingest function never calls out, and its cold
+/// start skips building a TLS client it would not use. Outbound calls carry their own
+/// per-request timeouts; the client adds a connect timeout and never follows a redirect.
+pub fn outbound_http() -> Result<reqwest::Client, ConfigError> {
+    crate::http_client::outbound_client().map_err(|e| ConfigError::Invalid {
+        name: "HTTP client",
+        reason: e.to_string(),
+    })
 }
 
 #[cfg(test)]
