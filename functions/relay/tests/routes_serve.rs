@@ -134,8 +134,12 @@ async fn serve_lists_its_routes_and_fans_an_event_out() {
         ("SECOND_SIGNING_SECRET", second_secret.to_string()),
     ]);
     let relay = RelayProcess::start(dir.path(), &env);
-    let banner = relay.lines().join("\n");
-    assert!(banner.contains("all-deals"), "{banner}");
+    // The banner's route lines follow its "listening" line; stdout is read as it comes.
+    let banner = wait_for(Duration::from_secs(10), "the routes in the banner", || {
+        let banner = relay.lines().join("\n");
+        banner.contains("all-deals").then_some(banner)
+    })
+    .await;
     assert!(!banner.contains(second_secret), "{banner}");
 
     let (status, reply) = post(
@@ -215,8 +219,11 @@ async fn routes_and_destination_secrets_come_from_ssm() {
         ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
     ]);
     let relay = RelayProcess::start(dir.path(), &env);
-    let banner = relay.lines().join("\n");
-    assert!(banner.contains("erp"), "{banner}");
+    let banner = wait_for(Duration::from_secs(10), "the route in the banner", || {
+        let banner = relay.lines().join("\n");
+        banner.contains("erp").then_some(banner)
+    })
+    .await;
     assert!(!banner.contains(&secret), "{banner}");
 
     let (status, reply) = post(
