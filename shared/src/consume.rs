@@ -809,7 +809,7 @@ impl Consumer {
                 tracing::warn!(claim_id = %claim.id, "delivered, but another consumer holds the claim now; it completes it")
             }
             Err(e) => {
-                tracing::warn!(claim_id = %claim.id, error = %e, "could not mark event completed")
+                tracing::warn!(claim_id = %claim.id, error = %e, "could not mark claim completed")
             }
         }
     }

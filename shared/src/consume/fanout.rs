@@ -11,11 +11,11 @@
 //! it is for. The body is built once (enrich, diff, snapshot) and travels in the message, so
 //! every destination gets the same state; the webhook-id stays the event's for all of them.
 
-use super::{Consumer, Finish, HeldClaim, InBatch, Outcome, DEDUP_RETENTION};
+use super::{Consumer, Finish, HeldClaim, InBatch, Outcome};
 use crate::error::ForwardError;
 use crate::event::{Family, RelayEvent, ENVELOPE_VERSION};
 use crate::forward::{deliver, redact_url, Delivery, Signer};
-use crate::ports::{Attempt, OutgoingMessage, Ownership, QueueMessage};
+use crate::ports::{Attempt, OutgoingMessage, QueueMessage};
 use crate::routes::{Delivery as RouteDelivery, RouteDestination};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -346,31 +346,13 @@ impl Consumer {
         let work = async {
             match self.post_to(message, &claim, &target, clock.now_ms).await {
                 Sent::Delivered => {
-                    self.complete_delivery(&claim, clock.now_ms).await;
+                    self.complete_claim(&claim, clock.now_ms).await;
                     Outcome::Done
                 }
                 Sent::NotDelivered(outcome) => outcome,
             }
         };
         self.while_holding(message, &claim, clock, work).await
-    }
-
-    async fn complete_delivery(&self, claim: &HeldClaim, now_ms: i64) {
-        let expires_at_ms = now_ms.saturating_add(DEDUP_RETENTION.as_millis() as i64);
-        match self
-            .ports
-            .dedup
-            .complete(&claim.id, &claim.owner, expires_at_ms)
-            .await
-        {
-            Ok(Ownership::Held) => {}
-            Ok(Ownership::Lost) => {
-                tracing::warn!(claim_id = %claim.id, "delivered, but another consumer holds the claim now; it completes it")
-            }
-            Err(e) => {
-                tracing::warn!(claim_id = %claim.id, error = %e, "could not mark delivery completed")
-            }
-        }
     }
 
     /// The destination's own secret, else the relay's. `Err`: a secret that cannot sign, so
