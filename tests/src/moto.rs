@@ -244,3 +244,32 @@ fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// The consumer's ports on moto, as the consumer Lambda wires them: one DynamoDB table for
+/// every store and a fresh FIFO queue with its DLQ. Deliveries are recorded in the attempt
+/// log (the production default keeps failures only, held by cost_model.rs and
+/// contract_moto.rs) because the shared cases read each event's whole history back.
+pub async fn consumer_ports() -> (
+    shared::consume::ConsumerPorts,
+    std::sync::Arc<shared::aws::sqs::SqsQueue>,
+) {
+    use shared::aws::dynamo::DynamoStore;
+    use shared::aws::sqs::SqsQueue;
+    use std::sync::Arc;
+    let config = moto_config().await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&config);
+    let table = create_table(&dynamo).await;
+    let store = Arc::new(DynamoStore::new(dynamo, table).with_deliveries_recorded(true));
+    let sqs = aws_sdk_sqs::Client::new(&config);
+    let queues = create_fifo_queues(&sqs, MAX_RECEIVE_COUNT).await;
+    let queue = Arc::new(SqsQueue::new(sqs, queues.queue_url, Some(queues.dlq_url)));
+    let ports = shared::consume::ConsumerPorts {
+        queue: queue.clone(),
+        dedup: store.clone(),
+        snapshots: store.clone(),
+        tokens: store.clone(),
+        attempts: store.clone(),
+        destinations: store,
+    };
+    (ports, queue)
+}

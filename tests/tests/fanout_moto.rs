@@ -5,8 +5,6 @@
 
 use integration_tests::consumer_cases::{b24_event, REMAINING, SIGNING_SECRET, T0_MS};
 use integration_tests::destination::Destination;
-use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
-use shared::aws::dynamo::DynamoStore;
 use shared::aws::sqs::SqsQueue;
 use shared::config::RelayConfig;
 use shared::consume::{Consumer, ConsumerPorts};
@@ -18,23 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 async fn moto_ports() -> (ConsumerPorts, Arc<SqsQueue>) {
-    let config = moto_config().await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&config);
-    let table = create_table(&dynamo).await;
-    // The cases read delivered attempts back; on AWS only failures are kept by default.
-    let store = Arc::new(DynamoStore::new(dynamo, table).with_deliveries_recorded(true));
-    let sqs = aws_sdk_sqs::Client::new(&config);
-    let queues = create_fifo_queues(&sqs, MAX_RECEIVE_COUNT).await;
-    let queue = Arc::new(SqsQueue::new(sqs, queues.queue_url, Some(queues.dlq_url)));
-    let ports = ConsumerPorts {
-        queue: queue.clone(),
-        dedup: store.clone(),
-        snapshots: store.clone(),
-        tokens: store.clone(),
-        attempts: store.clone(),
-        destinations: store,
-    };
-    (ports, queue)
+    integration_tests::moto::consumer_ports().await
 }
 
 async fn moto() -> (ConsumerPorts, ()) {
