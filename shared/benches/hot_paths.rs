@@ -3,8 +3,10 @@
 //! merely splitting the form, how much signing costs over one bare HMAC, and so on.
 //! `cargo bench -p shared --bench hot_paths`; the ratios are printed after criterion's output.
 
+mod criterion_output;
 use async_trait::async_trait;
 use criterion::Criterion;
+use criterion_output::{criterion_dir, mean_ns};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use shared::config::{AppTokens, RelayConfig};
@@ -16,7 +18,6 @@ use shared::parse::php_form::decode_php_form;
 use shared::ports::{Queue, QueueMessage};
 use shared::secret::Secret;
 use std::hint::black_box;
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -127,24 +128,8 @@ fn signing_benches(c: &mut Criterion) {
 }
 
 /// Criterion's point estimate (mean, ns) for one bench, from its own output files.
-fn mean_ns(criterion_dir: &Path, group: &str, bench: &str) -> Option<f64> {
-    let path = criterion_dir
-        .join(group)
-        .join(bench)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
-    json["mean"]["point_estimate"].as_f64()
-}
-
 fn print_ratios() {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_string());
-    // Benches run with the package as working directory; the workspace target is one up.
-    let candidates = [
-        Path::new(&target).join("criterion"),
-        Path::new("..").join(&target).join("criterion"),
-    ];
-    let Some(dir) = candidates.iter().find(|d| d.is_dir()) else {
+    let Some(dir) = criterion_dir() else {
         println!("ratios: no criterion output found");
         return;
     };
@@ -162,11 +147,11 @@ fn print_ratios() {
             &["signature_header"][..],
         ),
     ] {
-        let Some(base) = mean_ns(dir, group, baseline) else {
+        let Some(base) = mean_ns(&dir, group, baseline) else {
             continue;
         };
         for bench in benches {
-            if let Some(mean) = mean_ns(dir, group, bench) {
+            if let Some(mean) = mean_ns(&dir, group, bench) {
                 println!(
                     "  {group}/{bench}: {:.1}x {baseline} ({mean:.0} ns vs {base:.0} ns)",
                     mean / base

@@ -3,11 +3,12 @@
 //! `serde_json::to_vec` of the same body. `cargo bench -p shared --bench routes_match`; the
 //! ratios are printed after criterion's output.
 
+mod criterion_output;
 use criterion::Criterion;
+use criterion_output::{criterion_dir, mean_ns};
 use serde_json::Value;
 use shared::routes::Routes;
 use std::hint::black_box;
-use std::path::Path;
 use std::time::Duration;
 
 const SEED_003: &str = include_str!("../../events/routes/seed003.routes.json");
@@ -38,35 +39,19 @@ fn routes_benches(c: &mut Criterion) {
 }
 
 /// Criterion's point estimate (mean, ns) for one bench, from its own output files.
-fn mean_ns(criterion_dir: &Path, group: &str, bench: &str) -> Option<f64> {
-    let path = criterion_dir
-        .join(group)
-        .join(bench)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let json: Value = serde_json::from_str(&text).ok()?;
-    json["mean"]["point_estimate"].as_f64()
-}
-
 fn print_ratios() {
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_string());
-    // Benches run with the package as working directory; the workspace target is one up.
-    let candidates = [
-        Path::new(&target).join("criterion"),
-        Path::new("..").join(&target).join("criterion"),
-    ];
-    let Some(dir) = candidates.iter().find(|d| d.is_dir()) else {
+    let Some(dir) = criterion_dir() else {
         println!("ratios: no criterion output found");
         return;
     };
     let baseline = "baseline_serialize_body";
-    let Some(base) = mean_ns(dir, "routes", baseline) else {
+    let Some(base) = mean_ns(&dir, "routes", baseline) else {
         println!("ratios: no baseline measured");
         return;
     };
     println!("\nratios against the baseline of the same run (mean time, lower is cheaper):");
     for bench in ["match_two_routes", "deliveries_two_routes_projected"] {
-        if let Some(mean) = mean_ns(dir, "routes", bench) {
+        if let Some(mean) = mean_ns(&dir, "routes", bench) {
             println!(
                 "  routes/{bench}: {:.2}x {baseline} ({mean:.0} ns vs {base:.0} ns)",
                 mean / base
