@@ -278,7 +278,8 @@ pub async fn redelivery_forwards_only_news(ports: ConsumerPorts, probe: Arc<dyn 
 /// The offline log's copy of a change the handler already delivered: event.offline.get
 /// stamps it (TIMESTAMP_X) a second later than the online call's `ts`, so it gets another
 /// envelope id (bitrix24/b24restdocs `api-reference/events/offline-events.md`: a change goes
-/// to the offline queue and to online handlers). The entity did not change between them:
+/// to the offline queue and to online handlers; the record's fields are those of
+/// `api-reference/events/event-offline-get.md`). The entity did not change between them:
 /// not forwarded again, recorded as skipped. A real change after it still goes out, and so
 /// does an unchanged copy stamped beyond the twin window (it is not the same change).
 pub async fn offline_twin_in_another_second_is_not_forwarded_again(
