@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A long fuzzing campaign over everything that reads a body before authentication (form and
 # JSON decoders, Bitrix24/SalesMan parsers, envelope id, the ingress handler): the properties
-# in shared/tests/fuzz.rs, run for SECONDS in total (default 600) with fresh seeds each round.
+# in crates/relay-core/tests/fuzz.rs, run for SECONDS in total (default 600) with fresh seeds each round.
 # CI runs the same properties as ordinary tests for a fixed, small number of cases.
 #
 #   scripts/fuzz.sh          10 minutes
 #   scripts/fuzz.sh 60       one minute
 #
-# A failure prints the minimal failing input: add it to shared/tests/fuzz.rs (or to the unit
+# A failure prints the minimal failing input: add it to crates/relay-core/tests/fuzz.rs (or to the unit
 # tests of the module at fault) as a regression test before fixing it.
 set -euo pipefail
 
@@ -24,7 +24,7 @@ echo "==> fuzzing for ${SECONDS_TOTAL} s; log: $LOG" >&2
 # honest on a small machine.
 START=$(date +%s)
 status=0
-RELAY_FUZZ_SECONDS="$SECONDS_TOTAL" cargo test -p shared --test fuzz -- \
+RELAY_FUZZ_SECONDS="$SECONDS_TOTAL" cargo test -p relay-core --test fuzz -- \
     --nocapture --test-threads=1 2>&1 | tee "$LOG" || status=$?
 END=$(date +%s)
 

@@ -9,15 +9,15 @@ use crate::probe::QueueProbe;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use relay_core::catalogue::EntityType;
+use relay_core::config::RelayConfig;
+use relay_core::consume::{Consumer, ConsumerPorts};
+use relay_core::enrich::bitrix24::{Bitrix24Client, RateLimit};
+use relay_core::event::{envelope_id, Family, RelayEvent, Source};
+use relay_core::ports::{Bitrix24Rest, Claim, PortalTokens, QueueMessage, SnapshotKey};
+use relay_core::secret::Secret;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use shared::catalogue::EntityType;
-use shared::config::RelayConfig;
-use shared::consume::{Consumer, ConsumerPorts};
-use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
-use shared::event::{envelope_id, Family, RelayEvent, Source};
-use shared::ports::{Bitrix24Rest, Claim, PortalTokens, QueueMessage, SnapshotKey};
-use shared::secret::Secret;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -255,7 +255,7 @@ pub async fn redelivery_forwards_only_news(ports: ConsumerPorts, probe: Arc<dyn 
         world.destination.delivered_webhook_ids(),
         vec![
             event.id.clone(),
-            shared::consume::redelivery_id(&event.id, event.ts)
+            relay_core::consume::redelivery_id(&event.id, event.ts)
         ],
         "the news goes out once under its own id; the copy without news not at all"
     );
@@ -295,7 +295,7 @@ pub async fn offline_twin_in_another_second_is_not_forwarded_again(
     let online = b24_event(Family::Deal, "ONCRMDEALUPDATE", "33", online_ts);
     let stamp = |ts: i64| {
         let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(ts as u64);
-        shared::event::rfc3339_seconds(at)
+        relay_core::event::rfc3339_seconds(at)
     };
     let offline_record = |ts: i64| {
         json!({"ID": "9", "TIMESTAMP_X": stamp(ts), "EVENT_NAME": "ONCRMDEALUPDATE",
@@ -303,7 +303,7 @@ pub async fn offline_twin_in_another_second_is_not_forwarded_again(
             "MESSAGE_ID": "abc"})
     };
     let envelope = |ts: i64| {
-        shared::lifecycle::offline::offline_record_envelope(
+        relay_core::lifecycle::offline::offline_record_envelope(
             PORTAL,
             online.domain.as_deref(),
             &offline_record(ts),
@@ -314,7 +314,7 @@ pub async fn offline_twin_in_another_second_is_not_forwarded_again(
     let twin = envelope(online_ts + 1);
     assert_ne!(twin.id, online.id, "stamped in another second: another id");
     // Beyond the window of the change below (stamped online_ts + 5).
-    let late_copy = envelope(online_ts + 5 + shared::consume::TWIN_WINDOW_S + 1);
+    let late_copy = envelope(online_ts + 5 + relay_core::consume::TWIN_WINDOW_S + 1);
 
     for (n, event) in [&online, &twin].into_iter().enumerate() {
         let report = consumer
@@ -423,7 +423,8 @@ pub async fn batch_stops_taking_messages_before_its_deadline(
     ];
     let messages: Vec<_> = events.iter().map(|e| message(e, 1)).collect();
     // Enough for the first forwards and a little more, not for a second whole one after them.
-    let remaining = forward_timeout + shared::consume::DEADLINE_MARGIN + Duration::from_millis(400);
+    let remaining =
+        forward_timeout + relay_core::consume::DEADLINE_MARGIN + Duration::from_millis(400);
     let report = consumer.process_batch(&messages, remaining, T0_MS).await;
     assert_eq!(
         report.failed,

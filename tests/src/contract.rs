@@ -3,17 +3,17 @@
 //! the embedded store and the cloud cannot drift apart. Each check panics with what broke.
 
 use async_trait::async_trait;
-use shared::aws::sqs::SqsQueue;
-use shared::catalogue::EntityType;
-use shared::event::{envelope_id, Family, RelayEvent, Source};
-use shared::lifecycle::bind::Binding;
-use shared::local::SqliteStore;
-use shared::ports::{
+use relay_aws::sqs::SqsQueue;
+use relay_core::catalogue::EntityType;
+use relay_core::event::{envelope_id, Family, RelayEvent, Source};
+use relay_core::lifecycle::bind::Binding;
+use relay_core::ports::{
     Attempt, AttemptLog, BindPlanStore, Claim, DeadLetter, DedupStore, DestinationStatus,
     Ownership, PollingQueue, PortalTokens, Queue, QueueMessage, RedriveFilter, Snapshot,
     SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
-use shared::secret::Secret;
+use relay_core::secret::Secret;
+use relay_local::SqliteStore;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -14,10 +14,10 @@
 //! - `event.offline.error` marks records of the process erroneous and releases the claim.
 
 use crate::fake_bitrix24::{param, FakeBitrix24, MethodReply, PortalLimits, PortalState};
+use relay_core::event::Family;
+use relay_core::ingest::{IngestReply, IngestRequest, Ingress};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use shared::event::Family;
-use shared::ingest::{IngestReply, IngestRequest, Ingress};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -575,6 +575,6 @@ fn record_json(r: &OfflineRecord) -> Value {
 
 /// Events this portal knows (anything crm-relay binds, plus ONOFFLINEEVENT).
 fn known_event(event: &str) -> bool {
-    shared::lifecycle::events::family_of_bound_event(event).is_some()
-        || event.eq_ignore_ascii_case(shared::lifecycle::events::ONOFFLINEEVENT)
+    relay_core::lifecycle::events::family_of_bound_event(event).is_some()
+        || event.eq_ignore_ascii_case(relay_core::lifecycle::events::ONOFFLINEEVENT)
 }

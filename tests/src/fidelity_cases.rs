@@ -5,14 +5,14 @@
 use crate::consumer_cases::{message, Auth, World, PORTAL, REMAINING, T0_MS};
 use crate::fake_bitrix24::PortalLimits;
 use crate::probe::QueueProbe;
+use relay_core::config::RelayConfig;
+use relay_core::consume::{Consumer, ConsumerPorts};
+use relay_core::enrich::bitrix24::Bitrix24Client;
+use relay_core::event::{entity_type_of, envelope_id, RelayEvent, Source};
+use relay_core::parse::bitrix24::parse_bitrix24;
+use relay_core::ports::Bitrix24Rest;
+use relay_core::secret::Secret;
 use serde_json::{json, Value};
-use shared::config::RelayConfig;
-use shared::consume::{Consumer, ConsumerPorts};
-use shared::enrich::bitrix24::Bitrix24Client;
-use shared::event::{entity_type_of, envelope_id, RelayEvent, Source};
-use shared::parse::bitrix24::parse_bitrix24;
-use shared::ports::Bitrix24Rest;
-use shared::secret::Secret;
 use std::sync::Arc;
 
 /// The envelope ingress builds from a delivery of `event` with `data` from `portal`/`domain`.
@@ -23,7 +23,7 @@ pub fn delivered(portal: &str, domain: &str, event: &str, data: Value, ts: i64) 
         unreachable!()
     };
     let parsed = parse_bitrix24(&document).expect("a well-formed delivery");
-    let family = shared::catalogue::resolve(&parsed.event, &parsed.data)
+    let family = relay_core::catalogue::resolve(&parsed.event, &parsed.data)
         .expect("an event the catalogue takes")
         .family;
     RelayEvent {
@@ -434,7 +434,7 @@ pub async fn operation_time_limit_waits_until_the_reset(
     probe: Arc<dyn QueueProbe>,
 ) {
     use crate::fake_bitrix24::MethodReply;
-    use shared::error::EnrichError;
+    use relay_core::error::EnrichError;
     let world = World::new(ports, probe, Auth::Webhook, PortalLimits::default()).await;
     world
         .portal

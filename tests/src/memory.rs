@@ -4,11 +4,11 @@
 
 use crate::probe::QueueProbe;
 use async_trait::async_trait;
-use shared::consume::ConsumerPorts;
-use shared::error::StoreError;
-use shared::event::{RelayEvent, Source};
-use shared::lifecycle::bind::Binding;
-use shared::ports::{
+use relay_core::consume::ConsumerPorts;
+use relay_core::error::StoreError;
+use relay_core::event::{RelayEvent, Source};
+use relay_core::lifecycle::bind::Binding;
+use relay_core::ports::{
     Attempt, AttemptLog, BindPlanStore, Claim, DedupStore, DestinationStatus, Outbox, Ownership,
     PortalTokens, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore,
     TokenStore,

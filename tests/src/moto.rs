@@ -29,11 +29,11 @@ pub fn moto_endpoint() -> String {
 }
 
 /// The SDK configuration for the shared moto server: exactly what the functions build
-/// (`shared::aws::sdk_config()`), which finds moto through `AWS_ENDPOINT_URL`.
+/// (`relay_aws::sdk_config()`), which finds moto through `AWS_ENDPOINT_URL`.
 pub async fn moto_config() -> SdkConfig {
     // Fail with the clear message before the SDK fails with a connection error.
     let _ = moto_endpoint();
-    shared::aws::sdk_config().await
+    relay_aws::sdk_config().await
 }
 
 /// Stores a SecureString in the shared moto server's SSM, as a deployment stores a secret.
@@ -54,7 +54,7 @@ pub async fn put_secure_string(name: &str, value: &str) {
 /// Set on the service config: `AWS_ENDPOINT_URL` in the environment outranks an endpoint set
 /// on the shared `SdkConfig`.
 pub async fn sqs_client_for(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = shared::aws::sdk_config().await;
+    let config = relay_aws::sdk_config().await;
     aws_sdk_sqs::Client::from_conf(
         aws_sdk_sqs::config::Builder::from(&config)
             .endpoint_url(endpoint)
@@ -64,7 +64,7 @@ pub async fn sqs_client_for(endpoint: &str) -> aws_sdk_sqs::Client {
 
 /// A DynamoDB client with the functions' configuration, aimed at `endpoint`.
 pub async fn dynamo_client_for(endpoint: &str) -> aws_sdk_dynamodb::Client {
-    let config = shared::aws::sdk_config().await;
+    let config = relay_aws::sdk_config().await;
     aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&config)
             .endpoint_url(endpoint)
@@ -166,7 +166,7 @@ pub async fn create_table(ddb: &aws_sdk_dynamodb::Client) -> String {
         .time_to_live_specification(
             TimeToLiveSpecification::builder()
                 .enabled(true)
-                .attribute_name(shared::aws::dynamo::TTL_ATTRIBUTE)
+                .attribute_name(relay_aws::dynamo::TTL_ATTRIBUTE)
                 .build()
                 .expect("ttl spec"),
         )
@@ -250,11 +250,11 @@ fn free_port() -> u16 {
 /// log (the production default keeps failures only, held by cost_model.rs and
 /// contract_moto.rs) because the shared cases read each event's whole history back.
 pub async fn consumer_ports() -> (
-    shared::consume::ConsumerPorts,
-    std::sync::Arc<shared::aws::sqs::SqsQueue>,
+    relay_core::consume::ConsumerPorts,
+    std::sync::Arc<relay_aws::sqs::SqsQueue>,
 ) {
-    use shared::aws::dynamo::DynamoStore;
-    use shared::aws::sqs::SqsQueue;
+    use relay_aws::dynamo::DynamoStore;
+    use relay_aws::sqs::SqsQueue;
     use std::sync::Arc;
     let config = moto_config().await;
     let dynamo = aws_sdk_dynamodb::Client::new(&config);
@@ -263,7 +263,7 @@ pub async fn consumer_ports() -> (
     let sqs = aws_sdk_sqs::Client::new(&config);
     let queues = create_fifo_queues(&sqs, MAX_RECEIVE_COUNT).await;
     let queue = Arc::new(SqsQueue::new(sqs, queues.queue_url, Some(queues.dlq_url)));
-    let ports = shared::consume::ConsumerPorts {
+    let ports = relay_core::consume::ConsumerPorts {
         queue: queue.clone(),
         dedup: store.clone(),
         snapshots: store.clone(),

@@ -2,7 +2,7 @@
 //! messages. Each backend (memory, SQLite, SQS on moto) implements it its own way.
 
 use async_trait::async_trait;
-use shared::ports::DeadLetter;
+use relay_core::ports::DeadLetter;
 
 #[async_trait]
 pub trait QueueProbe: Send + Sync {
@@ -19,7 +19,7 @@ fn oldest_first(mut letters: Vec<DeadLetter>) -> Vec<(String, String)> {
 /// The probe for any queue that lists its own dead letters (the embedded SQLite queue).
 /// `keep` holds whatever must live as long as the store (its scratch directory).
 pub struct PollingQueueProbe<K: Send + Sync = ()> {
-    pub queue: std::sync::Arc<dyn shared::ports::PollingQueue>,
+    pub queue: std::sync::Arc<dyn relay_core::ports::PollingQueue>,
     pub keep: K,
 }
 
@@ -36,7 +36,7 @@ impl<K: Send + Sync> QueueProbe for PollingQueueProbe<K> {
 }
 
 #[async_trait]
-impl QueueProbe for shared::aws::sqs::SqsQueue {
+impl QueueProbe for relay_aws::sqs::SqsQueue {
     async fn parked(&self) -> Vec<(String, String)> {
         oldest_first(
             self.list_dead_letters()
@@ -51,14 +51,14 @@ impl QueueProbe for shared::aws::sqs::SqsQueue {
 pub fn sqlite_ports(
     label: &str,
 ) -> (
-    shared::consume::ConsumerPorts,
+    relay_core::consume::ConsumerPorts,
     std::sync::Arc<dyn QueueProbe>,
 ) {
     let dir = crate::scratch::ScratchDir::new(label);
     let store = std::sync::Arc::new(
-        shared::local::SqliteStore::open(dir.path()).expect("open the embedded store"),
+        relay_local::SqliteStore::open(dir.path()).expect("open the embedded store"),
     );
-    let ports = shared::consume::ConsumerPorts {
+    let ports = relay_core::consume::ConsumerPorts {
         queue: store.clone(),
         dedup: store.clone(),
         snapshots: store.clone(),

@@ -6,9 +6,9 @@
 //! dead-letter queue. Time moves only when `advance_to` says so.
 
 use async_trait::async_trait;
-use shared::error::StoreError;
-use shared::event::RelayEvent;
-use shared::ports::{OutgoingMessage, Queue, QueueMessage};
+use relay_core::error::StoreError;
+use relay_core::event::RelayEvent;
+use relay_core::ports::{OutgoingMessage, Queue, QueueMessage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -5,8 +5,8 @@ use integration_tests::consumer_cases::{self as cases, Auth, World, REMAINING, T
 use integration_tests::fake_bitrix24::PortalLimits;
 use integration_tests::memory::MemoryStore;
 use integration_tests::probe::QueueProbe;
-use shared::consume::ConsumerPorts;
-use shared::ports::Bitrix24Rest;
+use relay_core::consume::ConsumerPorts;
+use relay_core::ports::Bitrix24Rest;
 use std::sync::Arc;
 
 async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
@@ -75,13 +75,13 @@ async fn sample_fifo_batch_reports_the_failed_group_only() {
         .collect();
     // The groups go side by side: the failure is the first record's, whichever POST is first.
     let first = event.records[0].body.as_deref().expect("a body");
-    let first_id = shared::consume::parse_envelope(first)
+    let first_id = relay_core::consume::parse_envelope(first)
         .expect("an envelope")
         .id;
     world.destination.fail_next_for(&first_id, 503, None);
 
     let response =
-        shared::lambda::consumer::handle_sqs_event(&world.consumer(), lambda_event(event)).await;
+        relay_lambda::consumer::handle_sqs_event(&world.consumer(), lambda_event(event)).await;
 
     // Records 1 and 2 share deal 7405's group: 1 failed, so 2 is held back; 3 is delivered.
     assert_eq!(failures(&response), vec![ids[0].clone(), ids[1].clone()]);
@@ -100,7 +100,7 @@ async fn sample_with_a_non_json_body_fails_no_record() {
     world
         .portal
         .set_entity("deal", "7406", serde_json::json!({"ID": "7406"}));
-    let response = shared::lambda::consumer::handle_sqs_event(
+    let response = relay_lambda::consumer::handle_sqs_event(
         &world.consumer(),
         lambda_event(sample("sqs-fifo-malformed.json")),
     )
@@ -127,7 +127,7 @@ async fn without_destination_events_go_to_the_outbox() {
         serde_json::json!({"ID": "1", "TITLE": "local"}),
     );
     let consumer = world.consumer().with_outbox(store.clone());
-    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALUPDATE", "1", 100);
+    let event = cases::b24_event(relay_core::event::Family::Deal, "ONCRMDEALUPDATE", "1", 100);
     let report = consumer
         .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
         .await;
@@ -144,7 +144,7 @@ async fn without_destination_or_outbox_events_are_parked_not_lost() {
     let store = MemoryStore::new();
     let mut world = webhook_world(&store).await;
     world.config.destination_url = None;
-    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    let event = cases::b24_event(relay_core::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
     let report = world
         .consumer()
         .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
@@ -159,8 +159,8 @@ async fn without_destination_or_outbox_events_are_parked_not_lost() {
 async fn unusable_signing_secret_holds_events_instead_of_sending_unsigned() {
     let store = MemoryStore::new();
     let mut world = webhook_world(&store).await;
-    world.config.signing_secret = Some(shared::secret::Secret::new("whsec_***not-base64***"));
-    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    world.config.signing_secret = Some(relay_core::secret::Secret::new("whsec_***not-base64***"));
+    let event = cases::b24_event(relay_core::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
     let report = world
         .consumer()
         .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
@@ -176,7 +176,7 @@ async fn retry_after_from_the_destination_sets_the_visibility_delay() {
     world
         .destination
         .fail_next_with_retry_after(503, 1, Some("120"));
-    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
+    let event = cases::b24_event(relay_core::event::Family::Deal, "ONCRMDEALDELETE", "1", 100);
     let msg = cases::message(&event, 1);
     let report = world
         .consumer()
@@ -193,29 +193,34 @@ async fn retry_after_from_the_destination_sets_the_visibility_delay() {
 /// before another instance refreshed would have.
 struct StaleFirstRead {
     inner: Arc<MemoryStore>,
-    stale: std::sync::Mutex<Option<shared::ports::PortalTokens>>,
+    stale: std::sync::Mutex<Option<relay_core::ports::PortalTokens>>,
 }
 
 #[async_trait::async_trait]
-impl shared::ports::TokenStore for StaleFirstRead {
+impl relay_core::ports::TokenStore for StaleFirstRead {
     async fn get(
         &self,
         member_id: &str,
-    ) -> Result<Option<shared::ports::PortalTokens>, shared::error::StoreError> {
+    ) -> Result<Option<relay_core::ports::PortalTokens>, relay_core::error::StoreError> {
         let stale = self.stale.lock().unwrap_or_else(|p| p.into_inner()).take();
         match stale {
             Some(tokens) => Ok(Some(tokens)),
-            None => shared::ports::TokenStore::get(self.inner.as_ref(), member_id).await,
+            None => relay_core::ports::TokenStore::get(self.inner.as_ref(), member_id).await,
         }
     }
-    async fn put(&self, t: &shared::ports::PortalTokens) -> Result<(), shared::error::StoreError> {
-        shared::ports::TokenStore::put(self.inner.as_ref(), t).await
+    async fn put(
+        &self,
+        t: &relay_core::ports::PortalTokens,
+    ) -> Result<(), relay_core::error::StoreError> {
+        relay_core::ports::TokenStore::put(self.inner.as_ref(), t).await
     }
-    async fn delete(&self, m: &str) -> Result<(), shared::error::StoreError> {
-        shared::ports::TokenStore::delete(self.inner.as_ref(), m).await
+    async fn delete(&self, m: &str) -> Result<(), relay_core::error::StoreError> {
+        relay_core::ports::TokenStore::delete(self.inner.as_ref(), m).await
     }
-    async fn list(&self) -> Result<Vec<shared::ports::PortalTokens>, shared::error::StoreError> {
-        shared::ports::TokenStore::list(self.inner.as_ref()).await
+    async fn list(
+        &self,
+    ) -> Result<Vec<relay_core::ports::PortalTokens>, relay_core::error::StoreError> {
+        relay_core::ports::TokenStore::list(self.inner.as_ref()).await
     }
 }
 
@@ -234,7 +239,7 @@ async fn a_refresh_done_elsewhere_is_picked_up_from_the_token_store() {
         "1",
         serde_json::json!({"ID": "1", "TITLE": "raced"}),
     );
-    let stale = shared::ports::TokenStore::get(store.as_ref(), cases::PORTAL)
+    let stale = relay_core::ports::TokenStore::get(store.as_ref(), cases::PORTAL)
         .await
         .expect("tokens")
         .expect("stored");
@@ -256,7 +261,7 @@ async fn a_refresh_done_elsewhere_is_picked_up_from_the_token_store() {
         inner: store.clone(),
         stale: std::sync::Mutex::new(Some(stale)),
     });
-    let event = cases::b24_event(shared::event::Family::Deal, "ONCRMDEALUPDATE", "1", 100);
+    let event = cases::b24_event(relay_core::event::Family::Deal, "ONCRMDEALUPDATE", "1", 100);
     let report = world
         .consumer()
         .process_batch(&[cases::message(&event, 1)], REMAINING, T0_MS)
@@ -284,7 +289,7 @@ async fn heartbeat_covers_the_unfinished_messages_of_every_group() {
             .portal
             .set_entity("deal", id, serde_json::json!({"ID": id, "TITLE": "x"}));
     }
-    let family = shared::event::Family::Deal;
+    let family = relay_core::event::Family::Deal;
     let slow = cases::b24_event(family, "ONCRMDEALUPDATE", "1", 100);
     let behind = cases::b24_event(family, "ONCRMDEALUPDATE", "1", 1_000);
     let failing = cases::b24_event(family, "ONCRMDEALUPDATE", "2", 100);

@@ -2,7 +2,7 @@
 //! scripts/test.sh starts (a fresh table and FIFO queue + DLQ per case).
 
 use integration_tests::probe::QueueProbe;
-use shared::consume::ConsumerPorts;
+use relay_core::consume::ConsumerPorts;
 use std::sync::Arc;
 
 async fn moto() -> (ConsumerPorts, Arc<dyn QueueProbe>) {

@@ -1,7 +1,7 @@
 //! The consumer cases on the embedded SQLite store (`relay serve`'s ports).
 
 use integration_tests::probe::QueueProbe;
-use shared::consume::ConsumerPorts;
+use relay_core::consume::ConsumerPorts;
 use std::sync::Arc;
 
 async fn sqlite() -> (ConsumerPorts, Arc<dyn QueueProbe>) {

@@ -4,11 +4,11 @@
 use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::contract;
 use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
-use shared::aws::dynamo::DynamoStore;
-use shared::aws::sqs::SqsQueue;
-use shared::catalogue::EntityType;
-use shared::event::{Family, Source};
-use shared::ports::{DedupStore, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore};
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_core::catalogue::EntityType;
+use relay_core::event::{Family, Source};
+use relay_core::ports::{DedupStore, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -121,7 +121,7 @@ async fn snapshots_carry_their_expiry_from_the_last_write() {
         .unwrap()
         .as_secs() as i64;
     let item = raw_snapshot(&client, &table, &key).await;
-    let expires: i64 = item[shared::aws::dynamo::TTL_ATTRIBUTE]
+    let expires: i64 = item[relay_aws::dynamo::TTL_ATTRIBUTE]
         .as_n()
         .unwrap()
         .parse()
@@ -138,7 +138,7 @@ async fn snapshots_carry_their_expiry_from_the_last_write() {
         SnapshotSave::Saved
     );
     let item = raw_snapshot(&client, &table, &key).await;
-    assert!(!item.contains_key(shared::aws::dynamo::TTL_ATTRIBUTE));
+    assert!(!item.contains_key(relay_aws::dynamo::TTL_ATTRIBUTE));
 }
 
 /// More snapshots than one Query page: the uninstall pages through the portal's partition
@@ -168,7 +168,7 @@ async fn a_portal_with_many_snapshots_is_forgotten_page_by_page() {
 /// On AWS a delivery costs no attempt write: the log keeps retries, dead letters and the like.
 #[tokio::test]
 async fn the_aws_attempt_log_keeps_failures_only() {
-    use shared::ports::{Attempt, AttemptLog};
+    use relay_core::ports::{Attempt, AttemptLog};
     let config = moto_config().await;
     let client = aws_sdk_dynamodb::Client::new(&config);
     let store = DynamoStore::new(client.clone(), create_table(&client).await);

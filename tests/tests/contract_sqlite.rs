@@ -3,8 +3,8 @@
 
 use integration_tests::contract;
 use integration_tests::scratch::ScratchDir;
-use shared::local::SqliteStore;
-use shared::ports::DedupStore;
+use relay_core::ports::DedupStore;
+use relay_local::SqliteStore;
 use std::sync::Arc;
 
 fn open_store(dir: &ScratchDir) -> SqliteStore {

@@ -12,17 +12,17 @@ use integration_tests::counting::{Call, CallLog};
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24_events::{post_as_bitrix24, FakePortal};
 use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_core::config::RelayConfig;
+use relay_core::consume::{Consumer, ConsumerPorts};
+use relay_core::enrich::bitrix24::{Bitrix24Client, RateLimit};
+use relay_core::event::Family;
+use relay_core::ingest::Ingress;
+use relay_core::lifecycle::offline::OfflinePoller;
+use relay_core::ports::{Bitrix24Rest, PortalTokens, QueueMessage, TokenStore};
+use relay_core::secret::Secret;
 use serde_json::{json, Value};
-use shared::aws::dynamo::DynamoStore;
-use shared::aws::sqs::SqsQueue;
-use shared::config::RelayConfig;
-use shared::consume::{Consumer, ConsumerPorts};
-use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
-use shared::event::Family;
-use shared::ingest::Ingress;
-use shared::lifecycle::offline::OfflinePoller;
-use shared::ports::{Bitrix24Rest, PortalTokens, QueueMessage, TokenStore};
-use shared::secret::Secret;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -184,7 +184,7 @@ async fn drain(
     done
 }
 
-/// Every log line the functions write, as `shared::logging` formats them on Lambda (JSON, no
+/// Every log line the functions write, as `relay_core::logging` formats them on Lambda (JSON, no
 /// time: Lambda stamps it), tagged with the phase that wrote it. This test binary holds one
 /// test, so the global subscriber is its own.
 /// Per phase: lines, bytes, and the longest single write (a line).

@@ -5,13 +5,13 @@
 
 use integration_tests::consumer_cases::{b24_event, REMAINING, SIGNING_SECRET, T0_MS};
 use integration_tests::destination::Destination;
-use shared::aws::sqs::SqsQueue;
-use shared::config::RelayConfig;
-use shared::consume::{Consumer, ConsumerPorts};
-use shared::event::Family;
-use shared::ports::Queue;
-use shared::routes::{EventPattern, Route, RouteDestination, Routes};
-use shared::secret::Secret;
+use relay_aws::sqs::SqsQueue;
+use relay_core::config::RelayConfig;
+use relay_core::consume::{Consumer, ConsumerPorts};
+use relay_core::event::Family;
+use relay_core::ports::Queue;
+use relay_core::routes::{EventPattern, Route, RouteDestination, Routes};
+use relay_core::secret::Secret;
 use std::sync::Arc;
 use std::time::Duration;
 

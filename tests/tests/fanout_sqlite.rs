@@ -2,7 +2,7 @@
 //! attempts and destination status), with a FIFO queue on a simulated clock.
 
 use integration_tests::probe::QueueProbe;
-use shared::consume::ConsumerPorts;
+use relay_core::consume::ConsumerPorts;
 use std::sync::Arc;
 
 async fn sqlite() -> (ConsumerPorts, Arc<dyn QueueProbe>) {

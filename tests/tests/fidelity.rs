@@ -3,7 +3,7 @@
 
 use integration_tests::memory::MemoryStore;
 use integration_tests::probe::QueueProbe;
-use shared::consume::ConsumerPorts;
+use relay_core::consume::ConsumerPorts;
 use std::sync::Arc;
 
 async fn memory() -> (ConsumerPorts, Arc<dyn QueueProbe>) {

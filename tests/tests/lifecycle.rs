@@ -6,24 +6,24 @@ use async_trait::async_trait;
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24_events::{post_as_bitrix24, FakePortal};
 use integration_tests::memory::MemoryStore;
-use serde_json::json;
-use shared::config::{AppTokens, RelayConfig};
-use shared::consume::Consumer;
-use shared::enrich::bitrix24::{Bitrix24Client, RateLimit};
-use shared::error::{IngestError, StoreError};
-use shared::event::{Family, RelayEvent, Source};
-use shared::ingest::{IngestReply, Ingress};
-use shared::lifecycle::bind::{
+use relay_core::config::{AppTokens, RelayConfig};
+use relay_core::consume::Consumer;
+use relay_core::enrich::bitrix24::{Bitrix24Client, RateLimit};
+use relay_core::error::{IngestError, StoreError};
+use relay_core::event::{Family, RelayEvent, Source};
+use relay_core::ingest::{IngestReply, Ingress};
+use relay_core::lifecycle::bind::{
     bind_all, list_bindings, plan_bindings, removal_plan, unbind_all, urls_from_base, Binding,
     PlanRebind,
 };
-use shared::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
-use shared::lifecycle::offline::{OfflinePoller, PollError, PortalRef};
-use shared::ports::{
+use relay_core::lifecycle::install::{AppInfoVerifier, AppLifecycle, AppOutcome};
+use relay_core::lifecycle::offline::{OfflinePoller, PollError, PortalRef};
+use relay_core::ports::{
     BindPlanStore, Bitrix24Rest, Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotStore,
     TokenStore,
 };
-use shared::secret::Secret;
+use relay_core::secret::Secret;
+use serde_json::json;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -297,7 +297,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
         source: Source::Bitrix24,
         portal: "portal04".into(),
         family: Family::Deal,
-        entity_type: shared::catalogue::EntityType::Deal,
+        entity_type: relay_core::catalogue::EntityType::Deal,
         entity_id: "7".into(),
     };
     s.snapshots
@@ -356,7 +356,7 @@ impl SnapshotStore for SnapshotsFailingOnce {
         &self,
         key: &SnapshotKey,
         snapshot: &Snapshot,
-    ) -> Result<shared::ports::SnapshotSave, StoreError> {
+    ) -> Result<relay_core::ports::SnapshotSave, StoreError> {
         self.inner.save(key, snapshot).await
     }
     async fn delete(&self, key: &SnapshotKey) -> Result<(), StoreError> {
@@ -380,7 +380,7 @@ async fn an_uninstall_cut_short_still_authenticates_its_retry() {
         source: Source::Bitrix24,
         portal: "portal05".into(),
         family: Family::Deal,
-        entity_type: shared::catalogue::EntityType::Deal,
+        entity_type: relay_core::catalogue::EntityType::Deal,
         entity_id: "8".into(),
     };
     let snap = Snapshot {
@@ -681,7 +681,7 @@ async fn offline_wake_event_is_verified_and_wakes_the_poller() {
         s.snapshots.clone(),
         AppTokens::default(),
     )
-    .with_offline_wake(Arc::new(shared::lifecycle::offline::NotifyWake(
+    .with_offline_wake(Arc::new(relay_core::lifecycle::offline::NotifyWake(
         notify.clone(),
     )));
     let wake = json!({"event": "ONOFFLINEEVENT", "data": {"type": "update", "event": "ONCRMDEALUPDATE", "minTimeout": "5"},
@@ -726,10 +726,9 @@ async fn scheduled_run_drains_every_installed_portal() {
     )
     .unwrap();
     let event = lambda_runtime::LambdaEvent::new(schedule, lambda_runtime::Context::default());
-    let summary =
-        shared::lambda::offline_poller::handle_schedule(&poller, s.tokens.as_ref(), event)
-            .await
-            .unwrap();
+    let summary = relay_lambda::offline_poller::handle_schedule(&poller, s.tokens.as_ref(), event)
+        .await
+        .unwrap();
     assert_eq!(summary["portals"], 1);
     assert_eq!(summary["enqueued"], 3);
     let sent = queue.unique();

@@ -6,14 +6,14 @@ use integration_tests::consumer_cases::{b24_event, PORTAL, SIGNING_SECRET};
 use integration_tests::destination::Destination;
 use integration_tests::fake_bitrix24::{FakeBitrix24, OperatingLimits, PortalLimits};
 use integration_tests::scratch::ScratchDir;
+use relay_core::config::RelayConfig;
+use relay_core::consume::{Consumer, ConsumerPorts};
+use relay_core::enrich::bitrix24::{client_share, Bitrix24Client, RateLimit};
+use relay_core::event::Family;
+use relay_core::ports::{Bitrix24Rest, PollingQueue};
+use relay_core::secret::Secret;
+use relay_local::SqliteStore;
 use serde_json::json;
-use shared::config::RelayConfig;
-use shared::consume::{Consumer, ConsumerPorts};
-use shared::enrich::bitrix24::{client_share, Bitrix24Client, RateLimit};
-use shared::event::Family;
-use shared::local::SqliteStore;
-use shared::ports::{Bitrix24Rest, PollingQueue};
-use shared::secret::Secret;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -191,7 +191,7 @@ async fn a_burst_of_events_through_five_consumers_stays_inside_the_portals_bucke
                 "ONCRMDEALUPDATE",
                 &id.to_string(),
                 // Stamped beyond each other's twin window: an unchanged deal is still news.
-                1_000 + update as i64 * (shared::consume::TWIN_WINDOW_S + 1),
+                1_000 + update as i64 * (relay_core::consume::TWIN_WINDOW_S + 1),
             );
             relay.ports.queue.send(&event).await.expect("enqueue");
         }

@@ -8,16 +8,16 @@ use async_trait::async_trait;
 use integration_tests::consumer_cases::{message, Auth, World, REMAINING, T0_MS};
 use integration_tests::fake_bitrix24::PortalLimits;
 use integration_tests::memory::MemoryStore;
+use relay_core::catalogue::EntityType;
+use relay_core::config::RelayConfig;
+use relay_core::enrich::salesman::{InfoOutcome, SalesmanClient};
+use relay_core::enrich::Enricher;
+use relay_core::error::StoreError;
+use relay_core::event::{Family, RelayEvent, Source};
+use relay_core::ingest::{IngestRequest, Ingress};
+use relay_core::ports::{Queue, QueueMessage, SnapshotKey};
+use relay_core::secret::Secret;
 use serde_json::{json, Map, Value};
-use shared::catalogue::EntityType;
-use shared::config::RelayConfig;
-use shared::enrich::salesman::{InfoOutcome, SalesmanClient};
-use shared::enrich::Enricher;
-use shared::error::StoreError;
-use shared::event::{Family, RelayEvent, Source};
-use shared::ingest::{IngestRequest, Ingress};
-use shared::ports::{Queue, QueueMessage, SnapshotKey};
-use shared::secret::Secret;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -419,14 +419,14 @@ async fn every_seed_event_as_form_and_json_reaches_the_destination_enriched() {
             // Each delivery stamped beyond the twin window of the last: the fake answers the
             // same record every time, and an unchanged record stamped within the window of
             // its last delivery is the same change seen twice, not forwarded.
-            second += shared::consume::TWIN_WINDOW_S as u64 + 1;
+            second += relay_core::consume::TWIN_WINDOW_S as u64 + 1;
             let doc = document(event, &fields);
             let (body, content_type) = if json_body {
                 (Value::Object(doc).to_string(), "application/json")
             } else {
                 (php_form(&doc), "application/x-www-form-urlencoded")
             };
-            let family = shared::routing::family_of(Source::Salesman, event).expect("routed");
+            let family = relay_core::routing::family_of(Source::Salesman, event).expect("routed");
             let query = format!("token={SECRET}");
             let reply = ingress
                 .handle(
@@ -542,7 +542,7 @@ fn envelope(event: &str, family: Family, id: &str, ts: i64) -> RelayEvent {
     let data = json!({"id": id, "ts": ts});
     RelayEvent {
         v: 1,
-        id: shared::event::envelope_id(Source::Salesman, IDENTITY, event, &data, ts),
+        id: relay_core::event::envelope_id(Source::Salesman, IDENTITY, event, &data, ts),
         source: Source::Salesman,
         portal: IDENTITY.into(),
         domain: None,
@@ -660,7 +660,7 @@ async fn an_unknown_v3_method_is_retried_never_forwarded_null() {
     let event = envelope("akt.edit", Family::Document, "911", 100);
     let outcome = enricher(&world).salesman_outcome(&event).await;
     assert!(
-        matches!(&outcome, Err(shared::error::EnrichError::Transient { reason, .. }) if reason.contains("unknown method")),
+        matches!(&outcome, Err(relay_core::error::EnrichError::Transient { reason, .. }) if reason.contains("unknown method")),
         "{outcome:?}"
     );
     let report = world

@@ -4,8 +4,8 @@
 
 use integration_tests::contract::{now_ms, sample_event};
 use integration_tests::scratch::ScratchDir;
-use shared::local::SqliteStore;
-use shared::ports::{Claim, DedupStore, Outbox, PollingQueue, Queue};
+use relay_core::ports::{Claim, DedupStore, Outbox, PollingQueue, Queue};
+use relay_local::SqliteStore;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ async fn committed_state_survives_reopening() {
     let ids: HashSet<String> = got
         .iter()
         .map(|m| {
-            serde_json::from_str::<shared::event::RelayEvent>(&m.body)
+            serde_json::from_str::<relay_core::event::RelayEvent>(&m.body)
                 .unwrap()
                 .id
         })
@@ -88,7 +88,7 @@ async fn a_burst_of_concurrent_sends_lands_exactly_once() {
             break;
         }
         for m in got {
-            let id = serde_json::from_str::<shared::event::RelayEvent>(&m.body)
+            let id = serde_json::from_str::<relay_core::event::RelayEvent>(&m.body)
                 .unwrap()
                 .id;
             assert!(seen.insert(id), "delivered twice");
@@ -135,7 +135,7 @@ async fn a_parked_delivery_message_is_replayed_by_its_event_id() {
     let dir = ScratchDir::new("delivery-replay");
     let store = SqliteStore::open(dir.path()).unwrap();
     let body = r#"{"v":1,"kind":"delivery","id":"event-7","webhook_id":"event-7"}"#;
-    let message = shared::ports::OutgoingMessage {
+    let message = relay_core::ports::OutgoingMessage {
         body: body.to_string(),
         group_id: "bitrix24#m#deal#7#won#1".into(),
         dedup_id: "delivery-abc".into(),
@@ -151,12 +151,12 @@ async fn a_parked_delivery_message_is_replayed_by_its_event_id() {
     assert_eq!(got[0].group_id, message.group_id);
     store.park_dead_letter(&got[0], "gone").await.unwrap();
 
-    let other = shared::ports::RedriveFilter {
+    let other = relay_core::ports::RedriveFilter {
         ids: vec!["event-8".into()],
         since_ms: None,
     };
     assert_eq!(store.redrive(&other).await.unwrap(), 0);
-    let this = shared::ports::RedriveFilter {
+    let this = relay_core::ports::RedriveFilter {
         ids: vec!["event-7".into()],
         since_ms: None,
     };

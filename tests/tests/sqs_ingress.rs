@@ -9,15 +9,15 @@ use integration_tests::moto::{
     create_fifo_queues, create_table, dynamo_client_for, moto_config, sqs_client_for, unique_name,
     MotoServer, MAX_RECEIVE_COUNT,
 };
-use shared::aws::dynamo::DynamoStore;
-use shared::aws::sqs::SqsQueue;
-use shared::aws::OPERATION_TIMEOUT;
-use shared::config::{AppTokens, RelayConfig};
-use shared::error::StoreError;
-use shared::event::{Family, RelayEvent};
-use shared::ingest::Ingress;
-use shared::lambda::ingest::handle_function_url_request;
-use shared::ports::{Claim, DedupStore, Queue};
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_aws::OPERATION_TIMEOUT;
+use relay_core::config::{AppTokens, RelayConfig};
+use relay_core::error::StoreError;
+use relay_core::event::{Family, RelayEvent};
+use relay_core::ingest::Ingress;
+use relay_core::ports::{Claim, DedupStore, Queue};
+use relay_lambda::ingest::handle_function_url_request;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

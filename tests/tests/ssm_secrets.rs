@@ -4,9 +4,9 @@
 
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ssm::types::ParameterType;
-use shared::aws::secrets::{apply_secret, fetch_secrets, parameter_refs};
-use shared::config::RelayConfig;
-use shared::secret::Secret;
+use relay_aws::secrets::{apply_secret, fetch_secrets, parameter_refs};
+use relay_core::config::RelayConfig;
+use relay_core::secret::Secret;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,7 @@ fn moto_endpoint() -> String {
 /// moto builds its SSM backend (every public `/aws/service/...` parameter) on the first SSM
 /// call, which takes seconds on a loaded machine; production keeps the short timeouts.
 async fn ssm_client(endpoint: &str) -> aws_sdk_ssm::Client {
-    let sdk = shared::aws::sdk_config().await;
+    let sdk = relay_aws::sdk_config().await;
     // Set on the service config: `AWS_ENDPOINT_URL` in the environment outranks an endpoint
     // set on the shared `SdkConfig`, and the unreachable-store test must not reach moto.
     let config = aws_sdk_ssm::config::Builder::from(&sdk)
@@ -239,7 +239,7 @@ async fn a_parameter_store_throttling_past_the_budget_fails_the_cold_start() {
     )]);
     // Bounded by the retry budget; the guard only turns a hang into a failure.
     let err = tokio::time::timeout(
-        shared::aws::secrets::SSM_RETRY_BUDGET * 6,
+        relay_aws::secrets::SSM_RETRY_BUDGET * 6,
         fetch_secrets(&client, &refs),
     )
     .await

@@ -1,6 +1,6 @@
-//! SQS FIFO consumer: claims, enriches, diffs and forwards each event (all in `shared`).
+//! SQS FIFO consumer: claims, enriches, diffs and forwards each event (all in `relay-lambda` and `relay-core`).
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::consumer::run().await
+    relay_lambda::consumer::run().await
 }

@@ -1,6 +1,6 @@
-//! Scheduled Bitrix24 offline-event drain (EventBridge schedule): everything happens in `shared`.
+//! Scheduled Bitrix24 offline-event drain (EventBridge schedule): everything happens in `relay-lambda`.
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    shared::lambda::offline_poller::run().await
+    relay_lambda::offline_poller::run().await
 }

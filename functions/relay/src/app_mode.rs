@@ -1,13 +1,13 @@
 //! `relay serve` in Bitrix24 app mode: ingress accepts the application tokens stored at
 //! install, hands the app family to the lifecycle (installs confirmed by `app.info`), and
-//! ONOFFLINEEVENT wakes the `--poll-offline` loop. Built by `shared::lifecycle::wiring`.
+//! ONOFFLINEEVENT wakes the `--poll-offline` loop. Built by `relay_core::lifecycle::wiring`.
 
 use crate::backend::{http_client, LocalBackend};
 use crate::cli_error::CliError;
-use shared::config::RelayConfig;
-use shared::ingest::Ingress;
-use shared::lifecycle::offline::NotifyWake;
-use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
+use relay_core::config::RelayConfig;
+use relay_core::ingest::Ingress;
+use relay_core::lifecycle::offline::NotifyWake;
+use relay_core::lifecycle::wiring::{app_mode_ingress, AppStores};
 use std::sync::Arc;
 use tokio::sync::Notify;
 

@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::cli_error::CliError;
-use shared::ports::Attempt;
+use relay_core::ports::Attempt;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -4,16 +4,16 @@
 
 use crate::cli_error::CliError;
 use crate::printing_outbox::PrintingOutbox;
-use shared::aws::dynamo::DynamoStore;
-use shared::aws::sqs::SqsQueue;
-use shared::config::RelayConfig;
-use shared::consume::{Consumer, ConsumerPorts};
-use shared::enrich::bitrix24::Bitrix24Client;
-use shared::local::SqliteStore;
-use shared::ports::{
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_core::config::RelayConfig;
+use relay_core::consume::{Consumer, ConsumerPorts};
+use relay_core::enrich::bitrix24::Bitrix24Client;
+use relay_core::ports::{
     AttemptLog, BindPlanStore, Bitrix24Rest, PollingQueue, Queue, RedriveFilter, SnapshotStore,
     TokenStore,
 };
+use relay_local::SqliteStore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     pub fn open(data_dir: &Path) -> Result<Self, CliError> {
-        shared::local::private_files::create_private_dir(data_dir)
+        relay_local::private_files::create_private_dir(data_dir)
             .map_err(|e| CliError::io(format!("creating {}", data_dir.display()), e))?;
         // Absolute, so the banner and messages name the folder unambiguously.
         let data_dir = std::fs::canonicalize(data_dir)
@@ -112,7 +112,7 @@ pub fn bitrix24_client(
 }
 
 pub fn http_client() -> Result<reqwest::Client, CliError> {
-    shared::http_client::outbound_client()
+    relay_core::http_client::outbound_client()
         .map_err(|e| CliError::Handler(format!("building the HTTP client: {e}")))
 }
 
@@ -144,7 +144,7 @@ impl Backend {
         if config.queue_url.is_none() && config.table.is_none() {
             return Ok(Backend::Local(LocalBackend::open(data_dir)?));
         }
-        let sdk = shared::aws::sdk_config().await;
+        let sdk = relay_aws::sdk_config().await;
         Ok(Backend::Aws {
             sqs: config
                 .queue_url

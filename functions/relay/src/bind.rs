@@ -1,14 +1,14 @@
 //! `relay bind`: registers each family's URL for that family's Bitrix24 events on a portal
 //! (`event.bind`) and stores that plan for the portal, binds the stored plan again (`--again`,
 //! what an app update also does), lists (`--list`, `event.get`) or removes (`--remove`,
-//! `event.unbind`) them. The plan comes from `shared::lifecycle::bind`; this module only reads
+//! `event.unbind`) them. The plan comes from `relay_core::lifecycle::bind`; this module only reads
 //! arguments and prints.
 
 use crate::backend::{http_client, Backend};
 use crate::cli_error::CliError;
-use shared::config::RelayConfig;
-use shared::enrich::bitrix24::Bitrix24Client;
-use shared::lifecycle::bind::{
+use relay_core::config::RelayConfig;
+use relay_core::enrich::bitrix24::Bitrix24Client;
+use relay_core::lifecycle::bind::{
     bind_all, bind_stored_plan, list_bindings, plan_bindings, removal_plan, unbind_all,
     urls_from_base, urls_from_stack_outputs, FamilyUrls,
 };

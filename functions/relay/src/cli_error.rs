@@ -1,7 +1,7 @@
 //! Why a `relay` command failed, as the user should read it on stderr.
 //! The shared typed errors are wrapped here, at the command-line edge, and nowhere else.
 
-use shared::error::{ConfigError, StoreError};
+use relay_core::error::{ConfigError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

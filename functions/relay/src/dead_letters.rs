@@ -3,8 +3,8 @@
 
 use crate::backend::LocalBackend;
 use crate::cli_error::CliError;
-use shared::consume::DeliveryMessage;
-use shared::event::RelayEvent;
+use relay_core::consume::DeliveryMessage;
+use relay_core::event::RelayEvent;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -2,8 +2,8 @@
 //! by hand on the embedded queue. Receive a batch, hand it to `Consumer::process_batch`,
 //! delete what is done; back off while the queue is empty; stop between batches on shutdown.
 
-use shared::consume::Consumer;
-use shared::ports::PollingQueue;
+use relay_core::consume::Consumer;
+use relay_core::ports::PollingQueue;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

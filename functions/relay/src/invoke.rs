@@ -6,9 +6,9 @@ use crate::backend::Backend;
 use crate::cli_error::CliError;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
-use shared::config::RelayConfig;
-use shared::event::Family;
-use shared::lifecycle::wiring::{app_mode_ingress, AppStores};
+use relay_core::config::RelayConfig;
+use relay_core::event::Family;
+use relay_core::lifecycle::wiring::{app_mode_ingress, AppStores};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -85,7 +85,7 @@ async fn invoke_ingest(
         None,
     );
     let response =
-        shared::lambda::ingest::handle_function_url_request(&ingress, family, request).await;
+        relay_lambda::ingest::handle_function_url_request(&ingress, family, request).await;
     Ok(function_url_response_json(response))
 }
 
@@ -134,15 +134,14 @@ async fn invoke_consumer(
 ) -> Result<serde_json::Value, CliError> {
     let event: SqsEvent =
         serde_json::from_str(raw).map_err(|e| CliError::Usage(format!("not an SQS event: {e}")))?;
-    let routes = shared::routes_source::load_routes(&config).await?;
+    let routes = relay_aws::routes_source::load_routes(&config).await?;
     let consumer = backend.consumer(config)?.with_routes(routes);
     let mut context = Context::default();
     let deadline = SystemTime::now() + CONSUMER_DEADLINE;
     context.deadline = u64::try_from(crate::drain::unix_ms(deadline)).unwrap_or(0);
     context.request_id = "relay-invoke".to_string();
     let response =
-        shared::lambda::consumer::handle_sqs_event(&consumer, LambdaEvent::new(event, context))
-            .await;
+        relay_lambda::consumer::handle_sqs_event(&consumer, LambdaEvent::new(event, context)).await;
     serde_json::to_value(&response)
         .map_err(|e| CliError::Handler(format!("printing the response: {e}")))
 }

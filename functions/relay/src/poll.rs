@@ -4,10 +4,10 @@
 
 use crate::backend::{http_client, Backend};
 use crate::cli_error::CliError;
-use shared::config::RelayConfig;
-use shared::enrich::bitrix24::Bitrix24Client;
-use shared::lifecycle::offline::{OfflinePoller, PollReport, PortalRef, DEFAULT_PAGE_SIZE};
-use shared::ports::{Queue, TokenStore};
+use relay_core::config::RelayConfig;
+use relay_core::enrich::bitrix24::Bitrix24Client;
+use relay_core::lifecycle::offline::{OfflinePoller, PollReport, PortalRef, DEFAULT_PAGE_SIZE};
+use relay_core::ports::{Queue, TokenStore};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -3,8 +3,8 @@
 //! newcomer sees at once what their system would have received.
 
 use async_trait::async_trait;
-use shared::error::StoreError;
-use shared::ports::Outbox;
+use relay_core::error::StoreError;
+use relay_core::ports::Outbox;
 use std::sync::Arc;
 
 pub struct PrintingOutbox {

@@ -4,7 +4,7 @@
 
 use crate::backend::Backend;
 use crate::cli_error::CliError;
-use shared::ports::RedriveFilter;
+use relay_core::ports::RedriveFilter;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 

@@ -3,8 +3,8 @@
 //! same code `relay serve` and the consumer Lambda load it with.
 
 use crate::cli_error::CliError;
+use relay_core::routes::{Projection, Routes};
 use serde_json::Value;
-use shared::routes::{Projection, Routes};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]

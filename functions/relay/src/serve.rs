@@ -1,15 +1,15 @@
 //! `relay serve`: every function of the flow in one process on the embedded store. The HTTP
 //! routes are the nine Function URLs, the drain loop is the consumer; both call the same
-//! `shared` code as on Lambda, only the ports differ. Ctrl-C stops intake, then the loop.
+//! `relay-core` code as on Lambda, only the ports differ. Ctrl-C stops intake, then the loop.
 
 use crate::backend::LocalBackend;
 use crate::cli_error::CliError;
 use crate::drain::{drain_queue, DrainSettings};
 use crate::routes::{router, RouteState};
-use shared::config::RelayConfig;
-use shared::event::Family;
-use shared::forward::{redact_url, RetrySchedule};
-use shared::routes::Routes;
+use relay_core::config::RelayConfig;
+use relay_core::event::Family;
+use relay_core::forward::{redact_url, RetrySchedule};
+use relay_core::routes::Routes;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -51,7 +51,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     crate::logs::init_readable_logs();
     let config = RelayConfig::from_env()?;
     config.check_signing(false)?;
-    let routes = shared::routes_source::load_routes(&config).await?;
+    let routes = relay_aws::routes_source::load_routes(&config).await?;
     let backend = LocalBackend::open(data_dir)?;
     backend.set_snapshot_ttl(config.snapshot_ttl());
     let queued = Arc::new(Notify::new());

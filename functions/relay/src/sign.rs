@@ -3,9 +3,9 @@
 //! verification with curl before any CRM event arrives.
 
 use crate::cli_error::CliError;
-use shared::error::ConfigError;
-use shared::forward::Signer;
-use shared::secret::Secret;
+use relay_core::error::ConfigError;
+use relay_core::forward::Signer;
+use relay_core::secret::Secret;
 use std::io::Read;
 use std::path::PathBuf;
 use std::time::SystemTime;

@@ -8,11 +8,11 @@ use harness::{run_relay, TempDir};
 use integration_tests::moto::{
     create_fifo_queues, create_table, moto_config, moto_endpoint, MAX_RECEIVE_COUNT,
 };
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_core::event::{Family, RelayEvent, Source};
+use relay_core::ports::{Attempt, AttemptLog, Queue};
 use serde_json::json;
-use shared::aws::dynamo::DynamoStore;
-use shared::aws::sqs::SqsQueue;
-use shared::event::{Family, RelayEvent, Source};
-use shared::ports::{Attempt, AttemptLog, Queue};
 use std::time::Duration;
 
 /// The AWS_* variables that point the relay's SDK at moto.
@@ -30,7 +30,7 @@ fn event(entity: &str) -> RelayEvent {
     let data = json!({"FIELDS": {"ID": entity}});
     RelayEvent {
         v: 1,
-        id: shared::event::envelope_id(Source::Bitrix24, "m1", "ONCRMDEALUPDATE", &data, 1),
+        id: relay_core::event::envelope_id(Source::Bitrix24, "m1", "ONCRMDEALUPDATE", &data, 1),
         source: Source::Bitrix24,
         portal: "m1".into(),
         domain: None,

@@ -194,7 +194,7 @@ async fn kill_9_in_the_middle_of_a_burst_loses_no_accepted_event() {
     );
     // Each consumer task works on up to GROUPS_IN_FLIGHT groups of its batch at once, so that
     // many deliveries per task may be in flight at the kill.
-    let in_flight_at_most = CONSUMERS * shared::consume::GROUPS_IN_FLIGHT;
+    let in_flight_at_most = CONSUMERS * relay_core::consume::GROUPS_IN_FLIGHT;
     assert!(
         repeated.len() <= in_flight_at_most && repeated.iter().all(|(_, n)| **n == 2),
         "only the deliveries in flight at the kill may repeat: {repeated:?}"

@@ -5,9 +5,9 @@ mod harness;
 
 use harness::{run_relay, TempDir};
 use integration_tests::fake_bitrix24_events::FakePortal;
-use shared::local::SqliteStore;
-use shared::ports::{PollingQueue, PortalTokens, TokenStore};
-use shared::secret::Secret;
+use relay_core::ports::{PollingQueue, PortalTokens, TokenStore};
+use relay_core::secret::Secret;
+use relay_local::SqliteStore;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;

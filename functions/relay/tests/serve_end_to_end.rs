@@ -365,7 +365,7 @@ async fn events_in_flight_survive_kill_9_and_each_is_forwarded_once_after_restar
     // on up to GROUPS_IN_FLIGHT groups of its batch at once, so at most that many deliveries
     // per task can be in that window.
     let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    let in_flight_at_most = harness::CONSUMERS * shared::consume::GROUPS_IN_FLIGHT;
+    let in_flight_at_most = harness::CONSUMERS * relay_core::consume::GROUPS_IN_FLIGHT;
     assert!(
         repeated.len() <= in_flight_at_most && repeated.iter().all(|(_, n)| **n == 2),
         "{repeated:?}"

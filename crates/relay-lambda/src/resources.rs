@@ -1,0 +1,74 @@
+//! What every function builds once per cold start, outside its handler: the configuration
+//! (with secrets from SSM), the SQS queue and the DynamoDB store; and the one outbound HTTP
+//! client, for the functions that call a CRM or a destination. One place, so the three kinds
+//! of function cannot disagree on a variable name or a timeout.
+
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_core::config::RelayConfig;
+use relay_core::error::ConfigError;
+use std::sync::Arc;
+
+pub struct FunctionResources {
+    pub config: RelayConfig,
+    pub queue: Arc<SqsQueue>,
+    /// `None` only where RELAY_TABLE is unset (an ingest function without stored tokens).
+    pub store: Option<Arc<DynamoStore>>,
+}
+
+impl FunctionResources {
+    /// Reads the environment (RELAY_QUEUE_URL is required, RELAY_TABLE optional) and SSM.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let sdk = relay_aws::sdk_config().await;
+        let config = relay_aws::secrets::load_config(&sdk).await?;
+        let queue_url = config
+            .queue_url
+            .clone()
+            .ok_or(ConfigError::Missing("RELAY_QUEUE_URL"))?;
+        let queue = Arc::new(SqsQueue::from_conf(&sdk, queue_url, config.dlq_url.clone()));
+        let store = config.table.as_ref().map(|table| {
+            Arc::new(DynamoStore::from_conf(&sdk, table).with_snapshot_ttl(config.snapshot_ttl()))
+        });
+        Ok(FunctionResources {
+            config,
+            queue,
+            store,
+        })
+    }
+
+    /// The table, for functions that cannot work without it (consumer, poller, app ingress).
+    pub fn require_store(&self) -> Result<Arc<DynamoStore>, ConfigError> {
+        self.store
+            .clone()
+            .ok_or(ConfigError::Missing("RELAY_TABLE"))
+    }
+}
+
+/// The HTTP client for CRM REST calls and destinations, built only by the functions that make
+/// them (consumer, poller, app ingress): a family ingest function never calls out, and its cold
+/// start skips building a TLS client it would not use. Outbound calls carry their own
+/// per-request timeouts; the client adds a connect timeout and never follows a redirect.
+pub fn outbound_http() -> Result<reqwest::Client, ConfigError> {
+    relay_core::http_client::outbound_client().map_err(|e| ConfigError::Invalid {
+        name: "HTTP client",
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_function_without_its_queue_url_names_the_missing_variable() {
+        // No test sets RELAY_QUEUE_URL: a cold start without it must say which name is missing
+        // instead of failing later on the first event.
+        assert!(std::env::var("RELAY_QUEUE_URL").is_err());
+        let error = FunctionResources::from_env()
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(error, "RELAY_QUEUE_URL is required");
+    }
+}

@@ -1,0 +1,336 @@
+//! The embedded store behind `relay serve`: one SQLite file (`<dir>/relay.db`, WAL) that
+//! plays SQS and DynamoDB for every port, plus `<dir>/outbox.jsonl` for forwards that have no
+//! destination. Same contract as the AWS adapters; the contract tests hold both to it.
+//! One writer connection commits every write in rounds (`writer`); reads use their own
+//! connections (`readers`).
+
+mod attempts;
+mod bind_plans;
+mod dedup;
+mod destinations;
+mod outbox;
+pub mod private_files;
+mod queue;
+mod readers;
+mod snapshots;
+mod tokens;
+mod writer;
+
+pub use outbox::JsonlOutbox;
+
+use readers::Readers;
+use relay_core::error::StoreError;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "relay.db";
+/// Receives after which a message moves to the dead-letter table: the template's
+/// maxReceiveCount, a retry window of at least 24 h.
+pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = relay_core::forward::DEFAULT_MAX_RECEIVE_COUNT;
+
+/// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
+/// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index
+/// (`queue::index_group_heads`); `portals.server_endpoint`.
+/// 3: `snapshots.changed_at_ms`, so snapshots expire as DynamoDB's TTL expires them.
+const SCHEMA_VERSION: i64 = 3;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT UNIQUE
+    -- is_head: added by queue::index_group_heads (schema 2)
+);
+CREATE INDEX IF NOT EXISTS queue_group_order ON queue(group_id, seq);
+CREATE TABLE IF NOT EXISTS sent_dedup (
+    dedup_id TEXT PRIMARY KEY,
+    sent_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_dedup_age ON sent_dedup(sent_at_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    parked_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedup (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    lease_until_ms INTEGER,
+    expires_at_ms INTEGER,
+    owner TEXT
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    pk TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    portal TEXT NOT NULL,
+    entity TEXT NOT NULL,
+    version INTEGER NOT NULL
+    -- changed_at_ms: added by snapshots::add_change_time (schema 3)
+);
+CREATE INDEX IF NOT EXISTS snapshots_portal ON snapshots(source, portal);
+CREATE TABLE IF NOT EXISTS portals (
+    member_id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    application_token TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    refresh_token TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL,
+    client_endpoint TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    server_endpoint TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    status INTEGER,
+    latency_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    error TEXT,
+    route TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts(event_id, at_ms, seq);
+-- A table of its own, created on open like every other: no schema step needed.
+CREATE TABLE IF NOT EXISTS bind_plans (
+    member_id TEXT PRIMARY KEY,
+    plan TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS destinations (
+    destination TEXT PRIMARY KEY,
+    reason TEXT NOT NULL,
+    disabled_at_ms INTEGER NOT NULL
+);
+";
+
+/// Every port on one SQLite database. Cheap to clone: clones share the connections.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    /// The one write connection; SQLite has one writer at a time anyway, and batching the
+    /// writes of concurrent callers into one transaction is what makes a burst cheap.
+    writer: writer::Writer,
+    /// Read-only connections, used only from `spawn_blocking`, so no query ever blocks the
+    /// async runtime.
+    readers: Readers,
+    max_receive_count: AtomicU32,
+    /// Milliseconds a snapshot stays after its last change; 0: forever.
+    snapshot_ttl_ms: AtomicI64,
+    outbox: JsonlOutbox,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `<dir>/relay.db` and `<dir>/outbox.jsonl`.
+    ///
+    /// WAL mode. Sends commit with `synchronous=FULL`: ingress answers 202 right after `send`
+    /// returns, so an accepted event must survive a power cut, not only a killed process;
+    /// group commit keeps that to one fsync per round of waiting writes. Everything else
+    /// (receive, delete, claims, attempts) commits at NORMAL, which in WAL mode survives a
+    /// killed process; a power cut may undo the last of those steps, which only replays
+    /// work: the message is delivered again and forwarded with the same `webhook-id`, as
+    /// after a crash between forward and complete.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        private_files::create_private_dir(dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(DB_FILE);
+        private_files::prepare_private_file(&path).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
+        let conn = Connection::open(&path).map_err(db("open"))?;
+        configure(&conn)?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                writer: writer::Writer::new(conn),
+                readers: Readers::new(path),
+                max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
+                snapshot_ttl_ms: AtomicI64::new(duration_ms(
+                    relay_core::config::DEFAULT_SNAPSHOT_TTL,
+                )),
+                outbox: JsonlOutbox::new(dir.join(outbox::OUTBOX_FILE)),
+            }),
+        })
+    }
+
+    /// The data directory this store lives in.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The outbox file (`<dir>/outbox.jsonl`).
+    pub fn outbox_path(&self) -> &Path {
+        self.inner.outbox.path()
+    }
+
+    /// Receives after which `receive` moves a message to the dead-letter table (≥ 1).
+    pub fn set_max_receive_count(&self, count: u32) {
+        self.inner
+            .max_receive_count
+            .store(count.max(1), Ordering::Relaxed);
+    }
+
+    fn max_receive_count(&self) -> u32 {
+        self.inner.max_receive_count.load(Ordering::Relaxed)
+    }
+
+    /// How long a snapshot stays after its last change (`None`: forever), as on DynamoDB.
+    pub fn set_snapshot_ttl(&self, ttl: Option<Duration>) {
+        self.inner
+            .snapshot_ttl_ms
+            .store(ttl.map_or(0, duration_ms).max(0), Ordering::Relaxed);
+    }
+
+    fn snapshot_ttl_ms(&self) -> i64 {
+        self.inner.snapshot_ttl_ms.load(Ordering::Relaxed)
+    }
+
+    /// Runs one write statement in the writer's next round; `operation` names it in the error.
+    async fn execute_write<P>(
+        &self,
+        operation: &'static str,
+        sql: &'static str,
+        params: P,
+    ) -> Result<(), StoreError>
+    where
+        P: rusqlite::Params + Send + 'static,
+    {
+        self.with_conn(move |conn| {
+            conn.execute(sql, params).map_err(db(operation))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `work` on the write connection in the writer's next round (its own savepoint:
+    /// an error undoes all of `work` and nothing else); returns once the round is committed.
+    async fn with_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write(false, work).await
+    }
+
+    /// Runs read-only `work` on a reader connection on the blocking pool; it sees every
+    /// write that returned before it started.
+    async fn with_reader<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.run(work))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite reader failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), StoreError> {
+    // A second process (relay replay while serve runs) waits for the lock instead of failing.
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(db("busy_timeout"))?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .map_err(db("journal_mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "sqlite refused WAL mode (got {mode}); is the data directory on a network share?"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(db("synchronous"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db("user_version"))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "data directory was written by a newer relay (schema {version}, this build knows {SCHEMA_VERSION})"
+        )));
+    }
+    // One transaction: a second process opening the same directory never sees half a schema.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(db("schema: begin"))?;
+    tx.execute_batch(SCHEMA).map_err(db("schema"))?;
+    if version == 1 {
+        // Claims of a schema-1 store have no owner: none can be extended, they only expire.
+        add_column_if_missing(&tx, "dedup", "owner", "TEXT")?;
+        // Portals installed before keep refreshing through the configured OAuth server.
+        add_column_if_missing(
+            &tx,
+            "portals",
+            "server_endpoint",
+            "TEXT NOT NULL DEFAULT ''",
+        )?;
+    }
+    // Attempts logged before routes existed have no route; any store may predate them.
+    add_column_if_missing(&tx, "attempts", "route", "TEXT")?;
+    queue::index_group_heads(&tx)?;
+    snapshots::add_change_time(&tx, unix_ms_now())?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(db("user_version"))?;
+    tx.commit().map_err(db("schema: commit"))
+}
+
+/// Schema steps that add a column run once per column, whatever order the steps of earlier
+/// builds ran in.
+fn add_column_if_missing(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    declaration: &str,
+) -> Result<(), StoreError> {
+    let present = conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+        .and_then(|mut stmt| stmt.exists(rusqlite::params![table, column]))
+        .map_err(db("schema: columns"))?;
+    if present {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+    ))
+    .map_err(db("schema 1 -> 2"))
+}
+
+/// A poisoned lock only means another query panicked; SQLite rolled its transaction back
+/// when the statement was dropped, so the connection is still sound.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Maps a SQLite error to `StoreError`, naming the operation (never the values bound).
+fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Unavailable(format!("sqlite {operation}: {e}"))
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

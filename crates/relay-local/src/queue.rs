@@ -1,0 +1,527 @@
+//! The embedded FIFO queue: what SQS FIFO and the Lambda event source mapping do for the
+//! cloud build. Per-group order with one message in flight per group, visibility timeouts,
+//! receive counts, a dead-letter table after too many receives, and redrive.
+
+use super::{db, duration_ms, unix_ms_now, SqliteStore};
+use async_trait::async_trait;
+use relay_core::error::StoreError;
+use relay_core::event::RelayEvent;
+use relay_core::ports::{
+    DeadLetter, OutgoingMessage, PollingQueue, Queue, QueueMessage, RedriveFilter,
+};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::time::Duration;
+
+/// SQS FIFO drops a send whose deduplication id it saw in the last 5 minutes; so do we.
+pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// A `receive` call stops after this many rounds of dead-lettering heads; each round moves
+/// at least one message, so this only bounds a pathological backlog of poison messages.
+const MAX_DEAD_LETTER_ROUNDS: usize = 1000;
+
+/// Group heads, kept by SQLite itself so every path that adds or removes a message (send,
+/// redrive, delete, park, dead-letter) keeps them right: `is_head` marks the oldest message
+/// of each group, and a partial index over the heads by (visible_at_ms, seq) lets `receive`
+/// read the next visible heads directly instead of grouping the whole queue per call.
+/// `seq` only grows, so a new message is a head exactly when its group was empty, and a
+/// removed head hands the mark to the next oldest of its group.
+const GROUP_HEADS: &str = "
+CREATE INDEX IF NOT EXISTS queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
+CREATE TRIGGER IF NOT EXISTS queue_head_on_insert AFTER INSERT ON queue
+WHEN NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
+BEGIN
+    UPDATE queue SET is_head = 1 WHERE seq = NEW.seq;
+END;
+CREATE TRIGGER IF NOT EXISTS queue_head_on_delete AFTER DELETE ON queue
+WHEN OLD.is_head = 1
+BEGIN
+    UPDATE queue SET is_head = 1
+    WHERE seq = (SELECT MIN(seq) FROM queue WHERE group_id = OLD.group_id);
+END;
+";
+
+/// Schema 2: adds `is_head` to a queue written by schema 1 (marking the heads of what is
+/// already queued), then the index and triggers that keep it.
+pub(super) fn index_group_heads(conn: &Connection) -> Result<(), StoreError> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'is_head'")
+        .and_then(|mut stmt| stmt.exists([]))
+        .map_err(db("schema: queue columns"))?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE queue ADD COLUMN is_head INTEGER NOT NULL DEFAULT 0;
+             UPDATE queue SET is_head = 1
+             WHERE seq IN (SELECT MIN(seq) FROM queue GROUP BY group_id);",
+        )
+        .map_err(db("schema: queue heads"))?;
+    }
+    conn.execute_batch(GROUP_HEADS)
+        .map_err(db("schema: queue heads"))
+}
+
+struct NewMessage {
+    dedup_id: String,
+    group_id: String,
+    body: String,
+}
+
+fn new_message_id() -> String {
+    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Enqueues one send unless its deduplication id was sent within the window. Runs in the
+/// writer's round: concurrent sends share one transaction and one fsync.
+fn enqueue(conn: &Connection, m: &NewMessage, now_ms: i64) -> Result<(), StoreError> {
+    // An index range on the send time: finds nothing to do in O(log n) most of the time.
+    conn.prepare_cached("DELETE FROM sent_dedup WHERE sent_at_ms < ?1")
+        .and_then(|mut stmt| stmt.execute(params![now_ms - DEDUP_WINDOW_MS]))
+        .map_err(db("send: expire dedup ids"))?;
+    let remembered = conn
+        .prepare_cached(
+            "INSERT INTO sent_dedup (dedup_id, sent_at_ms) VALUES (?1, ?2)
+             ON CONFLICT (dedup_id) DO NOTHING",
+        )
+        .and_then(|mut stmt| stmt.execute(params![m.dedup_id, now_ms]))
+        .map_err(db("send: dedup"))?;
+    if remembered == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .and_then(|mut stmt| stmt.execute(params![new_message_id(), m.dedup_id, m.group_id, m.body]))
+    .map_err(db("send: insert"))?;
+    Ok(())
+}
+
+#[async_trait]
+impl Queue for SqliteStore {
+    /// Returns once the event is committed (and fsynced). Sends that arrive while a commit
+    /// runs are committed together in the writer's next round.
+    async fn send(&self, event: &RelayEvent) -> Result<(), StoreError> {
+        let body = serde_json::to_string(event)
+            .map_err(|e| StoreError::Corrupt(format!("envelope does not serialize: {e}")))?;
+        let message = NewMessage {
+            dedup_id: event.send_deduplication_id(),
+            group_id: event.message_group_id(),
+            body,
+        };
+        self.inner
+            .writer
+            .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
+            .await
+    }
+
+    async fn send_message(&self, message: &OutgoingMessage) -> Result<(), StoreError> {
+        let message = NewMessage {
+            dedup_id: message.dedup_id.clone(),
+            group_id: message.group_id.clone(),
+            body: message.body.clone(),
+        };
+        self.inner
+            .writer
+            .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
+            .await
+    }
+
+    async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        self.with_conn(move |conn| {
+            // A stale receipt (the message was deleted or received again) changes nothing,
+            // as SQS ignores it once the message is gone.
+            conn.execute(
+                "UPDATE queue SET visible_at_ms = ?1 WHERE receipt = ?2",
+                params![unix_ms_now().saturating_add(duration_ms(delay)), receipt],
+            )
+            .map_err(db("retry_after"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// As `retry_after`, and the receive that brought the message is given back: a wait the
+    /// CRM asked for never moves a message toward the dead-letter table.
+    async fn defer(&self, receipt: &str, wait: Duration) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "UPDATE queue SET visible_at_ms = ?1, receive_count = MAX(receive_count - 1, 0)
+                 WHERE receipt = ?2",
+                params![unix_ms_now().saturating_add(duration_ms(wait)), receipt],
+            )
+            .map_err(db("defer"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn park_dead_letter(
+        &self,
+        message: &QueueMessage,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let message = message.clone();
+        let reason = reason.to_string();
+        self.with_conn(move |tx| {
+            let dedup_id: Option<String> = tx
+                .query_row(
+                    "SELECT dedup_id FROM queue WHERE message_id = ?1",
+                    params![message.message_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db("park: find"))?;
+            tx.execute(
+                "INSERT INTO dead_letters (message_id, dedup_id, group_id, body, reason, parked_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    message.message_id,
+                    dedup_id.unwrap_or_else(|| message.message_id.clone()),
+                    message.group_id,
+                    message.body,
+                    reason,
+                    unix_ms_now()
+                ],
+            )
+            .map_err(db("park: insert"))?;
+            tx.execute(
+                "DELETE FROM queue WHERE message_id = ?1",
+                params![message.message_id],
+            )
+            .map_err(db("park: delete"))?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+struct Head {
+    seq: i64,
+    message_id: String,
+    group_id: String,
+    body: String,
+    receive_count: u32,
+}
+
+/// Up to `limit` heads visible at `now_ms`, oldest first. Only the oldest message of a group
+/// may be delivered, and only while it is visible: a message in flight (or waiting out a
+/// retry delay) holds its whole group back. Two ranges of the visible-heads index, each read
+/// no further than `limit` rows: heads never received (`visible_at_ms = 0`) in queue order,
+/// and heads whose visibility timeout or retry delay has ended, soonest visible first.
+fn visible_heads(conn: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Head>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut heads = Vec::new();
+    for sql in [NEVER_RECEIVED_HEADS, RETURNED_HEADS] {
+        let mut stmt = conn.prepare_cached(sql).map_err(db("receive: prepare"))?;
+        let rows = stmt
+            .query_map(params![now_ms, limit], |row| {
+                Ok(Head {
+                    seq: row.get(0)?,
+                    message_id: row.get(1)?,
+                    group_id: row.get(2)?,
+                    body: row.get(3)?,
+                    receive_count: row.get(4)?,
+                })
+            })
+            .map_err(db("receive: select"))?;
+        for row in rows {
+            heads.push(row.map_err(db("receive: select"))?);
+        }
+    }
+    heads.sort_by_key(|head| head.seq);
+    heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(heads)
+}
+
+/// `?1` is now (unused here: a head never received is visible), `?2` the limit.
+const NEVER_RECEIVED_HEADS: &str =
+    "SELECT seq, message_id, group_id, body, receive_count FROM queue
+     WHERE is_head = 1 AND visible_at_ms = 0
+     ORDER BY seq LIMIT ?2";
+const RETURNED_HEADS: &str = "SELECT seq, message_id, group_id, body, receive_count FROM queue
+     WHERE is_head = 1 AND visible_at_ms > 0 AND visible_at_ms <= ?1
+     ORDER BY visible_at_ms, seq LIMIT ?2";
+
+#[async_trait]
+impl PollingQueue for SqliteStore {
+    async fn receive(
+        &self,
+        max: usize,
+        visibility: Duration,
+        now_ms: i64,
+    ) -> Result<Vec<QueueMessage>, StoreError> {
+        let max_receive_count = self.max_receive_count();
+        self.with_conn(move |tx| {
+            let mut out = Vec::new();
+            for _ in 0..MAX_DEAD_LETTER_ROUNDS {
+                if out.len() >= max {
+                    break;
+                }
+                let heads = visible_heads(tx, now_ms, max - out.len())?;
+                if heads.is_empty() {
+                    break;
+                }
+                let mut dead_lettered = false;
+                for head in heads {
+                    if head.receive_count >= max_receive_count {
+                        tx.execute(
+                            "INSERT INTO dead_letters (message_id, dedup_id, group_id, body, reason, parked_at_ms)
+                             SELECT message_id, dedup_id, group_id, body, ?2, ?3 FROM queue WHERE seq = ?1",
+                            params![
+                                head.seq,
+                                format!("received {} times without success", head.receive_count),
+                                now_ms
+                            ],
+                        )
+                        .map_err(db("receive: dead-letter"))?;
+                        tx.execute("DELETE FROM queue WHERE seq = ?1", params![head.seq])
+                            .map_err(db("receive: dead-letter"))?;
+                        dead_lettered = true;
+                        continue;
+                    }
+                    let receive_count = head.receive_count + 1;
+                    let receipt = format!("{}.{}.{:08x}", head.message_id, receive_count, fastrand::u32(..));
+                    tx.execute(
+                        "UPDATE queue SET receive_count = ?2, visible_at_ms = ?3, receipt = ?4 WHERE seq = ?1",
+                        params![
+                            head.seq,
+                            receive_count,
+                            now_ms.saturating_add(duration_ms(visibility)),
+                            receipt
+                        ],
+                    )
+                    .map_err(db("receive: mark in flight"))?;
+                    out.push(QueueMessage {
+                        message_id: head.message_id,
+                        receipt,
+                        body: head.body,
+                        group_id: head.group_id,
+                        receive_count,
+                    });
+                }
+                // Only a dead-lettered head can uncover a deliverable message behind it.
+                if !dead_lettered {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
+        let receipt = receipt.to_string();
+        self.with_conn(move |conn| {
+            conn.execute("DELETE FROM queue WHERE receipt = ?1", params![receipt])
+                .map_err(db("delete"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.with_reader(|conn| {
+            Ok(dead_letter_rows(conn)?
+                .into_iter()
+                .map(|(_, _, letter)| letter)
+                .collect())
+        })
+        .await
+    }
+
+    async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, StoreError> {
+        let filter = filter.clone();
+        self.with_conn(move |tx| {
+            let mut moved = 0;
+            for (seq, dedup_id, letter) in dead_letter_rows(tx)? {
+                // The body names the event (a fan-out delivery's dedup id is its own, and a
+                // send's is `<envelope id>.<per-send suffix>`).
+                let envelope = body_id(&letter.body)
+                    .unwrap_or_else(|| dedup_id.split('.').next().unwrap_or_default().to_string());
+                if !filter.selects(&letter, Some(&envelope)) {
+                    continue;
+                }
+                // A fresh message at the end of its group, past the dedup window on purpose:
+                // the user asked for this event again.
+                tx.execute(
+                    "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES (?1, ?2, ?3, ?4)",
+                    params![new_message_id(), dedup_id, letter.group_id, letter.body],
+                )
+                .map_err(db("redrive: enqueue"))?;
+                tx.execute("DELETE FROM dead_letters WHERE seq = ?1", params![seq])
+                    .map_err(db("redrive: delete"))?;
+                moved += 1;
+            }
+            Ok(moved)
+        })
+        .await
+    }
+}
+
+/// The `id` of a message body (the envelope id, or the event id of a fan-out delivery).
+fn body_id(body: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("id")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Dead letters oldest first, with their row and envelope (dedup) id.
+fn dead_letter_rows(conn: &Connection) -> Result<Vec<(i64, String, DeadLetter)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq, dedup_id, message_id, body, group_id, reason, parked_at_ms
+             FROM dead_letters ORDER BY seq",
+        )
+        .map_err(db("dead letters: prepare"))?;
+    let rows = stmt
+        .query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                DeadLetter {
+                    message_id: row.get(2)?,
+                    body: row.get(3)?,
+                    group_id: row.get(4)?,
+                    reason: row.get(5)?,
+                    parked_at_ms: row.get(6)?,
+                },
+            ))
+        })
+        .map_err(db("dead letters: select"))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(db("dead letters: select"))
+}
+
+impl SqliteStore {
+    /// Messages in the queue, in flight or not (for `relay` status lines and tests).
+    pub async fn queue_depth(&self) -> Result<usize, StoreError> {
+        self.with_reader(|conn| {
+            let n: i64 = conn
+                .query_row("SELECT COUNT(*) FROM queue", [], |row| row.get(0))
+                .map_err(db("queue depth"))?;
+            Ok(usize::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The receive queries read the visible-heads index in its own order: no scan of the
+    /// queue and no sort, which is what keeps a receive O(batch) in a deep backlog.
+    #[test]
+    fn receive_reads_heads_from_the_index_without_sorting() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                visible_at_ms INTEGER NOT NULL DEFAULT 0,
+                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE);
+             CREATE INDEX queue_group_order ON queue(group_id, seq);",
+        )
+        .unwrap();
+        index_group_heads(&conn).unwrap();
+        for sql in [NEVER_RECEIVED_HEADS, RETURNED_HEADS] {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(params![0, 10], |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("USING INDEX queue_visible_heads"),
+                "{sql}\n{plan}"
+            );
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}\n{plan}");
+        }
+    }
+
+    /// A message given back as a wait (`defer`) keeps its receive count, so even a queue that
+    /// parks on the second receive hands it out again; a retry (`retry_after`) counts.
+    #[tokio::test]
+    async fn a_deferred_receive_does_not_count_toward_the_dead_letters() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-defer-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        store.set_max_receive_count(1);
+        let event: RelayEvent = serde_json::from_value(serde_json::json!({
+            "v": 1, "id": "e1", "source": "bitrix24", "portal": "m", "family": "deal",
+            "event": "ONCRMDEALUPDATE", "entity_id": "7", "ts": 1,
+            "received_at": "2026-11-22T10:00:00Z", "data": {}
+        }))
+        .unwrap();
+        store.send(&event).await.unwrap();
+        let hide = Duration::from_secs(30);
+        let later = unix_ms_now() + 60_000;
+        let mut held = store.receive(10, hide, unix_ms_now()).await.unwrap();
+        assert_eq!(held[0].receive_count, 1);
+        for wait in 1..=2 {
+            store.defer(&held[0].receipt, Duration::ZERO).await.unwrap();
+            held = store.receive(10, hide, later * wait).await.unwrap();
+            assert_eq!(held.len(), 1, "handed out again after wait {wait}");
+            assert_eq!(held[0].receive_count, 1, "wait {wait} was not counted");
+        }
+        store
+            .retry_after(&held[0].receipt, Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(store.receive(10, hide, later * 3).await.unwrap().is_empty());
+        assert_eq!(
+            store.list_dead_letters().await.unwrap().len(),
+            1,
+            "a retry counts"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A queue written by schema 1 (no `is_head`) opens with the heads of what it holds
+    /// marked: one message per group comes out, oldest first, and the rest follow in order.
+    #[tokio::test]
+    async fn a_schema_1_queue_keeps_its_group_order_after_the_upgrade() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-schema1-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let conn = Connection::open(dir.join(super::super::DB_FILE)).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE queue (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+                    dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+                    receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE);
+                 CREATE INDEX queue_group_order ON queue(group_id, seq);
+                 INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES
+                    ('a1', 'a1', 'a', 'a1'), ('b1', 'b1', 'b', 'b1'),
+                    ('a2', 'a2', 'a', 'a2'), ('b2', 'b2', 'b', 'b2');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let hide = Duration::from_secs(30);
+        let first = store.receive(10, hide, 1).await.unwrap();
+        let bodies: Vec<&str> = first.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["a1", "b1"]);
+        for message in &first {
+            store.delete(&message.receipt).await.unwrap();
+        }
+        let second = store.receive(10, hide, 1).await.unwrap();
+        let bodies: Vec<&str> = second.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["a2", "b2"]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

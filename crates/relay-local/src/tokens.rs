@@ -1,0 +1,87 @@
+//! Portal tokens on the embedded store (`pk = PORTALS`, `sk = <member_id>` on DynamoDB): what ONAPPINSTALL
+//! and each OAuth refresh gave a Bitrix24 portal. The file is the user's own machine's.
+
+use super::{db, SqliteStore};
+use async_trait::async_trait;
+use relay_core::error::StoreError;
+use relay_core::ports::{PortalTokens, TokenStore};
+use relay_core::secret::Secret;
+use rusqlite::{params, OptionalExtension, Row};
+
+const COLUMNS: &str = "member_id, domain, application_token, access_token, refresh_token, \
+                       expires_at_ms, client_endpoint, scope, server_endpoint";
+
+fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
+    Ok(PortalTokens {
+        member_id: row.get(0)?,
+        domain: row.get(1)?,
+        application_token: Secret::new(row.get::<_, String>(2)?),
+        access_token: Secret::new(row.get::<_, String>(3)?),
+        refresh_token: Secret::new(row.get::<_, String>(4)?),
+        expires_at_ms: row.get(5)?,
+        client_endpoint: row.get(6)?,
+        scope: row.get(7)?,
+        server_endpoint: row.get(8)?,
+    })
+}
+
+#[async_trait]
+impl TokenStore for SqliteStore {
+    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
+        let member_id = member_id.to_string();
+        self.with_reader(move |conn| {
+            conn.query_row(
+                &format!("SELECT {COLUMNS} FROM portals WHERE member_id = ?1"),
+                params![member_id],
+                tokens_from,
+            )
+            .optional()
+            .map_err(db("tokens get"))
+        })
+        .await
+    }
+
+    async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
+        let t = tokens.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                &format!("INSERT OR REPLACE INTO portals ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    t.member_id,
+                    t.domain,
+                    t.application_token.expose(),
+                    t.access_token.expose(),
+                    t.refresh_token.expose(),
+                    t.expires_at_ms,
+                    t.client_endpoint,
+                    t.scope,
+                    t.server_endpoint
+                ],
+            )
+            .map_err(db("tokens put"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
+        self.execute_write(
+            "tokens delete",
+            "DELETE FROM portals WHERE member_id = ?1",
+            (member_id.to_string(),),
+        )
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<PortalTokens>, StoreError> {
+        self.with_reader(|conn| {
+            let mut stmt = conn
+                .prepare(&format!("SELECT {COLUMNS} FROM portals ORDER BY member_id"))
+                .map_err(db("tokens list"))?;
+            let rows = stmt.query_map([], tokens_from).map_err(db("tokens list"))?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .map_err(db("tokens list"))
+        })
+        .await
+    }
+}

@@ -1,0 +1,185 @@
+//! The embedded store's one writer: every write of every port runs on one connection, and
+//! the writes that arrive while a commit runs are committed together in the next transaction
+//! (group commit), each in its own savepoint so one failing write undoes only itself.
+
+use super::{db, lock};
+use relay_core::error::StoreError;
+use rusqlite::{Connection, TransactionBehavior};
+use std::any::Any;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+type Outcome = Result<Box<dyn Any + Send>, StoreError>;
+type Work = Box<dyn FnOnce(&Connection) -> Outcome + Send>;
+
+/// One write waiting for the next round.
+struct Job {
+    /// The caller answers a client on this write (ingress's 202): the round is fsynced.
+    durable: bool,
+    work: Work,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// Writes not yet committed, and whether a committer is running. One committer at a time
+/// takes everything that queued up while it committed, so a burst costs one commit per round
+/// instead of one per write.
+#[derive(Default)]
+struct Pending {
+    jobs: Vec<Job>,
+    committer_running: bool,
+}
+
+struct Shared {
+    conn: Mutex<Connection>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Clone)]
+pub(super) struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    pub(super) fn new(conn: Connection) -> Writer {
+        Writer {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                pending: Mutex::new(Pending::default()),
+            }),
+        }
+    }
+
+    /// Runs `work` in the next round and returns once that round is committed. `durable`:
+    /// the round commits with `synchronous=FULL` (the WAL is fsynced before anyone hears Ok);
+    /// one such commit also makes every earlier WAL frame durable.
+    pub(super) async fn write<T, F>(&self, durable: bool, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done, committed) = oneshot::channel();
+        let job = Job {
+            durable,
+            work: Box::new(move |conn| {
+                work(conn).map(|value| Box::new(value) as Box<dyn Any + Send>)
+            }),
+            done,
+        };
+        let start_committer = {
+            let mut pending = lock(&self.shared.pending);
+            pending.jobs.push(job);
+            !std::mem::replace(&mut pending.committer_running, true)
+        };
+        if start_committer {
+            let shared = Arc::clone(&self.shared);
+            // Detached on purpose: it keeps committing for later writers after ours is done.
+            tokio::task::spawn_blocking(move || run_committer(&shared));
+        }
+        match committed.await {
+            Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
+                StoreError::Unavailable("sqlite write: the writer answered another type".into())
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Unavailable(
+                "sqlite write: the committing worker stopped".into(),
+            )),
+        }
+    }
+}
+
+/// Commits rounds of pending writes until none are left, then steps down.
+fn run_committer(shared: &Shared) {
+    // If a round panics, the next writer must be able to start a committer again; the
+    // writers of the lost round see their channel closed and report the store unavailable.
+    struct StepDownOnPanic<'a>(&'a Shared);
+    impl Drop for StepDownOnPanic<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                lock(&self.0.pending).committer_running = false;
+            }
+        }
+    }
+    let _guard = StepDownOnPanic(shared);
+    loop {
+        let jobs = {
+            let mut pending = lock(&shared.pending);
+            if pending.jobs.is_empty() {
+                pending.committer_running = false;
+                return;
+            }
+            std::mem::take(&mut pending.jobs)
+        };
+        commit_round(&mut lock(&shared.conn), jobs);
+    }
+}
+
+/// Runs a round in one transaction and tells every writer its outcome: its own error, or
+/// the commit's.
+fn commit_round(conn: &mut Connection, jobs: Vec<Job>) {
+    let durable = jobs.iter().any(|job| job.durable);
+    let mut finished = Vec::with_capacity(jobs.len());
+    let committed = if durable {
+        let full = conn
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(db("write: synchronous"));
+        let committed = full.and_then(|()| run_round(conn, jobs, &mut finished));
+        let restored = conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db("write: synchronous"));
+        committed.and(restored)
+    } else {
+        run_round(conn, jobs, &mut finished)
+    };
+    for (done, outcome) in finished {
+        let outcome = match (&committed, outcome) {
+            (Ok(()), outcome) => outcome,
+            (Err(e), Ok(_)) => Err(same_error(e)),
+            (Err(_), Err(own)) => Err(own),
+        };
+        let _ = done.send(outcome);
+    }
+}
+
+fn run_round(
+    conn: &mut Connection,
+    jobs: Vec<Job>,
+    finished: &mut Vec<(oneshot::Sender<Outcome>, Outcome)>,
+) -> Result<(), StoreError> {
+    // IMMEDIATE: take the write lock up front, so another process (relay replay) makes us
+    // wait at BEGIN instead of failing a write half-way through the round.
+    let mut tx = match conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db("write: begin"))
+    {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in jobs {
+                finished.push((job.done, Err(same_error(&e))));
+            }
+            return Err(e);
+        }
+    };
+    for job in jobs {
+        let outcome = match tx.savepoint().map_err(db("write: savepoint")) {
+            Err(e) => Err(e),
+            Ok(savepoint) => match (job.work)(&savepoint) {
+                // Dropping the savepoint rolls back only this write.
+                Err(e) => Err(e),
+                Ok(value) => savepoint
+                    .commit()
+                    .map_err(db("write: release"))
+                    .map(|()| value),
+            },
+        };
+        finished.push((job.done, outcome));
+    }
+    tx.commit().map_err(db("write: commit"))
+}
+
+/// `StoreError` is not `Clone`; every writer of a failed round gets its own copy.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
+        StoreError::Corrupt(reason) => StoreError::Corrupt(reason.clone()),
+    }
+}
