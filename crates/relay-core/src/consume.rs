@@ -1,7 +1,9 @@
 //! Transport-free consumer: a batch of queue messages -> which of them failed.
-//! For each event: claim its dedup key, fetch the entity's current state, diff it against the
-//! last snapshot, forward it signed to the destinations its routes name (`fanout`), record
-//! the attempt, then complete the claim.
+//! For each event: claim its dedup key, then three typed stages, as svix-server splits its
+//! dispatch: `prepare` (fetch the entity, diff it against the last snapshot: a
+//! `PreparedDelivery`), `dispatch` (sign and POST it to each destination its routes name,
+//! through `fanout` when there are several: a `ForwardResult`), `settle` (save the snapshot and
+//! complete the claim, or park: the message's `Outcome`). Each stage writes its `attempts` line.
 //!
 //! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
 //! renews (with the message's invisibility) while the event is worked on, and a batch does not
@@ -17,24 +19,28 @@
 
 use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
-use crate::enrich::{Enriched, Enricher, Prefetched};
-use crate::error::EnrichError;
+use crate::enrich::{Enricher, Prefetched};
 use crate::event::{RelayEvent, ENVELOPE_VERSION};
 use crate::forward::{RetrySchedule, Signer, FORWARD_TIMEOUT, MAX_RETRY_DELAY};
 use crate::ports::{
-    Attempt, AttemptLog, Bitrix24Rest, Claim, DedupStore, DestinationStatus, Outbox, Ownership,
-    Queue, QueueMessage, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    AttemptLog, AttemptOutcome, Bitrix24Rest, Claim, DedupStore, DestinationStatus, Outbox,
+    Ownership, Queue, QueueMessage, SnapshotStore, TokenStore,
 };
 use crate::routes::Routes;
-use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod attempts;
+mod dispatch;
 mod fanout;
 mod groups;
+mod prepare;
+mod settle;
+use attempts::{AttemptLine, NOWHERE};
 pub use fanout::{delivery_group, DeliveryMessage};
 use groups::Pending;
+pub use prepare::{changes, forward_body, Forwarded};
+use prepare::{is_twin_of_delivered, prepare, EntityState, StateFailure};
 
 /// How long a COMPLETED record keeps answering "already delivered". Bitrix24 offline events
 /// and `relay replay` can bring an event back days later; SQS's own dedup lasts 5 minutes.
@@ -93,41 +99,6 @@ enum Outcome {
 struct HeldClaim {
     id: String,
     owner: String,
-}
-
-/// What one delivery sends: its webhook-id, and the version its snapshot is saved under.
-#[derive(Clone, Copy)]
-struct DeliveryPlan<'a> {
-    webhook_id: &'a str,
-    snapshot_version: i64,
-}
-
-/// The entity as the CRM has it now, and the last snapshot to diff it against.
-struct EntityState {
-    enriched: Enriched,
-    snapshot_key: Option<SnapshotKey>,
-    previous: Option<Snapshot>,
-}
-
-/// Why the entity's state could not be had: for now (the CRM or the store is down; the
-/// reason is already logged and recorded), or for good (the CRM refused).
-enum StateFailure {
-    Transient {
-        retry_after: Option<Duration>,
-    },
-    /// The CRM method is blocked until its reset (`EnrichError::MethodBlocked`).
-    Blocked {
-        wait: Duration,
-    },
-    Refused(String),
-}
-
-/// What `finish_delivered` stores after a delivery.
-struct Finish<'a> {
-    claim: &'a HeldClaim,
-    key: Option<SnapshotKey>,
-    enriched: Enriched,
-    version: i64,
 }
 
 /// Where a message stands in its batch: the batch's clock (`now_ms` as passed in, which tests
@@ -232,6 +203,8 @@ impl Consumer {
         self
     }
 
+    /// Another back-off than the default: how `relay serve` applies `--retry-base` and
+    /// `--retry-cap` (its only way to set one), and how the suites shorten the wait.
     pub fn with_retry_schedule(mut self, schedule: RetrySchedule) -> Self {
         self.schedule = schedule;
         self
@@ -364,23 +337,6 @@ impl Consumer {
         remaining.saturating_sub(elapsed) >= self.forward_timeout + DEADLINE_MARGIN
     }
 
-    /// A message no retry can fix goes to the DLQ at once instead of blocking its group.
-    async fn park_malformed(&self, message: &QueueMessage, reason: &str) -> Outcome {
-        tracing::error!(message_id = %message.message_id, %reason, "malformed queue message; parking it");
-        self.park(message, &format!("malformed message: {reason}"))
-            .await
-    }
-
-    async fn park(&self, message: &QueueMessage, reason: &str) -> Outcome {
-        match self.ports.queue.park_dead_letter(message, reason).await {
-            Ok(()) => Outcome::Done,
-            Err(e) => {
-                tracing::error!(message_id = %message.message_id, error = %e, "could not park in the dead-letter queue; retrying");
-                Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
-            }
-        }
-    }
-
     /// Claims `id` for this consumer: `Ok` with the claim, or the outcome of not getting it.
     async fn claim(
         &self,
@@ -435,11 +391,8 @@ impl Consumer {
                             self.skip_twin(event, &claim, &state, clock.now_ms).await
                         }
                         Ok(state) => {
-                            let delivery = DeliveryPlan {
-                                webhook_id: &event.id,
-                                snapshot_version: event.ts,
-                            };
-                            self.deliver_claimed(message, event, &claim, delivery, state, clock)
+                            let prepared = prepare(event, &claim, &event.id, event.ts, state);
+                            self.route_body(message, event, prepared, clock.now_ms)
                                 .await
                         }
                         Err(failure) => {
@@ -486,16 +439,14 @@ impl Consumer {
             return self.skip_duplicate(event, clock.now_ms).await;
         }
         let webhook_id = redelivery_id(&event.id, previous.version);
-        let delivery = DeliveryPlan {
-            webhook_id: &webhook_id,
-            snapshot_version: previous.version.saturating_add(1).max(event.ts),
-        };
+        let snapshot_version = previous.version.saturating_add(1).max(event.ts);
         match self.claim(message, &webhook_id, clock).await {
             Err(outcome) => outcome,
             Ok(Err(_completed)) => self.skip_duplicate(event, clock.now_ms).await,
             Ok(Ok(claim)) => {
                 tracing::info!(event_id = %event.id, %webhook_id, "redelivered event carries news; forwarding it");
-                let work = self.deliver_claimed(message, event, &claim, delivery, state, clock);
+                let prepared = prepare(event, &claim, &webhook_id, snapshot_version, state);
+                let work = self.route_body(message, event, prepared, clock.now_ms);
                 self.while_holding(message, &claim, clock, work).await
             }
         }
@@ -503,16 +454,9 @@ impl Consumer {
 
     async fn skip_duplicate(&self, event: &RelayEvent, now_ms: i64) -> Outcome {
         tracing::info!(event_id = %event.id, "already delivered and nothing changed; skipping duplicate");
-        self.record(
-            event,
-            now_ms,
-            "-",
-            None,
-            0,
-            "skipped",
-            Some("duplicate of a delivered event".into()),
-        )
-        .await;
+        let line = AttemptLine::new(&event.id, now_ms, NOWHERE, AttemptOutcome::Skipped)
+            .because("duplicate of a delivered event");
+        self.record(line).await;
         Outcome::Done
     }
 
@@ -528,18 +472,11 @@ impl Consumer {
         let delivered_ts = state.previous.as_ref().map_or(0, |s| s.version);
         tracing::info!(event_id = %event.id, event_ts = event.ts, delivered_ts,
             "same state as the delivery stamped within the twin window; not forwarded");
-        self.record(
-            event,
-            now_ms,
-            "-",
-            None,
-            0,
-            "skipped",
-            Some(format!(
+        let line =
+            AttemptLine::new(&event.id, now_ms, NOWHERE, AttemptOutcome::Skipped).because(format!(
                 "twin of the delivery stamped {delivered_ts}: the entity has not changed since"
-            )),
-        )
-        .await;
+            ));
+        self.record(line).await;
         self.complete_claim(claim, now_ms).await;
         Outcome::Done
     }
@@ -620,235 +557,6 @@ impl Consumer {
         }
         ownership
     }
-
-    async fn release(&self, claim: &HeldClaim) {
-        if let Err(e) = self.ports.dedup.release(&claim.id, &claim.owner).await {
-            // The lease still runs out, so the retry can claim it then.
-            tracing::warn!(claim_id = %claim.id, error = %e, "could not release claim");
-        }
-    }
-
-    /// Parks a claimed event for good. The claim is released, not completed: `relay replay`
-    /// re-drives the DLQ after the cause is fixed, and a COMPLETED record would skip it.
-    async fn park_claimed(
-        &self,
-        message: &QueueMessage,
-        claim: &HeldClaim,
-        reason: &str,
-    ) -> Outcome {
-        let outcome = self.park(message, reason).await;
-        if let Outcome::Done = outcome {
-            self.release(claim).await;
-        }
-        outcome
-    }
-
-    /// The entity now and its last snapshot.
-    async fn fetch_state(
-        &self,
-        event: &RelayEvent,
-        prefetched: &Prefetched,
-        now_ms: i64,
-    ) -> Result<EntityState, StateFailure> {
-        let enriched = match self.enricher.entity(event, prefetched).await {
-            Ok(enriched) => enriched,
-            Err(EnrichError::Transient {
-                reason,
-                retry_after,
-            }) => {
-                tracing::warn!(event_id = %event.id, %reason, "enrichment failed; will retry");
-                // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
-                self.record(event, now_ms, "crm", None, 0, "retry", Some(reason))
-                    .await;
-                return Err(StateFailure::Transient { retry_after });
-            }
-            Err(EnrichError::MethodBlocked {
-                method,
-                retry_after,
-            }) => {
-                tracing::info!(event_id = %event.id, %method, wait_ms = retry_after.as_millis() as u64,
-                    "CRM method blocked until its reset; the event waits");
-                self.record(
-                    event,
-                    now_ms,
-                    "crm",
-                    None,
-                    0,
-                    "deferred",
-                    Some(format!("{method}: OPERATION_TIME_LIMIT")),
-                )
-                .await;
-                return Err(StateFailure::Blocked { wait: retry_after });
-            }
-            Err(e) => return Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
-        };
-        let snapshot_key = SnapshotKey::of(event);
-        let previous = match &snapshot_key {
-            None => None,
-            Some(key) => self.ports.snapshots.load(key).await.map_err(|e| {
-                tracing::warn!(event_id = %event.id, error = %e, "snapshot store unavailable");
-                StateFailure::Transient { retry_after: None }
-            })?,
-        };
-        Ok(EntityState {
-            enriched,
-            snapshot_key,
-            previous,
-        })
-    }
-
-    async fn state_unavailable(
-        &self,
-        message: &QueueMessage,
-        event: &RelayEvent,
-        claim: &HeldClaim,
-        failure: StateFailure,
-        now_ms: i64,
-    ) -> Outcome {
-        match failure {
-            StateFailure::Transient { retry_after } => {
-                Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
-            }
-            StateFailure::Blocked { wait } => Outcome::Defer(wait),
-            StateFailure::Refused(reason) => {
-                tracing::error!(event_id = %event.id, %reason, "parking event");
-                self.record(
-                    event,
-                    now_ms,
-                    "crm",
-                    None,
-                    0,
-                    "dead_letter",
-                    Some(reason.clone()),
-                )
-                .await;
-                self.park_claimed(message, claim, &reason).await
-            }
-        }
-    }
-
-    async fn deliver_claimed(
-        &self,
-        message: &QueueMessage,
-        event: &RelayEvent,
-        claim: &HeldClaim,
-        plan: DeliveryPlan<'_>,
-        state: EntityState,
-        clock: InBatch<'_>,
-    ) -> Outcome {
-        let EntityState {
-            enriched,
-            snapshot_key,
-            previous,
-        } = state;
-        let previous = previous.map(|s| s.entity);
-        let changes = changes(previous.as_ref(), enriched.entity());
-        let body = forward_body(
-            event,
-            &Forwarded {
-                entity: enriched.entity(),
-                previous: previous.as_ref(),
-                deleted: enriched == Enriched::Deleted,
-                first_seen: snapshot_key.is_some() && previous.is_none(),
-                enrichment: enriched.note(),
-            },
-            &changes,
-        );
-        let finish = Finish {
-            claim,
-            key: snapshot_key,
-            enriched,
-            version: plan.snapshot_version,
-        };
-        self.route_body(message, event, finish, body, plan.webhook_id, clock.now_ms)
-            .await
-    }
-
-    /// After a delivery: the new snapshot (never over a newer one), or for a delete the
-    /// snapshot removed, then COMPLETED. None of it failing undoes the delivery, so each only
-    /// warns; a lost COMPLETED at worst re-forwards with the same `webhook-id`.
-    async fn finish_delivered(
-        &self,
-        event: &RelayEvent,
-        finish: Finish<'_>,
-        now_ms: i64,
-    ) -> Outcome {
-        if let (Some(key), Enriched::Deleted) = (&finish.key, &finish.enriched) {
-            if let Err(e) = self.ports.snapshots.delete(key).await {
-                tracing::warn!(event_id = %event.id, error = %e, "snapshot of a deleted entity not removed");
-            }
-        }
-        if let (Some(key), Some(entity)) = (finish.key, finish.enriched.into_entity()) {
-            let snapshot = Snapshot {
-                entity,
-                version: finish.version,
-            };
-            match self.ports.snapshots.save(&key, &snapshot).await {
-                Ok(SnapshotSave::Saved) => {}
-                Ok(SnapshotSave::Stale) => {
-                    tracing::info!(event_id = %event.id, "a newer snapshot is stored; kept it")
-                }
-                Err(e) => tracing::warn!(event_id = %event.id, error = %e, "snapshot not saved"),
-            }
-        }
-        self.complete_claim(finish.claim, now_ms).await;
-        Outcome::Done
-    }
-
-    /// Marks the claim COMPLETED for [`DEDUP_RETENTION`], if this consumer still owns it.
-    async fn complete_claim(&self, claim: &HeldClaim, now_ms: i64) {
-        let expires_at_ms = now_ms.saturating_add(DEDUP_RETENTION.as_millis() as i64);
-        match self
-            .ports
-            .dedup
-            .complete(&claim.id, &claim.owner, expires_at_ms)
-            .await
-        {
-            Ok(Ownership::Held) => {}
-            Ok(Ownership::Lost) => {
-                tracing::warn!(claim_id = %claim.id, "delivered, but another consumer holds the claim now; it completes it")
-            }
-            Err(e) => {
-                tracing::warn!(claim_id = %claim.id, error = %e, "could not mark claim completed")
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn record(
-        &self,
-        event: &RelayEvent,
-        at_ms: i64,
-        destination: &str,
-        status: Option<u16>,
-        latency_ms: u64,
-        outcome: &str,
-        error: Option<String>,
-    ) {
-        let attempt = Attempt {
-            event_id: event.id.clone(),
-            at_ms,
-            destination: destination.to_string(),
-            status,
-            latency_ms,
-            outcome: outcome.to_string(),
-            error,
-            route: None,
-        };
-        if let Err(e) = self.ports.attempts.record(&attempt).await {
-            tracing::warn!(event_id = %event.id, error = %e, "attempt not recorded");
-        }
-    }
-}
-
-/// True when `state` shows nothing new against a snapshot stamped within [`TWIN_WINDOW_S`]
-/// of this event: the same change, seen a second time under another id. Deletes, first
-/// sightings and events the CRM answered without an entity are never twins.
-fn is_twin_of_delivered(event: &RelayEvent, state: &EntityState) -> bool {
-    let (Some(previous), Some(entity)) = (&state.previous, state.enriched.entity()) else {
-        return false;
-    };
-    *entity == previous.entity && event.ts.abs_diff(previous.version) <= TWIN_WINDOW_S as u64
 }
 
 /// The queue body as an envelope this build understands.
@@ -867,72 +575,6 @@ pub fn parse_envelope(body: &str) -> Result<RelayEvent, String> {
     Ok(event)
 }
 
-/// `[{field, old, new}]` over top-level fields, in field-name order; empty on first sight
-/// (nothing to compare with) and when the entity is gone.
-pub fn changes(old: Option<&Value>, new: Option<&Value>) -> Vec<Value> {
-    let (Some(Value::Object(old)), Some(Value::Object(new))) = (old, new) else {
-        return Vec::new();
-    };
-    let fields: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    fields
-        .into_iter()
-        .filter_map(|field| {
-            let (before, after) = (old.get(field), new.get(field));
-            (before != after).then(|| {
-                json!({
-                    "field": field,
-                    "old": before.cloned().unwrap_or(Value::Null),
-                    "new": after.cloned().unwrap_or(Value::Null),
-                })
-            })
-        })
-        .collect()
-}
-
-/// What the consumer learned about an event's entity, for its forwarded body.
-#[derive(Clone, Copy, Debug)]
-pub struct Forwarded<'a> {
-    /// The entity now, as the CRM answered; `None` when not fetched or gone.
-    pub entity: Option<&'a Value>,
-    /// The last-known snapshot; `None` when never seen.
-    pub previous: Option<&'a Value>,
-    /// A delete event: `previous` is what was deleted.
-    pub deleted: bool,
-    /// No snapshot existed, so empty `changes` mean "first sight", not "nothing changed".
-    pub first_seen: bool,
-    /// How enrichment went (`fetched`, `not found`, `deleted`, `not fetched`,
-    /// `no credentials for this portal`).
-    pub enrichment: &'a str,
-}
-
-/// The envelope plus `entity_type`, `entity`, `previous`, `deleted`, `first_seen`,
-/// `enrichment` and `changes`: exactly what is signed and POSTed.
-pub fn forward_body(event: &RelayEvent, forwarded: &Forwarded<'_>, changes: &[Value]) -> Value {
-    let mut body = serde_json::to_value(event).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut body {
-        // Ingress never puts `auth` in `data`; if an old or hand-made message did, the CRM
-        // tokens in it must still not leave.
-        if let Some(Value::Object(data)) = map.get_mut("data") {
-            data.remove("auth");
-        }
-        // Old envelopes have none stored: the kind ingress would give them today.
-        map.insert("entity_type".into(), json!(event.kind()));
-        map.insert(
-            "entity".into(),
-            forwarded.entity.cloned().unwrap_or(Value::Null),
-        );
-        map.insert(
-            "previous".into(),
-            forwarded.previous.cloned().unwrap_or(Value::Null),
-        );
-        map.insert("deleted".into(), json!(forwarded.deleted));
-        map.insert("first_seen".into(), json!(forwarded.first_seen));
-        map.insert("enrichment".into(), json!(forwarded.enrichment));
-        map.insert("changes".into(), Value::Array(changes.to_vec()));
-    }
-    body
-}
-
 /// Only the host goes into log lines: some receivers put a secret in the path.
 fn url_host(url: &str) -> String {
     reqwest::Url::parse(url)
@@ -944,22 +586,6 @@ fn url_host(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn changes_are_empty_on_first_sight_and_list_differences_after() {
-        let v1 = json!({"ID": "7", "TITLE": "a", "STAGE_ID": "NEW"});
-        let v2 = json!({"ID": "7", "TITLE": "b", "STAGE_ID": "NEW", "OPPORTUNITY": "10"});
-        assert!(changes(None, Some(&v1)).is_empty());
-        assert_eq!(
-            changes(Some(&v1), Some(&v2)),
-            vec![
-                json!({"field": "OPPORTUNITY", "old": null, "new": "10"}),
-                json!({"field": "TITLE", "old": "a", "new": "b"}),
-            ]
-        );
-        assert!(changes(Some(&v2), Some(&v2)).is_empty());
-        assert!(changes(Some(&v2), None).is_empty());
-    }
 
     #[test]
     fn redacts_urls_for_the_attempt_log() {

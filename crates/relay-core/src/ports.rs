@@ -294,14 +294,58 @@ pub struct Attempt {
     /// HTTP status, if the destination answered at all.
     pub status: Option<u16>,
     pub latency_ms: u64,
-    /// `delivered`, `retry`, `deferred` (the CRM asked to wait), `dead_letter`, `disabled`,
-    /// `skipped`, `fanned_out`, `unmatched`.
+    /// An [`AttemptOutcome`] as stored (`AttemptOutcome::as_str`). Text, not the enum: the
+    /// log is read back as written, by `relay attempts`, including lines older builds wrote.
     pub outcome: String,
     pub error: Option<String>,
     /// The route the attempt was for; `None` for steps before routing (the CRM fetch) and
     /// for attempts logged before routes existed.
     #[serde(default)]
     pub route: Option<String>,
+}
+
+/// What one step did to an event, as the attempt log, `relay attempts` and the template's
+/// metric filters spell it. The consumer writes only these; the strings never change, since
+/// stored lines and dashboards hold them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttemptOutcome {
+    /// The destination answered 2xx (or the event went to `relay serve`'s outbox).
+    Delivered,
+    /// A retryable failure (the CRM or the destination was down); the message comes back.
+    Retry,
+    /// The CRM asked to wait (`OPERATION_TIME_LIMIT`): no failure of the event.
+    Deferred,
+    /// Parked in the dead-letter queue for `relay replay`.
+    DeadLetter,
+    /// The destination is disabled (it answered 410 Gone, now or before).
+    Disabled,
+    /// Not forwarded: a duplicate of a delivered event, or its twin.
+    Skipped,
+    /// One destination's delivery message of a fanned-out event was queued.
+    Queued,
+    /// A routes file matched no route.
+    Unmatched,
+}
+
+impl AttemptOutcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::DeadLetter => "dead_letter",
+            AttemptOutcome::Disabled => "disabled",
+            AttemptOutcome::Skipped => "skipped",
+            AttemptOutcome::Queued => "queued",
+            AttemptOutcome::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[async_trait]
@@ -378,4 +422,29 @@ pub trait InstallVerifier: Send + Sync {
         access_token: &Secret,
         member_id: &str,
     ) -> Result<Option<crate::lifecycle::portal_endpoint::ConfirmedPortal>, crate::error::EnrichError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptOutcome;
+
+    /// Stored attempt lines, `relay attempts` and dashboards hold these strings: a rename of a
+    /// variant must not change them.
+    #[test]
+    fn attempt_outcomes_keep_their_stored_names() {
+        let all = [
+            (AttemptOutcome::Delivered, "delivered"),
+            (AttemptOutcome::Retry, "retry"),
+            (AttemptOutcome::Deferred, "deferred"),
+            (AttemptOutcome::DeadLetter, "dead_letter"),
+            (AttemptOutcome::Disabled, "disabled"),
+            (AttemptOutcome::Skipped, "skipped"),
+            (AttemptOutcome::Queued, "queued"),
+            (AttemptOutcome::Unmatched, "unmatched"),
+        ];
+        for (outcome, stored) in all {
+            assert_eq!(outcome.as_str(), stored);
+            assert_eq!(outcome.to_string(), stored);
+        }
+    }
 }

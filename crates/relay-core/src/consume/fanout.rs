@@ -11,16 +11,17 @@
 //! it is for. The body is built once (enrich, diff, snapshot) and travels in the message, so
 //! every destination gets the same state; the webhook-id stays the event's for all of them.
 
-use super::{Consumer, Finish, HeldClaim, InBatch, Outcome};
-use crate::error::ForwardError;
+use super::attempts::{AttemptLine, NOWHERE, OUTBOX};
+use super::dispatch::{Sent, Target};
+use super::prepare::PreparedDelivery;
+use super::{Consumer, InBatch, Outcome};
 use crate::event::{Family, RelayEvent, ENVELOPE_VERSION};
-use crate::forward::{deliver, redact_url, Delivery, Signer};
-use crate::ports::{Attempt, OutgoingMessage, QueueMessage};
-use crate::routes::{Delivery as RouteDelivery, RouteDestination};
+use crate::forward::redact_url;
+use crate::ports::{AttemptOutcome, OutgoingMessage, QueueMessage};
+use crate::routes::Delivery as RouteDelivery;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::time::Instant;
 
 /// The `kind` that tells a delivery message from an ingress envelope (which has none).
 pub const DELIVERY_KIND: &str = "delivery";
@@ -100,7 +101,7 @@ pub fn delivery_group(entity_group: &str, route: &str, destination: usize) -> St
 /// metric filters count them per route. Only for a routes file: the implicit routes are one
 /// destination, whose own log lines (and Forwarded/Retries/Parked metrics) say it all, so a
 /// deployment without routes keeps one log line per event.
-fn route_outcome(
+pub(super) fn route_outcome(
     routes: &crate::routes::Routes,
     event_id: &str,
     route: &str,
@@ -111,23 +112,6 @@ fn route_outcome(
     }
 }
 
-/// One POST of one body to one route destination.
-struct Target<'a> {
-    event_id: &'a str,
-    webhook_id: &'a str,
-    family: Family,
-    route: &'a str,
-    destination: &'a RouteDestination,
-    body: &'a Value,
-}
-
-/// What a POST came to: delivered (the caller completes), or the message's outcome (retry,
-/// or parked, already recorded).
-enum Sent {
-    Delivered,
-    NotDelivered(Outcome),
-}
-
 impl Consumer {
     /// The body of a claimed event goes to its routes: inline to one destination, through
     /// the queue to several, nowhere (recorded, completed) when a routes file matches none.
@@ -135,49 +119,44 @@ impl Consumer {
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
-        finish: Finish<'_>,
-        body: Value,
-        webhook_id: &str,
+        prepared: PreparedDelivery<'_>,
         now_ms: i64,
     ) -> Outcome {
-        let deliveries = self.routes.deliveries(&body);
+        let deliveries = self.routes.deliveries(&prepared.body);
         for delivery in &deliveries {
             route_outcome(&self.routes, &event.id, delivery.route, "matched");
         }
         match deliveries.as_slice() {
             [] if self.routes.implicit => {
-                self.no_destination(message, event, finish, &body, now_ms)
-                    .await
+                self.no_destination(message, event, prepared, now_ms).await
             }
             [] => {
                 tracing::info!(event_id = %event.id, "no route matches the event; nothing to deliver");
-                self.record_route(
-                    &event.id,
-                    now_ms,
-                    None,
-                    "-",
-                    "unmatched",
-                    Some("no route matches".into()),
-                )
-                .await;
-                self.finish_delivered(event, finish, now_ms).await
+                let line = AttemptLine::new(&event.id, now_ms, NOWHERE, AttemptOutcome::Unmatched)
+                    .because("no route matches");
+                self.record(line).await;
+                self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+                    .await
             }
             [one] => {
                 let target = Target {
                     event_id: &event.id,
-                    webhook_id,
+                    webhook_id: prepared.webhook_id,
                     family: event.family,
                     route: one.route,
                     destination: one.destination,
                     body: &one.body,
                 };
-                match self.post_to(message, finish.claim, &target, now_ms).await {
-                    Sent::Delivered => self.finish_delivered(event, finish, now_ms).await,
+                match self.post_to(message, prepared.claim, &target, now_ms).await {
+                    Sent::Delivered => {
+                        self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+                            .await
+                    }
                     Sent::NotDelivered(outcome) => outcome,
                 }
             }
             several => {
-                self.fan_out(message, event, finish, several, webhook_id, now_ms)
+                self.fan_out(message, event, prepared, several, now_ms)
                     .await
             }
         }
@@ -188,17 +167,18 @@ impl Consumer {
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
-        finish: Finish<'_>,
-        body: &Value,
+        prepared: PreparedDelivery<'_>,
         now_ms: i64,
     ) -> Outcome {
         match &self.outbox {
-            Some(outbox) => match outbox.append(body).await {
+            Some(outbox) => match outbox.append(&prepared.body).await {
                 Ok(()) => {
                     tracing::info!(event_id = %event.id, family = %event.family, "written to the outbox");
-                    self.record(event, now_ms, "outbox", None, 0, "delivered", None)
-                        .await;
-                    self.finish_delivered(event, finish, now_ms).await
+                    let line =
+                        AttemptLine::new(&event.id, now_ms, OUTBOX, AttemptOutcome::Delivered);
+                    self.record(line).await;
+                    self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+                        .await
                 }
                 Err(e) => {
                     tracing::warn!(event_id = %event.id, error = %e, "outbox unavailable");
@@ -207,17 +187,10 @@ impl Consumer {
             },
             None => {
                 let reason = format!("no destination configured for family {}", event.family);
-                self.record(
-                    event,
-                    now_ms,
-                    "-",
-                    None,
-                    0,
-                    "dead_letter",
-                    Some(reason.clone()),
-                )
-                .await;
-                self.park_claimed(message, finish.claim, &reason).await
+                let line = AttemptLine::new(&event.id, now_ms, NOWHERE, AttemptOutcome::DeadLetter)
+                    .because(reason.clone());
+                self.record(line).await;
+                self.park_claimed(message, prepared.claim, &reason).await
             }
         }
     }
@@ -229,11 +202,11 @@ impl Consumer {
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
-        finish: Finish<'_>,
+        prepared: PreparedDelivery<'_>,
         deliveries: &[RouteDelivery<'_>],
-        webhook_id: &str,
         now_ms: i64,
     ) -> Outcome {
+        let webhook_id = prepared.webhook_id;
         let entity_group = event.message_group_id();
         for delivery in deliveries {
             let position = self.position(delivery);
@@ -252,7 +225,7 @@ impl Consumer {
                 Ok(body) => body,
                 Err(e) => {
                     let reason = format!("delivery message not serialisable: {e}");
-                    return self.park_claimed(message, finish.claim, &reason).await;
+                    return self.park_claimed(message, prepared.claim, &reason).await;
                 }
             };
             let outgoing = OutgoingMessage {
@@ -267,18 +240,13 @@ impl Consumer {
         }
         for delivery in deliveries {
             let shown = redact_url(&delivery.destination.url);
-            self.record_route(
-                &event.id,
-                now_ms,
-                Some(delivery.route),
-                &shown,
-                "queued",
-                None,
-            )
-            .await;
+            let line = AttemptLine::new(&event.id, now_ms, &shown, AttemptOutcome::Queued)
+                .on_route(Some(delivery.route));
+            self.record(line).await;
         }
         tracing::info!(event_id = %event.id, destinations = deliveries.len(), "fanned out");
-        self.finish_delivered(event, finish, now_ms).await
+        self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+            .await
     }
 
     /// Where a delivery's destination sits in its route (its identity in the queue).
@@ -316,15 +284,14 @@ impl Consumer {
                 queued.route, queued.destination, queued.target
             );
             tracing::error!(event_id = %queued.id, route = %queued.route, "{reason}");
-            self.record_route(
+            let line = AttemptLine::new(
                 &queued.id,
                 clock.now_ms,
-                Some(&queued.route),
                 &queued.target,
-                "dead_letter",
-                Some(reason.clone()),
-            )
-            .await;
+                AttemptOutcome::DeadLetter,
+            );
+            self.record(line.on_route(Some(&queued.route)).because(reason.clone()))
+                .await;
             return self.park(message, &reason).await;
         };
         let claim = match self.claim(message, &queued.claim_id(), clock).await {
@@ -353,163 +320,6 @@ impl Consumer {
             }
         };
         self.while_holding(message, &claim, clock, work).await
-    }
-
-    /// The destination's own secret, else the relay's. `Err`: a secret that cannot sign, so
-    /// the delivery is held rather than sent unsigned.
-    fn signer_for(&self, destination: &RouteDestination) -> Result<Option<Signer>, String> {
-        match &destination.secret {
-            Some(secret) => Signer::from_secret(secret)
-                .map(Some)
-                .map_err(|e| format!("the route destination's secret is unusable: {e}")),
-            None => self.signer.clone(),
-        }
-    }
-
-    /// POSTs one body to one destination and records the attempt under its route. Gone (410)
-    /// disables that destination's URL only; every other answer touches this message only.
-    async fn post_to(
-        &self,
-        message: &QueueMessage,
-        claim: &HeldClaim,
-        target: &Target<'_>,
-        now_ms: i64,
-    ) -> Sent {
-        let retry = |hint| {
-            Sent::NotDelivered(Outcome::RetryAfter(
-                self.schedule.delay(message.receive_count, hint),
-            ))
-        };
-        let url = target.destination.url.as_str();
-        let shown = redact_url(url);
-        let route = Some(target.route);
-        let signer = match self.signer_for(target.destination) {
-            Ok(signer) => signer,
-            Err(reason) => {
-                tracing::error!(event_id = %target.event_id, route = %target.route, %reason, "signing secret unusable; holding event");
-                return retry(None);
-            }
-        };
-        match self.ports.destinations.disabled(url).await {
-            Ok(None) => {}
-            Ok(Some(why)) => {
-                let reason = format!("destination disabled: {why}");
-                route_outcome(&self.routes, target.event_id, target.route, "failed");
-                self.record_route(
-                    target.event_id,
-                    now_ms,
-                    route,
-                    &shown,
-                    "disabled",
-                    Some(reason.clone()),
-                )
-                .await;
-                return Sent::NotDelivered(self.park_claimed(message, claim, &reason).await);
-            }
-            Err(e) => {
-                tracing::warn!(event_id = %target.event_id, error = %e, "destination status unavailable");
-                return retry(None);
-            }
-        }
-        let bytes = match serde_json::to_vec(target.body) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                let reason = format!("body not serialisable: {e}");
-                return Sent::NotDelivered(self.park_claimed(message, claim, &reason).await);
-            }
-        };
-        let started = Instant::now();
-        let result = deliver(
-            &self.http,
-            &Delivery {
-                url,
-                msg_id: target.webhook_id,
-                timestamp: now_ms.div_euclid(1000),
-                body: &bytes,
-                signer: signer.as_ref(),
-                timeout: self.forward_timeout,
-                headers: &target.destination.headers,
-            },
-        )
-        .await;
-        let latency_ms = started.elapsed().as_millis() as u64;
-        let attempt = |status, outcome: &str, error| Attempt {
-            event_id: target.event_id.to_string(),
-            at_ms: now_ms,
-            destination: shown.clone(),
-            status,
-            latency_ms,
-            outcome: outcome.to_string(),
-            error,
-            route: Some(target.route.to_string()),
-        };
-        match result {
-            Ok(status) => {
-                tracing::info!(event_id = %target.event_id, webhook_id = %target.webhook_id, family = %target.family, route = %target.route, status, latency_ms, "delivered");
-                route_outcome(&self.routes, target.event_id, target.route, "delivered");
-                self.store_attempt(attempt(Some(status), "delivered", None))
-                    .await;
-                Sent::Delivered
-            }
-            Err(ForwardError::Retryable {
-                status,
-                retry_after,
-                reason,
-            }) => {
-                tracing::warn!(event_id = %target.event_id, route = %target.route, ?status, %reason, "delivery failed; will retry");
-                route_outcome(&self.routes, target.event_id, target.route, "failed");
-                self.store_attempt(attempt(status, "retry", Some(reason)))
-                    .await;
-                retry(retry_after)
-            }
-            Err(ForwardError::Permanent { status, reason }) => {
-                tracing::error!(event_id = %target.event_id, route = %target.route, status, "destination refused the event; parking it");
-                route_outcome(&self.routes, target.event_id, target.route, "failed");
-                self.store_attempt(attempt(Some(status), "dead_letter", Some(reason.clone())))
-                    .await;
-                Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
-            }
-            Err(ForwardError::Gone) => {
-                let reason = "destination answered 410 Gone".to_string();
-                tracing::error!(destination_host = %super::url_host(url), route = %target.route, "DESTINATION DISABLED: it answered 410 Gone; \
-                    no event goes there until it is re-enabled; events are parked in the DLQ");
-                route_outcome(&self.routes, target.event_id, target.route, "failed");
-                if let Err(e) = self.ports.destinations.disable(url, &reason, now_ms).await {
-                    tracing::error!(error = %e, "could not store the disabled destination");
-                }
-                self.store_attempt(attempt(Some(410), "disabled", Some(reason.clone())))
-                    .await;
-                Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
-            }
-        }
-    }
-
-    async fn record_route(
-        &self,
-        event_id: &str,
-        at_ms: i64,
-        route: Option<&str>,
-        destination: &str,
-        outcome: &str,
-        error: Option<String>,
-    ) {
-        self.store_attempt(Attempt {
-            event_id: event_id.to_string(),
-            at_ms,
-            destination: destination.to_string(),
-            status: None,
-            latency_ms: 0,
-            outcome: outcome.to_string(),
-            error,
-            route: route.map(str::to_string),
-        })
-        .await;
-    }
-
-    async fn store_attempt(&self, attempt: Attempt) {
-        if let Err(e) = self.ports.attempts.record(&attempt).await {
-            tracing::warn!(event_id = %attempt.event_id, error = %e, "attempt not recorded");
-        }
     }
 }
 
