@@ -16,7 +16,8 @@ pub const MIN_SIGNING_KEY_BYTES: usize = 24;
 /// receiver accepts the request if any signature matches).
 #[derive(Clone)]
 pub struct Signer {
-    keys: Vec<Vec<u8>>,
+    /// One MAC per secret, keyed once at start-up; each signature works on a clone.
+    keys: Vec<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -47,7 +48,12 @@ impl Signer {
                     ),
                 });
             }
-            keys.push(key);
+            // HMAC takes a key of any length, so this fails for no key that got this far.
+            let mac = <Hmac<Sha256>>::new_from_slice(&key).map_err(|_| ConfigError::Invalid {
+                name: "RELAY_SIGNING_SECRET",
+                reason: "a secret is not a usable HMAC key".into(),
+            })?;
+            keys.push(mac);
         }
         if keys.is_empty() {
             return Err(ConfigError::Missing("RELAY_SIGNING_SECRET"));
@@ -65,12 +71,8 @@ impl Signer {
     }
 }
 
-fn sign_one(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    // new_from_slice only fails for fixed-size-key MACs; HMAC takes any length.
-    let mut mac = match <Hmac<Sha256>>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return String::new(),
-    };
+fn sign_one(key: &Hmac<Sha256>, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = key.clone();
     mac.update(msg_id.as_bytes());
     mac.update(b".");
     mac.update(timestamp.to_string().as_bytes());
