@@ -22,8 +22,8 @@ use aws_sdk_dynamodb::Client;
 use relay_core::error::StoreError;
 use relay_core::event::Source;
 use relay_core::ports::{
-    Attempt, AttemptLog, BindPlanStore, Claim, DedupStore, DestinationStatus, Ownership,
-    PortalTokens, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, AttemptOutcome, BindPlanStore, Claim, DedupStore, DestinationStatus,
+    Ownership, PortalTokens, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
 };
 use relay_core::secret::Secret;
 use sha2::{Digest, Sha256};
@@ -62,7 +62,7 @@ pub const DESTINATION_STATUS_TTL: Duration = Duration::from_secs(30);
 /// went wrong (retries, dead letters, disabled destinations, skipped duplicates): a
 /// delivery is the consumer's `delivered` log line and the Forwards metric, not a write per
 /// event. `relay attempts` then lists the failures before an event arrived.
-pub const DELIVERED_OUTCOME: &str = "delivered";
+pub const DELIVERED_OUTCOME: &str = AttemptOutcome::Delivered.as_str();
 /// How long the attempt log keeps a delivery's history.
 pub const ATTEMPT_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 

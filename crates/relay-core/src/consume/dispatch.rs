@@ -3,7 +3,7 @@
 //! attempt line, the route's log line and what the message does next (`Sent`).
 
 use super::attempts::AttemptLine;
-use super::fanout::route_outcome;
+use super::fanout::{route_outcome, RouteOutcome};
 use super::{url_host, Consumer, HeldClaim, Outcome};
 use crate::error::ForwardError;
 use crate::event::Family;
@@ -144,14 +144,14 @@ impl Consumer {
             }
             ForwardResult::Disabled { why } => {
                 let reason = format!("destination disabled: {why}");
-                route_outcome(&self.routes, event_id, route, "failed");
+                route_outcome(&self.routes, event_id, route, RouteOutcome::Failed);
                 let line = line(AttemptOutcome::Disabled).because(reason.clone());
                 self.record(line).await;
                 return Sent::NotDelivered(self.park_claimed(message, claim, &reason).await);
             }
             ForwardResult::Delivered { status, latency_ms } => {
                 tracing::info!(%event_id, webhook_id = %target.webhook_id, family = %target.family, %route, status, latency_ms, "delivered");
-                route_outcome(&self.routes, event_id, route, "delivered");
+                route_outcome(&self.routes, event_id, route, RouteOutcome::Delivered);
                 let line = line(AttemptOutcome::Delivered).answered(Some(status), latency_ms);
                 self.record(line).await;
                 return Sent::Delivered;
@@ -165,14 +165,14 @@ impl Consumer {
                 reason,
             } => {
                 tracing::warn!(%event_id, %route, ?status, %reason, "delivery failed; will retry");
-                route_outcome(&self.routes, event_id, route, "failed");
+                route_outcome(&self.routes, event_id, route, RouteOutcome::Failed);
                 let line = line(AttemptOutcome::Retry).answered(status, latency_ms);
                 self.record(line.because(reason)).await;
                 retry(retry_after)
             }
             ForwardError::Permanent { status, reason } => {
                 tracing::error!(%event_id, %route, status, "destination refused the event; parking it");
-                route_outcome(&self.routes, event_id, route, "failed");
+                route_outcome(&self.routes, event_id, route, RouteOutcome::Failed);
                 let line = line(AttemptOutcome::DeadLetter).answered(Some(status), latency_ms);
                 self.record(line.because(reason.clone())).await;
                 Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
@@ -182,7 +182,7 @@ impl Consumer {
                 let reason = "destination answered 410 Gone".to_string();
                 tracing::error!(destination_host = %url_host(url), %route, "DESTINATION DISABLED: it answered 410 Gone; \
                     no event goes there until it is re-enabled; events are parked in the DLQ");
-                route_outcome(&self.routes, event_id, route, "failed");
+                route_outcome(&self.routes, event_id, route, RouteOutcome::Failed);
                 if let Err(e) = self.ports.destinations.disable(url, &reason, now_ms).await {
                     tracing::error!(error = %e, "could not store the disabled destination");
                 }

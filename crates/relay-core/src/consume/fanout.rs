@@ -97,17 +97,36 @@ pub fn delivery_group(entity_group: &str, route: &str, destination: usize) -> St
     format!("{head}{tail}")
 }
 
-/// One log line per route and outcome (`matched`, `delivered`, `failed`): the template's
-/// metric filters count them per route. Only for a routes file: the implicit routes are one
-/// destination, whose own log lines (and Forwarded/Retries/Parked metrics) say it all, so a
-/// deployment without routes keeps one log line per event.
+/// What became of an event on one route, as the template's metric filters spell it.
+#[derive(Clone, Copy)]
+pub(super) enum RouteOutcome {
+    Matched,
+    Delivered,
+    Failed,
+}
+
+impl RouteOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            RouteOutcome::Matched => "matched",
+            RouteOutcome::Delivered => "delivered",
+            RouteOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One log line per route and outcome: the template's metric filters count them per route.
+/// Only for a routes file: the implicit routes are one destination, whose own log lines (and
+/// Forwarded/Retries/Parked metrics) say it all, so a deployment without routes keeps one log
+/// line per event.
 pub(super) fn route_outcome(
     routes: &crate::routes::Routes,
     event_id: &str,
     route: &str,
-    outcome: &'static str,
+    outcome: RouteOutcome,
 ) {
     if !routes.implicit {
+        let outcome = outcome.as_str();
         tracing::info!(%event_id, %route, outcome, "route outcome");
     }
 }
@@ -124,7 +143,12 @@ impl Consumer {
     ) -> Outcome {
         let deliveries = self.routes.deliveries(&prepared.body);
         for delivery in &deliveries {
-            route_outcome(&self.routes, &event.id, delivery.route, "matched");
+            route_outcome(
+                &self.routes,
+                &event.id,
+                delivery.route,
+                RouteOutcome::Matched,
+            );
         }
         match deliveries.as_slice() {
             [] if self.routes.implicit => {
