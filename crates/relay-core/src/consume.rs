@@ -5,7 +5,7 @@
 //! through `fanout` when there are several: a `ForwardResult`), `settle` (save the snapshot and
 //! complete the claim, or park: the message's `Outcome`). Each stage writes its `attempts` line.
 //!
-//! One event, one POST in flight: a claim carries an owner token and a lease that a heartbeat
+//! One event, one POST in flight: a claim (`claim`) carries an owner token and a lease that a heartbeat
 //! renews (with the message's invisibility) while the event is worked on, and a batch does not
 //! start a message when less than a whole forward's time is left. A batch's FIFO groups run
 //! side by side (`groups`), each in order, so a batch costs about one round trip, not ten.
@@ -21,22 +21,24 @@ use crate::config::RelayConfig;
 use crate::enrich::salesman::SalesmanClient;
 use crate::enrich::{Enricher, Prefetched};
 use crate::event::{RelayEvent, ENVELOPE_VERSION};
-use crate::forward::{RetrySchedule, Signer, FORWARD_TIMEOUT, MAX_RETRY_DELAY};
+use crate::forward::{RetrySchedule, Signer, FORWARD_TIMEOUT};
 use crate::ports::{
-    AttemptLog, AttemptOutcome, Bitrix24Rest, Claim, DedupStore, DestinationStatus, Outbox,
-    Ownership, Queue, QueueMessage, SnapshotStore, TokenStore,
+    AttemptLog, AttemptOutcome, Bitrix24Rest, DedupStore, DestinationStatus, Outbox, Queue,
+    QueueMessage, SnapshotStore, TokenStore,
 };
 use crate::routes::Routes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod attempts;
+mod claim;
 mod dispatch;
 mod fanout;
 mod groups;
 mod prepare;
 mod settle;
 use attempts::{AttemptLine, NOWHERE};
+use claim::HeldClaim;
 pub use fanout::{delivery_group, DeliveryMessage};
 use groups::Pending;
 pub use prepare::{changes, forward_body, Forwarded};
@@ -95,12 +97,6 @@ enum Outcome {
     Defer(Duration),
 }
 
-/// A dedup claim this consumer holds: the record id (the webhook-id) and its owner token.
-struct HeldClaim {
-    id: String,
-    owner: String,
-}
-
 /// Where a message stands in its batch: the batch's clock (`now_ms` as passed in, which tests
 /// fix, plus the real time since `started`) and the batch's messages not finished yet (in any
 /// group), which the heartbeat keeps invisible.
@@ -129,11 +125,6 @@ impl InBatch<'_> {
         self.now_ms
             .saturating_add(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
     }
-}
-
-/// A fresh owner token per claim: it only has to differ between claims, not be secret.
-fn owner_token() -> String {
-    format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
 /// The webhook-id of a redelivered event that carries news: the event id and the version of
@@ -337,44 +328,6 @@ impl Consumer {
         remaining.saturating_sub(elapsed) >= self.forward_timeout + DEADLINE_MARGIN
     }
 
-    /// Claims `id` for this consumer: `Ok` with the claim, or the outcome of not getting it.
-    async fn claim(
-        &self,
-        message: &QueueMessage,
-        id: &str,
-        clock: InBatch<'_>,
-    ) -> Result<Result<HeldClaim, Claim>, Outcome> {
-        let claim = HeldClaim {
-            id: id.to_string(),
-            owner: owner_token(),
-        };
-        let lease_until_ms = clock.now_plus(self.lease_span);
-        match self
-            .ports
-            .dedup
-            .claim(&claim.id, &claim.owner, lease_until_ms, clock.now_ms)
-            .await
-        {
-            Ok(Claim::Acquired) => Ok(Ok(claim)),
-            Ok(Claim::HeldElsewhere { lease_until_ms }) => {
-                tracing::info!(claim_id = %id, "another consumer holds this event; retrying after its lease");
-                let wait = Duration::from_millis(
-                    lease_until_ms.saturating_sub(clock.now_ms).max(0) as u64,
-                );
-                Err(Outcome::RetryAfter(
-                    wait.clamp(Duration::from_secs(1), MAX_RETRY_DELAY),
-                ))
-            }
-            Ok(other) => Ok(Err(other)),
-            Err(e) => {
-                tracing::warn!(claim_id = %id, error = %e, "dedup store unavailable");
-                Err(Outcome::RetryAfter(
-                    self.schedule.delay(message.receive_count, None),
-                ))
-            }
-        }
-    }
-
     async fn process_one(
         &self,
         message: &QueueMessage,
@@ -479,83 +432,6 @@ impl Consumer {
         self.record(line).await;
         self.complete_claim(claim, now_ms).await;
         Outcome::Done
-    }
-
-    /// Runs `work` under `claim`: a heartbeat renews the dedup lease and the message's
-    /// invisibility, so no other consumer starts the same event while its POST is in flight.
-    /// If the claim is lost anyway (the store was unreachable for a whole lease and another
-    /// consumer took over), the work is dropped, which aborts its POST. A claim whose work
-    /// ends in a retry is released for the retry.
-    async fn while_holding<F>(
-        &self,
-        message: &QueueMessage,
-        claim: &HeldClaim,
-        clock: InBatch<'_>,
-        work: F,
-    ) -> Outcome
-    where
-        F: std::future::Future<Output = Outcome>,
-    {
-        let period = self.lease_span / 3;
-        // The beats run beside the work, not between its steps, so a slow store call in a
-        // beat never holds up the POST, and a slow POST never holds up the beats.
-        let beats = async {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            loop {
-                ticks.tick().await;
-                if let Ownership::Lost = self.heartbeat(claim, clock, period).await {
-                    return;
-                }
-            }
-        };
-        let outcome = tokio::select! {
-            outcome = work => outcome,
-            () = beats => {
-                tracing::warn!(claim_id = %claim.id, "claim lost to another consumer; abandoning this attempt");
-                Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
-            }
-        };
-        if let Outcome::RetryAfter(_) | Outcome::Defer(_) = outcome {
-            self.release(claim).await;
-        }
-        outcome
-    }
-
-    /// One beat: the lease, and the invisibility of every message of the batch not finished
-    /// yet (SQS ChangeMessageVisibility with its receipt handle), so none is handed to another
-    /// consumer while this one still means to process it. A store error is not a loss: the
-    /// lease still runs, and the next beat retries.
-    async fn heartbeat(
-        &self,
-        claim: &HeldClaim,
-        clock: InBatch<'_>,
-        period: Duration,
-    ) -> Ownership {
-        // The lease first: it is what keeps a second POST out.
-        let ownership = match self
-            .ports
-            .dedup
-            .extend(&claim.id, &claim.owner, clock.now_plus(self.lease_span))
-            .await
-        {
-            Ok(ownership) => ownership,
-            Err(e) => {
-                tracing::warn!(claim_id = %claim.id, error = %e, "heartbeat: could not extend the lease");
-                Ownership::Held
-            }
-        };
-        if ownership == Ownership::Lost {
-            return ownership;
-        }
-        let invisible =
-            clock
-                .pending
-                .keep_invisible(self.ports.queue.as_ref(), self.lease_span, period);
-        // Bounded, so a slow queue cannot make the next lease renewal late.
-        if tokio::time::timeout(period, invisible).await.is_err() {
-            tracing::warn!(claim_id = %claim.id, "heartbeat: extending visibility took too long");
-        }
-        ownership
     }
 }
 
