@@ -4,12 +4,10 @@
 //! Record bodies stay strings until `consume` parses them, so one message that is not even
 //! JSON fails alone instead of failing the whole invocation (and so its whole batch).
 
-use crate::resources::{outbound_http, FunctionResources};
+use crate::resources::{process_parts, FunctionResources};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use relay_core::consume::{Consumer, ConsumerPorts};
-use relay_core::enrich::bitrix24::Bitrix24Client;
-use relay_core::ports::Bitrix24Rest;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,9 +88,9 @@ pub async fn serve(consumer: Arc<Consumer>) -> Result<(), Error> {
     .await
 }
 
-/// Runs the consumer function: the AWS stores, the Bitrix24 client (with its per-portal rate
-/// limiter, which must outlive single invocations) and the consumer are built once per cold
-/// start; every SQS batch then goes to `serve`.
+/// Runs the consumer function: the AWS stores and the consumer's parts (the Bitrix24 client's
+/// per-portal rate limiter must outlive single invocations) are built once per cold start;
+/// every SQS batch then goes to `serve`.
 pub async fn run() -> Result<(), Error> {
     relay_core::logging::init_json_logs();
     let resources = FunctionResources::from_env().await?;
@@ -100,7 +98,6 @@ pub async fn run() -> Result<(), Error> {
     // A routes file that does not load fails the init, with the loader's error in the log.
     let routes = relay_aws::routes_source::load_routes(&resources.config).await?;
     let store = resources.require_store()?;
-    let http = outbound_http()?;
     let ports = ConsumerPorts {
         queue: resources.queue.clone(),
         dedup: store.clone(),
@@ -109,8 +106,6 @@ pub async fn run() -> Result<(), Error> {
         attempts: store.clone(),
         destinations: store.clone(),
     };
-    let bitrix24: Arc<dyn Bitrix24Rest> =
-        Arc::new(Bitrix24Client::new(http.clone(), &resources.config, store));
-    let consumer = Consumer::new(ports, resources.config, Some(bitrix24), http).with_routes(routes);
+    let consumer = process_parts(resources.config, store)?.consumer(ports, routes);
     serve(Arc::new(consumer)).await
 }

@@ -4,10 +4,10 @@
 //! `event.unbind`) them. The plan comes from `relay_core::lifecycle::bind`; this module only reads
 //! arguments and prints.
 
-use crate::backend::{http_client, Backend};
+use crate::backend::Backend;
 use crate::cli_error::CliError;
+use relay_core::compose::ProcessParts;
 use relay_core::config::RelayConfig;
-use relay_core::enrich::bitrix24::Bitrix24Client;
 use relay_core::lifecycle::bind::{
     bind_all, bind_stored_plan, list_bindings, plan_bindings, removal_plan, unbind_all,
     urls_from_base, urls_from_stack_outputs, FamilyUrls,
@@ -71,10 +71,11 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
             }
         }
     };
-    let rest = Bitrix24Client::new(http_client()?, &config, tokens);
+    let rest = ProcessParts::new(config, tokens)?.bitrix24();
+    let rest = rest.as_ref();
 
     if args.list {
-        let rows = list_bindings(&rest, &member_id).await.map_err(handler)?;
+        let rows = list_bindings(rest, &member_id).await.map_err(handler)?;
         if rows.is_empty() {
             println!("{member_id}: no handlers bound");
         }
@@ -90,7 +91,7 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
     }
 
     if args.again {
-        let Some((plan, report)) = bind_stored_plan(&rest, plans.as_ref(), &member_id)
+        let Some((plan, report)) = bind_stored_plan(rest, plans.as_ref(), &member_id)
             .await
             .map_err(handler)?
         else {
@@ -110,9 +111,7 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
     let urls = family_urls(&args)?;
     if args.remove {
         let plan = removal_plan(&urls);
-        let report = unbind_all(&rest, &member_id, &plan)
-            .await
-            .map_err(handler)?;
+        let report = unbind_all(rest, &member_id, &plan).await.map_err(handler)?;
         // Nothing is bound any more, so an app update must not bind it back.
         plans.forget_plan(&member_id).await?;
         println!(
@@ -126,7 +125,7 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
     // Stored before binding: a run that fails half-way still leaves the plan `--again` and
     // the next app update complete.
     plans.save_plan(&member_id, &plan).await?;
-    let report = bind_all(&rest, &member_id, &plan).await.map_err(handler)?;
+    let report = bind_all(rest, &member_id, &plan).await.map_err(handler)?;
     println!(
         "{member_id}: bound {} handler(s), {} already bound",
         report.bound, report.already_bound
