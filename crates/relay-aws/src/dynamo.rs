@@ -29,7 +29,7 @@ use relay_core::secret::Secret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -580,10 +580,7 @@ fn snapshot_expires_at(now_secs: i64, ttl: Duration) -> i64 {
 }
 
 fn unix_secs_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    relay_core::clock::now_unix_ms() / 1000
 }
 
 fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {

@@ -19,7 +19,7 @@ use crate::verify::{
 };
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Bodies above this get 413 before anything is parsed.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -192,10 +192,7 @@ impl Ingress {
             }
         }
         let document = decode_document(encoding, req.body).map_err(malformed)?;
-        let received_second = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let received_second = crate::clock::unix_ms(now) / 1000;
 
         let drafts = match detect_source(&document).map_err(malformed)? {
             Source::Salesman => self.salesman_drafts(&req, &document, received_second)?,

@@ -5,6 +5,7 @@
 //! can only reach a store through a port (`scripts/checks.d/05-crate-tree.sh` keeps it so).
 
 pub mod catalogue;
+pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod consume;

@@ -1,7 +1,8 @@
 //! The traits the domain talks to. AWS (SQS + DynamoDB) implements them in `aws`, the
 //! embedded store (SQLite) in `local`; `consume` and `ingest` see only these, and the same
 //! contract tests run against both implementations so they cannot drift.
-//! Every time is Unix milliseconds (`*_ms`) and is passed in, so tests control the clock.
+//! Every time is Unix milliseconds (`*_ms`) and is passed in by the caller, so tests control
+//! the clock; what a store does on its own (TTLs, visibility) reads `crate::clock`.
 
 use crate::error::StoreError;
 use crate::event::{RelayEvent, Source};

@@ -9,7 +9,7 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use relay_core::consume::{Consumer, ConsumerPorts};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use relay_core::ports::QueueMessage;
 
@@ -23,11 +23,8 @@ pub async fn handle_sqs_event(
     consumer: &Consumer,
     event: LambdaEvent<SqsEvent>,
 ) -> SqsBatchResponse {
-    let now = SystemTime::now();
-    let now_ms = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+    let now = relay_core::clock::now();
+    let now_ms = relay_core::clock::unix_ms(now);
     let remaining = event
         .context
         .deadline()

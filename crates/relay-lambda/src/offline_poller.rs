@@ -8,7 +8,6 @@ use relay_core::lifecycle::offline::OfflinePoller;
 use relay_core::ports::TokenStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// One scheduled run: drains every portal in the token store. Errs (so the Lambda's error
 /// metric and alarm see it) when a portal could not be polled, after trying all of them.
@@ -18,7 +17,7 @@ pub async fn handle_schedule(
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error> {
     let _ = event.payload;
-    let results = poller.poll_all(tokens, SystemTime::now()).await?;
+    let results = poller.poll_all(tokens, relay_core::clock::now()).await?;
     let (mut enqueued, mut marked_error) = (0, 0);
     let mut failed = Vec::new();
     for (portal, outcome) in &results {

@@ -10,7 +10,7 @@ use relay_core::compose::{AppStores, ProcessParts};
 use relay_core::config::RelayConfig;
 use relay_core::event::Family;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The consumer Lambda's timeout in the template: the deadline `invoke` gives the handler.
 const CONSUMER_DEADLINE: Duration = Duration::from_secs(30);
@@ -135,7 +135,7 @@ async fn invoke_consumer(
     let routes = relay_aws::routes_source::load_routes(&config).await?;
     let consumer = backend.consumer(config, routes)?;
     let mut context = Context::default();
-    let deadline = SystemTime::now() + CONSUMER_DEADLINE;
+    let deadline = relay_core::clock::now() + CONSUMER_DEADLINE;
     context.deadline = u64::try_from(crate::drain::unix_ms(deadline)).unwrap_or(0);
     context.request_id = "relay-invoke".to_string();
     let response =

@@ -10,7 +10,7 @@ use relay_core::lifecycle::offline::{OfflinePoller, PollReport, PortalRef, DEFAU
 use relay_core::ports::{Queue, TokenStore};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 #[derive(clap::Args)]
@@ -70,11 +70,11 @@ pub async fn run(args: PollArgs, data_dir: &Path) -> Result<(), CliError> {
             };
             vec![(
                 member_id,
-                poller.poll_portal(&portal, SystemTime::now()).await,
+                poller.poll_portal(&portal, relay_core::clock::now()).await,
             )]
         }
         None => poller
-            .poll_all(tokens.as_ref(), SystemTime::now())
+            .poll_all(tokens.as_ref(), relay_core::clock::now())
             .await
             .map_err(|e| CliError::Handler(e.to_string()))?,
     };
@@ -141,7 +141,10 @@ pub async fn poll_every(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        match poller.poll_all(tokens.as_ref(), SystemTime::now()).await {
+        match poller
+            .poll_all(tokens.as_ref(), relay_core::clock::now())
+            .await
+        {
             Ok(results) => {
                 for (portal, outcome) in results {
                     match outcome {

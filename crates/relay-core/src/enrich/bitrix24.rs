@@ -13,6 +13,7 @@
 //!   then gives the message back until the reset as a wait, not as a failed try, so a block
 //!   never brings a message nearer to the dead-letter queue.
 
+use crate::clock::now_unix_ms as unix_ms_now;
 use crate::config::RelayConfig;
 use crate::error::EnrichError;
 use crate::lifecycle::portal_endpoint::confirm_endpoint;
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// A portal's leaky bucket as Bitrix24 documents it: each request adds one, the bucket drains
@@ -143,13 +144,6 @@ struct MethodClock {
 
 /// The longest a method stays blocked: its ten one-minute baskets (limits.md).
 const LONGEST_BLOCK: Duration = Duration::from_secs(600);
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
 
 /// The method of one `batch` command, `crm.deal.get?id=1` -> `crm.deal.get`.
 fn command_method(command: &Value) -> &str {
@@ -467,10 +461,7 @@ impl Bitrix24Client {
                 EnrichError::Permanent(format!("token refresh refused ({status} {code})"))
             });
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
+        let now_ms = unix_ms_now();
         let expires_in = answer
             .get("expires_in")
             .and_then(Value::as_i64)

@@ -10,7 +10,7 @@ use crate::parse::bitrix24::parse_bitrix24;
 use crate::parse::{body_encoding, decode_document, detect_source, strip_secrets};
 use crate::routing::route;
 use serde_json::json;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// What became of an app event.
 pub(super) enum AppAccepted {
@@ -84,10 +84,7 @@ impl Ingress {
             &delivery.data,
             req.family,
         )?;
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = crate::clock::unix_ms(now);
         let outcome = lifecycle
             .handle(&serde_json::Value::Object(document), now_ms)
             .await?;
