@@ -181,7 +181,7 @@ async fn forged_install_is_refused_and_stores_nothing() {
     // And the forger's application token opens nothing afterwards.
     let accepted = s
         .lifecycle
-        .verify_application_token("victim01", &Secret::new("attacker-app-token"))
+        .accepts_application_token("victim01", &Secret::new("attacker-app-token"))
         .await
         .unwrap();
     assert!(!accepted);
@@ -250,7 +250,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
 
     let ok = s
         .lifecycle
-        .verify_application_token("portal03", &Secret::new(APP_TOKEN))
+        .accepts_application_token("portal03", &Secret::new(APP_TOKEN))
         .await
         .unwrap();
     assert!(ok, "a later event with the stored token is accepted");
@@ -261,7 +261,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     ] {
         let ok = s
             .lifecycle
-            .verify_application_token(member, &Secret::new(token))
+            .accepts_application_token(member, &Secret::new(token))
             .await
             .unwrap();
         assert!(!ok, "{member}/{token} must be refused");
@@ -336,7 +336,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
     // Gone means gone: the old token no longer verifies anything.
     assert!(!s
         .lifecycle
-        .verify_application_token("portal04", &Secret::new(APP_TOKEN))
+        .accepts_application_token("portal04", &Secret::new(APP_TOKEN))
         .await
         .unwrap());
 }

@@ -14,7 +14,7 @@ use crate::parse::{
 use crate::ports::{Queue, TokenStore};
 use crate::routing::{family_of, route};
 use crate::verify::{
-    salesman_presented_secrets, verify_application_token, verify_salesman_secret,
+    salesman_presented_secrets, verify_configured_application_token, verify_salesman_secret,
     verify_stored_application_token,
 };
 use serde_json::json;
@@ -312,7 +312,12 @@ impl Ingress {
     /// Configured tokens first (no I/O), then the portal's stored token if a store is wired.
     async fn verify_bitrix24(&self, auth: &Bitrix24Auth, event: &str) -> Result<(), IngestError> {
         let presented = auth.application_token.as_ref();
-        if verify_application_token(&self.config.b24_app_tokens, &auth.member_id, presented).is_ok()
+        if verify_configured_application_token(
+            &self.config.b24_app_tokens,
+            &auth.member_id,
+            presented,
+        )
+        .is_ok()
         {
             return Ok(());
         }

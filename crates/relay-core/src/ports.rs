@@ -345,8 +345,9 @@ pub trait Bitrix24Rest: Send + Sync {
 pub struct RestAnswer {
     /// The answer's `result`.
     pub result: serde_json::Value,
-    /// The whole answer (`result`, `next`, `total`, `time`…).
-    pub raw: serde_json::Value,
+    /// The answer's `time` (the method's operating time and `operating_reset_at`), from which
+    /// the client learns when a blocked method runs again; `None` when absent.
+    pub time: Option<serde_json::Value>,
 }
 
 /// Where forwarded events go when no destination URL is configured (`relay serve` appends to

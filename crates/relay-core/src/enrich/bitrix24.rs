@@ -391,7 +391,7 @@ impl Bitrix24Client {
         match answer.get("result") {
             Some(result) if (200..300).contains(&status) => Ok(RestAnswer {
                 result: result.clone(),
-                raw: answer,
+                time: answer.get("time").cloned(),
             }),
             _ => Err(Failure::Enrich(EnrichError::Permanent(format!(
                 "{method}: answer {status} has no result"
@@ -510,7 +510,7 @@ pub fn client_share(config: &RelayConfig) -> RateLimit {
 }
 
 /// Bitrix24's OAuth servers as its docs and events name them in `server_endpoint`:
-/// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (seed 001's examples),
+/// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (on-app-uninstall.md's sample),
 /// `oauth.bitrix24.info` (landing/embedding/block.md).
 pub const KNOWN_OAUTH_HOSTS: &[&str] = &[
     "oauth.bitrix.info",
@@ -640,7 +640,7 @@ impl Bitrix24Client {
                 .entry((member_id.to_string(), method.to_string()))
                 .or_default();
             clock.blocked_until_ms = None;
-            if let Some(reset) = reset_at_ms(answer.raw.get("time")) {
+            if let Some(reset) = reset_at_ms(answer.time.as_ref()) {
                 clock.reset_at_ms = Some(reset);
             }
             return;
@@ -814,7 +814,7 @@ mod tests {
         }
     }
 
-    /// Seed 001 shows a portal whose OAuth server is oauth.bitrix24.tech.
+    /// on-app-uninstall.md's sample names oauth.bitrix24.tech as the portal's OAuth server.
     #[test]
     fn refresh_goes_to_the_portals_known_oauth_server_only() {
         let configured = "https://oauth.bitrix.info";

@@ -8,7 +8,9 @@ use crate::lifecycle::bind::PlanRebind;
 use crate::lifecycle::portal_endpoint::{confirm_endpoint, ConfirmedPortal};
 use crate::ports::{InstallVerifier, PortalTokens, SnapshotStore, TokenStore};
 use crate::secret::Secret;
-use crate::verify::{constant_time_eq, verify_application_token, verify_stored_application_token};
+use crate::verify::{
+    constant_time_eq, verify_configured_application_token, verify_stored_application_token,
+};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -175,7 +177,7 @@ impl AppLifecycle {
             }
             "ONAPPTEST" => {
                 if !self
-                    .verify_application_token(&member_id, &application_token)
+                    .accepts_application_token(&member_id, &application_token)
                     .await?
                 {
                     return Err(IngestError::Unauthorized);
@@ -184,7 +186,7 @@ impl AppLifecycle {
             }
             "ONOFFLINEEVENT" => {
                 if !self
-                    .verify_application_token(&member_id, &application_token)
+                    .accepts_application_token(&member_id, &application_token)
                     .await?
                 {
                     return Err(IngestError::Unauthorized);
@@ -201,12 +203,14 @@ impl AppLifecycle {
     /// True when `token` is one of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's
     /// `member_id:token`) or the application token stored for this portal at install: the
     /// same checks (`verify`) ingress applies to every other family.
-    pub async fn verify_application_token(
+    pub async fn accepts_application_token(
         &self,
         member_id: &str,
         token: &Secret,
     ) -> Result<bool, IngestError> {
-        if verify_application_token(&self.configured_tokens, member_id, Some(token)).is_ok() {
+        if verify_configured_application_token(&self.configured_tokens, member_id, Some(token))
+            .is_ok()
+        {
             return Ok(true);
         }
         verify_stored_application_token(self.tokens.as_ref(), member_id, Some(token))
