@@ -119,61 +119,10 @@ impl AppLifecycle {
                 self.install(body, member_id, application_token, now_ms)
                     .await
             }
-            "ONAPPUNINSTALL" => {
-                self.require_stored_token(&member_id, &application_token)
-                    .await?;
-                // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
-                // still authenticates on its retry, which finds only what is left to delete.
-                // Snapshots live in the same store as the tokens (one table, one SQLite file).
-                let snapshots_deleted = self
-                    .snapshots
-                    .delete_portal(crate::event::Source::Bitrix24, &member_id)
-                    .await
-                    .map_err(IngestError::TokenStore)?;
-                if let Some(rebind) = &self.rebind {
-                    rebind
-                        .forget(&member_id)
-                        .await
-                        .map_err(IngestError::TokenStore)?;
-                }
-                self.tokens
-                    .delete(&member_id)
-                    .await
-                    .map_err(IngestError::TokenStore)?;
-                tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
-                Ok(AppOutcome::Uninstalled {
-                    member_id,
-                    snapshots_deleted,
-                })
-            }
+            "ONAPPUNINSTALL" => self.uninstall(member_id, &application_token).await,
             "ONAPPUPDATE" => {
-                let stored = self
-                    .require_stored_token(&member_id, &application_token)
-                    .await?;
-                // The application token travels with every event of the portal, so it alone
-                // may not move the portal's calls or replace its tokens: the fresh access token
-                // is confirmed with `app.info` exactly as at install.
-                if let Some(fresh) = tokens_from_auth(body, &member_id, application_token, now_ms) {
-                    let fresh = self.confirmed(fresh, "ONAPPUPDATE").await?;
-                    let merged = PortalTokens {
-                        scope: if fresh.scope.is_empty() {
-                            stored.scope
-                        } else {
-                            fresh.scope
-                        },
-                        ..fresh
-                    };
-                    self.tokens
-                        .put(&merged)
-                        .await
-                        .map_err(IngestError::TokenStore)?;
-                    // Only a confirmed update re-binds: the plan's URLs are ours, but the
-                    // calls go out with the portal's tokens to the endpoint app.info named.
-                    if let Some(rebind) = &self.rebind {
-                        rebind.after_update(&member_id).await;
-                    }
-                }
-                Ok(AppOutcome::Updated { member_id })
+                self.update(body, member_id, application_token, now_ms)
+                    .await
             }
             "ONAPPTEST" => {
                 if !self
@@ -198,6 +147,77 @@ impl AppLifecycle {
             }
             _ => Err(IngestError::UnknownEvent(event)),
         }
+    }
+
+    /// ONAPPUNINSTALL: forgets the portal (snapshots, bind plan, then tokens).
+    async fn uninstall(
+        &self,
+        member_id: String,
+        application_token: &Secret,
+    ) -> Result<AppOutcome, IngestError> {
+        self.require_stored_token(&member_id, application_token)
+            .await?;
+        // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
+        // still authenticates on its retry, which finds only what is left to delete.
+        // Snapshots live in the same store as the tokens (one table, one SQLite file).
+        let snapshots_deleted = self
+            .snapshots
+            .delete_portal(crate::event::Source::Bitrix24, &member_id)
+            .await
+            .map_err(IngestError::TokenStore)?;
+        if let Some(rebind) = &self.rebind {
+            rebind
+                .forget(&member_id)
+                .await
+                .map_err(IngestError::TokenStore)?;
+        }
+        self.tokens
+            .delete(&member_id)
+            .await
+            .map_err(IngestError::TokenStore)?;
+        tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
+        Ok(AppOutcome::Uninstalled {
+            member_id,
+            snapshots_deleted,
+        })
+    }
+
+    /// ONAPPUPDATE: stores the portal's fresh tokens once `app.info` confirms them, then binds
+    /// the stored plan again.
+    async fn update(
+        &self,
+        body: &serde_json::Value,
+        member_id: String,
+        application_token: Secret,
+        now_ms: i64,
+    ) -> Result<AppOutcome, IngestError> {
+        let stored = self
+            .require_stored_token(&member_id, &application_token)
+            .await?;
+        // The application token travels with every event of the portal, so it alone
+        // may not move the portal's calls or replace its tokens: the fresh access token
+        // is confirmed with `app.info` exactly as at install.
+        if let Some(fresh) = tokens_from_auth(body, &member_id, application_token, now_ms) {
+            let fresh = self.confirmed(fresh, "ONAPPUPDATE").await?;
+            let merged = PortalTokens {
+                scope: if fresh.scope.is_empty() {
+                    stored.scope
+                } else {
+                    fresh.scope
+                },
+                ..fresh
+            };
+            self.tokens
+                .put(&merged)
+                .await
+                .map_err(IngestError::TokenStore)?;
+            // Only a confirmed update re-binds: the plan's URLs are ours, but the
+            // calls go out with the portal's tokens to the endpoint app.info named.
+            if let Some(rebind) = &self.rebind {
+                rebind.after_update(&member_id).await;
+            }
+        }
+        Ok(AppOutcome::Updated { member_id })
     }
 
     /// True when `token` is one of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's
