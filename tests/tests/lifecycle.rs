@@ -274,7 +274,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     assert_eq!(
         s.lifecycle.handle(&test_event, NOW_MS).await.unwrap(),
         AppOutcome::Tested {
-            member_id: "portal03".into()
+            portal: "portal03".into()
         }
     );
     let mut wrong = test_event.clone();
@@ -327,7 +327,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
     assert_eq!(
         outcome,
         AppOutcome::Uninstalled {
-            member_id: "portal04".into(),
+            portal: "portal04".into(),
             snapshots_deleted: 1
         }
     );
@@ -413,7 +413,7 @@ async fn an_uninstall_cut_short_still_authenticates_its_retry() {
     assert_eq!(
         lifecycle.handle(&uninstall, NOW_MS).await.unwrap(),
         AppOutcome::Uninstalled {
-            member_id: "portal05".into(),
+            portal: "portal05".into(),
             snapshots_deleted: 1
         }
     );
@@ -690,7 +690,7 @@ async fn offline_wake_event_is_verified_and_wakes_the_poller() {
     assert_eq!(
         outcome,
         AppOutcome::OfflineWake {
-            member_id: "portal09".into()
+            portal: "portal09".into()
         }
     );
     // The wake left a permit, so this returns at once; the bound only keeps a broken wake

@@ -251,7 +251,7 @@ impl Ingress {
                 };
                 let draft = Draft {
                     source: Source::Salesman,
-                    portal: delivery.identity.clone(),
+                    portal: delivery.portal.clone(),
                     domain: None,
                     event: item.event,
                     entity_id: item.entity_id,

@@ -22,7 +22,7 @@ pub fn constant_time_eq(presented: &str, expected: &str) -> bool {
 /// does not tell which (if any) matched.
 pub fn verify_configured_application_token(
     tokens: &AppTokens,
-    member_id: &str,
+    portal: &str,
     presented: Option<&Secret>,
 ) -> Result<(), IngestError> {
     let presented = presented
@@ -33,7 +33,7 @@ pub fn verify_configured_application_token(
         tokens
             .per_portal
             .iter()
-            .filter(|(member, _)| member == member_id)
+            .filter(|(member, _)| member == portal)
             .map(|(_, token)| token),
     );
     let mut matched = false;
@@ -53,13 +53,13 @@ pub fn verify_configured_application_token(
 /// the portal has none or it differs; a store failure is not a refusal, the caller answers 5xx.
 pub async fn verify_stored_application_token(
     store: &dyn TokenStore,
-    member_id: &str,
+    portal: &str,
     presented: Option<&Secret>,
 ) -> Result<bool, StoreError> {
     let Some(presented) = presented.map(Secret::expose).filter(|p| !p.is_empty()) else {
         return Ok(false);
     };
-    let Some(stored) = store.get(member_id).await? else {
+    let Some(stored) = store.get(portal).await? else {
         return Ok(false);
     };
     let expected = stored.application_token.expose();

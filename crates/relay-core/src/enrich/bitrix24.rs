@@ -200,8 +200,8 @@ impl WebhookUrls {
 
     /// The webhook for a portal. `domain: None` is an operator's command (`relay bind`,
     /// `relay poll`) naming the portal itself: the bare URL serves it.
-    fn for_portal(&self, member_id: &str, domain: Option<Option<&str>>) -> Option<&Secret> {
-        if let Some((_, url)) = self.per_portal.iter().find(|(m, _)| m == member_id) {
+    fn for_portal(&self, portal: &str, domain: Option<Option<&str>>) -> Option<&Secret> {
+        if let Some((_, url)) = self.per_portal.iter().find(|(m, _)| m == portal) {
             return Some(url);
         }
         let any = self.any.as_ref()?;
@@ -300,22 +300,22 @@ impl Bitrix24Client {
     /// `domain`: see [`WebhookUrls::for_portal`].
     async fn credentials(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<Option<&str>>,
     ) -> Result<Credentials, EnrichError> {
         let stored = self
             .tokens
-            .get(member_id)
+            .get(portal)
             .await
             .map_err(|e| EnrichError::Transient {
                 reason: format!("token store: {e}"),
                 retry_after: None,
             })?;
-        match (stored, self.webhooks.for_portal(member_id, domain)) {
+        match (stored, self.webhooks.for_portal(portal, domain)) {
             (Some(tokens), _) if !tokens.access_token.is_empty() => Ok(Credentials::OAuth(tokens)),
             (_, Some(url)) => Ok(Credentials::Webhook(url.clone())),
             _ => Err(EnrichError::NoCredentials(format!(
-                "bitrix24 portal {member_id}"
+                "bitrix24 portal {portal}"
             ))),
         }
     }
@@ -577,22 +577,21 @@ pub fn is_not_found(code: &str, description: &str) -> bool {
 impl Bitrix24Rest for Bitrix24Client {
     async fn call(
         &self,
-        member_id: &str,
+        portal: &str,
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
-        self.call_with(member_id, None, method, params).await
+        self.call_with(portal, None, method, params).await
     }
 
     async fn call_on(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<&str>,
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
-        self.call_with(member_id, Some(domain), method, params)
-            .await
+        self.call_with(portal, Some(domain), method, params).await
     }
 }
 
@@ -602,10 +601,10 @@ impl Bitrix24Client {
     }
 
     /// How long `method` stays blocked on this portal, if it is.
-    fn blocked_for(&self, member_id: &str, method: &str, now_ms: i64) -> Option<Duration> {
+    fn blocked_for(&self, portal: &str, method: &str, now_ms: i64) -> Option<Duration> {
         let until = self
             .clocks()
-            .get(&(member_id.to_string(), method.to_string()))?
+            .get(&(portal.to_string(), method.to_string()))?
             .blocked_until_ms
             .filter(|until| *until > now_ms)?;
         Some(Duration::from_millis((until - now_ms) as u64))
@@ -614,13 +613,13 @@ impl Bitrix24Client {
     /// Remembers an `OPERATION_TIME_LIMIT` answer: blocked until the reset the portal gave
     /// with its last successful answer, or, when that is unknown or has passed already (the
     /// block outlived it), for one more basket; never longer than the ten baskets.
-    fn block(&self, member_id: &str, method: &str) -> Duration {
+    fn block(&self, portal: &str, method: &str) -> Duration {
         let now_ms = unix_ms_now();
         let basket = i64::try_from(self.operating_basket.as_millis()).unwrap_or(60_000);
         let longest = i64::try_from(LONGEST_BLOCK.as_millis()).unwrap_or(600_000);
         let mut clocks = self.clocks();
         let clock = clocks
-            .entry((member_id.to_string(), method.to_string()))
+            .entry((portal.to_string(), method.to_string()))
             .or_default();
         let until = clock
             .reset_at_ms
@@ -674,9 +673,9 @@ impl Bitrix24Client {
 
     /// Whether `method` was blocked and its wait is over without a successful answer since:
     /// the next call finds out whether the block persists.
-    fn probing(&self, member_id: &str, method: &str, now_ms: i64) -> bool {
+    fn probing(&self, portal: &str, method: &str, now_ms: i64) -> bool {
         self.clocks()
-            .get(&(member_id.to_string(), method.to_string()))
+            .get(&(portal.to_string(), method.to_string()))
             .and_then(|clock| clock.blocked_until_ms)
             .is_some_and(|until| until <= now_ms)
     }
@@ -688,7 +687,7 @@ impl Bitrix24Client {
     /// none is left to send.
     fn without_blocked_commands(
         &self,
-        member_id: &str,
+        portal: &str,
         params: Value,
         now_ms: i64,
     ) -> Result<Value, EnrichError> {
@@ -702,8 +701,8 @@ impl Bitrix24Client {
         let mut probed: Vec<String> = Vec::new();
         commands.retain(|_, command| {
             let nested = command_method(command);
-            match self.blocked_for(member_id, nested, now_ms) {
-                None if self.probing(member_id, nested, now_ms) => {
+            match self.blocked_for(portal, nested, now_ms) {
+                None if self.probing(portal, nested, now_ms) => {
                     if probed.iter().any(|m| m == nested) {
                         false
                     } else {

@@ -25,7 +25,7 @@ impl Ingress {
     pub(super) async fn handle_app(&self, req: IngestRequest<'_>, now: SystemTime) -> IngestReply {
         match self.accept_app(req, now).await {
             Ok(AppAccepted::Queued(outcome, event)) => {
-                tracing::info!(event = %event.event, family = %event.family, portal = %outcome.member_id(),
+                tracing::info!(event = %event.event, family = %event.family, portal = %outcome.portal(),
                     envelope_id = %event.id, "app event handled and queued");
                 IngestReply {
                     status: 202,
@@ -33,7 +33,7 @@ impl Ingress {
                 }
             }
             Ok(AppAccepted::Answered(outcome)) => {
-                tracing::info!(portal = %outcome.member_id(), ?outcome, "app event handled");
+                tracing::info!(portal = %outcome.portal(), ?outcome, "app event handled");
                 IngestReply {
                     status: 200,
                     body: json!({"ok": true}),

@@ -156,10 +156,10 @@ pub struct BindReport {
 /// `event.get`: what the portal has registered for this app.
 pub async fn list_bindings(
     rest: &dyn Bitrix24Rest,
-    member_id: &str,
+    portal: &str,
 ) -> Result<Vec<BoundHandler>, BindError> {
     let answer = rest
-        .call(member_id, "event.get", json!({}))
+        .call(portal, "event.get", json!({}))
         .await
         .map_err(|source| BindError::Rest {
             method: "event.get",
@@ -229,7 +229,7 @@ pub async fn bind_all(
 /// Unregisters what `plan` lists (`event.unbind` answers how many it removed).
 pub async fn unbind_all(
     rest: &dyn Bitrix24Rest,
-    member_id: &str,
+    portal: &str,
     plan: &[Binding],
 ) -> Result<BindReport, BindError> {
     let mut report = BindReport::default();
@@ -242,7 +242,7 @@ pub async fn unbind_all(
             params["event_type"] = json!("offline");
         }
         let answer = rest
-            .call(member_id, "event.unbind", params)
+            .call(portal, "event.unbind", params)
             .await
             .map_err(|source| BindError::Rest {
                 method: "event.unbind",
@@ -266,12 +266,12 @@ pub async fn unbind_all(
 pub async fn bind_stored_plan(
     rest: &dyn Bitrix24Rest,
     plans: &dyn BindPlanStore,
-    member_id: &str,
+    portal: &str,
 ) -> Result<Option<(Vec<Binding>, BindReport)>, BindError> {
-    let Some(plan) = plans.load_plan(member_id).await? else {
+    let Some(plan) = plans.load_plan(portal).await? else {
         return Ok(None);
     };
-    let report = bind_all(rest, member_id, &plan).await?;
+    let report = bind_all(rest, portal, &plan).await?;
     Ok(Some((plan, report)))
 }
 
@@ -305,13 +305,13 @@ impl PlanRebind {
 
     /// Never fails the update: its tokens are stored before this runs, and a plan that could
     /// not be bound is named in the log (event and error, no token) for `relay bind --again`.
-    pub async fn after_update(&self, member_id: &str) {
+    pub async fn after_update(&self, portal: &str) {
         if self.in_background {
             let this = self.clone();
-            let member_id = member_id.to_string();
-            tokio::spawn(async move { this.rebind_now(&member_id).await });
+            let portal = portal.to_string();
+            tokio::spawn(async move { this.rebind_now(&portal).await });
         } else {
-            self.rebind_now(member_id).await;
+            self.rebind_now(portal).await;
         }
     }
 
@@ -337,8 +337,8 @@ impl PlanRebind {
     }
 
     /// The portal is gone (uninstall): so is its plan.
-    pub async fn forget(&self, member_id: &str) -> Result<(), StoreError> {
-        self.plans.forget_plan(member_id).await
+    pub async fn forget(&self, portal: &str) -> Result<(), StoreError> {
+        self.plans.forget_plan(portal).await
     }
 }
 

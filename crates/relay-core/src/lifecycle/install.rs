@@ -18,28 +18,28 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppOutcome {
     /// ONAPPINSTALL confirmed by `app.info`; the portal's tokens are stored.
-    Installed { member_id: String },
+    Installed { portal: String },
     /// ONAPPUPDATE with the stored application token; the OAuth tokens are refreshed.
-    Updated { member_id: String },
+    Updated { portal: String },
     /// ONAPPUNINSTALL with the stored application token: tokens and snapshots are gone.
     Uninstalled {
-        member_id: String,
+        portal: String,
         snapshots_deleted: usize,
     },
     /// ONAPPTEST: the URL works and the token is right.
-    Tested { member_id: String },
+    Tested { portal: String },
     /// ONOFFLINEEVENT: offline records are waiting; the poller was woken.
-    OfflineWake { member_id: String },
+    OfflineWake { portal: String },
 }
 
 impl AppOutcome {
-    pub fn member_id(&self) -> &str {
+    pub fn portal(&self) -> &str {
         match self {
-            AppOutcome::Installed { member_id }
-            | AppOutcome::Updated { member_id }
-            | AppOutcome::Uninstalled { member_id, .. }
-            | AppOutcome::Tested { member_id }
-            | AppOutcome::OfflineWake { member_id } => member_id,
+            AppOutcome::Installed { portal }
+            | AppOutcome::Updated { portal }
+            | AppOutcome::Uninstalled { portal, .. }
+            | AppOutcome::Tested { portal }
+            | AppOutcome::OfflineWake { portal } => portal,
         }
     }
 
@@ -55,7 +55,7 @@ impl AppOutcome {
 /// poll in Lambda. Failure to wake is not the sender's problem: the schedule polls anyway.
 #[async_trait]
 pub trait OfflineWake: Send + Sync {
-    async fn wake(&self, member_id: &str);
+    async fn wake(&self, portal: &str);
 }
 
 /// The app family's event handling, called by ingress for every event of that family, and
@@ -108,42 +108,36 @@ impl AppLifecycle {
         let event = text_at(body, &["event"])
             .ok_or_else(|| IngestError::Malformed("missing event".into()))?
             .to_ascii_uppercase();
-        let member_id = text_at(body, &["auth", "member_id"]).ok_or(IngestError::Unauthorized)?;
+        let portal = text_at(body, &["auth", "member_id"]).ok_or(IngestError::Unauthorized)?;
         // An empty token would make every later event of this portal match an empty one.
         let application_token = text_at(body, &["auth", "application_token"])
             .filter(|t| !t.is_empty())
             .ok_or(IngestError::Unauthorized)?;
         let application_token = Secret::new(application_token);
         match event.as_str() {
-            "ONAPPINSTALL" => {
-                self.install(body, member_id, application_token, now_ms)
-                    .await
-            }
-            "ONAPPUNINSTALL" => self.uninstall(member_id, &application_token).await,
-            "ONAPPUPDATE" => {
-                self.update(body, member_id, application_token, now_ms)
-                    .await
-            }
+            "ONAPPINSTALL" => self.install(body, portal, application_token, now_ms).await,
+            "ONAPPUNINSTALL" => self.uninstall(portal, &application_token).await,
+            "ONAPPUPDATE" => self.update(body, portal, application_token, now_ms).await,
             "ONAPPTEST" => {
                 if !self
-                    .accepts_application_token(&member_id, &application_token)
+                    .accepts_application_token(&portal, &application_token)
                     .await?
                 {
                     return Err(IngestError::Unauthorized);
                 }
-                Ok(AppOutcome::Tested { member_id })
+                Ok(AppOutcome::Tested { portal })
             }
             "ONOFFLINEEVENT" => {
                 if !self
-                    .accepts_application_token(&member_id, &application_token)
+                    .accepts_application_token(&portal, &application_token)
                     .await?
                 {
                     return Err(IngestError::Unauthorized);
                 }
                 if let Some(wake) = &self.wake {
-                    wake.wake(&member_id).await;
+                    wake.wake(&portal).await;
                 }
-                Ok(AppOutcome::OfflineWake { member_id })
+                Ok(AppOutcome::OfflineWake { portal })
             }
             _ => Err(IngestError::UnknownEvent(event)),
         }
@@ -152,32 +146,32 @@ impl AppLifecycle {
     /// ONAPPUNINSTALL: forgets the portal (snapshots, bind plan, then tokens).
     async fn uninstall(
         &self,
-        member_id: String,
+        portal: String,
         application_token: &Secret,
     ) -> Result<AppOutcome, IngestError> {
-        self.require_stored_token(&member_id, application_token)
+        self.require_stored_token(&portal, application_token)
             .await?;
         // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
         // still authenticates on its retry, which finds only what is left to delete.
         // Snapshots live in the same store as the tokens (one table, one SQLite file).
         let snapshots_deleted = self
             .snapshots
-            .delete_portal(crate::event::Source::Bitrix24, &member_id)
+            .delete_portal(crate::event::Source::Bitrix24, &portal)
             .await
             .map_err(IngestError::TokenStore)?;
         if let Some(rebind) = &self.rebind {
             rebind
-                .forget(&member_id)
+                .forget(&portal)
                 .await
                 .map_err(IngestError::TokenStore)?;
         }
         self.tokens
-            .delete(&member_id)
+            .delete(&portal)
             .await
             .map_err(IngestError::TokenStore)?;
-        tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
+        tracing::info!(portal = %portal, snapshots_deleted, "app uninstalled; portal forgotten");
         Ok(AppOutcome::Uninstalled {
-            member_id,
+            portal,
             snapshots_deleted,
         })
     }
@@ -187,17 +181,17 @@ impl AppLifecycle {
     async fn update(
         &self,
         body: &serde_json::Value,
-        member_id: String,
+        portal: String,
         application_token: Secret,
         now_ms: i64,
     ) -> Result<AppOutcome, IngestError> {
         let stored = self
-            .require_stored_token(&member_id, &application_token)
+            .require_stored_token(&portal, &application_token)
             .await?;
         // The application token travels with every event of the portal, so it alone
         // may not move the portal's calls or replace its tokens: the fresh access token
         // is confirmed with `app.info` exactly as at install.
-        if let Some(fresh) = tokens_from_auth(body, &member_id, application_token, now_ms) {
+        if let Some(fresh) = tokens_from_auth(body, &portal, application_token, now_ms) {
             let fresh = self.confirmed(fresh, "ONAPPUPDATE").await?;
             let merged = PortalTokens {
                 scope: if fresh.scope.is_empty() {
@@ -214,10 +208,10 @@ impl AppLifecycle {
             // Only a confirmed update re-binds: the plan's URLs are ours, but the
             // calls go out with the portal's tokens to the endpoint app.info named.
             if let Some(rebind) = &self.rebind {
-                rebind.after_update(&member_id).await;
+                rebind.after_update(&portal).await;
             }
         }
-        Ok(AppOutcome::Updated { member_id })
+        Ok(AppOutcome::Updated { portal })
     }
 
     /// True when `token` is one of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's
@@ -225,15 +219,14 @@ impl AppLifecycle {
     /// same checks (`verify`) ingress applies to every other family.
     pub async fn accepts_application_token(
         &self,
-        member_id: &str,
+        portal: &str,
         token: &Secret,
     ) -> Result<bool, IngestError> {
-        if verify_configured_application_token(&self.configured_tokens, member_id, Some(token))
-            .is_ok()
+        if verify_configured_application_token(&self.configured_tokens, portal, Some(token)).is_ok()
         {
             return Ok(true);
         }
-        verify_stored_application_token(self.tokens.as_ref(), member_id, Some(token))
+        verify_stored_application_token(self.tokens.as_ref(), portal, Some(token))
             .await
             .map_err(IngestError::TokenStore)
     }
@@ -242,12 +235,12 @@ impl AppLifecycle {
     /// at install may ask for them (a configured outgoing-webhook token may not).
     async fn require_stored_token(
         &self,
-        member_id: &str,
+        portal: &str,
         token: &Secret,
     ) -> Result<PortalTokens, IngestError> {
         match self
             .tokens
-            .get(member_id)
+            .get(portal)
             .await
             .map_err(IngestError::TokenStore)?
         {
@@ -264,19 +257,19 @@ impl AppLifecycle {
     async fn install(
         &self,
         body: &serde_json::Value,
-        member_id: String,
+        portal: String,
         application_token: Secret,
         now_ms: i64,
     ) -> Result<AppOutcome, IngestError> {
-        let tokens = tokens_from_auth(body, &member_id, application_token, now_ms)
+        let tokens = tokens_from_auth(body, &portal, application_token, now_ms)
             .ok_or(IngestError::Unauthorized)?;
         let tokens = self.confirmed(tokens, "ONAPPINSTALL").await?;
         self.tokens
             .put(&tokens)
             .await
             .map_err(IngestError::TokenStore)?;
-        tracing::info!(portal = %member_id, domain = %tokens.domain, "app installed; portal tokens stored");
-        Ok(AppOutcome::Installed { member_id })
+        tracing::info!(portal = %portal, domain = %tokens.domain, "app installed; portal tokens stored");
+        Ok(AppOutcome::Installed { portal })
     }
 
     /// `tokens` with the endpoint and domain Bitrix24 confirmed, once `app.info` has said the
@@ -473,9 +466,9 @@ impl InstallVerifier for AppInfoVerifier {
 /// `app.info` page (b24restdocs api-reference/common/system/app-info.md) lists only ID, CODE,
 /// STATUS…; the OAuth server's answer adds the `install` block, whose fields match what the
 /// token exchange returns (b24restdocs settings/oauth/index.md: client_endpoint, member_id).
-fn app_info_confirms(answer: &serde_json::Value, member_id: &str, client_id: &str) -> bool {
+fn app_info_confirms(answer: &serde_json::Value, portal: &str, client_id: &str) -> bool {
     let answered_member = text_at(answer, &["result", "install", "member_id"]);
-    let member_ok = answered_member.as_deref() == Some(member_id) && !member_id.is_empty();
+    let member_ok = answered_member.as_deref() == Some(portal) && !portal.is_empty();
     let client_ok = !client_id.is_empty()
         && text_at(answer, &["result", "client_id"]).as_deref() == Some(client_id);
     member_ok && client_ok

@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 pub struct SalesmanDelivery {
     /// Canonical: lower-case (`deal.change.step`).
     pub event: String,
-    /// `identity`: the SalesMan account, our portal.
-    pub identity: String,
+    /// The SalesMan account (its wire field `identity`): the envelope's `portal`.
+    pub portal: String,
     /// From the id field the event implies (`did` for deals…); `None` for imports, which
     /// carry lists (`clids[]`, `dids[]`), and for bulk changes without a single id.
     pub entity_id: Option<String>,
@@ -222,7 +222,7 @@ fn positive_id(value: Option<&Value>, field: &'static str) -> Result<Option<Stri
 
 pub fn parse_salesman(document: &Map<String, Value>) -> Result<SalesmanDelivery, ParseError> {
     let event = event_name(document)?.to_ascii_lowercase();
-    let identity = group_safe_id(document.get("identity"), "identity", MAX_PORTAL_LEN)?
+    let portal = group_safe_id(document.get("identity"), "identity", MAX_PORTAL_LEN)?
         .ok_or(ParseError::Missing("identity"))?;
     let entity_id = if event.ends_with(".import") {
         None
@@ -246,7 +246,7 @@ pub fn parse_salesman(document: &Map<String, Value>) -> Result<SalesmanDelivery,
     data.remove("identity");
     Ok(SalesmanDelivery {
         event,
-        identity,
+        portal,
         entity_id,
         data: Value::Object(data),
     })
@@ -271,7 +271,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(d.event, "deal.change.step");
-        assert_eq!(d.identity, "1");
+        assert_eq!(d.portal, "1");
         assert_eq!(d.entity_id.as_deref(), Some("812"));
         assert_eq!(d.data["reason"], json!("Договор подписан"));
         assert_eq!(d.data.get("event"), None);
