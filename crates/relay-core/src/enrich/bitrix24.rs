@@ -632,11 +632,11 @@ impl Bitrix24Client {
 
     /// Learns from a successful answer: the method's reset time, and that it runs again;
     /// for a `batch`, the same per command, and which commands' methods were blocked.
-    fn learn(&self, member_id: &str, method: &str, params: &Value, answer: &RestAnswer) {
+    fn learn(&self, portal: &str, method: &str, params: &Value, answer: &RestAnswer) {
         if method != "batch" {
             let mut clocks = self.clocks();
             let clock = clocks
-                .entry((member_id.to_string(), method.to_string()))
+                .entry((portal.to_string(), method.to_string()))
                 .or_default();
             clock.blocked_until_ms = None;
             if let Some(reset) = reset_at_ms(answer.time.as_ref()) {
@@ -654,8 +654,8 @@ impl Bitrix24Client {
                 .pointer(&format!("/result_error/{key}/error"))
                 .and_then(Value::as_str);
             if error == Some("OPERATION_TIME_LIMIT") {
-                let wait = self.block(member_id, nested);
-                tracing::warn!(portal = %member_id, method = nested, wait_ms = wait.as_millis() as u64,
+                let wait = self.block(portal, nested);
+                tracing::warn!(portal = %portal, method = nested, wait_ms = wait.as_millis() as u64,
                     "bitrix24 OPERATION_TIME_LIMIT inside a batch: method blocked until its reset");
                 continue;
             }
@@ -663,7 +663,7 @@ impl Bitrix24Client {
             if let Some(reset) = reset_at_ms(time) {
                 let mut clocks = self.clocks();
                 let clock = clocks
-                    .entry((member_id.to_string(), nested.to_string()))
+                    .entry((portal.to_string(), nested.to_string()))
                     .or_default();
                 clock.reset_at_ms = Some(reset);
                 clock.blocked_until_ms = None;
@@ -730,16 +730,16 @@ impl Bitrix24Client {
 
     async fn call_with(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<Option<&str>>,
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
         let now_ms = unix_ms_now();
         let params = if method == "batch" {
-            self.without_blocked_commands(member_id, params, now_ms)?
+            self.without_blocked_commands(portal, params, now_ms)?
         } else {
-            if let Some(retry_after) = self.blocked_for(member_id, method, now_ms) {
+            if let Some(retry_after) = self.blocked_for(portal, method, now_ms) {
                 // No call: a blocked method answers nothing but the block until its reset.
                 return Err(EnrichError::MethodBlocked {
                     method: method.to_string(),
@@ -748,20 +748,20 @@ impl Bitrix24Client {
             }
             params
         };
-        let mut credentials = self.credentials(member_id, domain).await?;
+        let mut credentials = self.credentials(portal, domain).await?;
         let mut refreshed = false;
         let mut delay = self.backoff;
         for _ in 0..self.max_tries {
-            self.limiter.acquire(member_id).await;
+            self.limiter.acquire(portal).await;
             match self.send(&credentials, method, &params).await {
                 Ok(answer) => {
-                    self.learn(member_id, method, &params, &answer);
+                    self.learn(portal, method, &params, &answer);
                     return Ok(answer);
                 }
                 Err(Failure::MethodBlocked) => {
                     // Minutes, not seconds: the message waits in the queue, not this process.
-                    let retry_after = self.block(member_id, method);
-                    tracing::warn!(portal = %member_id, method, wait_ms = retry_after.as_millis() as u64,
+                    let retry_after = self.block(portal, method);
+                    tracing::warn!(portal = %portal, method, wait_ms = retry_after.as_millis() as u64,
                         "bitrix24 OPERATION_TIME_LIMIT: method blocked; no call to it until its reset");
                     return Err(EnrichError::MethodBlocked {
                         method: method.to_string(),
@@ -781,7 +781,7 @@ impl Bitrix24Client {
                     }
                 },
                 Err(Failure::RateLimited) => {
-                    tracing::warn!(portal = %member_id, method, delay_ms = delay.as_millis() as u64,
+                    tracing::warn!(portal = %portal, method, delay_ms = delay.as_millis() as u64,
                         "bitrix24 rate limit hit; backing off");
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);

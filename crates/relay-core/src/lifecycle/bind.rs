@@ -183,10 +183,10 @@ pub async fn list_bindings(
 /// Registers what `plan` lists and is not registered yet.
 pub async fn bind_all(
     rest: &dyn Bitrix24Rest,
-    member_id: &str,
+    portal: &str,
     plan: &[Binding],
 ) -> Result<BindReport, BindError> {
-    let existing = list_bindings(rest, member_id).await?;
+    let existing = list_bindings(rest, portal).await?;
     let mut report = BindReport::default();
     for binding in plan {
         if existing.iter().any(|h| is_same(h, binding)) {
@@ -200,14 +200,14 @@ pub async fn bind_all(
         if binding.offline {
             params["event_type"] = json!("offline");
         }
-        match rest.call(member_id, "event.bind", params).await {
+        match rest.call(portal, "event.bind", params).await {
             Ok(_) => report.bound += 1,
             // Bitrix24's answer to a duplicate is ERROR_CORE "Handler already binded". The
             // REST client may not pass the description on, so a refusal is checked against
             // the portal's list before it counts as a failure.
             Err(EnrichError::Permanent(reason))
                 if reason.to_ascii_lowercase().contains("already binded")
-                    || list_bindings(rest, member_id)
+                    || list_bindings(rest, portal)
                         .await?
                         .iter()
                         .any(|h| is_same(h, binding)) =>
@@ -315,21 +315,21 @@ impl PlanRebind {
         }
     }
 
-    async fn rebind_now(&self, member_id: &str) {
-        match bind_stored_plan(self.rest.as_ref(), self.plans.as_ref(), member_id).await {
+    async fn rebind_now(&self, portal: &str) {
+        match bind_stored_plan(self.rest.as_ref(), self.plans.as_ref(), portal).await {
             Ok(Some((plan, report))) => tracing::info!(
-                portal = %member_id,
+                portal = %portal,
                 planned = plan.len(),
                 bound = report.bound,
                 already_bound = report.already_bound,
                 "app updated; handlers bound again from the stored bind plan"
             ),
             Ok(None) => tracing::info!(
-                portal = %member_id,
+                portal = %portal,
                 "app updated; no bind plan stored for this portal, so nothing to bind again (run `relay bind`)"
             ),
             Err(error) => tracing::error!(
-                portal = %member_id,
+                portal = %portal,
                 %error,
                 "app updated but its handlers could NOT be bound again: Bitrix24 removed them with the update, so events stop until `relay bind --again` succeeds"
             ),

@@ -309,7 +309,7 @@ impl AppLifecycle {
 /// missing. `expires` is absolute (Unix seconds); older senders give only `expires_in`.
 fn tokens_from_auth(
     body: &serde_json::Value,
-    member_id: &str,
+    portal: &str,
     application_token: Secret,
     now_ms: i64,
 ) -> Option<PortalTokens> {
@@ -330,7 +330,7 @@ fn tokens_from_auth(
             }
         };
     Some(PortalTokens {
-        member_id: member_id.to_string(),
+        member_id: portal.to_string(),
         domain,
         application_token,
         access_token: Secret::new(access_token),
@@ -410,10 +410,10 @@ impl InstallVerifier for AppInfoVerifier {
     async fn confirm_portal(
         &self,
         access_token: &Secret,
-        member_id: &str,
+        portal: &str,
     ) -> Result<Option<ConfirmedPortal>, EnrichError> {
         let Some(client_id) = self.client_id.as_deref() else {
-            tracing::warn!(portal = %member_id, "app event refused: RELAY_B24_CLIENT_ID is not set, so no token can be confirmed as this app's");
+            tracing::warn!(portal = %portal, "app event refused: RELAY_B24_CLIENT_ID is not set, so no token can be confirmed as this app's");
             return Ok(None);
         };
         // No `.json` suffix: portals accept both forms, the OAuth server documents this one.
@@ -444,7 +444,7 @@ impl InstallVerifier for AppInfoVerifier {
         if !status.is_success() || answer.get("error").is_some() {
             return Ok(None);
         }
-        if !app_info_confirms(&answer, member_id, client_id) {
+        if !app_info_confirms(&answer, portal, client_id) {
             return Ok(None);
         }
         match confirm_endpoint(
@@ -452,9 +452,9 @@ impl InstallVerifier for AppInfoVerifier {
             text_at(&answer, &["result", "install", "domain"]).as_deref(),
             self.allow_loopback,
         ) {
-            Ok(portal) => Ok(Some(portal)),
+            Ok(confirmed) => Ok(Some(confirmed)),
             Err(refused) => {
-                tracing::warn!(portal = %member_id, reason = %refused, "app event refused: the portal endpoint app.info names is not acceptable");
+                tracing::warn!(portal = %portal, reason = %refused, "app event refused: the portal endpoint app.info names is not acceptable");
                 Ok(None)
             }
         }
