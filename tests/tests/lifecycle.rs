@@ -421,7 +421,7 @@ async fn an_uninstall_cut_short_still_authenticates_its_retry() {
     assert!(s.snapshots.load(&key).await.unwrap().is_none());
 }
 
-/// Defect 13 (offline-events.md, feature-get.md): without `rest_offline_extended` there is no
+/// offline-events.md, feature-get.md: without `rest_offline_extended` there is no
 /// `clear=0`, so the poller reads nothing and says why, instead of risking records.
 #[tokio::test]
 async fn a_portal_without_extended_offline_events_is_not_drained() {
@@ -936,7 +936,7 @@ async fn bind_and_store_plan(s: &Setup, member_id: &str) -> Vec<Binding> {
     plan
 }
 
-/// Defect 8: Bitrix24 drops the app's handlers on update (event-bind.md); the verified
+/// Bitrix24 drops the app's handlers on update (event-bind.md); the verified
 /// ONAPPUPDATE binds the stored plan again, online and offline, with the update's new token
 /// (the portal no longer accepts the old one), exactly as planned and nothing more.
 #[tokio::test]
