@@ -57,7 +57,7 @@ fn calls(world: &World) -> Vec<String> {
     world.portal.state().calls.clone()
 }
 
-/// Defect 1: requisite 5 and bank detail 5 are different records (on-crm-bank-detail-update.md,
+/// Requisite 5 and bank detail 5 are different records (on-crm-bank-detail-update.md,
 /// crm-requisite-bank-detail-get.md); neither is compared with the other.
 pub async fn requisite_and_bank_detail_with_one_id_keep_apart(
     ports: ConsumerPorts,
@@ -113,7 +113,7 @@ pub async fn requisite_and_bank_detail_with_one_id_keep_apart(
     assert!(calls(&world).contains(&"crm.requisite.bankdetail.get".to_string()));
 }
 
-/// Defect 2: in on-crm-deal-recurring-add.md FIELDS.ID is a recurring-settings row; deal 11 is
+/// In on-crm-deal-recurring-add.md FIELDS.ID is a recurring-settings row; deal 11 is
 /// an unrelated deal and must never be read. EXPOSE names the new deal in FIELDS.DEAL_ID.
 pub async fn recurring_events_never_read_an_unrelated_record(
     ports: ConsumerPorts,
@@ -189,7 +189,7 @@ pub async fn recurring_events_never_read_an_unrelated_record(
     );
 }
 
-/// Defects 3, 11, 12: the base onCrmDynamicItem* names (on-crm-dynamic-item-update.md) with
+/// The base onCrmDynamicItem* names (on-crm-dynamic-item-update.md) with
 /// ENTITY_TYPE_ID 31 read `crm.item.get {entityTypeId: 31, id}`; the delete reads nothing,
 /// forwards the last snapshot as `previous` with `deleted: true` and forgets it.
 pub async fn smart_invoice_base_names_and_delete_forward_previous(
@@ -247,7 +247,7 @@ pub async fn smart_invoice_base_names_and_delete_forward_previous(
     );
 }
 
-/// Defect 5 (seed 004, on-crm-requisite-user-field-update.md): FIELDS.ID is the user field's
+/// on-crm-requisite-user-field-update.md: FIELDS.ID is the user field's
 /// id; the field's definition is read (crm-requisite-userfield-get.md), not requisite 235.
 pub async fn user_field_events_read_the_field_definition(
     ports: ConsumerPorts,
@@ -276,7 +276,7 @@ pub async fn user_field_events_read_the_field_definition(
     assert_eq!(calls(&world), ["crm.requisite.userfield.get"]);
 }
 
-/// Defect 4 (on-crm-address-register.md, crm-address-list.md): no FIELDS.ID; the address is
+/// on-crm-address-register.md, crm-address-list.md: no FIELDS.ID; the address is
 /// found by type and owner, and the unregister forwards it as `previous`.
 pub async fn address_events_are_keyed_by_type_and_owner(
     ports: ConsumerPorts,
@@ -307,7 +307,7 @@ pub async fn address_events_are_keyed_by_type_and_owner(
     assert_eq!(calls(&world), ["crm.address.list"]);
 }
 
-/// Defect 7: one webhook, two portals. Portal B's deal 7407 is never answered with portal A's
+/// One webhook, two portals. Portal B's deal 7407 is never answered with portal A's
 /// deal 7407, whether the webhook is given as a `member_id=url` pair or as a bare URL (whose
 /// host must then be the event's domain).
 pub async fn two_portals_one_webhook_never_cross(ports: ConsumerPorts, probe: Arc<dyn QueueProbe>) {
@@ -378,7 +378,7 @@ pub async fn two_portals_one_webhook_never_cross(ports: ConsumerPorts, probe: Ar
     );
 }
 
-/// Defect 6: the refresh answer's `domain` is the OAuth server's (settings/oauth/index.md);
+/// The refresh answer's `domain` is the OAuth server's (settings/oauth/index.md);
 /// the stored portal keeps its own domain, and a `server_endpoint` naming an unknown host is
 /// never sent the client secret (the refresh goes to the configured server instead).
 pub async fn token_refresh_keeps_the_portal_domain(
@@ -426,7 +426,7 @@ pub async fn token_refresh_keeps_the_portal_domain(
     assert_eq!(bodies[0]["entity"]["TITLE"], "after refresh");
 }
 
-/// Defect 10 (limits.md): 429 OPERATION_TIME_LIMIT blocks a method for minutes. The client
+/// limits.md: 429 OPERATION_TIME_LIMIT blocks a method for minutes. The client
 /// does not hammer it with in-process retries: it gives the message back with the wait until
 /// `operating_reset_at` of the last successful answer.
 pub async fn operation_time_limit_waits_until_the_reset(

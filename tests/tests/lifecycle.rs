@@ -181,7 +181,7 @@ async fn forged_install_is_refused_and_stores_nothing() {
     // And the forger's application token opens nothing afterwards.
     let accepted = s
         .lifecycle
-        .verify_application_token("victim01", &Secret::new("attacker-app-token"))
+        .accepts_application_token("victim01", &Secret::new("attacker-app-token"))
         .await
         .unwrap();
     assert!(!accepted);
@@ -250,7 +250,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
 
     let ok = s
         .lifecycle
-        .verify_application_token("portal03", &Secret::new(APP_TOKEN))
+        .accepts_application_token("portal03", &Secret::new(APP_TOKEN))
         .await
         .unwrap();
     assert!(ok, "a later event with the stored token is accepted");
@@ -261,7 +261,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     ] {
         let ok = s
             .lifecycle
-            .verify_application_token(member, &Secret::new(token))
+            .accepts_application_token(member, &Secret::new(token))
             .await
             .unwrap();
         assert!(!ok, "{member}/{token} must be refused");
@@ -274,7 +274,7 @@ async fn genuine_install_then_events_are_verified_by_the_stored_token() {
     assert_eq!(
         s.lifecycle.handle(&test_event, NOW_MS).await.unwrap(),
         AppOutcome::Tested {
-            member_id: "portal03".into()
+            portal: "portal03".into()
         }
     );
     let mut wrong = test_event.clone();
@@ -327,7 +327,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
     assert_eq!(
         outcome,
         AppOutcome::Uninstalled {
-            member_id: "portal04".into(),
+            portal: "portal04".into(),
             snapshots_deleted: 1
         }
     );
@@ -336,7 +336,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
     // Gone means gone: the old token no longer verifies anything.
     assert!(!s
         .lifecycle
-        .verify_application_token("portal04", &Secret::new(APP_TOKEN))
+        .accepts_application_token("portal04", &Secret::new(APP_TOKEN))
         .await
         .unwrap());
 }
@@ -413,7 +413,7 @@ async fn an_uninstall_cut_short_still_authenticates_its_retry() {
     assert_eq!(
         lifecycle.handle(&uninstall, NOW_MS).await.unwrap(),
         AppOutcome::Uninstalled {
-            member_id: "portal05".into(),
+            portal: "portal05".into(),
             snapshots_deleted: 1
         }
     );
@@ -421,7 +421,7 @@ async fn an_uninstall_cut_short_still_authenticates_its_retry() {
     assert!(s.snapshots.load(&key).await.unwrap().is_none());
 }
 
-/// Defect 13 (offline-events.md, feature-get.md): without `rest_offline_extended` there is no
+/// offline-events.md, feature-get.md: without `rest_offline_extended` there is no
 /// `clear=0`, so the poller reads nothing and says why, instead of risking records.
 #[tokio::test]
 async fn a_portal_without_extended_offline_events_is_not_drained() {
@@ -690,7 +690,7 @@ async fn offline_wake_event_is_verified_and_wakes_the_poller() {
     assert_eq!(
         outcome,
         AppOutcome::OfflineWake {
-            member_id: "portal09".into()
+            portal: "portal09".into()
         }
     );
     // The wake left a permit, so this returns at once; the bound only keeps a broken wake
@@ -936,7 +936,7 @@ async fn bind_and_store_plan(s: &Setup, member_id: &str) -> Vec<Binding> {
     plan
 }
 
-/// Defect 8: Bitrix24 drops the app's handlers on update (event-bind.md); the verified
+/// Bitrix24 drops the app's handlers on update (event-bind.md); the verified
 /// ONAPPUPDATE binds the stored plan again, online and offline, with the update's new token
 /// (the portal no longer accepts the old one), exactly as planned and nothing more.
 #[tokio::test]

@@ -8,13 +8,13 @@ use integration_tests::fake_bitrix24_events::{post_as_bitrix24, FakePortal};
 use integration_tests::moto::{create_fifo_queues, create_table, moto_config, MAX_RECEIVE_COUNT};
 use relay_aws::dynamo::DynamoStore;
 use relay_aws::sqs::SqsQueue;
+use relay_core::compose::{AppStores, ProcessParts};
 use relay_core::config::RelayConfig;
 use relay_core::enrich::bitrix24::{Bitrix24Client, RateLimit};
 use relay_core::event::{Family, RelayEvent};
 use relay_core::ingest::Ingress;
 use relay_core::lifecycle::bind::{bind_all, plan_bindings, urls_from_base};
 use relay_core::lifecycle::offline::{OfflinePoller, PortalRef};
-use relay_core::lifecycle::wiring::{app_mode_ingress, AppStores};
 use relay_core::ports::{BindPlanStore, TokenStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,14 +47,9 @@ async fn app_mode_on_dynamodb_and_sqs_installs_drains_once_and_uninstalls() {
         allow_loopback_crm: true,
         ..RelayConfig::default()
     };
-    let ingress = app_mode_ingress(
-        queue.clone(),
-        config.clone(),
-        AppStores::on(store.clone()),
-        false,
-        reqwest::Client::new(),
-        None,
-    );
+    let ingress = ProcessParts::new(config.clone(), store.clone())
+        .unwrap()
+        .app_ingress(queue.clone(), AppStores::on(store.clone()), false, None);
 
     portal.issue_access_token("moto-access");
     let mut install = portal.install_body("moto-access", "moto-refresh", APP_TOKEN, 4_000_000_000);

@@ -1,4 +1,4 @@
-//! Every SalesMan webhook event (the events list of seed 000, `developer/events.php` and the
+//! Every SalesMan webhook event (the events list of `developer/events.php` and the
 //! list in `developer/webhooks.php` of `vladandreevg/salesmancrm`), sent as SalesMan's sender
 //! builds it (a form from `http_build_query`, and the same document as JSON) through ingress
 //! and the consumer against the fake v3 API: each envelope's family, entity kind, entity and
@@ -143,7 +143,7 @@ fn seed_records(world: &World) {
     sm.set_record("akt", "911", json!({"deid": 911, "title": "akt 911"}));
 }
 
-/// Every event of seed 000 and `developer/webhooks.php`, with the fields the `event::fire`
+/// Every event of `developer/events.php` and `developer/webhooks.php`, with the fields the `event::fire`
 /// calls of SalesMan's source pass (and `identity`/`iduser1`/`ses` its sender adds).
 fn cases() -> Vec<(&'static str, Value, Vec<Expect>)> {
     use Family::*;
@@ -360,7 +360,7 @@ fn cases() -> Vec<(&'static str, Value, Vec<Expect>)> {
         ),
         ("contract.add", doc.clone(), vec![contract("contract.add")]),
         ("contract.edit", doc, vec![contract("contract.edit")]),
-        // Seed 000 documents `id`; inc/class/Document.php sends `deid`.
+        // The events list documents `id`; inc/class/Document.php sends `deid`.
         (
             "contract.delete",
             json!({"id": 902, "did": 401, "autor": 3}),

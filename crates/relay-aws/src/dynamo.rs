@@ -29,7 +29,7 @@ use relay_core::secret::Secret;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -227,8 +227,8 @@ fn dedup_pk(id: &str) -> String {
     format!("DEDUP#{id}")
 }
 
-fn portal_key(member_id: &str) -> (String, String) {
-    (PORTALS_PK.to_string(), member_id.to_string())
+fn portal_key(portal: &str) -> (String, String) {
+    (PORTALS_PK.to_string(), portal.to_string())
 }
 
 /// The partition of one portal's snapshots. `source` holds no `#`, so two portals never
@@ -244,8 +244,8 @@ fn snapshot_key(key: &SnapshotKey) -> (String, String) {
     )
 }
 
-fn bind_plan_pk(member_id: &str) -> String {
-    format!("BINDPLAN#{member_id}")
+fn bind_plan_pk(portal: &str) -> String {
+    format!("BINDPLAN#{portal}")
 }
 
 fn attempt_pk(event_id: &str) -> String {
@@ -580,10 +580,7 @@ fn snapshot_expires_at(now_secs: i64, ttl: Duration) -> i64 {
 }
 
 fn unix_secs_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    relay_core::clock::now_unix_ms() / 1000
 }
 
 fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
@@ -607,8 +604,8 @@ fn tokens_from(item: &Item) -> Result<PortalTokens, StoreError> {
 
 #[async_trait]
 impl TokenStore for DynamoStore {
-    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-        self.get_item(portal_key(member_id), "dynamodb GetItem (portal)")
+    async fn get(&self, portal: &str) -> Result<Option<PortalTokens>, StoreError> {
+        self.get_item(portal_key(portal), "dynamodb GetItem (portal)")
             .await?
             .as_ref()
             .map(tokens_from)
@@ -636,8 +633,8 @@ impl TokenStore for DynamoStore {
         .await
     }
 
-    async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
-        self.delete_item(portal_key(member_id), "dynamodb DeleteItem (portal)")
+    async fn delete(&self, portal: &str) -> Result<(), StoreError> {
+        self.delete_item(portal_key(portal), "dynamodb DeleteItem (portal)")
             .await
     }
 
@@ -658,13 +655,10 @@ impl TokenStore for DynamoStore {
 impl BindPlanStore for DynamoStore {
     async fn load_plan(
         &self,
-        member_id: &str,
+        portal: &str,
     ) -> Result<Option<Vec<relay_core::lifecycle::bind::Binding>>, StoreError> {
         let Some(item) = self
-            .get_item(
-                single(bind_plan_pk(member_id)),
-                "dynamodb GetItem (bind plan)",
-            )
+            .get_item(single(bind_plan_pk(portal)), "dynamodb GetItem (bind plan)")
             .await?
         else {
             return Ok(None);
@@ -676,22 +670,22 @@ impl BindPlanStore for DynamoStore {
 
     async fn save_plan(
         &self,
-        member_id: &str,
+        portal: &str,
         plan: &[relay_core::lifecycle::bind::Binding],
     ) -> Result<(), StoreError> {
         let text = serde_json::to_string(plan)
             .map_err(|e| StoreError::Corrupt(format!("bind plan not serializable: {e}")))?;
         self.put_item(
-            single(bind_plan_pk(member_id)),
-            [("member_id", s(member_id)), ("plan", s(text))],
+            single(bind_plan_pk(portal)),
+            [("member_id", s(portal)), ("plan", s(text))],
             "dynamodb PutItem (bind plan)",
         )
         .await
     }
 
-    async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError> {
+    async fn forget_plan(&self, portal: &str) -> Result<(), StoreError> {
         self.delete_item(
-            single(bind_plan_pk(member_id)),
+            single(bind_plan_pk(portal)),
             "dynamodb DeleteItem (bind plan)",
         )
         .await

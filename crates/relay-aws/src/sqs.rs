@@ -6,11 +6,12 @@ use super::store_error;
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName};
 use aws_sdk_sqs::Client;
+use relay_core::clock::now_unix_ms as unix_ms_now;
 use relay_core::error::StoreError;
 use relay_core::event::RelayEvent;
 use relay_core::ports::{DeadLetter, OutgoingMessage, Queue, QueueMessage, RedriveFilter};
 use sha2::{Digest, Sha256};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Message attribute on a parked message: why it was parked.
 pub const REASON_ATTRIBUTE: &str = "relay_reason";
@@ -321,13 +322,6 @@ fn group_or_default(group_id: &str) -> &str {
     } else {
         group_id
     }
-}
-
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn system_attribute(

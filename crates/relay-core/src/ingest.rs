@@ -14,12 +14,12 @@ use crate::parse::{
 use crate::ports::{Queue, TokenStore};
 use crate::routing::{family_of, route};
 use crate::verify::{
-    salesman_presented_secrets, verify_application_token, verify_salesman_secret,
+    salesman_presented_secrets, verify_configured_application_token, verify_salesman_secret,
     verify_stored_application_token,
 };
 use serde_json::json;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Bodies above this get 413 before anything is parsed.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -192,10 +192,7 @@ impl Ingress {
             }
         }
         let document = decode_document(encoding, req.body).map_err(malformed)?;
-        let received_second = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let received_second = crate::clock::unix_ms(now) / 1000;
 
         let drafts = match detect_source(&document).map_err(malformed)? {
             Source::Salesman => self.salesman_drafts(&req, &document, received_second)?,
@@ -254,7 +251,7 @@ impl Ingress {
                 };
                 let draft = Draft {
                     source: Source::Salesman,
-                    portal: delivery.identity.clone(),
+                    portal: delivery.portal.clone(),
                     domain: None,
                     event: item.event,
                     entity_id: item.entity_id,
@@ -315,7 +312,12 @@ impl Ingress {
     /// Configured tokens first (no I/O), then the portal's stored token if a store is wired.
     async fn verify_bitrix24(&self, auth: &Bitrix24Auth, event: &str) -> Result<(), IngestError> {
         let presented = auth.application_token.as_ref();
-        if verify_application_token(&self.config.b24_app_tokens, &auth.member_id, presented).is_ok()
+        if verify_configured_application_token(
+            &self.config.b24_app_tokens,
+            &auth.member_id,
+            presented,
+        )
+        .is_ok()
         {
             return Ok(());
         }

@@ -2,9 +2,11 @@
 //! Ingress (parse, verify, enqueue) and the consumer (claim, enrich, diff, forward) live here;
 //! the stores behind the ports are `relay-aws` and `relay-local`, the Lambda glue is
 //! `relay-lambda`. This crate links no AWS SDK, no SQLite and no HTTP server, so the domain
-//! can only reach a store through a port (`scripts/checks.d/40-crate-tree.sh` keeps it so).
+//! can only reach a store through a port (`scripts/checks.d/05-crate-tree.sh` keeps it so).
 
 pub mod catalogue;
+pub mod clock;
+pub mod compose;
 pub mod config;
 pub mod consume;
 pub mod enrich;

@@ -1,7 +1,8 @@
 //! The traits the domain talks to. AWS (SQS + DynamoDB) implements them in `aws`, the
 //! embedded store (SQLite) in `local`; `consume` and `ingest` see only these, and the same
 //! contract tests run against both implementations so they cannot drift.
-//! Every time is Unix milliseconds (`*_ms`) and is passed in, so tests control the clock.
+//! Every time is Unix milliseconds (`*_ms`) and is passed in by the caller, so tests control
+//! the clock; what a store does on its own (TTLs, visibility) reads `crate::clock`.
 
 use crate::error::StoreError;
 use crate::event::{RelayEvent, Source};
@@ -260,9 +261,9 @@ pub struct PortalTokens {
 
 #[async_trait]
 pub trait TokenStore: Send + Sync {
-    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError>;
+    async fn get(&self, portal: &str) -> Result<Option<PortalTokens>, StoreError>;
     async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError>;
-    async fn delete(&self, member_id: &str) -> Result<(), StoreError>;
+    async fn delete(&self, portal: &str) -> Result<(), StoreError>;
     async fn list(&self) -> Result<Vec<PortalTokens>, StoreError>;
 }
 
@@ -273,16 +274,16 @@ pub trait TokenStore: Send + Sync {
 pub trait BindPlanStore: Send + Sync {
     async fn load_plan(
         &self,
-        member_id: &str,
+        portal: &str,
     ) -> Result<Option<Vec<crate::lifecycle::bind::Binding>>, StoreError>;
     /// Replaces the portal's plan.
     async fn save_plan(
         &self,
-        member_id: &str,
+        portal: &str,
         plan: &[crate::lifecycle::bind::Binding],
     ) -> Result<(), StoreError>;
     /// Absent is not an error.
-    async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError>;
+    async fn forget_plan(&self, portal: &str) -> Result<(), StoreError>;
 }
 
 /// One delivery attempt, so a user can see why an event did not arrive (`ATTEMPT#<id>`).
@@ -358,29 +359,29 @@ pub trait AttemptLog: Send + Sync {
 /// One Bitrix24 REST call on a portal's behalf, with authentication (inbound webhook URL or
 /// the portal's stored OAuth tokens, refreshed once on `expired_token`), the per-portal rate
 /// limiter and retries on `QUERY_LIMIT_EXCEEDED` handled inside. Returns the answer's `result`
-/// (plus `next`/`total` where the method pages: the whole answer object is in `raw`).
+/// and its `time`.
 #[async_trait]
 pub trait Bitrix24Rest: Send + Sync {
     async fn call(
         &self,
-        member_id: &str,
+        portal: &str,
         method: &str,
         params: serde_json::Value,
     ) -> Result<RestAnswer, crate::error::EnrichError>;
 
-    /// The same call for an event's portal, named by `member_id` and the event's `domain`:
+    /// The same call for an event's portal, named by `portal` and the event's `domain`:
     /// credentials that are not that portal's are never used (a webhook of another portal
     /// would answer with its own record of the same id). Clients with one portal's
     /// credentials only need not override it.
     async fn call_on(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<&str>,
         method: &str,
         params: serde_json::Value,
     ) -> Result<RestAnswer, crate::error::EnrichError> {
         let _ = domain;
-        self.call(member_id, method, params).await
+        self.call(portal, method, params).await
     }
 }
 
@@ -388,8 +389,9 @@ pub trait Bitrix24Rest: Send + Sync {
 pub struct RestAnswer {
     /// The answer's `result`.
     pub result: serde_json::Value,
-    /// The whole answer (`result`, `next`, `total`, `time`…).
-    pub raw: serde_json::Value,
+    /// The answer's `time` (the method's operating time and `operating_reset_at`), from which
+    /// the client learns when a blocked method runs again; `None` when absent.
+    pub time: Option<serde_json::Value>,
 }
 
 /// Where forwarded events go when no destination URL is configured (`relay serve` appends to
@@ -420,7 +422,7 @@ pub trait InstallVerifier: Send + Sync {
     async fn confirm_portal(
         &self,
         access_token: &Secret,
-        member_id: &str,
+        portal: &str,
     ) -> Result<Option<crate::lifecycle::portal_endpoint::ConfirmedPortal>, crate::error::EnrichError>;
 }
 

@@ -20,9 +20,9 @@ pub fn constant_time_eq(presented: &str, expected: &str) -> bool {
 /// Bitrix24: `presented` (`auth[application_token]`) must equal a bare configured token, or
 /// the token configured for this `member_id`. Every candidate is compared, so the time taken
 /// does not tell which (if any) matched.
-pub fn verify_application_token(
+pub fn verify_configured_application_token(
     tokens: &AppTokens,
-    member_id: &str,
+    portal: &str,
     presented: Option<&Secret>,
 ) -> Result<(), IngestError> {
     let presented = presented
@@ -33,7 +33,7 @@ pub fn verify_application_token(
         tokens
             .per_portal
             .iter()
-            .filter(|(member, _)| member == member_id)
+            .filter(|(member, _)| member == portal)
             .map(|(_, token)| token),
     );
     let mut matched = false;
@@ -53,13 +53,13 @@ pub fn verify_application_token(
 /// the portal has none or it differs; a store failure is not a refusal, the caller answers 5xx.
 pub async fn verify_stored_application_token(
     store: &dyn TokenStore,
-    member_id: &str,
+    portal: &str,
     presented: Option<&Secret>,
 ) -> Result<bool, StoreError> {
     let Some(presented) = presented.map(Secret::expose).filter(|p| !p.is_empty()) else {
         return Ok(false);
     };
-    let Some(stored) = store.get(member_id).await? else {
+    let Some(stored) = store.get(portal).await? else {
         return Ok(false);
     };
     let expected = stored.application_token.expose();
@@ -123,18 +123,18 @@ mod tests {
     #[test]
     fn bare_tokens_accept_any_portal() {
         let t = tokens("tok-a");
-        assert!(verify_application_token(&t, "m1", Some(&s("tok-a"))).is_ok());
-        assert!(verify_application_token(&t, "m2", Some(&s("tok-a"))).is_ok());
-        assert!(verify_application_token(&t, "m1", Some(&s("tok-b"))).is_err());
+        assert!(verify_configured_application_token(&t, "m1", Some(&s("tok-a"))).is_ok());
+        assert!(verify_configured_application_token(&t, "m2", Some(&s("tok-a"))).is_ok());
+        assert!(verify_configured_application_token(&t, "m1", Some(&s("tok-b"))).is_err());
     }
 
     #[test]
     fn pair_tokens_accept_only_their_portal() {
         let t = tokens("m1:tok-a,m2:tok-b");
-        assert!(verify_application_token(&t, "m1", Some(&s("tok-a"))).is_ok());
-        assert!(verify_application_token(&t, "m2", Some(&s("tok-b"))).is_ok());
-        assert!(verify_application_token(&t, "m2", Some(&s("tok-a"))).is_err());
-        assert!(verify_application_token(&t, "m3", Some(&s("tok-a"))).is_err());
+        assert!(verify_configured_application_token(&t, "m1", Some(&s("tok-a"))).is_ok());
+        assert!(verify_configured_application_token(&t, "m2", Some(&s("tok-b"))).is_ok());
+        assert!(verify_configured_application_token(&t, "m2", Some(&s("tok-a"))).is_err());
+        assert!(verify_configured_application_token(&t, "m3", Some(&s("tok-a"))).is_err());
     }
 
     #[test]
@@ -142,14 +142,17 @@ mod tests {
         let t = tokens("tok-a");
         for presented in [None, Some(s(""))] {
             assert!(matches!(
-                verify_application_token(&t, "m1", presented.as_ref()),
+                verify_configured_application_token(&t, "m1", presented.as_ref()),
                 Err(IngestError::Unauthorized)
             ));
         }
-        assert!(verify_application_token(&AppTokens::default(), "m1", Some(&s("x"))).is_err());
+        assert!(
+            verify_configured_application_token(&AppTokens::default(), "m1", Some(&s("x")))
+                .is_err()
+        );
         // A prefix or a longer token is not the token.
-        assert!(verify_application_token(&t, "m1", Some(&s("tok-"))).is_err());
-        assert!(verify_application_token(&t, "m1", Some(&s("tok-aa"))).is_err());
+        assert!(verify_configured_application_token(&t, "m1", Some(&s("tok-"))).is_err());
+        assert!(verify_configured_application_token(&t, "m1", Some(&s("tok-aa"))).is_err());
     }
 
     #[test]

@@ -4,14 +4,12 @@
 //! Record bodies stay strings until `consume` parses them, so one message that is not even
 //! JSON fails alone instead of failing the whole invocation (and so its whole batch).
 
-use crate::resources::{outbound_http, FunctionResources};
+use crate::resources::{process_parts, FunctionResources};
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use relay_core::consume::{Consumer, ConsumerPorts};
-use relay_core::enrich::bitrix24::Bitrix24Client;
-use relay_core::ports::Bitrix24Rest;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use relay_core::ports::QueueMessage;
 
@@ -25,11 +23,8 @@ pub async fn handle_sqs_event(
     consumer: &Consumer,
     event: LambdaEvent<SqsEvent>,
 ) -> SqsBatchResponse {
-    let now = SystemTime::now();
-    let now_ms = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default();
+    let now = relay_core::clock::now();
+    let now_ms = relay_core::clock::unix_ms(now);
     let remaining = event
         .context
         .deadline()
@@ -90,9 +85,9 @@ pub async fn serve(consumer: Arc<Consumer>) -> Result<(), Error> {
     .await
 }
 
-/// Runs the consumer function: the AWS stores, the Bitrix24 client (with its per-portal rate
-/// limiter, which must outlive single invocations) and the consumer are built once per cold
-/// start; every SQS batch then goes to `serve`.
+/// Runs the consumer function: the AWS stores and the consumer's parts (the Bitrix24 client's
+/// per-portal rate limiter must outlive single invocations) are built once per cold start;
+/// every SQS batch then goes to `serve`.
 pub async fn run() -> Result<(), Error> {
     relay_core::logging::init_json_logs();
     let resources = FunctionResources::from_env().await?;
@@ -100,7 +95,6 @@ pub async fn run() -> Result<(), Error> {
     // A routes file that does not load fails the init, with the loader's error in the log.
     let routes = relay_aws::routes_source::load_routes(&resources.config).await?;
     let store = resources.require_store()?;
-    let http = outbound_http()?;
     let ports = ConsumerPorts {
         queue: resources.queue.clone(),
         dedup: store.clone(),
@@ -109,8 +103,6 @@ pub async fn run() -> Result<(), Error> {
         attempts: store.clone(),
         destinations: store.clone(),
     };
-    let bitrix24: Arc<dyn Bitrix24Rest> =
-        Arc::new(Bitrix24Client::new(http.clone(), &resources.config, store));
-    let consumer = Consumer::new(ports, resources.config, Some(bitrix24), http).with_routes(routes);
+    let consumer = process_parts(resources.config, store)?.consumer(ports, routes);
     serve(Arc::new(consumer)).await
 }

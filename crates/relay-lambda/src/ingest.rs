@@ -2,14 +2,13 @@
 //! Nothing here decides about an event; it only moves bytes and headers between lambda_http
 //! and the transport-free `Ingress`.
 
-use crate::resources::{outbound_http, FunctionResources};
+use crate::resources::{app_ingress, FunctionResources};
 use lambda_http::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{service_fn, Body, Request, Response};
 use relay_core::error::ConfigError;
 use relay_core::event::Family;
 use relay_core::ingest::{IngestRequest, Ingress};
-use relay_core::lifecycle::wiring::{app_mode_ingress, inline_poll_wake, AppStores};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -90,11 +89,7 @@ pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
         store,
     } = FunctionResources::from_env().await?;
     let ingress = match (family, store) {
-        (Family::App, Some(store)) => {
-            let http = outbound_http()?;
-            let wake = inline_poll_wake(queue.clone(), &config, store.clone(), http.clone());
-            app_mode_ingress(queue, config, AppStores::on(store), false, http, Some(wake))
-        }
+        (Family::App, Some(store)) => app_ingress(config, queue, store)?,
         (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE").into()),
         (_, Some(store)) => Ingress::new(queue, config).with_token_store(store),
         (_, None) => Ingress::new(queue, config),

@@ -2,14 +2,12 @@
 //! not matter) -> `OfflinePoller::poll_all` over every installed portal -> a summary.
 //! Clients are built once per container; the schedule is the only trigger.
 
-use crate::resources::{outbound_http, FunctionResources};
+use crate::resources::{process_parts, FunctionResources};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use relay_core::enrich::bitrix24::Bitrix24Client;
 use relay_core::lifecycle::offline::OfflinePoller;
 use relay_core::ports::TokenStore;
 use serde_json::{json, Value};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// One scheduled run: drains every portal in the token store. Errs (so the Lambda's error
 /// metric and alarm see it) when a portal could not be polled, after trying all of them.
@@ -19,7 +17,7 @@ pub async fn handle_schedule(
     event: LambdaEvent<Value>,
 ) -> Result<Value, Error> {
     let _ = event.payload;
-    let results = poller.poll_all(tokens, SystemTime::now()).await?;
+    let results = poller.poll_all(tokens, relay_core::clock::now()).await?;
     let (mut enqueued, mut marked_error) = (0, 0);
     let mut failed = Vec::new();
     for (portal, outcome) in &results {
@@ -44,19 +42,14 @@ pub async fn handle_schedule(
     }
 }
 
-/// Runs the offline-poller function: builds the SDK clients, the token store and the REST
-/// client once, then polls on every scheduled invocation.
+/// Runs the offline-poller function: builds the SDK clients, the token store and the poller
+/// (through `relay_core::compose`) once, then polls on every scheduled invocation.
 pub async fn run() -> Result<(), Error> {
     relay_core::logging::init_json_logs();
     let resources = FunctionResources::from_env().await?;
     let store = resources.require_store()?;
-    let (config, queue) = (resources.config, resources.queue);
-    let rest = Arc::new(Bitrix24Client::new(
-        outbound_http()?,
-        &config,
-        store.clone(),
-    ));
-    let poller = Arc::new(OfflinePoller::new(rest, queue));
+    let poller =
+        Arc::new(process_parts(resources.config, store.clone())?.offline_poller(resources.queue));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| {
         let poller = Arc::clone(&poller);
         let store = Arc::clone(&store);

@@ -1,12 +1,14 @@
 //! What every function builds once per cold start, outside its handler: the configuration
-//! (with secrets from SSM), the SQS queue and the DynamoDB store; and the one outbound HTTP
-//! client, for the functions that call a CRM or a destination. One place, so the three kinds
-//! of function cannot disagree on a variable name or a timeout.
+//! (with secrets from SSM), the SQS queue and the DynamoDB store; and, for the functions that
+//! call a CRM or a destination, their parts from `relay_core::compose`. One place, so the
+//! three kinds of function cannot disagree on a variable name or a timeout.
 
 use relay_aws::dynamo::DynamoStore;
 use relay_aws::sqs::SqsQueue;
+use relay_core::compose::{AppStores, ProcessParts};
 use relay_core::config::RelayConfig;
 use relay_core::error::ConfigError;
+use relay_core::ingest::Ingress;
 use std::sync::Arc;
 
 pub struct FunctionResources {
@@ -44,15 +46,26 @@ impl FunctionResources {
     }
 }
 
-/// The HTTP client for CRM REST calls and destinations, built only by the functions that make
-/// them (consumer, poller, app ingress): a family ingest function never calls out, and its cold
-/// start skips building a TLS client it would not use. Outbound calls carry their own
-/// per-request timeouts; the client adds a connect timeout and never follows a redirect.
-pub fn outbound_http() -> Result<reqwest::Client, ConfigError> {
-    relay_core::http_client::outbound_client().map_err(|e| ConfigError::Invalid {
-        name: "HTTP client",
-        reason: e.to_string(),
-    })
+/// The parts of a function that calls out (consumer, poller, app ingress), built by the one
+/// composition root (`relay_core::compose`) over the table's token store: a family ingest
+/// function never calls out, and its cold start skips building a TLS client it would not use.
+pub fn process_parts(
+    config: RelayConfig,
+    store: Arc<DynamoStore>,
+) -> Result<ProcessParts, ConfigError> {
+    ProcessParts::new(config, store)
+}
+
+/// The app family's ingress on Lambda: app mode on the table, ONOFFLINEEVENT drained inline,
+/// both with the process's one Bitrix24 client.
+pub fn app_ingress(
+    config: RelayConfig,
+    queue: Arc<SqsQueue>,
+    store: Arc<DynamoStore>,
+) -> Result<Ingress, ConfigError> {
+    let parts = process_parts(config, store.clone())?;
+    let wake = parts.inline_poll_wake(queue.clone(), store.clone());
+    Ok(parts.app_ingress(queue, AppStores::on(store), false, Some(wake)))
 }
 
 #[cfg(test)]

@@ -10,13 +10,13 @@ use rusqlite::{params, OptionalExtension};
 
 #[async_trait]
 impl BindPlanStore for SqliteStore {
-    async fn load_plan(&self, member_id: &str) -> Result<Option<Vec<Binding>>, StoreError> {
-        let member_id = member_id.to_string();
+    async fn load_plan(&self, portal: &str) -> Result<Option<Vec<Binding>>, StoreError> {
+        let portal = portal.to_string();
         let text: Option<String> = self
             .with_reader(move |conn| {
                 conn.query_row(
                     "SELECT plan FROM bind_plans WHERE member_id = ?1",
-                    params![member_id],
+                    params![portal],
                     |row| row.get(0),
                 )
                 .optional()
@@ -30,22 +30,22 @@ impl BindPlanStore for SqliteStore {
         .transpose()
     }
 
-    async fn save_plan(&self, member_id: &str, plan: &[Binding]) -> Result<(), StoreError> {
+    async fn save_plan(&self, portal: &str, plan: &[Binding]) -> Result<(), StoreError> {
         let text = serde_json::to_string(plan)
             .map_err(|e| StoreError::Corrupt(format!("bind plan not serializable: {e}")))?;
         self.execute_write(
             "bind plan put",
             "INSERT OR REPLACE INTO bind_plans (member_id, plan) VALUES (?1, ?2)",
-            (member_id.to_string(), text),
+            (portal.to_string(), text),
         )
         .await
     }
 
-    async fn forget_plan(&self, member_id: &str) -> Result<(), StoreError> {
+    async fn forget_plan(&self, portal: &str) -> Result<(), StoreError> {
         self.execute_write(
             "bind plan delete",
             "DELETE FROM bind_plans WHERE member_id = ?1",
-            (member_id.to_string(),),
+            (portal.to_string(),),
         )
         .await
     }

@@ -24,7 +24,7 @@ use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -324,12 +324,7 @@ fn db(operation: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |e| StoreError::Unavailable(format!("sqlite {operation}: {e}"))
 }
 
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use relay_core::clock::now_unix_ms as unix_ms_now;
 
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

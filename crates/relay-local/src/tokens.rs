@@ -27,12 +27,12 @@ fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
 
 #[async_trait]
 impl TokenStore for SqliteStore {
-    async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
-        let member_id = member_id.to_string();
+    async fn get(&self, portal: &str) -> Result<Option<PortalTokens>, StoreError> {
+        let portal = portal.to_string();
         self.with_reader(move |conn| {
             conn.query_row(
                 &format!("SELECT {COLUMNS} FROM portals WHERE member_id = ?1"),
-                params![member_id],
+                params![portal],
                 tokens_from,
             )
             .optional()
@@ -64,11 +64,11 @@ impl TokenStore for SqliteStore {
         .await
     }
 
-    async fn delete(&self, member_id: &str) -> Result<(), StoreError> {
+    async fn delete(&self, portal: &str) -> Result<(), StoreError> {
         self.execute_write(
             "tokens delete",
             "DELETE FROM portals WHERE member_id = ?1",
-            (member_id.to_string(),),
+            (portal.to_string(),),
         )
         .await
     }

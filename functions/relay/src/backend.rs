@@ -6,13 +6,13 @@ use crate::cli_error::CliError;
 use crate::printing_outbox::PrintingOutbox;
 use relay_aws::dynamo::DynamoStore;
 use relay_aws::sqs::SqsQueue;
+use relay_core::compose::ProcessParts;
 use relay_core::config::RelayConfig;
 use relay_core::consume::{Consumer, ConsumerPorts};
-use relay_core::enrich::bitrix24::Bitrix24Client;
 use relay_core::ports::{
-    AttemptLog, BindPlanStore, Bitrix24Rest, PollingQueue, Queue, RedriveFilter, SnapshotStore,
-    TokenStore,
+    AttemptLog, BindPlanStore, PollingQueue, Queue, RedriveFilter, SnapshotStore, TokenStore,
 };
+use relay_core::routes::Routes;
 use relay_local::SqliteStore;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -71,14 +71,21 @@ impl LocalBackend {
         self.store.clone()
     }
 
+    /// The parts `relay serve` shares between its consumer, poller and app ingress, over this
+    /// store's tokens.
+    pub fn process_parts(&self, config: RelayConfig) -> Result<ProcessParts, CliError> {
+        Ok(ProcessParts::new(config, self.token_store())?)
+    }
+
     /// The consumer of `relay serve`: every port on the embedded store, and the outbox file
     /// (with one printed line per event) for families without a destination.
     /// `outbox_to_stderr`: where the outbox lines are printed (stdout for `serve`).
     pub fn consumer(
         &self,
-        config: RelayConfig,
+        parts: &ProcessParts,
+        routes: Routes,
         outbox_to_stderr: bool,
-    ) -> Result<Consumer, CliError> {
+    ) -> Consumer {
         let ports = ConsumerPorts {
             queue: self.store.clone(),
             dedup: self.store.clone(),
@@ -87,33 +94,13 @@ impl LocalBackend {
             attempts: self.store.clone(),
             destinations: self.store.clone(),
         };
-        let http = http_client()?;
-        let bitrix24 = bitrix24_client(&http, &config, self.store.clone());
-        Ok(
-            Consumer::new(ports, config, bitrix24, http).with_outbox(Arc::new(
-                PrintingOutbox::new(self.store.clone(), outbox_to_stderr),
-            )),
-        )
+        parts
+            .consumer(ports, routes)
+            .with_outbox(Arc::new(PrintingOutbox::new(
+                self.store.clone(),
+                outbox_to_stderr,
+            )))
     }
-}
-
-/// The Bitrix24 REST client when there is any way to authenticate: an inbound webhook URL, or
-/// an OAuth app whose installed portals' tokens are in the token store.
-pub fn bitrix24_client(
-    http: &reqwest::Client,
-    config: &RelayConfig,
-    tokens: Arc<dyn TokenStore>,
-) -> Option<Arc<dyn Bitrix24Rest>> {
-    let oauth_app = config.b24_client_id.is_some() && config.b24_client_secret.is_some();
-    if config.b24_webhook_url.is_none() && !oauth_app {
-        return None;
-    }
-    Some(Arc::new(Bitrix24Client::new(http.clone(), config, tokens)))
-}
-
-pub fn http_client() -> Result<reqwest::Client, CliError> {
-    relay_core::http_client::outbound_client()
-        .map_err(|e| CliError::Handler(format!("building the HTTP client: {e}")))
 }
 
 /// Token and bind-plan stores, for `relay bind`.
@@ -237,11 +224,13 @@ impl Backend {
         }
     }
 
-    /// The consumer as the Lambda builds it; on the embedded store with the outbox (its lines
-    /// on stderr, as stdout carries the handler's response).
-    pub fn consumer(&self, config: RelayConfig) -> Result<Consumer, CliError> {
+    /// The consumer as the Lambda builds it (through `relay_core::compose`); on the embedded
+    /// store with the outbox (its lines on stderr, as stdout carries the handler's response).
+    pub fn consumer(&self, config: RelayConfig, routes: Routes) -> Result<Consumer, CliError> {
         match self {
-            Backend::Local(local) => local.consumer(config, true),
+            Backend::Local(local) => {
+                Ok(local.consumer(&local.process_parts(config)?, routes, true))
+            }
             Backend::Aws { .. } => {
                 let queue = self.sqs("relay invoke consumer")?.clone();
                 let table = self.dynamo("relay invoke consumer")?.clone();
@@ -253,9 +242,7 @@ impl Backend {
                     attempts: table.clone(),
                     destinations: table.clone(),
                 };
-                let http = http_client()?;
-                let bitrix24 = bitrix24_client(&http, &config, table);
-                Ok(Consumer::new(ports, config, bitrix24, http))
+                Ok(ProcessParts::new(config, table)?.consumer(ports, routes))
             }
         }
     }

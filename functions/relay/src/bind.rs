@@ -4,14 +4,15 @@
 //! `event.unbind`) them. The plan comes from `relay_core::lifecycle::bind`; this module only reads
 //! arguments and prints.
 
-use crate::backend::{http_client, Backend};
+use crate::backend::Backend;
 use crate::cli_error::CliError;
+use relay_core::compose::ProcessParts;
 use relay_core::config::RelayConfig;
-use relay_core::enrich::bitrix24::Bitrix24Client;
 use relay_core::lifecycle::bind::{
     bind_all, bind_stored_plan, list_bindings, plan_bindings, removal_plan, unbind_all,
     urls_from_base, urls_from_stack_outputs, FamilyUrls,
 };
+use relay_core::ports::{BindPlanStore, Bitrix24Rest, TokenStore};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -49,87 +50,113 @@ pub async fn run(args: BindArgs, data_dir: &Path) -> Result<(), CliError> {
     let config = RelayConfig::from_env()?;
     let backend = Backend::from_env(data_dir).await?;
     let (tokens, plans) = backend.bind_stores()?;
-    let member_id = match args.member_id.clone() {
-        Some(member_id) => member_id,
-        None => {
-            let installed = tokens.list().await?;
-            match (installed.as_slice(), &config.b24_webhook_url) {
-                ([one], _) => one.member_id.clone(),
-                ([], Some(_)) => WEBHOOK_PORTAL.to_string(),
-                ([], None) => {
-                    return Err(CliError::Usage(
-                        "no portal installed and RELAY_B24_WEBHOOK_URL not set: install the app first (README.md, section 'Bitrix24: outgoing webhook or app')".into(),
-                    ))
-                }
-                (many, _) => {
-                    let names: Vec<&str> = many.iter().map(|t| t.member_id.as_str()).collect();
-                    return Err(CliError::Usage(format!(
-                        "several portals installed ({}): choose one with --member-id",
-                        names.join(", ")
-                    )));
-                }
-            }
-        }
-    };
-    let rest = Bitrix24Client::new(http_client()?, &config, tokens);
-
+    let portal = portal_to_bind(args.member_id.clone(), &config, tokens.as_ref()).await?;
+    let rest = ProcessParts::new(config, tokens)?.bitrix24();
+    let rest = rest.as_ref();
     if args.list {
-        let rows = list_bindings(&rest, &member_id).await.map_err(handler)?;
-        if rows.is_empty() {
-            println!("{member_id}: no handlers bound");
-        }
-        for row in rows {
-            let target = if row.offline {
-                "(offline log)".to_string()
-            } else {
-                row.handler
-            };
-            println!("{:<28} {target}", row.event);
-        }
-        return Ok(());
+        return list(rest, &portal).await;
     }
-
     if args.again {
-        let Some((plan, report)) = bind_stored_plan(&rest, plans.as_ref(), &member_id)
-            .await
-            .map_err(handler)?
-        else {
-            return Err(CliError::Usage(format!(
-                "{member_id}: no bind plan stored; run `relay bind --base-url …` or `--stack-outputs …` first"
-            )));
-        };
-        println!(
-            "{member_id}: bound {} handler(s) again, {} already bound, of {} in the stored plan",
-            report.bound,
-            report.already_bound,
-            plan.len()
-        );
-        return Ok(());
+        return bind_again(rest, plans.as_ref(), &portal).await;
     }
-
     let urls = family_urls(&args)?;
     if args.remove {
-        let plan = removal_plan(&urls);
-        let report = unbind_all(&rest, &member_id, &plan)
-            .await
-            .map_err(handler)?;
-        // Nothing is bound any more, so an app update must not bind it back.
-        plans.forget_plan(&member_id).await?;
-        println!(
-            "{member_id}: removed {} handler(s) of {} planned",
-            report.removed,
-            plan.len()
-        );
-        return Ok(());
+        return remove(rest, plans.as_ref(), &portal, &urls).await;
     }
     let plan = plan_bindings(&urls, args.offline);
     // Stored before binding: a run that fails half-way still leaves the plan `--again` and
     // the next app update complete.
-    plans.save_plan(&member_id, &plan).await?;
-    let report = bind_all(&rest, &member_id, &plan).await.map_err(handler)?;
+    plans.save_plan(&portal, &plan).await?;
+    let report = bind_all(rest, &portal, &plan).await.map_err(handler)?;
     println!(
-        "{member_id}: bound {} handler(s), {} already bound",
+        "{portal}: bound {} handler(s), {} already bound",
         report.bound, report.already_bound
+    );
+    Ok(())
+}
+
+/// The portal `--member-id` names; else the one installed portal; else, with only an inbound
+/// webhook configured, the webhook's.
+async fn portal_to_bind(
+    member_id: Option<String>,
+    config: &RelayConfig,
+    tokens: &dyn TokenStore,
+) -> Result<String, CliError> {
+    if let Some(member_id) = member_id {
+        return Ok(member_id);
+    }
+    let installed = tokens.list().await?;
+    match (installed.as_slice(), &config.b24_webhook_url) {
+        ([one], _) => Ok(one.member_id.clone()),
+        ([], Some(_)) => Ok(WEBHOOK_PORTAL.to_string()),
+        ([], None) => Err(CliError::Usage(
+            "no portal installed and RELAY_B24_WEBHOOK_URL not set: install the app first (README.md, section 'Bitrix24: outgoing webhook or app')".into(),
+        )),
+        (many, _) => {
+            let names: Vec<&str> = many.iter().map(|t| t.member_id.as_str()).collect();
+            Err(CliError::Usage(format!(
+                "several portals installed ({}): choose one with --member-id",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// `--list`: what the portal has bound (`event.get`).
+async fn list(rest: &dyn Bitrix24Rest, portal: &str) -> Result<(), CliError> {
+    let rows = list_bindings(rest, portal).await.map_err(handler)?;
+    if rows.is_empty() {
+        println!("{portal}: no handlers bound");
+    }
+    for row in rows {
+        let target = if row.offline {
+            "(offline log)".to_string()
+        } else {
+            row.handler
+        };
+        println!("{:<28} {target}", row.event);
+    }
+    Ok(())
+}
+
+/// `--again`: binds the stored plan again.
+async fn bind_again(
+    rest: &dyn Bitrix24Rest,
+    plans: &dyn BindPlanStore,
+    portal: &str,
+) -> Result<(), CliError> {
+    let Some((plan, report)) = bind_stored_plan(rest, plans, portal)
+        .await
+        .map_err(handler)?
+    else {
+        return Err(CliError::Usage(format!(
+            "{portal}: no bind plan stored; run `relay bind --base-url …` or `--stack-outputs …` first"
+        )));
+    };
+    println!(
+        "{portal}: bound {} handler(s) again, {} already bound, of {} in the stored plan",
+        report.bound,
+        report.already_bound,
+        plan.len()
+    );
+    Ok(())
+}
+
+/// `--remove`: unbinds everything `relay bind` may have bound and forgets the stored plan.
+async fn remove(
+    rest: &dyn Bitrix24Rest,
+    plans: &dyn BindPlanStore,
+    portal: &str,
+    urls: &FamilyUrls,
+) -> Result<(), CliError> {
+    let plan = removal_plan(urls);
+    let report = unbind_all(rest, portal, &plan).await.map_err(handler)?;
+    // Nothing is bound any more, so an app update must not bind it back.
+    plans.forget_plan(portal).await?;
+    println!(
+        "{portal}: removed {} handler(s) of {} planned",
+        report.removed,
+        plan.len()
     );
     Ok(())
 }

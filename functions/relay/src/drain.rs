@@ -6,7 +6,7 @@ use relay_core::consume::Consumer;
 use relay_core::ports::PollingQueue;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 /// SQS's largest batch, as the Lambda event source mapping would deliver.
@@ -43,7 +43,7 @@ pub async fn drain_queue(
 ) {
     let mut idle = IDLE_MIN;
     while !*stop.borrow() {
-        let now_ms = unix_ms(SystemTime::now());
+        let now_ms = relay_core::clock::now_unix_ms();
         let messages = match queue
             .receive(BATCH_SIZE, settings.visibility(), now_ms)
             .await
@@ -88,7 +88,4 @@ async fn pause(stop: &mut watch::Receiver<bool>, queued: &Notify, period: Durati
     }
 }
 
-pub fn unix_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
+pub use relay_core::clock::unix_ms;

@@ -6,11 +6,11 @@ use crate::backend::Backend;
 use crate::cli_error::CliError;
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Context, LambdaEvent};
+use relay_core::compose::{AppStores, ProcessParts};
 use relay_core::config::RelayConfig;
 use relay_core::event::Family;
-use relay_core::lifecycle::wiring::{app_mode_ingress, AppStores};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// The consumer Lambda's timeout in the template: the deadline `invoke` gives the handler.
 const CONSUMER_DEADLINE: Duration = Duration::from_secs(30);
@@ -71,9 +71,8 @@ async fn invoke_ingest(
     // App mode, as `relay serve` and the functions build it: stored application tokens are
     // accepted and app events go through the lifecycle (no ONOFFLINEEVENT wake here).
     let (tokens, snapshots, bind_plans) = backend.lifecycle_stores()?;
-    let ingress = app_mode_ingress(
+    let ingress = ProcessParts::new(config, tokens.clone())?.app_ingress(
         backend.queue()?,
-        config,
         AppStores {
             tokens,
             snapshots,
@@ -81,7 +80,6 @@ async fn invoke_ingest(
         },
         // One request, then the process ends: a background task would not finish.
         false,
-        crate::backend::http_client()?,
         None,
     );
     let response =
@@ -135,9 +133,9 @@ async fn invoke_consumer(
     let event: SqsEvent =
         serde_json::from_str(raw).map_err(|e| CliError::Usage(format!("not an SQS event: {e}")))?;
     let routes = relay_aws::routes_source::load_routes(&config).await?;
-    let consumer = backend.consumer(config)?.with_routes(routes);
+    let consumer = backend.consumer(config, routes)?;
     let mut context = Context::default();
-    let deadline = SystemTime::now() + CONSUMER_DEADLINE;
+    let deadline = relay_core::clock::now() + CONSUMER_DEADLINE;
     context.deadline = u64::try_from(crate::drain::unix_ms(deadline)).unwrap_or(0);
     context.request_id = "relay-invoke".to_string();
     let response =

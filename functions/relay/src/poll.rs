@@ -2,15 +2,15 @@
 //! installed portal (or one) onto the queue, with the same `OfflinePoller` as the scheduled
 //! Lambda. Works on the embedded store, or on SQS + DynamoDB when the AWS variables are set.
 
-use crate::backend::{http_client, Backend};
+use crate::backend::Backend;
 use crate::cli_error::CliError;
+use relay_core::compose::ProcessParts;
 use relay_core::config::RelayConfig;
-use relay_core::enrich::bitrix24::Bitrix24Client;
 use relay_core::lifecycle::offline::{OfflinePoller, PollReport, PortalRef, DEFAULT_PAGE_SIZE};
 use relay_core::ports::{Queue, TokenStore};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 #[derive(clap::Args)]
@@ -49,22 +49,14 @@ pub fn poll_ports(backend: &Backend) -> Result<PollPorts, CliError> {
     }
 }
 
-pub fn build_poller(
-    config: &RelayConfig,
-    tokens: Arc<dyn TokenStore>,
-    queue: Arc<dyn Queue>,
-    page_size: u32,
-) -> Result<OfflinePoller, CliError> {
-    let rest = Arc::new(Bitrix24Client::new(http_client()?, config, tokens));
-    Ok(OfflinePoller::new(rest, queue).with_page_size(page_size))
-}
-
 pub async fn run(args: PollArgs, data_dir: &Path) -> Result<(), CliError> {
     crate::logs::init_readable_logs();
     let config = RelayConfig::from_env()?;
     let backend = Backend::from_env(data_dir).await?;
     let PollPorts { tokens, queue } = poll_ports(&backend)?;
-    let poller = build_poller(&config, tokens.clone(), queue, args.page_size)?;
+    let poller = ProcessParts::new(config, tokens.clone())?
+        .offline_poller(queue)
+        .with_page_size(args.page_size);
     let results = match args.member_id {
         Some(member_id) => {
             let domain = tokens
@@ -78,11 +70,11 @@ pub async fn run(args: PollArgs, data_dir: &Path) -> Result<(), CliError> {
             };
             vec![(
                 member_id,
-                poller.poll_portal(&portal, SystemTime::now()).await,
+                poller.poll_portal(&portal, relay_core::clock::now()).await,
             )]
         }
         None => poller
-            .poll_all(tokens.as_ref(), SystemTime::now())
+            .poll_all(tokens.as_ref(), relay_core::clock::now())
             .await
             .map_err(|e| CliError::Handler(e.to_string()))?,
     };
@@ -119,26 +111,24 @@ fn describe(report: &PollReport) -> String {
 }
 
 /// Starts the `relay serve` poller when `--poll-offline` asked for it; `wake` is what
-/// ONOFFLINEEVENT notifies.
+/// ONOFFLINEEVENT notifies. The poller shares `parts`' Bitrix24 client with the consumer and
+/// app ingress: one rate-limit bucket per portal.
 pub fn spawn_serve_poller(
     every_secs: Option<u64>,
-    config: &RelayConfig,
+    parts: &ProcessParts,
     local: &crate::backend::LocalBackend,
     wake: Arc<Notify>,
     stop: watch::Receiver<bool>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, CliError> {
-    let Some(every_secs) = every_secs else {
-        return Ok(None);
-    };
-    let tokens = local.token_store();
-    let poller = build_poller(config, tokens.clone(), local.queue(), DEFAULT_PAGE_SIZE)?;
-    Ok(Some(tokio::spawn(poll_every(
+) -> Option<tokio::task::JoinHandle<()>> {
+    let every_secs = every_secs?;
+    let poller = parts.offline_poller(local.queue());
+    Some(tokio::spawn(poll_every(
         Arc::new(poller),
-        tokens,
+        local.token_store(),
         Duration::from_secs(every_secs.max(1)),
         wake,
         stop,
-    ))))
+    )))
 }
 
 /// `relay serve --poll-offline`: polls every installed portal every `every`, and at once when
@@ -151,7 +141,10 @@ pub async fn poll_every(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        match poller.poll_all(tokens.as_ref(), SystemTime::now()).await {
+        match poller
+            .poll_all(tokens.as_ref(), relay_core::clock::now())
+            .await
+        {
             Ok(results) => {
                 for (portal, outcome) in results {
                     match outcome {

@@ -14,7 +14,7 @@ use relay_core::ingest::{IngestReply, IngestRequest, Ingress, MAX_BODY_BYTES};
 use serde_json::json;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// The whole body must arrive within this once the head is in; a client that trickles it
@@ -90,7 +90,10 @@ async fn ingest(
         relay_token_header: relay_token.as_deref(),
         body: &body,
     };
-    let IngestReply { status, body } = state.ingress.handle(request, SystemTime::now()).await;
+    let IngestReply { status, body } = state
+        .ingress
+        .handle(request, relay_core::clock::now())
+        .await;
     if status == 202 {
         state.queued.notify_one();
     }

@@ -56,16 +56,19 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     backend.set_snapshot_ttl(config.snapshot_ttl());
     let queued = Arc::new(Notify::new());
     let offline_wake = Arc::new(Notify::new());
+    // One set of parts for the whole process: the consumer, the poller and app ingress share
+    // one Bitrix24 client, so each portal has one rate-limit bucket.
+    let parts = backend.process_parts(config.clone())?;
     let ingress = Arc::new(crate::app_mode::serve_ingress(
         &backend,
-        config.clone(),
+        &parts,
         offline_wake.clone(),
-    )?);
+    ));
     // Nothing kills a batch here: the heartbeat (every third of the lease) keeps a batch's
     // messages invisible and its claims held for as long as it runs.
     let consumer = Arc::new(
         backend
-            .consumer(config.clone(), false)?
+            .consumer(&parts, routes.clone(), false)
             .with_lease(args.batch_timeout)
             .with_forward_timeout(args.forward_timeout)
             .with_retry_schedule(RetrySchedule {
@@ -73,8 +76,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
                 cap: args.retry_cap,
                 ..RetrySchedule::default()
             })
-            .with_soft_deadline()
-            .with_routes(routes.clone()),
+            .with_soft_deadline(),
     );
 
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -88,11 +90,11 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let offline_poller = crate::poll::spawn_serve_poller(
         args.poll_offline,
-        &config,
+        &parts,
         &backend,
         offline_wake.clone(),
         stop_rx.clone(),
-    )?;
+    );
     let settings = DrainSettings {
         batch_timeout: args.batch_timeout,
     };

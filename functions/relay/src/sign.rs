@@ -8,7 +8,6 @@ use relay_core::forward::Signer;
 use relay_core::secret::Secret;
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::SystemTime;
 
 #[derive(clap::Args)]
 pub struct SignArgs {
@@ -34,7 +33,7 @@ pub fn run(args: SignArgs) -> Result<(), CliError> {
     let body = read_body(args.body.as_ref())?;
     let timestamp = args
         .timestamp
-        .unwrap_or_else(|| crate::drain::unix_ms(SystemTime::now()) / 1000);
+        .unwrap_or_else(|| relay_core::clock::now_unix_ms() / 1000);
     let id = args.id.unwrap_or_else(|| format!("msg_test_{timestamp}"));
     println!("webhook-id: {id}");
     println!("webhook-timestamp: {timestamp}");

@@ -105,7 +105,7 @@ async fn relay_bind_twice_produces_one_handler_per_event() {
     assert!(portal.bound().is_empty(), "{removed}");
 }
 
-/// Defect 8: Bitrix24 drops the handlers when the app is updated (b24restdocs
+/// Bitrix24 drops the handlers when the app is updated (b24restdocs
 /// api-reference/events/event-bind.md); `relay bind --again` binds what the last `relay bind`
 /// stored, online and offline, without being told the URLs again; `--remove` forgets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,5 @@
 //! `relay routes check` and `relay routes test` as a user runs them: the real binary on the
-//! sample routes file of seed 003 (`events/routes/`), and on a file with mistakes.
+//! sample routes file (`events/routes/`), and on a file with mistakes.
 
 mod harness;
 

@@ -256,7 +256,7 @@ fn base_dynamic_item_names_take_invoices_only_and_name_other_types() {
     ));
 }
 
-/// Seed 004 / on-crm-requisite-user-field-update.md: FIELDS.ID is the user field's id.
+/// on-crm-requisite-user-field-update.md: FIELDS.ID is the user field's id.
 #[test]
 fn user_field_events_are_about_field_definitions_and_are_bound() {
     for entry in CATALOGUE.iter().filter(|e| e.event.contains("USERFIELD")) {

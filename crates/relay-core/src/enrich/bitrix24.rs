@@ -13,6 +13,7 @@
 //!   then gives the message back until the reset as a wait, not as a failed try, so a block
 //!   never brings a message nearer to the dead-letter queue.
 
+use crate::clock::now_unix_ms as unix_ms_now;
 use crate::config::RelayConfig;
 use crate::error::EnrichError;
 use crate::lifecycle::portal_endpoint::confirm_endpoint;
@@ -22,7 +23,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// A portal's leaky bucket as Bitrix24 documents it: each request adds one, the bucket drains
@@ -144,13 +145,6 @@ struct MethodClock {
 /// The longest a method stays blocked: its ten one-minute baskets (limits.md).
 const LONGEST_BLOCK: Duration = Duration::from_secs(600);
 
-fn unix_ms_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
-}
-
 /// The method of one `batch` command, `crm.deal.get?id=1` -> `crm.deal.get`.
 fn command_method(command: &Value) -> &str {
     let command = command.as_str().unwrap_or_default();
@@ -206,8 +200,8 @@ impl WebhookUrls {
 
     /// The webhook for a portal. `domain: None` is an operator's command (`relay bind`,
     /// `relay poll`) naming the portal itself: the bare URL serves it.
-    fn for_portal(&self, member_id: &str, domain: Option<Option<&str>>) -> Option<&Secret> {
-        if let Some((_, url)) = self.per_portal.iter().find(|(m, _)| m == member_id) {
+    fn for_portal(&self, portal: &str, domain: Option<Option<&str>>) -> Option<&Secret> {
+        if let Some((_, url)) = self.per_portal.iter().find(|(m, _)| m == portal) {
             return Some(url);
         }
         let any = self.any.as_ref()?;
@@ -306,22 +300,22 @@ impl Bitrix24Client {
     /// `domain`: see [`WebhookUrls::for_portal`].
     async fn credentials(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<Option<&str>>,
     ) -> Result<Credentials, EnrichError> {
         let stored = self
             .tokens
-            .get(member_id)
+            .get(portal)
             .await
             .map_err(|e| EnrichError::Transient {
                 reason: format!("token store: {e}"),
                 retry_after: None,
             })?;
-        match (stored, self.webhooks.for_portal(member_id, domain)) {
+        match (stored, self.webhooks.for_portal(portal, domain)) {
             (Some(tokens), _) if !tokens.access_token.is_empty() => Ok(Credentials::OAuth(tokens)),
             (_, Some(url)) => Ok(Credentials::Webhook(url.clone())),
             _ => Err(EnrichError::NoCredentials(format!(
-                "bitrix24 portal {member_id}"
+                "bitrix24 portal {portal}"
             ))),
         }
     }
@@ -397,7 +391,7 @@ impl Bitrix24Client {
         match answer.get("result") {
             Some(result) if (200..300).contains(&status) => Ok(RestAnswer {
                 result: result.clone(),
-                raw: answer,
+                time: answer.get("time").cloned(),
             }),
             _ => Err(Failure::Enrich(EnrichError::Permanent(format!(
                 "{method}: answer {status} has no result"
@@ -467,10 +461,7 @@ impl Bitrix24Client {
                 EnrichError::Permanent(format!("token refresh refused ({status} {code})"))
             });
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
+        let now_ms = unix_ms_now();
         let expires_in = answer
             .get("expires_in")
             .and_then(Value::as_i64)
@@ -519,7 +510,7 @@ pub fn client_share(config: &RelayConfig) -> RateLimit {
 }
 
 /// Bitrix24's OAuth servers as its docs and events name them in `server_endpoint`:
-/// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (seed 001's examples),
+/// `oauth.bitrix.info` (settings/oauth/index.md), `oauth.bitrix24.tech` (on-app-uninstall.md's sample),
 /// `oauth.bitrix24.info` (landing/embedding/block.md).
 pub const KNOWN_OAUTH_HOSTS: &[&str] = &[
     "oauth.bitrix.info",
@@ -586,22 +577,21 @@ pub fn is_not_found(code: &str, description: &str) -> bool {
 impl Bitrix24Rest for Bitrix24Client {
     async fn call(
         &self,
-        member_id: &str,
+        portal: &str,
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
-        self.call_with(member_id, None, method, params).await
+        self.call_with(portal, None, method, params).await
     }
 
     async fn call_on(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<&str>,
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
-        self.call_with(member_id, Some(domain), method, params)
-            .await
+        self.call_with(portal, Some(domain), method, params).await
     }
 }
 
@@ -611,10 +601,10 @@ impl Bitrix24Client {
     }
 
     /// How long `method` stays blocked on this portal, if it is.
-    fn blocked_for(&self, member_id: &str, method: &str, now_ms: i64) -> Option<Duration> {
+    fn blocked_for(&self, portal: &str, method: &str, now_ms: i64) -> Option<Duration> {
         let until = self
             .clocks()
-            .get(&(member_id.to_string(), method.to_string()))?
+            .get(&(portal.to_string(), method.to_string()))?
             .blocked_until_ms
             .filter(|until| *until > now_ms)?;
         Some(Duration::from_millis((until - now_ms) as u64))
@@ -623,13 +613,13 @@ impl Bitrix24Client {
     /// Remembers an `OPERATION_TIME_LIMIT` answer: blocked until the reset the portal gave
     /// with its last successful answer, or, when that is unknown or has passed already (the
     /// block outlived it), for one more basket; never longer than the ten baskets.
-    fn block(&self, member_id: &str, method: &str) -> Duration {
+    fn block(&self, portal: &str, method: &str) -> Duration {
         let now_ms = unix_ms_now();
         let basket = i64::try_from(self.operating_basket.as_millis()).unwrap_or(60_000);
         let longest = i64::try_from(LONGEST_BLOCK.as_millis()).unwrap_or(600_000);
         let mut clocks = self.clocks();
         let clock = clocks
-            .entry((member_id.to_string(), method.to_string()))
+            .entry((portal.to_string(), method.to_string()))
             .or_default();
         let until = clock
             .reset_at_ms
@@ -642,14 +632,14 @@ impl Bitrix24Client {
 
     /// Learns from a successful answer: the method's reset time, and that it runs again;
     /// for a `batch`, the same per command, and which commands' methods were blocked.
-    fn learn(&self, member_id: &str, method: &str, params: &Value, answer: &RestAnswer) {
+    fn learn(&self, portal: &str, method: &str, params: &Value, answer: &RestAnswer) {
         if method != "batch" {
             let mut clocks = self.clocks();
             let clock = clocks
-                .entry((member_id.to_string(), method.to_string()))
+                .entry((portal.to_string(), method.to_string()))
                 .or_default();
             clock.blocked_until_ms = None;
-            if let Some(reset) = reset_at_ms(answer.raw.get("time")) {
+            if let Some(reset) = reset_at_ms(answer.time.as_ref()) {
                 clock.reset_at_ms = Some(reset);
             }
             return;
@@ -664,8 +654,8 @@ impl Bitrix24Client {
                 .pointer(&format!("/result_error/{key}/error"))
                 .and_then(Value::as_str);
             if error == Some("OPERATION_TIME_LIMIT") {
-                let wait = self.block(member_id, nested);
-                tracing::warn!(portal = %member_id, method = nested, wait_ms = wait.as_millis() as u64,
+                let wait = self.block(portal, nested);
+                tracing::warn!(portal = %portal, method = nested, wait_ms = wait.as_millis() as u64,
                     "bitrix24 OPERATION_TIME_LIMIT inside a batch: method blocked until its reset");
                 continue;
             }
@@ -673,7 +663,7 @@ impl Bitrix24Client {
             if let Some(reset) = reset_at_ms(time) {
                 let mut clocks = self.clocks();
                 let clock = clocks
-                    .entry((member_id.to_string(), nested.to_string()))
+                    .entry((portal.to_string(), nested.to_string()))
                     .or_default();
                 clock.reset_at_ms = Some(reset);
                 clock.blocked_until_ms = None;
@@ -683,9 +673,9 @@ impl Bitrix24Client {
 
     /// Whether `method` was blocked and its wait is over without a successful answer since:
     /// the next call finds out whether the block persists.
-    fn probing(&self, member_id: &str, method: &str, now_ms: i64) -> bool {
+    fn probing(&self, portal: &str, method: &str, now_ms: i64) -> bool {
         self.clocks()
-            .get(&(member_id.to_string(), method.to_string()))
+            .get(&(portal.to_string(), method.to_string()))
             .and_then(|clock| clock.blocked_until_ms)
             .is_some_and(|until| until <= now_ms)
     }
@@ -697,7 +687,7 @@ impl Bitrix24Client {
     /// none is left to send.
     fn without_blocked_commands(
         &self,
-        member_id: &str,
+        portal: &str,
         params: Value,
         now_ms: i64,
     ) -> Result<Value, EnrichError> {
@@ -711,8 +701,8 @@ impl Bitrix24Client {
         let mut probed: Vec<String> = Vec::new();
         commands.retain(|_, command| {
             let nested = command_method(command);
-            match self.blocked_for(member_id, nested, now_ms) {
-                None if self.probing(member_id, nested, now_ms) => {
+            match self.blocked_for(portal, nested, now_ms) {
+                None if self.probing(portal, nested, now_ms) => {
                     if probed.iter().any(|m| m == nested) {
                         false
                     } else {
@@ -740,16 +730,16 @@ impl Bitrix24Client {
 
     async fn call_with(
         &self,
-        member_id: &str,
+        portal: &str,
         domain: Option<Option<&str>>,
         method: &str,
         params: Value,
     ) -> Result<RestAnswer, EnrichError> {
         let now_ms = unix_ms_now();
         let params = if method == "batch" {
-            self.without_blocked_commands(member_id, params, now_ms)?
+            self.without_blocked_commands(portal, params, now_ms)?
         } else {
-            if let Some(retry_after) = self.blocked_for(member_id, method, now_ms) {
+            if let Some(retry_after) = self.blocked_for(portal, method, now_ms) {
                 // No call: a blocked method answers nothing but the block until its reset.
                 return Err(EnrichError::MethodBlocked {
                     method: method.to_string(),
@@ -758,20 +748,20 @@ impl Bitrix24Client {
             }
             params
         };
-        let mut credentials = self.credentials(member_id, domain).await?;
+        let mut credentials = self.credentials(portal, domain).await?;
         let mut refreshed = false;
         let mut delay = self.backoff;
         for _ in 0..self.max_tries {
-            self.limiter.acquire(member_id).await;
+            self.limiter.acquire(portal).await;
             match self.send(&credentials, method, &params).await {
                 Ok(answer) => {
-                    self.learn(member_id, method, &params, &answer);
+                    self.learn(portal, method, &params, &answer);
                     return Ok(answer);
                 }
                 Err(Failure::MethodBlocked) => {
                     // Minutes, not seconds: the message waits in the queue, not this process.
-                    let retry_after = self.block(member_id, method);
-                    tracing::warn!(portal = %member_id, method, wait_ms = retry_after.as_millis() as u64,
+                    let retry_after = self.block(portal, method);
+                    tracing::warn!(portal = %portal, method, wait_ms = retry_after.as_millis() as u64,
                         "bitrix24 OPERATION_TIME_LIMIT: method blocked; no call to it until its reset");
                     return Err(EnrichError::MethodBlocked {
                         method: method.to_string(),
@@ -791,7 +781,7 @@ impl Bitrix24Client {
                     }
                 },
                 Err(Failure::RateLimited) => {
-                    tracing::warn!(portal = %member_id, method, delay_ms = delay.as_millis() as u64,
+                    tracing::warn!(portal = %portal, method, delay_ms = delay.as_millis() as u64,
                         "bitrix24 rate limit hit; backing off");
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);
@@ -823,7 +813,7 @@ mod tests {
         }
     }
 
-    /// Seed 001 shows a portal whose OAuth server is oauth.bitrix24.tech.
+    /// on-app-uninstall.md's sample names oauth.bitrix24.tech as the portal's OAuth server.
     #[test]
     fn refresh_goes_to_the_portals_known_oauth_server_only() {
         let configured = "https://oauth.bitrix.info";

@@ -432,7 +432,7 @@ mod tests {
         }
     }
 
-    /// Seed 004 and crm-requisite-userfield-get.md: the field's definition, by its id.
+    /// on-crm-requisite-user-field-update.md and crm-requisite-userfield-get.md: the field's definition, by its id.
     #[test]
     fn user_field_events_read_the_field_definition() {
         assert_eq!(

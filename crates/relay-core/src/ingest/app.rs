@@ -10,7 +10,7 @@ use crate::parse::bitrix24::parse_bitrix24;
 use crate::parse::{body_encoding, decode_document, detect_source, strip_secrets};
 use crate::routing::route;
 use serde_json::json;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// What became of an app event.
 pub(super) enum AppAccepted {
@@ -25,7 +25,7 @@ impl Ingress {
     pub(super) async fn handle_app(&self, req: IngestRequest<'_>, now: SystemTime) -> IngestReply {
         match self.accept_app(req, now).await {
             Ok(AppAccepted::Queued(outcome, event)) => {
-                tracing::info!(event = %event.event, family = %event.family, portal = %outcome.member_id(),
+                tracing::info!(event = %event.event, family = %event.family, portal = %outcome.portal(),
                     envelope_id = %event.id, "app event handled and queued");
                 IngestReply {
                     status: 202,
@@ -33,7 +33,7 @@ impl Ingress {
                 }
             }
             Ok(AppAccepted::Answered(outcome)) => {
-                tracing::info!(portal = %outcome.member_id(), ?outcome, "app event handled");
+                tracing::info!(portal = %outcome.portal(), ?outcome, "app event handled");
                 IngestReply {
                     status: 200,
                     body: json!({"ok": true}),
@@ -84,10 +84,7 @@ impl Ingress {
             &delivery.data,
             req.family,
         )?;
-        let now_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        let now_ms = crate::clock::unix_ms(now);
         let outcome = lifecycle
             .handle(&serde_json::Value::Object(document), now_ms)
             .await?;

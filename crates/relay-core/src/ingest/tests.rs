@@ -5,7 +5,7 @@ use super::*;
 use crate::config::AppTokens;
 use crate::secret::Secret;
 use crate::verify::test_tokens::StoredPortal;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 const APP_TOKEN: &str = "local-dev-app-token";
 const SALESMAN_SECRET: &str = "local-dev-salesman-secret";

@@ -156,10 +156,10 @@ pub struct BindReport {
 /// `event.get`: what the portal has registered for this app.
 pub async fn list_bindings(
     rest: &dyn Bitrix24Rest,
-    member_id: &str,
+    portal: &str,
 ) -> Result<Vec<BoundHandler>, BindError> {
     let answer = rest
-        .call(member_id, "event.get", json!({}))
+        .call(portal, "event.get", json!({}))
         .await
         .map_err(|source| BindError::Rest {
             method: "event.get",
@@ -183,10 +183,10 @@ pub async fn list_bindings(
 /// Registers what `plan` lists and is not registered yet.
 pub async fn bind_all(
     rest: &dyn Bitrix24Rest,
-    member_id: &str,
+    portal: &str,
     plan: &[Binding],
 ) -> Result<BindReport, BindError> {
-    let existing = list_bindings(rest, member_id).await?;
+    let existing = list_bindings(rest, portal).await?;
     let mut report = BindReport::default();
     for binding in plan {
         if existing.iter().any(|h| is_same(h, binding)) {
@@ -200,14 +200,14 @@ pub async fn bind_all(
         if binding.offline {
             params["event_type"] = json!("offline");
         }
-        match rest.call(member_id, "event.bind", params).await {
+        match rest.call(portal, "event.bind", params).await {
             Ok(_) => report.bound += 1,
             // Bitrix24's answer to a duplicate is ERROR_CORE "Handler already binded". The
             // REST client may not pass the description on, so a refusal is checked against
             // the portal's list before it counts as a failure.
             Err(EnrichError::Permanent(reason))
                 if reason.to_ascii_lowercase().contains("already binded")
-                    || list_bindings(rest, member_id)
+                    || list_bindings(rest, portal)
                         .await?
                         .iter()
                         .any(|h| is_same(h, binding)) =>
@@ -229,7 +229,7 @@ pub async fn bind_all(
 /// Unregisters what `plan` lists (`event.unbind` answers how many it removed).
 pub async fn unbind_all(
     rest: &dyn Bitrix24Rest,
-    member_id: &str,
+    portal: &str,
     plan: &[Binding],
 ) -> Result<BindReport, BindError> {
     let mut report = BindReport::default();
@@ -242,7 +242,7 @@ pub async fn unbind_all(
             params["event_type"] = json!("offline");
         }
         let answer = rest
-            .call(member_id, "event.unbind", params)
+            .call(portal, "event.unbind", params)
             .await
             .map_err(|source| BindError::Rest {
                 method: "event.unbind",
@@ -266,12 +266,12 @@ pub async fn unbind_all(
 pub async fn bind_stored_plan(
     rest: &dyn Bitrix24Rest,
     plans: &dyn BindPlanStore,
-    member_id: &str,
+    portal: &str,
 ) -> Result<Option<(Vec<Binding>, BindReport)>, BindError> {
-    let Some(plan) = plans.load_plan(member_id).await? else {
+    let Some(plan) = plans.load_plan(portal).await? else {
         return Ok(None);
     };
-    let report = bind_all(rest, member_id, &plan).await?;
+    let report = bind_all(rest, portal, &plan).await?;
     Ok(Some((plan, report)))
 }
 
@@ -305,31 +305,31 @@ impl PlanRebind {
 
     /// Never fails the update: its tokens are stored before this runs, and a plan that could
     /// not be bound is named in the log (event and error, no token) for `relay bind --again`.
-    pub async fn after_update(&self, member_id: &str) {
+    pub async fn after_update(&self, portal: &str) {
         if self.in_background {
             let this = self.clone();
-            let member_id = member_id.to_string();
-            tokio::spawn(async move { this.rebind_now(&member_id).await });
+            let portal = portal.to_string();
+            tokio::spawn(async move { this.rebind_now(&portal).await });
         } else {
-            self.rebind_now(member_id).await;
+            self.rebind_now(portal).await;
         }
     }
 
-    async fn rebind_now(&self, member_id: &str) {
-        match bind_stored_plan(self.rest.as_ref(), self.plans.as_ref(), member_id).await {
+    async fn rebind_now(&self, portal: &str) {
+        match bind_stored_plan(self.rest.as_ref(), self.plans.as_ref(), portal).await {
             Ok(Some((plan, report))) => tracing::info!(
-                portal = %member_id,
+                portal = %portal,
                 planned = plan.len(),
                 bound = report.bound,
                 already_bound = report.already_bound,
                 "app updated; handlers bound again from the stored bind plan"
             ),
             Ok(None) => tracing::info!(
-                portal = %member_id,
+                portal = %portal,
                 "app updated; no bind plan stored for this portal, so nothing to bind again (run `relay bind`)"
             ),
             Err(error) => tracing::error!(
-                portal = %member_id,
+                portal = %portal,
                 %error,
                 "app updated but its handlers could NOT be bound again: Bitrix24 removed them with the update, so events stop until `relay bind --again` succeeds"
             ),
@@ -337,8 +337,8 @@ impl PlanRebind {
     }
 
     /// The portal is gone (uninstall): so is its plan.
-    pub async fn forget(&self, member_id: &str) -> Result<(), StoreError> {
-        self.plans.forget_plan(member_id).await
+    pub async fn forget(&self, portal: &str) -> Result<(), StoreError> {
+        self.plans.forget_plan(portal).await
     }
 }
 

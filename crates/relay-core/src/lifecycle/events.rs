@@ -66,7 +66,7 @@ mod tests {
             family_of_bound_event("ONCRMDYNAMICITEMUPDATE_31"),
             Some(Family::Invoice)
         );
-        // Seed 004: user-field events are bound too.
+        // on-crm-requisite-user-field-update.md: user-field events are bound too.
         assert_eq!(
             family_of_bound_event("onCrmRequisiteUserFieldUpdate"),
             Some(Family::Requisite)

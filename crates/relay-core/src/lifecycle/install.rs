@@ -8,7 +8,9 @@ use crate::lifecycle::bind::PlanRebind;
 use crate::lifecycle::portal_endpoint::{confirm_endpoint, ConfirmedPortal};
 use crate::ports::{InstallVerifier, PortalTokens, SnapshotStore, TokenStore};
 use crate::secret::Secret;
-use crate::verify::{constant_time_eq, verify_application_token, verify_stored_application_token};
+use crate::verify::{
+    constant_time_eq, verify_configured_application_token, verify_stored_application_token,
+};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -16,28 +18,28 @@ use std::sync::Arc;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppOutcome {
     /// ONAPPINSTALL confirmed by `app.info`; the portal's tokens are stored.
-    Installed { member_id: String },
+    Installed { portal: String },
     /// ONAPPUPDATE with the stored application token; the OAuth tokens are refreshed.
-    Updated { member_id: String },
+    Updated { portal: String },
     /// ONAPPUNINSTALL with the stored application token: tokens and snapshots are gone.
     Uninstalled {
-        member_id: String,
+        portal: String,
         snapshots_deleted: usize,
     },
     /// ONAPPTEST: the URL works and the token is right.
-    Tested { member_id: String },
+    Tested { portal: String },
     /// ONOFFLINEEVENT: offline records are waiting; the poller was woken.
-    OfflineWake { member_id: String },
+    OfflineWake { portal: String },
 }
 
 impl AppOutcome {
-    pub fn member_id(&self) -> &str {
+    pub fn portal(&self) -> &str {
         match self {
-            AppOutcome::Installed { member_id }
-            | AppOutcome::Updated { member_id }
-            | AppOutcome::Uninstalled { member_id, .. }
-            | AppOutcome::Tested { member_id }
-            | AppOutcome::OfflineWake { member_id } => member_id,
+            AppOutcome::Installed { portal }
+            | AppOutcome::Updated { portal }
+            | AppOutcome::Uninstalled { portal, .. }
+            | AppOutcome::Tested { portal }
+            | AppOutcome::OfflineWake { portal } => portal,
         }
     }
 
@@ -53,7 +55,7 @@ impl AppOutcome {
 /// poll in Lambda. Failure to wake is not the sender's problem: the schedule polls anyway.
 #[async_trait]
 pub trait OfflineWake: Send + Sync {
-    async fn wake(&self, member_id: &str);
+    async fn wake(&self, portal: &str);
 }
 
 /// The app family's event handling, called by ingress for every event of that family, and
@@ -106,110 +108,125 @@ impl AppLifecycle {
         let event = text_at(body, &["event"])
             .ok_or_else(|| IngestError::Malformed("missing event".into()))?
             .to_ascii_uppercase();
-        let member_id = text_at(body, &["auth", "member_id"]).ok_or(IngestError::Unauthorized)?;
+        let portal = text_at(body, &["auth", "member_id"]).ok_or(IngestError::Unauthorized)?;
         // An empty token would make every later event of this portal match an empty one.
         let application_token = text_at(body, &["auth", "application_token"])
             .filter(|t| !t.is_empty())
             .ok_or(IngestError::Unauthorized)?;
         let application_token = Secret::new(application_token);
         match event.as_str() {
-            "ONAPPINSTALL" => {
-                self.install(body, member_id, application_token, now_ms)
-                    .await
-            }
-            "ONAPPUNINSTALL" => {
-                self.require_stored_token(&member_id, &application_token)
-                    .await?;
-                // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
-                // still authenticates on its retry, which finds only what is left to delete.
-                // Snapshots live in the same store as the tokens (one table, one SQLite file).
-                let snapshots_deleted = self
-                    .snapshots
-                    .delete_portal(crate::event::Source::Bitrix24, &member_id)
-                    .await
-                    .map_err(IngestError::TokenStore)?;
-                if let Some(rebind) = &self.rebind {
-                    rebind
-                        .forget(&member_id)
-                        .await
-                        .map_err(IngestError::TokenStore)?;
-                }
-                self.tokens
-                    .delete(&member_id)
-                    .await
-                    .map_err(IngestError::TokenStore)?;
-                tracing::info!(portal = %member_id, snapshots_deleted, "app uninstalled; portal forgotten");
-                Ok(AppOutcome::Uninstalled {
-                    member_id,
-                    snapshots_deleted,
-                })
-            }
-            "ONAPPUPDATE" => {
-                let stored = self
-                    .require_stored_token(&member_id, &application_token)
-                    .await?;
-                // The application token travels with every event of the portal, so it alone
-                // may not move the portal's calls or replace its tokens: the fresh access token
-                // is confirmed with `app.info` exactly as at install.
-                if let Some(fresh) = tokens_from_auth(body, &member_id, application_token, now_ms) {
-                    let fresh = self.confirmed(fresh, "ONAPPUPDATE").await?;
-                    let merged = PortalTokens {
-                        scope: if fresh.scope.is_empty() {
-                            stored.scope
-                        } else {
-                            fresh.scope
-                        },
-                        ..fresh
-                    };
-                    self.tokens
-                        .put(&merged)
-                        .await
-                        .map_err(IngestError::TokenStore)?;
-                    // Only a confirmed update re-binds: the plan's URLs are ours, but the
-                    // calls go out with the portal's tokens to the endpoint app.info named.
-                    if let Some(rebind) = &self.rebind {
-                        rebind.after_update(&member_id).await;
-                    }
-                }
-                Ok(AppOutcome::Updated { member_id })
-            }
+            "ONAPPINSTALL" => self.install(body, portal, application_token, now_ms).await,
+            "ONAPPUNINSTALL" => self.uninstall(portal, &application_token).await,
+            "ONAPPUPDATE" => self.update(body, portal, application_token, now_ms).await,
             "ONAPPTEST" => {
                 if !self
-                    .verify_application_token(&member_id, &application_token)
+                    .accepts_application_token(&portal, &application_token)
                     .await?
                 {
                     return Err(IngestError::Unauthorized);
                 }
-                Ok(AppOutcome::Tested { member_id })
+                Ok(AppOutcome::Tested { portal })
             }
             "ONOFFLINEEVENT" => {
                 if !self
-                    .verify_application_token(&member_id, &application_token)
+                    .accepts_application_token(&portal, &application_token)
                     .await?
                 {
                     return Err(IngestError::Unauthorized);
                 }
                 if let Some(wake) = &self.wake {
-                    wake.wake(&member_id).await;
+                    wake.wake(&portal).await;
                 }
-                Ok(AppOutcome::OfflineWake { member_id })
+                Ok(AppOutcome::OfflineWake { portal })
             }
             _ => Err(IngestError::UnknownEvent(event)),
         }
     }
 
+    /// ONAPPUNINSTALL: forgets the portal (snapshots, bind plan, then tokens).
+    async fn uninstall(
+        &self,
+        portal: String,
+        application_token: &Secret,
+    ) -> Result<AppOutcome, IngestError> {
+        self.require_stored_token(&portal, application_token)
+            .await?;
+        // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
+        // still authenticates on its retry, which finds only what is left to delete.
+        // Snapshots live in the same store as the tokens (one table, one SQLite file).
+        let snapshots_deleted = self
+            .snapshots
+            .delete_portal(crate::event::Source::Bitrix24, &portal)
+            .await
+            .map_err(IngestError::TokenStore)?;
+        if let Some(rebind) = &self.rebind {
+            rebind
+                .forget(&portal)
+                .await
+                .map_err(IngestError::TokenStore)?;
+        }
+        self.tokens
+            .delete(&portal)
+            .await
+            .map_err(IngestError::TokenStore)?;
+        tracing::info!(portal = %portal, snapshots_deleted, "app uninstalled; portal forgotten");
+        Ok(AppOutcome::Uninstalled {
+            portal,
+            snapshots_deleted,
+        })
+    }
+
+    /// ONAPPUPDATE: stores the portal's fresh tokens once `app.info` confirms them, then binds
+    /// the stored plan again.
+    async fn update(
+        &self,
+        body: &serde_json::Value,
+        portal: String,
+        application_token: Secret,
+        now_ms: i64,
+    ) -> Result<AppOutcome, IngestError> {
+        let stored = self
+            .require_stored_token(&portal, &application_token)
+            .await?;
+        // The application token travels with every event of the portal, so it alone
+        // may not move the portal's calls or replace its tokens: the fresh access token
+        // is confirmed with `app.info` exactly as at install.
+        if let Some(fresh) = tokens_from_auth(body, &portal, application_token, now_ms) {
+            let fresh = self.confirmed(fresh, "ONAPPUPDATE").await?;
+            let merged = PortalTokens {
+                scope: if fresh.scope.is_empty() {
+                    stored.scope
+                } else {
+                    fresh.scope
+                },
+                ..fresh
+            };
+            self.tokens
+                .put(&merged)
+                .await
+                .map_err(IngestError::TokenStore)?;
+            // Only a confirmed update re-binds: the plan's URLs are ours, but the
+            // calls go out with the portal's tokens to the endpoint app.info named.
+            if let Some(rebind) = &self.rebind {
+                rebind.after_update(&portal).await;
+            }
+        }
+        Ok(AppOutcome::Updated { portal })
+    }
+
     /// True when `token` is one of `RELAY_B24_APP_TOKENS` (a bare token, or this portal's
     /// `member_id:token`) or the application token stored for this portal at install: the
     /// same checks (`verify`) ingress applies to every other family.
-    pub async fn verify_application_token(
+    pub async fn accepts_application_token(
         &self,
-        member_id: &str,
+        portal: &str,
         token: &Secret,
     ) -> Result<bool, IngestError> {
-        if verify_application_token(&self.configured_tokens, member_id, Some(token)).is_ok() {
+        if verify_configured_application_token(&self.configured_tokens, portal, Some(token)).is_ok()
+        {
             return Ok(true);
         }
-        verify_stored_application_token(self.tokens.as_ref(), member_id, Some(token))
+        verify_stored_application_token(self.tokens.as_ref(), portal, Some(token))
             .await
             .map_err(IngestError::TokenStore)
     }
@@ -218,12 +235,12 @@ impl AppLifecycle {
     /// at install may ask for them (a configured outgoing-webhook token may not).
     async fn require_stored_token(
         &self,
-        member_id: &str,
+        portal: &str,
         token: &Secret,
     ) -> Result<PortalTokens, IngestError> {
         match self
             .tokens
-            .get(member_id)
+            .get(portal)
             .await
             .map_err(IngestError::TokenStore)?
         {
@@ -240,19 +257,19 @@ impl AppLifecycle {
     async fn install(
         &self,
         body: &serde_json::Value,
-        member_id: String,
+        portal: String,
         application_token: Secret,
         now_ms: i64,
     ) -> Result<AppOutcome, IngestError> {
-        let tokens = tokens_from_auth(body, &member_id, application_token, now_ms)
+        let tokens = tokens_from_auth(body, &portal, application_token, now_ms)
             .ok_or(IngestError::Unauthorized)?;
         let tokens = self.confirmed(tokens, "ONAPPINSTALL").await?;
         self.tokens
             .put(&tokens)
             .await
             .map_err(IngestError::TokenStore)?;
-        tracing::info!(portal = %member_id, domain = %tokens.domain, "app installed; portal tokens stored");
-        Ok(AppOutcome::Installed { member_id })
+        tracing::info!(portal = %portal, domain = %tokens.domain, "app installed; portal tokens stored");
+        Ok(AppOutcome::Installed { portal })
     }
 
     /// `tokens` with the endpoint and domain Bitrix24 confirmed, once `app.info` has said the
@@ -292,7 +309,7 @@ impl AppLifecycle {
 /// missing. `expires` is absolute (Unix seconds); older senders give only `expires_in`.
 fn tokens_from_auth(
     body: &serde_json::Value,
-    member_id: &str,
+    portal: &str,
     application_token: Secret,
     now_ms: i64,
 ) -> Option<PortalTokens> {
@@ -313,7 +330,7 @@ fn tokens_from_auth(
             }
         };
     Some(PortalTokens {
-        member_id: member_id.to_string(),
+        member_id: portal.to_string(),
         domain,
         application_token,
         access_token: Secret::new(access_token),
@@ -393,10 +410,10 @@ impl InstallVerifier for AppInfoVerifier {
     async fn confirm_portal(
         &self,
         access_token: &Secret,
-        member_id: &str,
+        portal: &str,
     ) -> Result<Option<ConfirmedPortal>, EnrichError> {
         let Some(client_id) = self.client_id.as_deref() else {
-            tracing::warn!(portal = %member_id, "app event refused: RELAY_B24_CLIENT_ID is not set, so no token can be confirmed as this app's");
+            tracing::warn!(portal = %portal, "app event refused: RELAY_B24_CLIENT_ID is not set, so no token can be confirmed as this app's");
             return Ok(None);
         };
         // No `.json` suffix: portals accept both forms, the OAuth server documents this one.
@@ -427,7 +444,7 @@ impl InstallVerifier for AppInfoVerifier {
         if !status.is_success() || answer.get("error").is_some() {
             return Ok(None);
         }
-        if !app_info_confirms(&answer, member_id, client_id) {
+        if !app_info_confirms(&answer, portal, client_id) {
             return Ok(None);
         }
         match confirm_endpoint(
@@ -435,9 +452,9 @@ impl InstallVerifier for AppInfoVerifier {
             text_at(&answer, &["result", "install", "domain"]).as_deref(),
             self.allow_loopback,
         ) {
-            Ok(portal) => Ok(Some(portal)),
+            Ok(confirmed) => Ok(Some(confirmed)),
             Err(refused) => {
-                tracing::warn!(portal = %member_id, reason = %refused, "app event refused: the portal endpoint app.info names is not acceptable");
+                tracing::warn!(portal = %portal, reason = %refused, "app event refused: the portal endpoint app.info names is not acceptable");
                 Ok(None)
             }
         }
@@ -449,9 +466,9 @@ impl InstallVerifier for AppInfoVerifier {
 /// `app.info` page (b24restdocs api-reference/common/system/app-info.md) lists only ID, CODE,
 /// STATUS…; the OAuth server's answer adds the `install` block, whose fields match what the
 /// token exchange returns (b24restdocs settings/oauth/index.md: client_endpoint, member_id).
-fn app_info_confirms(answer: &serde_json::Value, member_id: &str, client_id: &str) -> bool {
+fn app_info_confirms(answer: &serde_json::Value, portal: &str, client_id: &str) -> bool {
     let answered_member = text_at(answer, &["result", "install", "member_id"]);
-    let member_ok = answered_member.as_deref() == Some(member_id) && !member_id.is_empty();
+    let member_ok = answered_member.as_deref() == Some(portal) && !portal.is_empty();
     let client_ok = !client_id.is_empty()
         && text_at(answer, &["result", "client_id"]).as_deref() == Some(client_id);
     member_ok && client_ok

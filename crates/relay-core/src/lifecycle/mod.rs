@@ -7,4 +7,3 @@ pub mod events;
 pub mod install;
 pub mod offline;
 pub mod portal_endpoint;
-pub mod wiring;

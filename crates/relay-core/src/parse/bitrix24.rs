@@ -2,7 +2,7 @@
 //! `auth`) -> a typed delivery with the portal, the entity id and the credentials split off.
 //! Verification and routing come after this, in `verify` and `routing`.
 
-use super::{event_name, identifier, ParseError, MAX_ENTITY_ID_LEN, MAX_PORTAL_LEN};
+use super::{event_name, group_safe_id, ParseError, MAX_ENTITY_ID_LEN, MAX_PORTAL_LEN};
 use crate::catalogue::{self, IdAt};
 use crate::secret::Secret;
 use serde_json::{Map, Value};
@@ -33,14 +33,10 @@ pub struct Bitrix24Auth {
     /// The only proof of origin (fixed per app per portal).
     pub application_token: Option<Secret>,
     /// Present on app events (ONAPPINSTALL) and handlers bound with OAuth; absent for robots,
-    /// workflows and outgoing webhooks. Ingress never queues them.
+    /// workflows and outgoing webhooks. Read only so their values are stripped wherever they
+    /// appear: ingress never queues them (an install reads its tokens from the document).
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
-    /// Unix seconds when `access_token` expires.
-    pub expires: Option<i64>,
-    pub client_endpoint: Option<String>,
-    pub server_endpoint: Option<String>,
-    pub scope: Option<String>,
 }
 
 impl Bitrix24Auth {
@@ -137,7 +133,7 @@ fn parse_auth(auth: &Map<String, Value>) -> Result<Bitrix24Auth, ParseError> {
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let member_id = identifier(auth.get("member_id"), "auth[member_id]", MAX_PORTAL_LEN)?
+    let member_id = group_safe_id(auth.get("member_id"), "auth[member_id]", MAX_PORTAL_LEN)?
         .ok_or(ParseError::Missing("auth[member_id]"))?;
     Ok(Bitrix24Auth {
         member_id,
@@ -145,10 +141,6 @@ fn parse_auth(auth: &Map<String, Value>) -> Result<Bitrix24Auth, ParseError> {
         application_token: text("application_token").map(Secret::new),
         access_token: text("access_token").map(Secret::new),
         refresh_token: text("refresh_token").map(Secret::new),
-        expires: text("expires").and_then(|s| parse_unix_seconds(&s)),
-        client_endpoint: text("client_endpoint"),
-        server_endpoint: text("server_endpoint"),
-        scope: text("scope"),
     })
 }
 
@@ -164,13 +156,13 @@ fn entity_id(event: &str, data: &Value) -> Result<Option<String>, ParseError> {
     match at {
         IdAt::Nothing => Ok(None),
         IdAt::Fields(key) => {
-            identifier(field("FIELDS", key), "data[FIELDS][ID]", MAX_ENTITY_ID_LEN)
+            group_safe_id(field("FIELDS", key), "data[FIELDS][ID]", MAX_ENTITY_ID_LEN)
         }
         // Tasks send `FIELDS_AFTER` (gone on delete, when only `FIELDS_BEFORE` has the id);
         // the side without fields is the string `undefined`, which `.get("ID")` skips.
         IdAt::TaskFields => {
             for container in ["FIELDS_AFTER", "FIELDS_BEFORE"] {
-                let id = identifier(
+                let id = group_safe_id(
                     field(container, "ID"),
                     "data[FIELDS][ID]",
                     MAX_ENTITY_ID_LEN,
@@ -185,7 +177,7 @@ fn entity_id(event: &str, data: &Value) -> Result<Option<String>, ParseError> {
         IdAt::AddressKey => {
             let mut parts = Vec::with_capacity(3);
             for key in ["TYPE_ID", "ENTITY_TYPE_ID", "ENTITY_ID"] {
-                match identifier(
+                match group_safe_id(
                     field("FIELDS", key),
                     "data[FIELDS][ENTITY_ID]",
                     MAX_ENTITY_ID_LEN,
@@ -311,8 +303,6 @@ mod tests {
         assert_eq!(d.entity_id, None);
         assert_eq!(d.auth.access_token, Some(Secret::new("acc-123")));
         assert_eq!(d.auth.refresh_token, Some(Secret::new("ref-456")));
-        assert_eq!(d.auth.expires, Some(1766050724));
-        assert_eq!(d.auth.scope.as_deref(), Some("crm,task"));
         assert_eq!(d.auth.secrets(), vec!["app-789", "acc-123", "ref-456"]);
         assert!(!d.data.to_string().contains("acc-123"));
         let debug = format!("{d:?}");

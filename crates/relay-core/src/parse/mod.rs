@@ -137,7 +137,7 @@ pub(crate) fn event_name(document: &serde_json::Map<String, Value>) -> Result<&s
 
 /// A field that must be an identifier safe for an SQS MessageGroupId (printable ASCII, no
 /// `#`, which separates the group id's parts): the portal and the entity id.
-pub(crate) fn identifier(
+pub(crate) fn group_safe_id(
     value: Option<&Value>,
     field: &'static str,
     max_len: usize,

@@ -2,15 +2,15 @@
 //! form; `event`, `identity`, `iduser1` and per-event ids) -> a typed delivery with the portal
 //! (`identity`) and the entity id. The shared secret is in the URL, checked in `verify`.
 
-use super::{event_name, identifier, ParseError, MAX_ENTITY_ID_LEN, MAX_PORTAL_LEN};
+use super::{event_name, group_safe_id, ParseError, MAX_ENTITY_ID_LEN, MAX_PORTAL_LEN};
 use serde_json::{Map, Value};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SalesmanDelivery {
     /// Canonical: lower-case (`deal.change.step`).
     pub event: String,
-    /// `identity`: the SalesMan account, our portal.
-    pub identity: String,
+    /// The SalesMan account (its wire field `identity`): the envelope's `portal`.
+    pub portal: String,
     /// From the id field the event implies (`did` for deals…); `None` for imports, which
     /// carry lists (`clids[]`, `dids[]`), and for bulk changes without a single id.
     pub entity_id: Option<String>,
@@ -217,12 +217,12 @@ fn rows(value: Option<&Value>) -> Vec<&Map<String, Value>> {
 
 /// An id SalesMan means: present, not empty and not `0` (its "none").
 fn positive_id(value: Option<&Value>, field: &'static str) -> Result<Option<String>, ParseError> {
-    Ok(identifier(value, field, MAX_ENTITY_ID_LEN)?.filter(|id| id != "0"))
+    Ok(group_safe_id(value, field, MAX_ENTITY_ID_LEN)?.filter(|id| id != "0"))
 }
 
 pub fn parse_salesman(document: &Map<String, Value>) -> Result<SalesmanDelivery, ParseError> {
     let event = event_name(document)?.to_ascii_lowercase();
-    let identity = identifier(document.get("identity"), "identity", MAX_PORTAL_LEN)?
+    let portal = group_safe_id(document.get("identity"), "identity", MAX_PORTAL_LEN)?
         .ok_or(ParseError::Missing("identity"))?;
     let entity_id = if event.ends_with(".import") {
         None
@@ -234,7 +234,7 @@ pub fn parse_salesman(document: &Map<String, Value>) -> Result<SalesmanDelivery,
             .unwrap_or(&[]);
         let mut found = None;
         for &field in fields {
-            if let Some(id) = identifier(document.get(field), field, MAX_ENTITY_ID_LEN)? {
+            if let Some(id) = group_safe_id(document.get(field), field, MAX_ENTITY_ID_LEN)? {
                 found = Some(id);
                 break;
             }
@@ -246,7 +246,7 @@ pub fn parse_salesman(document: &Map<String, Value>) -> Result<SalesmanDelivery,
     data.remove("identity");
     Ok(SalesmanDelivery {
         event,
-        identity,
+        portal,
         entity_id,
         data: Value::Object(data),
     })
@@ -271,7 +271,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(d.event, "deal.change.step");
-        assert_eq!(d.identity, "1");
+        assert_eq!(d.portal, "1");
         assert_eq!(d.entity_id.as_deref(), Some("812"));
         assert_eq!(d.data["reason"], json!("Договор подписан"));
         assert_eq!(d.data.get("event"), None);

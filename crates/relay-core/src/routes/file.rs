@@ -503,89 +503,100 @@ impl Reader<'_> {
         let mut fine = true;
         for member in members {
             let name = member.key.as_str();
-            let lower = name.to_ascii_lowercase();
-            let line = member.key_line;
-            if !is_header_name(name) {
-                self.problem(line, Some(route), format!("`{name}` is not a header name"));
+            if !self.header_name_allowed(name, member.key_line, route, &mut seen) {
                 fine = false;
                 continue;
             }
-            if RESERVED_HEADERS.contains(&lower.as_str()) {
-                self.problem(
-                    line,
-                    Some(route),
-                    format!("header `{name}` is the relay's own (signature and body headers cannot be replaced)"),
-                );
-                fine = false;
-                continue;
-            }
-            if !seen.insert(lower) {
-                self.problem(line, Some(route), format!("header `{name}` given twice"));
-                fine = false;
-                continue;
-            }
-            let value = match &member.value.node {
-                Node::Scalar(Value::String(_)) if is_credential_header(name) => {
-                    // Never echo the value: it is the credential.
-                    self.problem(
-                        member.value.line,
-                        Some(route),
-                        format!(
-                            "header `{name}` carries a credential: give it as {{\"env\": \"VAR\"}}, \
-                             not in the file"
-                        ),
-                    );
-                    None
-                }
-                Node::Scalar(Value::String(value)) => Some(value.clone()),
-                Node::Object(inner) if inner.len() == 1 && inner[0].key == "env" => {
-                    match &inner[0].value.node {
-                        Node::Scalar(Value::String(var)) => self.env_value(
-                            var,
-                            inner[0].value.line,
-                            route,
-                            &format!("header `{name}`"),
-                        ),
-                        _ => {
-                            self.problem(
-                                inner[0].value.line,
-                                Some(route),
-                                format!("header `{name}`: `env` names an environment variable (a string)"),
-                            );
-                            None
-                        }
-                    }
-                }
-                _ => {
-                    self.problem(
-                        member.value.line,
-                        Some(route),
-                        format!("header `{name}`: a string, or {{\"env\": \"VAR\"}} for a secret"),
-                    );
-                    None
-                }
-            };
-            match value {
-                Some(value)
-                    if value
-                        .bytes()
-                        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80) =>
-                {
-                    headers.push((name.to_string(), value));
-                }
-                Some(_) => {
-                    // Never echo the value: it may be a secret.
-                    self.problem(
-                        member.value.line,
-                        Some(route),
-                        format!("header `{name}`: its value has control characters"),
-                    );
-                    fine = false;
-                }
+            match self.header_value(name, &member.value, route) {
+                Some(value) => headers.push((name.to_string(), value)),
                 None => fine = false,
             }
         }
         fine.then_some(headers)
+    }
+
+    /// A header name a route may set: a valid name, not one of the relay's own, not given twice.
+    fn header_name_allowed(
+        &mut self,
+        name: &str,
+        line: usize,
+        route: &str,
+        seen: &mut HashSet<String>,
+    ) -> bool {
+        let lower = name.to_ascii_lowercase();
+        if !is_header_name(name) {
+            self.problem(line, Some(route), format!("`{name}` is not a header name"));
+            return false;
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            self.problem(
+                line,
+                Some(route),
+                format!("header `{name}` is the relay's own (signature and body headers cannot be replaced)"),
+            );
+            return false;
+        }
+        if !seen.insert(lower) {
+            self.problem(line, Some(route), format!("header `{name}` given twice"));
+            return false;
+        }
+        true
+    }
+
+    /// A header's value: a plain string, or `{"env": "VAR"}` (required for credential headers),
+    /// without control characters. Problems never echo the value: it may be a secret.
+    fn header_value(&mut self, name: &str, value: &Located, route: &str) -> Option<String> {
+        let text = match &value.node {
+            Node::Scalar(Value::String(_)) if is_credential_header(name) => {
+                self.problem(
+                    value.line,
+                    Some(route),
+                    format!(
+                        "header `{name}` carries a credential: give it as {{\"env\": \"VAR\"}}, \
+                         not in the file"
+                    ),
+                );
+                None
+            }
+            Node::Scalar(Value::String(text)) => Some(text.clone()),
+            Node::Object(inner) if inner.len() == 1 && inner[0].key == "env" => {
+                match &inner[0].value.node {
+                    Node::Scalar(Value::String(var)) => {
+                        self.env_value(var, inner[0].value.line, route, &format!("header `{name}`"))
+                    }
+                    _ => {
+                        self.problem(
+                            inner[0].value.line,
+                            Some(route),
+                            format!(
+                                "header `{name}`: `env` names an environment variable (a string)"
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.problem(
+                    value.line,
+                    Some(route),
+                    format!("header `{name}`: a string, or {{\"env\": \"VAR\"}} for a secret"),
+                );
+                None
+            }
+        }?;
+        let printable = text
+            .bytes()
+            .all(|b| b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80);
+        if !printable {
+            self.problem(
+                value.line,
+                Some(route),
+                format!("header `{name}`: its value has control characters"),
+            );
+            return None;
+        }
+        Some(text)
     }
 
     fn projection(&mut self, node: &Located, route: &str) -> Option<Projection> {

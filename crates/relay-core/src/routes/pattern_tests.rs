@@ -506,7 +506,7 @@ fn numbers_in_patterns_compare_by_value_with_bitrix24_number_strings() {
 
 #[test]
 fn skips_deals_still_in_the_first_stage_of_any_pipeline() {
-    // Seed 003: "deals with the initial status NEW are skipped"; pipelines other than the
+    // A user's rule, "deals with the initial status NEW are skipped"; pipelines other than the
     // default one name their first stage `C<n>:NEW`.
     // Two exclusions on one field are one `anything-but` with a list of wildcards: a
     // wildcard without `*` is the exact value.
