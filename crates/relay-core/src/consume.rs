@@ -150,7 +150,8 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// `bitrix24`: the REST client for enrichment, `None` when no credentials are configured.
+    /// `bitrix24`: the process's one REST client for enrichment (`compose::ProcessParts` builds
+    /// it, with or without credentials); `None` only where no Bitrix24 call can happen.
     pub fn new(
         ports: ConsumerPorts,
         config: RelayConfig,

@@ -6,7 +6,7 @@ use super::retry::parse_retry_after;
 use super::signing::Signer;
 use super::status::classify_status;
 use crate::error::ForwardError;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 /// One POST of an already-serialised body. `signer: None` sends no signature header (only
 /// when the operator configured no secret; the consumer warns about it at start-up).
@@ -67,7 +67,7 @@ pub async fn deliver(http: &reqwest::Client, delivery: &Delivery<'_>) -> Result<
         .headers()
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        .and_then(|v| parse_retry_after(v, crate::clock::now()));
     if (300..=399).contains(&status) {
         // Never followed: a 302 would turn the signed POST into a bodiless GET that looks
         // delivered, a 307 would send the signed body to whatever host `Location` names.

@@ -6,7 +6,6 @@ use crate::lifecycle::install::OfflineWake;
 use crate::ports::TokenStore;
 use async_trait::async_trait;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 /// `relay serve`'s wake-up: ONOFFLINEEVENT notifies the poller loop, which polls at once.
 pub struct NotifyWake(pub Arc<tokio::sync::Notify>);
@@ -37,7 +36,7 @@ impl OfflineWake for InlinePollWake {
             member_id: member_id.to_string(),
             domain,
         };
-        if let Err(e) = self.poller.poll_portal(&portal, SystemTime::now()).await {
+        if let Err(e) = self.poller.poll_portal(&portal, crate::clock::now()).await {
             tracing::warn!(portal = %member_id, error = %e, "offline poll on ONOFFLINEEVENT failed; the schedule retries");
         }
     }
