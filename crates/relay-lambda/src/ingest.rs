@@ -369,6 +369,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_ingress_that_cannot_be_built_answers_503_and_is_built_again_on_the_next_event() {
+        // No test sets RELAY_QUEUE_URL, so the build fails (as SSM down would) after
+        // `from_env`'s check has been passed by; the event must get a 5xx the CRM retries.
+        assert!(std::env::var("RELAY_QUEUE_URL").is_err());
+        let lazy = LazyIngress {
+            family: Family::Deal,
+            ingress: OnceCell::new(),
+        };
+        for _ in 0..2 {
+            let event = function_url_event(
+                "POST",
+                "token=local-dev-salesman-secret",
+                Some(SALESMAN_DEAL),
+                false,
+            );
+            let request = lambda_http::request::from_str(&event).unwrap();
+            let response = handle_on_lazy_ingress(&lazy, Family::Deal, request).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!response_json(&response).to_string().contains("RELAY_"));
+            assert!(!lazy.ingress.initialized(), "a failed build is not kept");
+        }
+    }
+
+    #[tokio::test]
     async fn empty_body_is_400_and_get_is_405() {
         let (response, queue) = invoke(&function_url_event("POST", "", None, false)).await;
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
