@@ -8,6 +8,8 @@ template.yaml gives the ingest functions. Prints medians and the Rust/Python rat
 
     scripts/coldstart.py                          20 cold starts of each (about 20 s)
     scripts/coldstart.py --runs 2 --binary .aws-sam/build/IngestDealFunction/bootstrap
+    scripts/coldstart.py --runs 30 --binary before/ingest-deal --binary target/lambda-release/ingest-deal
+                                                  a change against the build before it, same run
 
 Needs .venv-moto (scripts/test.sh installs it: moto, and boto3 with it). Uses the moto that
 scripts/test.sh started (RELAY_TEST_MOTO_URL) or starts its own. A measurement, not a test:
@@ -256,12 +258,16 @@ def machine():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="cold starts of each function")
-    parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "ingest-deal"),
-                        help="the Rust ingest-deal function (a release build or a bootstrap)")
+    parser.add_argument("--binary", action="append",
+                        help="a Rust ingest-deal function (a release build or a bootstrap); "
+                             "repeat it to measure several builds in the same run "
+                             "(default: target/release/ingest-deal)")
     args = parser.parse_args()
-    binary = Path(args.binary).resolve()
-    if not binary.is_file():
-        sys.exit(f"coldstart: {binary} does not exist (cargo build --release -p ingest-deal)")
+    binaries = [Path(b).resolve()
+                for b in (args.binary or [str(ROOT / "target" / "release" / "ingest-deal")])]
+    for binary in binaries:
+        if not binary.is_file():
+            sys.exit(f"coldstart: {binary} does not exist (cargo build --release -p ingest-deal)")
     if not VENV_PYTHON.exists():
         sys.exit("coldstart: .venv-moto is missing (scripts/test.sh installs it)")
     if Path(sys.prefix).resolve() != VENV_PYTHON.parent.parent.resolve():
@@ -273,15 +279,17 @@ def main():
         sqs, queue_url, params = prepare_aws(moto_url)
         env = function_env(moto_url, queue_url, params)
         template = EVENT.read_text()
-        functions = {"rust": [str(binary)],
-                     "python": [str(VENV_PYTHON), str(PYTHON_FUNCTION)]}
+        rust_names = (["rust"] if len(binaries) == 1
+                      else [f"rust{i + 1}" for i in range(len(binaries))])
+        functions = {name: [str(binary)] for name, binary in zip(rust_names, binaries)}
+        functions["python"] = [str(VENV_PYTHON), str(PYTHON_FUNCTION)]
         results = {name: [] for name in functions}
         sent = set()
         # Interleaved, so a busy moment of the machine weighs on both alike.
         for run in range(args.runs):
             for offset, (name, command) in enumerate(functions.items()):
                 init_ms, first_ms, envelope_id = cold_start(
-                    command, env, event_for_run(template, 2 * run + offset), run)
+                    command, env, event_for_run(template, len(functions) * run + offset), run)
                 results[name].append((init_ms, first_ms))
                 sent.add(envelope_id)
         missing = sent - queued_ids(sqs, queue_url, len(sent))
@@ -296,18 +304,23 @@ def main():
 
     median = {name: (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
               for name, rows in results.items()}
-    rust, python = median["rust"], median["python"]
-    size_kib = binary.stat().st_size // 1024
-    print(f"cold start, {args.runs} runs of each, interleaved; {machine()}")
-    print(f"rust:   {binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary}"
-          f" ({size_kib} KiB)")
-    print(f"python: Python {platform.python_version()} + boto3 {boto3.__version__}, "
+    python = median["python"]
+    print(f"cold start, {args.runs} runs of each, interleaved; {machine()}; "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+    for name, binary in zip(rust_names, binaries):
+        shown = binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary
+        print(f"{name + ':':<8}{shown} ({binary.stat().st_size // 1024} KiB)")
+    print(f"{'python:':<8}Python {platform.python_version()} + boto3 {boto3.__version__}, "
           f"{PYTHON_FUNCTION.relative_to(ROOT)}")
-    print(f"{'median':<10}{'init (exec -> next)':>22}{'first response':>18}")
-    print(f"{'rust':<10}{rust[0]:>19.1f} ms{rust[1]:>15.1f} ms")
-    print(f"{'python':<10}{python[0]:>19.1f} ms{python[1]:>15.1f} ms")
-    print(f"{'ratio':<10}{'1/' + format(python[0] / rust[0], '.0f'):>22}"
-          f"{'1/' + format(python[1] / rust[1], '.0f'):>18}   (rust/python)")
+    print(f"{'median':<10}{'init (exec -> next)':>22}{'first response':>18}"
+          f"{'init ratio':>14}{'response ratio':>16}")
+    for name in [*rust_names, "python"]:
+        init_ms, first_ms = median[name]
+        ratios = ("" if name == "python" else
+                  f"{'1/' + format(python[0] / init_ms, '.0f'):>14}"
+                  f"{'1/' + format(python[1] / first_ms, '.0f'):>16}")
+        print(f"{name:<10}{init_ms:>19.1f} ms{first_ms:>15.1f} ms{ratios}")
+    print("ratios: rust/python, medians of the same run")
     print(f"every answer 202, all {len(sent)} envelopes in the queue")
 
 

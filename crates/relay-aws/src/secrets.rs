@@ -1,6 +1,7 @@
 //! Secrets on Lambda: the template gives each function SSM Parameter Store *names*
-//! (`RELAY_<NAME>_PARAM=/crm-relay/...`), never values. At cold start each is fetched once,
-//! decrypted, and merged into the `RelayConfig` that `from_env` built, as if `RELAY_<NAME>` held it.
+//! (`RELAY_<NAME>_PARAM=/crm-relay/...`), never values. Once per process (at cold start, or
+//! on the first event for an ingest function) each is fetched, decrypted, and merged into the
+//! `RelayConfig` that `from_env` built, as if `RELAY_<NAME>` held it.
 //!
 //! The values are merged into the config rather than written back with `std::env::set_var`:
 //! by the time a `main` runs, the tokio runtime's threads exist, and setting the environment

@@ -1,8 +1,8 @@
 //! Lambda glue for the ingest functions: Function URL request -> `Ingress::handle` -> response.
 //! Nothing here decides about an event; it only moves bytes and headers between lambda_http
-//! and the transport-free `Ingress`.
+//! and the transport-free `Ingress`, which it builds on the first event (`LazyIngress`).
 
-use crate::resources::{app_ingress, FunctionResources};
+use crate::resources::{app_ingress, check_required_env, FunctionResources};
 use lambda_http::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{service_fn, Body, Request, Response};
@@ -11,6 +11,7 @@ use relay_core::event::Family;
 use relay_core::ingest::{IngestRequest, Ingress};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::OnceCell;
 
 /// The header SalesMan callers may use instead of `?token=`.
 pub const RELAY_TOKEN_HEADER: &str = "x-relay-token";
@@ -66,35 +67,82 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body>
     response
 }
 
-/// Serves one family's Function URL with an `Ingress` built once by the caller.
-pub async fn serve(family: Family, ingress: Arc<Ingress>) -> Result<(), lambda_http::Error> {
-    lambda_http::run(service_fn(move |request: Request| {
-        let ingress = Arc::clone(&ingress);
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                handle_function_url_request(&ingress, family, request).await,
-            )
-        }
-    }))
-    .await
+/// One family's `Ingress`, built by the first event that needs it rather than at cold start:
+/// the SDK configuration, the SSM round trip for the secrets and the TLS set-up are work the
+/// first event waits for either way, and left out of the init they do not hold up the
+/// runtime's first `next`. A build that fails (SSM throttled or down) answers that event 503,
+/// which the CRM retries, and the next event tries again.
+pub struct LazyIngress {
+    family: Family,
+    ingress: OnceCell<Ingress>,
 }
 
-/// Runs one family's ingest function: the queue (and, with RELAY_TABLE, the token store for
-/// installed apps) is built once per cold start, then every request goes to `serve`.
-pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
-    relay_core::logging::init_json_logs();
+impl LazyIngress {
+    /// Checks the environment now (a missing RELAY_QUEUE_URL, or RELAY_TABLE for the app
+    /// family, fails the cold start with its name); builds nothing.
+    pub fn from_env(family: Family) -> Result<Self, ConfigError> {
+        check_required_env(family == Family::App)?;
+        Ok(LazyIngress {
+            family,
+            ingress: OnceCell::new(),
+        })
+    }
+
+    /// The `Ingress`, built on the first call (concurrent first calls wait for one build).
+    pub async fn get(&self) -> Result<&Ingress, ConfigError> {
+        self.ingress
+            .get_or_try_init(|| build_ingress(self.family))
+            .await
+    }
+}
+
+/// The queue (and, with RELAY_TABLE, the token store for installed apps) behind one family's
+/// `Ingress`.
+async fn build_ingress(family: Family) -> Result<Ingress, ConfigError> {
     let FunctionResources {
         config,
         queue,
         store,
     } = FunctionResources::from_env().await?;
-    let ingress = match (family, store) {
+    Ok(match (family, store) {
         (Family::App, Some(store)) => app_ingress(config, queue, store)?,
-        (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE").into()),
+        (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE")),
         (_, Some(store)) => Ingress::new(queue, config).with_token_store(store),
         (_, None) => Ingress::new(queue, config),
-    };
-    serve(family, Arc::new(ingress)).await
+    })
+}
+
+/// One request on a lazily built `Ingress`: a failed build is logged (a `ConfigError` names
+/// variables and SDK failure kinds, never a secret) and answered 503, never 202.
+async fn handle_on_lazy_ingress(
+    lazy: &LazyIngress,
+    family: Family,
+    request: Request,
+) -> Response<Body> {
+    match lazy.get().await {
+        Ok(ingress) => handle_function_url_request(ingress, family, request).await,
+        Err(error) => {
+            tracing::error!(%error, "could not build the ingress; answering 503");
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "temporarily unavailable, retry later"}),
+            )
+        }
+    }
+}
+
+/// Runs one family's ingest function: the cold start checks the environment and goes straight
+/// to the runtime's first `next`; the first event builds the `Ingress` (`LazyIngress`).
+pub async fn run(family: Family) -> Result<(), lambda_http::Error> {
+    relay_core::logging::init_json_logs();
+    let lazy = Arc::new(LazyIngress::from_env(family)?);
+    lambda_http::run(service_fn(move |request: Request| {
+        let lazy = Arc::clone(&lazy);
+        async move {
+            Ok::<_, std::convert::Infallible>(handle_on_lazy_ingress(&lazy, family, request).await)
+        }
+    }))
+    .await
 }
 
 #[cfg(test)]
@@ -312,6 +360,30 @@ mod tests {
             let (response, queue) = invoke(&value.to_string()).await;
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{joined}");
             assert!(queue.sent().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ingress_that_cannot_be_built_answers_503_and_is_built_again_on_the_next_event() {
+        // No test sets RELAY_QUEUE_URL, so the build fails (as SSM down would) after
+        // `from_env`'s check has been passed by; the event must get a 5xx the CRM retries.
+        assert!(std::env::var("RELAY_QUEUE_URL").is_err());
+        let lazy = LazyIngress {
+            family: Family::Deal,
+            ingress: OnceCell::new(),
+        };
+        for _ in 0..2 {
+            let event = function_url_event(
+                "POST",
+                "token=local-dev-salesman-secret",
+                Some(SALESMAN_DEAL),
+                false,
+            );
+            let request = lambda_http::request::from_str(&event).unwrap();
+            let response = handle_on_lazy_ingress(&lazy, Family::Deal, request).await;
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert!(!response_json(&response).to_string().contains("RELAY_"));
+            assert!(!lazy.ingress.initialized(), "a failed build is not kept");
         }
     }
 

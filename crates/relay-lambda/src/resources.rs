@@ -68,6 +68,21 @@ pub fn app_ingress(
     Ok(parts.app_ingress(queue, AppStores::on(store), false, Some(wake)))
 }
 
+/// The variables a function cannot run without, read from the environment alone (no SDK, no
+/// SSM): a function that builds its clients lazily calls this at cold start, so one missing
+/// RELAY_QUEUE_URL (or RELAY_TABLE, where `needs_table`) still fails the start with its name
+/// instead of the first event.
+pub fn check_required_env(needs_table: bool) -> Result<(), ConfigError> {
+    let config = RelayConfig::from_env()?;
+    if config.queue_url.is_none() {
+        return Err(ConfigError::Missing("RELAY_QUEUE_URL"));
+    }
+    if needs_table && config.table.is_none() {
+        return Err(ConfigError::Missing("RELAY_TABLE"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +98,17 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert_eq!(error, "RELAY_QUEUE_URL is required");
+    }
+
+    #[test]
+    fn the_cold_start_check_names_the_missing_queue_url_before_any_client_exists() {
+        assert!(std::env::var("RELAY_QUEUE_URL").is_err());
+        for needs_table in [false, true] {
+            let error = check_required_env(needs_table)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(error, "RELAY_QUEUE_URL is required");
+        }
     }
 }
