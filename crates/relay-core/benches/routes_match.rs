@@ -11,13 +11,14 @@ use serde_json::Value;
 use std::hint::black_box;
 use std::time::Duration;
 
-const SEED_003: &str = include_str!("../../../events/routes/seed003.routes.json");
+const WAREHOUSE_ROUTES: &str = include_str!("../../../events/routes/warehouse.routes.json");
 const DEAL_MOVED: &str = include_str!("../../../events/routes/deal-moved.forwarded.json");
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn routes_benches(c: &mut Criterion) {
-    let routes = Routes::parse_with_env(SEED_003, "seed003", &|_| Some(SECRET.to_string()))
-        .expect("the sample routes file loads");
+    let routes =
+        Routes::parse_with_env(WAREHOUSE_ROUTES, "warehouse", &|_| Some(SECRET.to_string()))
+            .expect("the sample routes file loads");
     let body: Value = serde_json::from_str(DEAL_MOVED).expect("the sample body is JSON");
     let mut group = c.benchmark_group("routes");
     group.bench_function("baseline_serialize_body", |b| {

@@ -23,7 +23,7 @@ fn with_secret() -> Vec<(&'static str, String)> {
 
 #[test]
 fn check_prints_one_line_per_route_and_no_secret() {
-    let file = sample("seed003.routes.json");
+    let file = sample("warehouse.routes.json");
     let (ok, out, err) = relay(&with_secret(), &["routes", "check", &file]);
     assert!(ok, "{out}{err}");
     let lines: Vec<&str> = out.lines().collect();
@@ -48,7 +48,7 @@ fn check_prints_one_line_per_route_and_no_secret() {
 
 #[test]
 fn check_refuses_a_missing_secret_variable_unless_told_to_skip_env() {
-    let file = sample("seed003.routes.json");
+    let file = sample("warehouse.routes.json");
     let (ok, out, err) = relay(&[], &["routes", "check", &file]);
     assert!(!ok, "{out}");
     assert!(
@@ -101,7 +101,7 @@ fn check_lists_every_problem_with_its_line() {
 
 #[test]
 fn test_shows_which_routes_match_and_the_projected_bodies() {
-    let file = sample("seed003.routes.json");
+    let file = sample("warehouse.routes.json");
     let moved = sample("deal-moved.forwarded.json");
     let (ok, out, err) = relay(&with_secret(), &["routes", "test", &file, &moved]);
     assert!(ok, "{out}{err}");
@@ -140,7 +140,7 @@ fn test_refuses_a_body_that_is_not_a_json_object() {
     let dir = TempDir::new("routes-body");
     let body = dir.path().join("body.json");
     std::fs::write(&body, "[1, 2]").unwrap();
-    let file = sample("seed003.routes.json");
+    let file = sample("warehouse.routes.json");
     let body = body.display().to_string();
     let (ok, _, err) = run_relay(
         dir.path(),

@@ -6,7 +6,7 @@ use serde_json::json;
 /// 24 bytes: the Standard Webhooks specification's example secret.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-const SEED_003: &str = include_str!("../../../../events/routes/seed003.routes.json");
+const WAREHOUSE_ROUTES: &str = include_str!("../../../../events/routes/warehouse.routes.json");
 const DEAL_MOVED: &str = include_str!("../../../../events/routes/deal-moved.forwarded.json");
 const DEAL_NEW: &str = include_str!("../../../../events/routes/deal-new.forwarded.json");
 
@@ -74,8 +74,8 @@ fn the_sample_bodies_are_what_the_consumer_forwards() {
 }
 
 #[test]
-fn seed_003_skips_first_stage_deals_and_forwards_title_stage_and_amount() {
-    let routes = parse(SEED_003).unwrap();
+fn warehouse_routes_skip_first_stage_deals_and_forwards_title_stage_and_amount() {
+    let routes = parse(WAREHOUSE_ROUTES).unwrap();
     assert!(!routes.implicit);
     let names: Vec<&str> = routes.routes.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["warehouse", "stage-board"]);
@@ -143,7 +143,7 @@ fn the_readmes_worked_example_is_the_sample_file() {
         include_str!("../../../../README.ru.md"),
     ] {
         assert!(
-            readme.contains(SEED_003.trim_end()),
+            readme.contains(WAREHOUSE_ROUTES.trim_end()),
             "README lost the example"
         );
     }
