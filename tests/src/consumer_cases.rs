@@ -194,7 +194,7 @@ async fn outcomes(world: &World, event_id: &str) -> Vec<(String, Option<u16>)> {
         .await
         .expect("attempt log readable")
         .into_iter()
-        .map(|a| (a.outcome, a.status))
+        .map(|a| (a.outcome.as_str().to_string(), a.status))
         .collect()
 }
 
@@ -1256,7 +1256,7 @@ pub async fn destination_timeout_is_retried(ports: ConsumerPorts, probe: Arc<dyn
         .await
         .expect("attempts");
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome, "retry");
+    assert_eq!(attempts[0].outcome.as_str(), "retry");
     assert_eq!(attempts[0].status, None);
     assert_eq!(attempts[0].error.as_deref(), Some("timed out"));
 }

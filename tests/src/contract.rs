@@ -478,7 +478,7 @@ fn attempt(event_id: &str, at_ms: i64, status: Option<u16>, outcome: &str) -> At
         destination: "https://hooks.example/crm".into(),
         status,
         latency_ms: 12,
-        outcome: outcome.into(),
+        outcome: outcome.parse().expect("an outcome the consumer writes"),
         error: status
             .filter(|s| *s >= 500)
             .map(|s| format!("destination answered {s}")),

@@ -242,7 +242,7 @@ pub async fn one_destination_failing_for_an_hour_delays_only_itself(stores: Cons
         attempts
             .iter()
             .filter(|a| a.destination.starts_with(host))
-            .map(|a| a.outcome.clone())
+            .map(|a| a.outcome.as_str().to_string())
             .collect()
     };
     assert!(attempts
@@ -410,7 +410,7 @@ pub async fn a_single_destination_is_posted_inline(stores: ConsumerPorts) {
     assert!(other.received().is_empty());
     let attempts = stores.attempts.list(&events[0].id).await.expect("attempts");
     assert_eq!(attempts.len(), 1);
-    assert_eq!(attempts[0].outcome, "delivered");
+    assert_eq!(attempts[0].outcome.as_str(), "delivered");
     assert_eq!(attempts[0].route.as_deref(), Some("deals"));
 }
 

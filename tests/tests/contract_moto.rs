@@ -178,7 +178,7 @@ async fn the_aws_attempt_log_keeps_failures_only() {
         destination: "https://example.test/hook".into(),
         status: Some(if outcome == "retry" { 503 } else { 200 }),
         latency_ms: 5,
-        outcome: outcome.into(),
+        outcome: outcome.parse().expect("an outcome the consumer writes"),
         error: None,
         route: None,
     };
@@ -190,7 +190,7 @@ async fn the_aws_attempt_log_keeps_failures_only() {
         .await
         .unwrap()
         .into_iter()
-        .map(|a| a.outcome)
+        .map(|a| a.outcome.as_str().to_string())
         .collect();
     assert_eq!(kept, ["retry", "skipped"]);
 }

@@ -341,7 +341,7 @@ async fn a_blocked_method_waits_for_its_reset_without_parking_or_hammering() {
             .await
             .expect("attempts")
             .iter()
-            .filter(|a| a.outcome == "deferred")
+            .filter(|a| a.outcome.as_str() == "deferred")
             .count();
         if waits > 0 {
             assert_eq!(body["family"], "deal", "only the blocked method waits");

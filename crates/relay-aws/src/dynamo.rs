@@ -62,7 +62,7 @@ pub const DESTINATION_STATUS_TTL: Duration = Duration::from_secs(30);
 /// went wrong (retries, dead letters, disabled destinations, skipped duplicates): a
 /// delivery is the consumer's `delivered` log line and the Forwards metric, not a write per
 /// event. `relay attempts` then lists the failures before an event arrived.
-pub const DELIVERED_OUTCOME: &str = AttemptOutcome::Delivered.as_str();
+pub const DELIVERED_OUTCOME: AttemptOutcome = AttemptOutcome::Delivered;
 /// How long the attempt log keeps a delivery's history.
 pub const ATTEMPT_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
 
@@ -705,7 +705,7 @@ fn attempt_from(item: &Item) -> Result<Attempt, StoreError> {
             .transpose()?,
         latency_ms: u64::try_from(req_n(item, "latency_ms")?)
             .map_err(|_| StoreError::Corrupt("attempt latency is negative".into()))?,
-        outcome: req_s(item, "outcome")?,
+        outcome: req_s(item, "outcome")?.parse()?,
         error: opt_s(item, "error").map(str::to_string),
         route: opt_s(item, "route").map(str::to_string),
     })
@@ -733,7 +733,7 @@ impl AttemptLog for DynamoStore {
                 "latency_ms",
                 n(i64::try_from(attempt.latency_ms).unwrap_or(i64::MAX)),
             )
-            .item("outcome", s(&attempt.outcome))
+            .item("outcome", s(attempt.outcome.as_str()))
             .item(
                 TTL_ATTRIBUTE,
                 n(ttl_secs(attempt.at_ms + ATTEMPT_RETENTION_MS)),

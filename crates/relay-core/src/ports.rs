@@ -295,9 +295,8 @@ pub struct Attempt {
     /// HTTP status, if the destination answered at all.
     pub status: Option<u16>,
     pub latency_ms: u64,
-    /// An [`AttemptOutcome`] as stored (`AttemptOutcome::as_str`). Text, not the enum: the
-    /// log is read back as written, by `relay attempts`, including lines older builds wrote.
-    pub outcome: String,
+    /// Stored and shown as [`AttemptOutcome::as_str`].
+    pub outcome: AttemptOutcome,
     pub error: Option<String>,
     /// The route the attempt was for; `None` for steps before routing (the CRM fetch) and
     /// for attempts logged before routes existed.
@@ -308,7 +307,8 @@ pub struct Attempt {
 /// What one step did to an event, as the attempt log, `relay attempts` and the template's
 /// metric filters spell it. The consumer writes only these; the strings never change, since
 /// stored lines and dashboards hold them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AttemptOutcome {
     /// The destination answered 2xx (or the event went to `relay serve`'s outbox).
     Delivered,
@@ -329,6 +329,17 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 8] = [
+        AttemptOutcome::Delivered,
+        AttemptOutcome::Retry,
+        AttemptOutcome::Deferred,
+        AttemptOutcome::DeadLetter,
+        AttemptOutcome::Disabled,
+        AttemptOutcome::Skipped,
+        AttemptOutcome::Queued,
+        AttemptOutcome::Unmatched,
+    ];
+
     pub const fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Delivered => "delivered",
@@ -340,6 +351,18 @@ impl AttemptOutcome {
             AttemptOutcome::Queued => "queued",
             AttemptOutcome::Unmatched => "unmatched",
         }
+    }
+}
+
+impl std::str::FromStr for AttemptOutcome {
+    type Err = StoreError;
+
+    /// A stored outcome read back; a string no build writes is corrupt data, named.
+    fn from_str(stored: &str) -> Result<Self, StoreError> {
+        AttemptOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == stored)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown attempt outcome {stored:?}")))
     }
 }
 
@@ -444,9 +467,27 @@ mod tests {
             (AttemptOutcome::Queued, "queued"),
             (AttemptOutcome::Unmatched, "unmatched"),
         ];
+        assert_eq!(all.len(), AttemptOutcome::ALL.len());
         for (outcome, stored) in all {
             assert_eq!(outcome.as_str(), stored);
             assert_eq!(outcome.to_string(), stored);
+            assert_eq!(stored.parse::<AttemptOutcome>().ok(), Some(outcome));
+            assert_eq!(
+                serde_json::to_value(outcome).ok(),
+                Some(serde_json::json!(stored))
+            );
         }
+    }
+
+    #[test]
+    fn an_outcome_no_build_writes_reads_back_as_corrupt_data_naming_it() {
+        let error = "fanned_out"
+            .parse::<AttemptOutcome>()
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            error.as_deref(),
+            Some("stored data is corrupt: unknown attempt outcome \"fanned_out\"")
+        );
     }
 }

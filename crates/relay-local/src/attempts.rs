@@ -21,7 +21,7 @@ impl AttemptLog for SqliteStore {
                 a.destination,
                 a.status,
                 i64::try_from(a.latency_ms).unwrap_or(i64::MAX),
-                a.outcome,
+                a.outcome.as_str(),
                 a.error,
                 a.route,
             ),
@@ -46,7 +46,13 @@ impl AttemptLog for SqliteStore {
                         destination: row.get(2)?,
                         status: row.get(3)?,
                         latency_ms: row.get::<_, i64>(4)?.max(0) as u64,
-                        outcome: row.get(5)?,
+                        outcome: row.get::<_, String>(5)?.parse().map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                5,
+                                rusqlite::types::Type::Text,
+                                Box::new(e),
+                            )
+                        })?,
                         error: row.get(6)?,
                         route: row.get(7)?,
                     })

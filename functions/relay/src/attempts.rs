@@ -48,7 +48,7 @@ pub fn attempt_line(attempt: &Attempt) -> String {
     let mut line = format!(
         "  {}  {:<11} {:>4} {:>7} ms  {}",
         humantime::format_rfc3339_millis(at),
-        attempt.outcome,
+        attempt.outcome.as_str(),
         status,
         attempt.latency_ms,
         attempt.destination,
@@ -67,6 +67,7 @@ pub fn attempt_line(attempt: &Attempt) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay_core::ports::AttemptOutcome;
 
     #[test]
     fn attempt_line_shows_time_outcome_status_latency_destination_and_error() {
@@ -76,7 +77,7 @@ mod tests {
             destination: "http://127.0.0.1:9/hook".into(),
             status: Some(400),
             latency_ms: 35,
-            outcome: "dead_letter".into(),
+            outcome: AttemptOutcome::DeadLetter,
             error: Some("destination answered 400".into()),
             route: Some("won-deals".into()),
         });

@@ -104,7 +104,7 @@ async fn attempts_reads_the_dynamodb_attempt_log() {
                 destination: "https://example.test/hook".into(),
                 status,
                 latency_ms: 12,
-                outcome: outcome.into(),
+                outcome: outcome.parse().expect("an outcome the consumer writes"),
                 error: (outcome == "retry").then(|| "destination answered 503".to_string()),
                 route: Some("default".into()),
             })

@@ -69,7 +69,7 @@ impl<'a> AttemptLine<'a> {
             destination: self.destination.to_string(),
             status: self.status,
             latency_ms: self.latency_ms,
-            outcome: self.outcome.as_str().to_string(),
+            outcome: self.outcome,
             error: self.error,
             route: self.route.map(str::to_string),
         }
