@@ -1,3 +1,6 @@
+//! Tests of the routes file: parsing with line-numbered errors, secrets by reference, the
+//! warehouse example, and that the README shows exactly the file in `events/routes/`.
+
 use super::*;
 use crate::consume::{changes, forward_body, Forwarded};
 use crate::event::RelayEvent;

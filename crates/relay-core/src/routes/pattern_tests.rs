@@ -1,3 +1,6 @@
+//! Tests of EventBridge pattern matching, from the examples of the AWS EventBridge user guide
+//! ("Creating event patterns", content filtering) and event-ruler's README, plus edge cases.
+
 use super::*;
 use serde_json::json;
 
