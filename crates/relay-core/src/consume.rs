@@ -360,8 +360,7 @@ impl Consumer {
                 let work = async {
                     match self.fetch_state(event, prefetched, now_ms).await {
                         Ok(state) if remembered(event, &state) => {
-                            self.redelivered(message, event, state, Some(&claim), clock)
-                                .await
+                            self.redelivered(message, event, state, clock).await
                         }
                         Ok(state) if is_twin_of_delivered(event, &state) => {
                             self.skip_twin(event, state, now_ms).await
@@ -406,7 +405,7 @@ impl Consumer {
         clock: InBatch<'_>,
     ) -> Outcome {
         match self.fetch_state(event, prefetched, clock.now_ms).await {
-            Ok(state) => self.redelivered(message, event, state, None, clock).await,
+            Ok(state) => self.redelivered(message, event, state, clock).await,
             Err(StateFailure::Transient { retry_after }) => {
                 Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
@@ -448,15 +447,13 @@ impl Consumer {
 
     /// The news-only rule for an event that was already delivered: if the entity now differs
     /// from the stored snapshot, forward it as a new delivery whose webhook-id is the event id
-    /// plus the snapshot version it is news against; otherwise it is a duplicate. `held`: the
-    /// event's own claim, when it was free (the delivery is remembered by the snapshot); when
-    /// it was COMPLETED, the news is claimed under its own webhook-id.
+    /// plus the snapshot version it is news against, claimed under that webhook-id (so two
+    /// consumers never POST the same news at once); otherwise it is a duplicate.
     async fn redelivered(
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
         state: EntityState,
-        held: Option<&HeldClaim>,
         clock: InBatch<'_>,
     ) -> Outcome {
         let now_ms = clock.now_ms;
@@ -474,11 +471,6 @@ impl Consumer {
         }
         let webhook_id = redelivery_id(&event.id, previous.version);
         let snapshot_version = previous.version.saturating_add(1).max(event.ts);
-        if let Some(claim) = held {
-            tracing::info!(event_id = %event.id, %webhook_id, "redelivered event carries news; forwarding it");
-            let prepared = prepare(event, claim, &webhook_id, snapshot_version, state);
-            return self.route_body(message, event, prepared, now_ms).await;
-        }
         match self.claim(message, &webhook_id, clock).await {
             Err(outcome) => outcome,
             Ok(Err(_completed)) => self.skip_duplicate(event, now_ms).await,
