@@ -284,6 +284,7 @@ pub async fn snapshot_kinds_are_apart_and_delete_forgets_one(store: &dyn Snapsho
     let snap = |name: &str| Snapshot {
         entity: serde_json::json!({"ID": "5", "NAME": name}),
         version: 1,
+        delivered: Vec::new(),
     };
     store.save(&requisite, &snap("Requisite 5")).await.unwrap();
     store.save(&bankdetail, &snap("Bank 5")).await.unwrap();
@@ -302,20 +303,33 @@ pub async fn snapshot_kinds_are_apart_and_delete_forgets_one(store: &dyn Snapsho
     store.delete(&bankdetail).await.unwrap();
 }
 
-/// Save and load round-trip the entity exactly; an older version is Stale and changes nothing;
-/// the same version may be written again (a redelivery); a newer one replaces it.
+/// Save and load round-trip the entity and its delivered events exactly; an older version is
+/// Stale and changes nothing; the same version may be written again (a redelivery, or a twin
+/// added to the deliveries); a newer one replaces it.
 pub async fn snapshot_versions(store: &dyn SnapshotStore) {
     let key = snapshot_key(&unique("portal"), "7405");
     assert_eq!(store.load(&key).await.unwrap(), None);
-    let v2 = Snapshot {
+    let mut v2 = Snapshot {
         entity: serde_json::json!({"ID": "7405", "TITLE": "Сделка №1", "OPPORTUNITY": "100.00", "UF_CRM_1": ["a", null]}),
         version: 2,
+        delivered: Vec::new(),
     };
+    let retention = std::time::Duration::from_secs(7 * 86_400);
+    v2.remember(&"a".repeat(64), T0, retention);
+    assert_eq!(store.save(&key, &v2).await.unwrap(), SnapshotSave::Saved);
+    assert_eq!(store.load(&key).await.unwrap(), Some(v2.clone()));
+    v2.remember(&"b".repeat(64), T0 + 1_000, retention);
+    let loaded = store.load(&key).await.unwrap();
+    assert!(loaded
+        .as_ref()
+        .is_some_and(|s| s.remembers(&"a".repeat(64))));
+    assert!(loaded.is_some_and(|s| !s.remembers(&"b".repeat(64))));
     assert_eq!(store.save(&key, &v2).await.unwrap(), SnapshotSave::Saved);
     assert_eq!(store.load(&key).await.unwrap(), Some(v2.clone()));
     let v1 = Snapshot {
         entity: serde_json::json!({"ID": "7405", "TITLE": "old"}),
         version: 1,
+        delivered: Vec::new(),
     };
     assert_eq!(store.save(&key, &v1).await.unwrap(), SnapshotSave::Stale);
     assert_eq!(
@@ -327,6 +341,7 @@ pub async fn snapshot_versions(store: &dyn SnapshotStore) {
     let v3 = Snapshot {
         entity: serde_json::json!({"ID": "7405", "TITLE": "new"}),
         version: 3,
+        delivered: Vec::new(),
     };
     assert_eq!(store.save(&key, &v3).await.unwrap(), SnapshotSave::Saved);
     assert_eq!(store.load(&key).await.unwrap(), Some(v3));
@@ -339,6 +354,7 @@ pub async fn snapshot_delete_portal(store: &dyn SnapshotStore) {
     let snap = Snapshot {
         entity: serde_json::json!({"ID": "1"}),
         version: 1,
+        delivered: Vec::new(),
     };
     let mine = [snapshot_key(&portal, "1"), snapshot_key(&portal, "2")];
     let neighbour = snapshot_key(&format!("{portal}x"), "1");

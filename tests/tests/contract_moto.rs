@@ -110,6 +110,7 @@ async fn snapshots_carry_their_expiry_from_the_last_write() {
     let snap = Snapshot {
         entity: serde_json::json!({"ID": "1"}),
         version: 1,
+        delivered: Vec::new(),
     };
     let before = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -149,6 +150,7 @@ async fn a_portal_with_many_snapshots_is_forgotten_page_by_page() {
     let snap = Snapshot {
         entity: serde_json::json!({"ID": "x"}),
         version: 1,
+        delivered: Vec::new(),
     };
     let count = 230;
     for id in 0..count {

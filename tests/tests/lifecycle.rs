@@ -306,6 +306,7 @@ async fn uninstall_with_a_wrong_token_is_refused() {
             &Snapshot {
                 entity: json!({"ID": "7"}),
                 version: 1,
+                delivered: Vec::new(),
             },
         )
         .await
@@ -386,6 +387,7 @@ async fn an_uninstall_cut_short_still_authenticates_its_retry() {
     let snap = Snapshot {
         entity: json!({"ID": "8"}),
         version: 1,
+        delivered: Vec::new(),
     };
     s.snapshots.save(&key, &snap).await.unwrap();
     let verifier = AppInfoVerifier::new(

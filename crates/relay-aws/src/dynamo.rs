@@ -22,8 +22,9 @@ use aws_sdk_dynamodb::Client;
 use relay_core::error::StoreError;
 use relay_core::event::Source;
 use relay_core::ports::{
-    Attempt, AttemptLog, AttemptOutcome, BindPlanStore, Claim, DedupStore, DestinationStatus,
-    Ownership, PortalTokens, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore, TokenStore,
+    Attempt, AttemptLog, AttemptOutcome, BindPlanStore, Claim, DedupStore, DeliveredEvent,
+    DestinationStatus, Ownership, PortalTokens, Snapshot, SnapshotKey, SnapshotSave, SnapshotStore,
+    TokenStore,
 };
 use relay_core::secret::Secret;
 use sha2::{Digest, Sha256};
@@ -473,6 +474,7 @@ impl SnapshotStore for DynamoStore {
         Ok(Some(Snapshot {
             entity: entity_from(&item)?,
             version: req_n(&item, "version")?,
+            delivered: delivered_from(&item)?,
         }))
     }
 
@@ -492,6 +494,7 @@ impl SnapshotStore for DynamoStore {
             // paid on each write.
             .item("entity", entity_value(&snapshot.entity))
             .item("version", n(snapshot.version))
+            .item("delivered", delivered_value(&snapshot.delivered)?)
             .condition_expression("attribute_not_exists(pk) OR version <= :version")
             .expression_attribute_values(":version", n(snapshot.version));
         if let Some(ttl) = self.snapshot_ttl {
@@ -572,6 +575,23 @@ fn entity_from(item: &Item) -> Result<serde_json::Value, StoreError> {
         _ => return Err(StoreError::Corrupt("snapshot lacks its entity".into())),
     };
     parsed.map_err(|e| StoreError::Corrupt(format!("snapshot entity is not JSON: {e}")))
+}
+
+/// The events last delivered about an entity, as one JSON text: a few dozen bytes each, in
+/// the same write as the snapshot.
+fn delivered_value(delivered: &[DeliveredEvent]) -> Result<AttributeValue, StoreError> {
+    serde_json::to_string(delivered)
+        .map(AttributeValue::S)
+        .map_err(|e| StoreError::Corrupt(format!("delivered events not serialisable: {e}")))
+}
+
+/// Absent on snapshots written before a snapshot recorded its deliveries.
+fn delivered_from(item: &Item) -> Result<Vec<DeliveredEvent>, StoreError> {
+    match opt_s(item, "delivered") {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| StoreError::Corrupt(format!("snapshot's delivered events: {e}"))),
+    }
 }
 
 /// The TTL of a snapshot written at `now_secs`: `ttl` after its last change.

@@ -2,13 +2,17 @@
 //! For each event: claim its dedup key, then three typed stages, as svix-server splits its
 //! dispatch: `prepare` (fetch the entity, diff it against the last snapshot: a
 //! `PreparedDelivery`), `dispatch` (sign and POST it to each destination its routes name,
-//! through `fanout` when there are several: a `ForwardResult`), `settle` (save the snapshot and
-//! complete the claim, or park: the message's `Outcome`). Each stage writes its `attempts` line.
+//! through `fanout` when there are several: a `ForwardResult`), `settle` (save the snapshot
+//! with the event among its deliveries, or park: the message's `Outcome`). Each stage writes
+//! its `attempts` line.
 //!
-//! One event, one POST in flight: a claim (`claim`) carries an owner token and a lease that a heartbeat
-//! renews (with the message's invisibility) while the event is worked on, and a batch does not
-//! start a message when less than a whole forward's time is left. A batch's FIFO groups run
-//! side by side (`groups`), each in order, so a batch costs about one round trip, not ten.
+//! One event, one POST in flight: a claim (`claim`) carries an owner token and a lease that a
+//! heartbeat renews (with the message's invisibility) while the event is worked on, and a
+//! batch does not start a message when less than a whole forward's time is left. The
+//! snapshot written after the POST carries the entity's last delivered event ids, so it is
+//! also the record that the event was delivered: claim and snapshot are the two writes of a
+//! delivery (an event with no snapshot completes its claim instead). A batch's FIFO groups
+//! run side by side (`groups`), each in order, so a batch costs about one round trip, not ten.
 //!
 //! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
 //! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
@@ -24,7 +28,7 @@ use crate::event::{RelayEvent, ENVELOPE_VERSION};
 use crate::forward::{RetrySchedule, Signer, FORWARD_TIMEOUT};
 use crate::ports::{
     AttemptLog, AttemptOutcome, Bitrix24Rest, DedupStore, DestinationStatus, Outbox, Queue,
-    QueueMessage, SnapshotStore, TokenStore,
+    QueueMessage, SnapshotKey, SnapshotStore, TokenStore,
 };
 use crate::routes::Routes;
 use std::sync::Arc;
@@ -44,7 +48,8 @@ use groups::Pending;
 pub use prepare::{changes, forward_body, Forwarded};
 use prepare::{is_twin_of_delivered, prepare, EntityState, StateFailure};
 
-/// How long a COMPLETED record keeps answering "already delivered". Bitrix24 offline events
+/// How long a COMPLETED record (or a snapshot's delivered id) keeps answering "already
+/// delivered". Bitrix24 offline events
 /// and `relay replay` can bring an event back days later; SQS's own dedup lasts 5 minutes.
 pub const DEDUP_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
@@ -329,6 +334,10 @@ impl Consumer {
         remaining.saturating_sub(elapsed) >= self.forward_timeout + DEADLINE_MARGIN
     }
 
+    /// One event: claimed, then its state (the CRM's entity and its snapshot); an event the
+    /// snapshot lists as delivered takes the news-only rule, a twin is skipped, any other is
+    /// delivered. An event whose claim is COMPLETED (an event with no snapshot) takes the
+    /// news-only rule too.
     async fn process_one(
         &self,
         message: &QueueMessage,
@@ -336,52 +345,120 @@ impl Consumer {
         prefetched: &Prefetched,
         clock: InBatch<'_>,
     ) -> Outcome {
+        let now_ms = clock.now_ms;
         match self.claim(message, &event.id, clock).await {
-            Err(outcome) => outcome,
+            // The claim of a delivery that saved its snapshot lapses with its lease; until it
+            // does, the snapshot says the event was delivered.
+            Err(outcome) => match self.snapshot_remembers(event).await {
+                true => {
+                    self.redelivered_unclaimed(message, event, prefetched, clock)
+                        .await
+                }
+                false => outcome,
+            },
             Ok(Ok(claim)) => {
                 let work = async {
-                    match self.fetch_state(event, prefetched, clock.now_ms).await {
+                    match self.fetch_state(event, prefetched, now_ms).await {
+                        Ok(state) if remembered(event, &state) => {
+                            self.redelivered(message, event, state, clock).await
+                        }
                         Ok(state) if is_twin_of_delivered(event, &state) => {
-                            self.skip_twin(event, &claim, &state, clock.now_ms).await
+                            self.skip_twin(event, state, now_ms).await
                         }
                         Ok(state) => {
                             let prepared = prepare(event, &claim, &event.id, event.ts, state);
-                            self.route_body(message, event, prepared, clock.now_ms)
-                                .await
+                            self.route_body(message, event, prepared, now_ms).await
+                        }
+                        Err(StateFailure::Refused(reason)) => {
+                            self.refused(message, event, &claim, reason, now_ms).await
                         }
                         Err(failure) => {
-                            self.state_unavailable(message, event, &claim, failure, clock.now_ms)
+                            self.state_unavailable(message, event, &claim, failure, now_ms)
                                 .await
                         }
                     }
                 };
                 self.while_holding(message, &claim, clock, work).await
             }
-            Ok(Err(_completed)) => self.redelivered(message, event, prefetched, clock).await,
+            Ok(Err(_completed)) => {
+                self.redelivered_unclaimed(message, event, prefetched, clock)
+                    .await
+            }
         }
     }
 
-    /// The news-only rule for an id that was already delivered: fetch the entity again; if it
-    /// differs from the stored snapshot, forward it as a new delivery whose webhook-id is the
-    /// event id plus the snapshot version it is news against; otherwise it is a duplicate.
-    async fn redelivered(
+    /// Whether the entity's snapshot lists `event` as delivered; a store error says no.
+    async fn snapshot_remembers(&self, event: &RelayEvent) -> bool {
+        let Some(key) = SnapshotKey::of(event) else {
+            return false;
+        };
+        matches!(self.ports.snapshots.load(&key).await, Ok(Some(s)) if s.remembers(&event.id))
+    }
+
+    /// The news-only rule for a delivered event whose own claim is not ours (COMPLETED, or
+    /// the lapsing claim of the delivery its snapshot remembers).
+    async fn redelivered_unclaimed(
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
         prefetched: &Prefetched,
         clock: InBatch<'_>,
     ) -> Outcome {
-        let state = match self.fetch_state(event, prefetched, clock.now_ms).await {
-            Ok(state) => state,
+        match self.fetch_state(event, prefetched, clock.now_ms).await {
+            Ok(state) => self.redelivered(message, event, state, clock).await,
             Err(StateFailure::Transient { retry_after }) => {
-                return Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
+                Outcome::RetryAfter(self.schedule.delay(message.receive_count, retry_after))
             }
-            Err(StateFailure::Blocked { wait }) => return Outcome::Defer(wait),
+            Err(StateFailure::Blocked { wait }) => Outcome::Defer(wait),
             // The event itself was delivered; a refused re-fetch only means no news.
-            Err(StateFailure::Refused(_)) => return self.skip_duplicate(event, clock.now_ms).await,
+            Err(StateFailure::Refused(_)) => self.skip_duplicate(event, clock.now_ms).await,
+        }
+    }
+
+    /// The CRM refused the entity: a duplicate if the entity's snapshot lists the event as
+    /// delivered (a refused re-fetch only means no news), else parked.
+    async fn refused(
+        &self,
+        message: &QueueMessage,
+        event: &RelayEvent,
+        claim: &HeldClaim,
+        reason: String,
+        now_ms: i64,
+    ) -> Outcome {
+        let snapshot = match SnapshotKey::of(event) {
+            None => Ok(None),
+            Some(key) => self.ports.snapshots.load(&key).await,
         };
+        match snapshot {
+            Ok(Some(snapshot)) if snapshot.remembers(&event.id) => {
+                self.skip_duplicate(event, now_ms).await
+            }
+            Ok(_) => {
+                let failure = StateFailure::Refused(reason);
+                self.state_unavailable(message, event, claim, failure, now_ms)
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(event_id = %event.id, error = %e, "snapshot store unavailable");
+                Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
+            }
+        }
+    }
+
+    /// The news-only rule for an event that was already delivered: if the entity now differs
+    /// from the stored snapshot, forward it as a new delivery whose webhook-id is the event id
+    /// plus the snapshot version it is news against, claimed under that webhook-id (so two
+    /// consumers never POST the same news at once); otherwise it is a duplicate.
+    async fn redelivered(
+        &self,
+        message: &QueueMessage,
+        event: &RelayEvent,
+        state: EntityState,
+        clock: InBatch<'_>,
+    ) -> Outcome {
+        let now_ms = clock.now_ms;
         let Some(previous) = state.previous.as_ref() else {
-            return self.skip_duplicate(event, clock.now_ms).await;
+            return self.skip_duplicate(event, now_ms).await;
         };
         // Only a fetched entity that differs is news; an entity the CRM no longer gives (or
         // that cannot be read) says nothing new about a delivered event.
@@ -390,17 +467,17 @@ impl Consumer {
             .entity()
             .is_none_or(|entity| *entity == previous.entity)
         {
-            return self.skip_duplicate(event, clock.now_ms).await;
+            return self.skip_duplicate(event, now_ms).await;
         }
         let webhook_id = redelivery_id(&event.id, previous.version);
         let snapshot_version = previous.version.saturating_add(1).max(event.ts);
         match self.claim(message, &webhook_id, clock).await {
             Err(outcome) => outcome,
-            Ok(Err(_completed)) => self.skip_duplicate(event, clock.now_ms).await,
+            Ok(Err(_completed)) => self.skip_duplicate(event, now_ms).await,
             Ok(Ok(claim)) => {
                 tracing::info!(event_id = %event.id, %webhook_id, "redelivered event carries news; forwarding it");
                 let prepared = prepare(event, &claim, &webhook_id, snapshot_version, state);
-                let work = self.route_body(message, event, prepared, clock.now_ms);
+                let work = self.route_body(message, event, prepared, now_ms);
                 self.while_holding(message, &claim, clock, work).await
             }
         }
@@ -415,14 +492,9 @@ impl Consumer {
     }
 
     /// A twin (see [`TWIN_WINDOW_S`]) is not forwarded: the receiver already has this exact
-    /// state. Its claim is completed, so a redelivery of it takes the news-only path.
-    async fn skip_twin(
-        &self,
-        event: &RelayEvent,
-        claim: &HeldClaim,
-        state: &EntityState,
-        now_ms: i64,
-    ) -> Outcome {
+    /// state. It is added to the snapshot's deliveries, so a redelivery of it takes the
+    /// news-only path.
+    async fn skip_twin(&self, event: &RelayEvent, state: EntityState, now_ms: i64) -> Outcome {
         let delivered_ts = state.previous.as_ref().map_or(0, |s| s.version);
         tracing::info!(event_id = %event.id, event_ts = event.ts, delivered_ts,
             "same state as the delivery stamped within the twin window; not forwarded");
@@ -431,9 +503,20 @@ impl Consumer {
                 "twin of the delivery stamped {delivered_ts}: the entity has not changed since"
             ));
         self.record(line).await;
-        self.complete_claim(claim, now_ms).await;
+        if let (Some(key), Some(mut previous)) = (state.snapshot_key, state.previous) {
+            previous.remember(&event.id, now_ms, DEDUP_RETENTION);
+            self.save_snapshot(event, &key, &previous).await;
+        }
         Outcome::Done
     }
+}
+
+/// Whether the entity's snapshot lists `event` among its deliveries.
+fn remembered(event: &RelayEvent, state: &EntityState) -> bool {
+    state
+        .previous
+        .as_ref()
+        .is_some_and(|previous| previous.remembers(&event.id))
 }
 
 /// The queue body as an envelope this build understands.

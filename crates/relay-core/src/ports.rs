@@ -177,13 +177,60 @@ pub enum Ownership {
     Lost,
 }
 
-/// The last enriched state of an entity, for `changes`.
-#[derive(Clone, Debug, PartialEq)]
+/// The last enriched state of an entity, for `changes`, and the events last delivered about
+/// it: the snapshot write after a POST is also the record that the event was delivered, so a
+/// delivery on the happy path costs one write.
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Snapshot {
     /// The entity exactly as the CRM answered (no CRM token is ever in it).
     pub entity: serde_json::Value,
     /// Orders snapshots: the envelope `ts` of the event that produced it.
     pub version: i64,
+    /// The last [`DELIVERED_KEPT`] events delivered about this entity, oldest first.
+    pub delivered: Vec<DeliveredEvent>,
+}
+
+/// How many delivered event ids a snapshot keeps. FIFO hands out an entity's events one at a
+/// time, so a redelivery (a retried batch, an offline copy of the same id, `relay replay`)
+/// comes back within the entity's last few deliveries.
+pub const DELIVERED_KEPT: usize = 8;
+
+/// The part of an event id a snapshot keeps: 32 hex digits (128 bits) of the SHA-256 name one
+/// event among an entity's last few without a collision, in half the bytes billed per write.
+const DELIVERED_ID_CHARS: usize = 32;
+
+/// One event delivered about an entity: (a prefix of) its id and when it was delivered.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeliveredEvent {
+    pub id: String,
+    /// Unix seconds of the delivery.
+    pub at: i64,
+}
+
+fn kept_id(id: &str) -> &str {
+    id.char_indices()
+        .nth(DELIVERED_ID_CHARS)
+        .map_or(id, |(end, _)| &id[..end])
+}
+
+impl Snapshot {
+    /// Whether the event `id` was delivered about this entity within its last deliveries.
+    pub fn remembers(&self, id: &str) -> bool {
+        let id = kept_id(id);
+        self.delivered.iter().any(|d| d.id == id)
+    }
+
+    /// Adds `id` as delivered at `now_ms`, keeping the last [`DELIVERED_KEPT`] deliveries of
+    /// the last `retention` (as long as a dedup record answers "already delivered").
+    pub fn remember(&mut self, id: &str, now_ms: i64, retention: std::time::Duration) {
+        let now = now_ms.div_euclid(1000);
+        let oldest = now.saturating_sub(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX));
+        let id = kept_id(id).to_string();
+        self.delivered.retain(|d| d.at > oldest && d.id != id);
+        self.delivered.push(DeliveredEvent { id, at: now });
+        let excess = self.delivered.len().saturating_sub(DELIVERED_KEPT);
+        self.delivered.drain(..excess);
+    }
 }
 
 /// One entity's snapshot. The kind is part of it: a family holds kinds with separate id

@@ -36,7 +36,8 @@ pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = relay_core::forward::DEFAULT_MAX_RECE
 /// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index
 /// (`queue::index_group_heads`); `portals.server_endpoint`.
 /// 3: `snapshots.changed_at_ms`, so snapshots expire as DynamoDB's TTL expires them.
-const SCHEMA_VERSION: i64 = 3;
+/// 4: `snapshots.delivered`, the events last delivered about the entity.
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
@@ -79,6 +80,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     entity TEXT NOT NULL,
     version INTEGER NOT NULL
     -- changed_at_ms: added by snapshots::add_change_time (schema 3)
+    -- delivered: added at schema 4 (JSON, the events last delivered about the entity)
 );
 CREATE INDEX IF NOT EXISTS snapshots_portal ON snapshots(source, portal);
 CREATE TABLE IF NOT EXISTS portals (
@@ -287,6 +289,7 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     add_column_if_missing(&tx, "attempts", "route", "TEXT")?;
     queue::index_group_heads(&tx)?;
     snapshots::add_change_time(&tx, unix_ms_now())?;
+    add_column_if_missing(&tx, "snapshots", "delivered", "TEXT NOT NULL DEFAULT '[]'")?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
     tx.commit().map_err(db("schema: commit"))

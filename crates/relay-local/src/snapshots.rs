@@ -44,19 +44,27 @@ impl SnapshotStore for SqliteStore {
         let pk = key.pk();
         let since = live_since(unix_ms_now(), self.snapshot_ttl_ms());
         self.with_reader(move |conn| {
-            let row: Option<(String, i64)> = conn
+            let row: Option<(String, i64, String)> = conn
                 .query_row(
-                    "SELECT entity, version FROM snapshots WHERE pk = ?1 AND changed_at_ms >= ?2",
+                    "SELECT entity, version, delivered FROM snapshots
+                     WHERE pk = ?1 AND changed_at_ms >= ?2",
                     params![pk, since],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                 )
                 .optional()
                 .map_err(db("snapshot load"))?;
-            row.map(|(entity, version)| {
+            row.map(|(entity, version, delivered)| {
                 let entity = serde_json::from_str(&entity).map_err(|e| {
                     StoreError::Corrupt(format!("snapshot entity is not JSON: {e}"))
                 })?;
-                Ok(Snapshot { entity, version })
+                let delivered = serde_json::from_str(&delivered).map_err(|e| {
+                    StoreError::Corrupt(format!("snapshot's delivered events: {e}"))
+                })?;
+                Ok(Snapshot {
+                    entity,
+                    version,
+                    delivered,
+                })
             })
             .transpose()
         })
@@ -70,6 +78,8 @@ impl SnapshotStore for SqliteStore {
     ) -> Result<SnapshotSave, StoreError> {
         let (pk, source, portal) = (key.pk(), key.source.as_str(), key.portal.clone());
         let (entity, version) = (snapshot.entity.to_string(), snapshot.version);
+        let delivered = serde_json::to_string(&snapshot.delivered)
+            .map_err(|e| StoreError::Corrupt(format!("delivered events not serialisable: {e}")))?;
         let now_ms = unix_ms_now();
         let since = live_since(now_ms, self.snapshot_ttl_ms());
         self.with_conn(move |conn| {
@@ -83,13 +93,15 @@ impl SnapshotStore for SqliteStore {
             .map_err(db("snapshot expire"))?;
             let written = conn
                 .execute(
-                    "INSERT INTO snapshots (pk, source, portal, entity, version, changed_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                    "INSERT INTO snapshots
+                        (pk, source, portal, entity, version, changed_at_ms, delivered)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (pk) DO UPDATE
                         SET entity = excluded.entity, version = excluded.version,
-                            changed_at_ms = excluded.changed_at_ms
+                            changed_at_ms = excluded.changed_at_ms,
+                            delivered = excluded.delivered
                         WHERE snapshots.version <= excluded.version",
-                    params![pk, source, portal, entity, version, now_ms],
+                    params![pk, source, portal, entity, version, now_ms, delivered],
                 )
                 .map_err(db("snapshot save"))?;
             Ok(if written == 1 {
@@ -169,6 +181,7 @@ mod tests {
         let snap = Snapshot {
             entity: serde_json::json!({"ID": "1"}),
             version: 1,
+            delivered: Vec::new(),
         };
         assert_eq!(
             store.save(&deal("1"), &snap).await.unwrap(),

@@ -35,11 +35,13 @@ pub(super) enum StateFailure {
 }
 
 /// The snapshot a delivery leaves behind once delivered (`settle`): the entity as forwarded,
-/// under the version the delivery stands for (or, for a delete, the snapshot removed).
+/// under the version the delivery stands for (or, for a delete, the snapshot removed), with
+/// the event added to the deliveries of the snapshot it was diffed against (`previous`).
 pub(super) struct SnapshotToSave {
     pub(super) key: Option<SnapshotKey>,
     pub(super) enriched: Enriched,
     pub(super) version: i64,
+    pub(super) previous: Option<Snapshot>,
 }
 
 /// A claimed event ready to go out: what `dispatch` sends and `settle` completes.
@@ -140,13 +142,13 @@ pub(super) fn prepare<'a>(
         snapshot_key,
         previous,
     } = state;
-    let previous = previous.map(|s| s.entity);
-    let changes = changes(previous.as_ref(), enriched.entity());
+    let previous_entity = previous.as_ref().map(|s| &s.entity);
+    let changes = changes(previous_entity, enriched.entity());
     let body = forward_body(
         event,
         &Forwarded {
             entity: enriched.entity(),
-            previous: previous.as_ref(),
+            previous: previous_entity,
             deleted: enriched == Enriched::Deleted,
             first_seen: snapshot_key.is_some() && previous.is_none(),
             enrichment: enriched.note(),
@@ -160,6 +162,7 @@ pub(super) fn prepare<'a>(
             key: snapshot_key,
             enriched,
             version: snapshot_version,
+            previous,
         },
         claim,
     }

@@ -1,12 +1,13 @@
 //! Last stage of a delivery: settle. What the dispatch came to becomes the message's
-//! `Outcome`: a delivery saves its snapshot and completes its claim; a refusal parks the
-//! message in the dead-letter queue and releases the claim for `relay replay`.
+//! `Outcome`: a delivery is recorded by one write (its snapshot, which keeps the entity's last
+//! delivered event ids, or the claim completed for an event with no snapshot); a refusal parks
+//! the message in the dead-letter queue and releases the claim for `relay replay`.
 
 use super::prepare::SnapshotToSave;
 use super::{Consumer, HeldClaim, Outcome, DEDUP_RETENTION};
 use crate::enrich::Enriched;
 use crate::event::RelayEvent;
-use crate::ports::{Ownership, QueueMessage, Snapshot, SnapshotSave};
+use crate::ports::{Ownership, QueueMessage, Snapshot, SnapshotKey, SnapshotSave};
 
 impl Consumer {
     /// A message no retry can fix goes to the DLQ at once instead of blocking its group.
@@ -48,9 +49,14 @@ impl Consumer {
         outcome
     }
 
-    /// After a delivery: the new snapshot (never over a newer one), or for a delete the
-    /// snapshot removed, then COMPLETED. None of it failing undoes the delivery, so each only
-    /// warns; a lost COMPLETED at worst re-forwards with the same `webhook-id`.
+    /// After a delivery, one write records it: the new snapshot (never over a newer one) with
+    /// the event among its deliveries; for an older event, or one the CRM answered without an
+    /// entity, the stored snapshot with the event added. Where no snapshot stands for the
+    /// entity (a delete removes it; an event about no entity, or whose entity the CRM did not
+    /// give, has none), the claim is completed instead. A claim left IN_PROGRESS by a saved
+    /// snapshot lapses with its lease; a redelivery then finds the event in the snapshot.
+    /// None of it failing undoes the delivery, so each only warns; a lost write at worst
+    /// re-forwards with the same `webhook-id`, which the receiver drops.
     pub(super) async fn finish_delivered(
         &self,
         event: &RelayEvent,
@@ -58,26 +64,61 @@ impl Consumer {
         snapshot: SnapshotToSave,
         now_ms: i64,
     ) -> Outcome {
-        if let (Some(key), Enriched::Deleted) = (&snapshot.key, &snapshot.enriched) {
-            if let Err(e) = self.ports.snapshots.delete(key).await {
+        let SnapshotToSave {
+            key,
+            enriched,
+            version,
+            previous,
+        } = snapshot;
+        let Some(key) = key else {
+            self.complete_claim(claim, now_ms).await;
+            return Outcome::Done;
+        };
+        if enriched == Enriched::Deleted {
+            if let Err(e) = self.ports.snapshots.delete(&key).await {
                 tracing::warn!(event_id = %event.id, error = %e, "snapshot of a deleted entity not removed");
             }
+            self.complete_claim(claim, now_ms).await;
+            return Outcome::Done;
         }
-        if let (Some(key), Some(entity)) = (snapshot.key, snapshot.enriched.into_entity()) {
-            let saved = Snapshot {
+        let mut saved = match (enriched.into_entity(), previous) {
+            (Some(entity), Some(previous)) if version >= previous.version => Snapshot {
                 entity,
-                version: snapshot.version,
-            };
-            match self.ports.snapshots.save(&key, &saved).await {
-                Ok(SnapshotSave::Saved) => {}
-                Ok(SnapshotSave::Stale) => {
-                    tracing::info!(event_id = %event.id, "a newer snapshot is stored; kept it")
-                }
-                Err(e) => tracing::warn!(event_id = %event.id, error = %e, "snapshot not saved"),
+                version,
+                delivered: previous.delivered,
+            },
+            // A late event: the stored state is newer, and stays.
+            (_, Some(previous)) => previous,
+            (Some(entity), None) => Snapshot {
+                entity,
+                version,
+                delivered: Vec::new(),
+            },
+            (None, None) => {
+                self.complete_claim(claim, now_ms).await;
+                return Outcome::Done;
             }
-        }
-        self.complete_claim(claim, now_ms).await;
+        };
+        saved.remember(&event.id, now_ms, DEDUP_RETENTION);
+        self.save_snapshot(event, &key, &saved).await;
         Outcome::Done
+    }
+
+    /// Saves a snapshot after its event was dealt with; a failure only warns (see
+    /// `finish_delivered`).
+    pub(super) async fn save_snapshot(
+        &self,
+        event: &RelayEvent,
+        key: &SnapshotKey,
+        saved: &Snapshot,
+    ) {
+        match self.ports.snapshots.save(key, saved).await {
+            Ok(SnapshotSave::Saved) => {}
+            Ok(SnapshotSave::Stale) => {
+                tracing::info!(event_id = %event.id, "a newer snapshot is stored; kept it")
+            }
+            Err(e) => tracing::warn!(event_id = %event.id, error = %e, "snapshot not saved"),
+        }
     }
 
     /// Marks the claim COMPLETED for [`DEDUP_RETENTION`], if this consumer still owns it.
