@@ -6,7 +6,7 @@
 mod criterion_output;
 use async_trait::async_trait;
 use criterion::Criterion;
-use criterion_output::{criterion_dir, mean_ns};
+use criterion_output::print_ratios;
 use hmac::{Hmac, Mac};
 use relay_core::config::{AppTokens, RelayConfig};
 use relay_core::error::StoreError;
@@ -127,39 +127,20 @@ fn signing_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Criterion's point estimate (mean, ns) for one bench, from its own output files.
-fn print_ratios() {
-    let Some(dir) = criterion_dir() else {
-        println!("ratios: no criterion output found");
-        return;
-    };
-    println!("\nratios against the baseline of the same run (mean time, lower is cheaper):");
-    for (group, baseline, benches) in [
-        (
-            "ingress",
-            "baseline_split_form_pairs",
-            &["decode_php_form", "handle_bitrix24_form"][..],
-        ),
-        ("envelope", "baseline_sha256_of_body", &["envelope_id"][..]),
-        (
-            "signing",
-            "baseline_bare_hmac_sha256",
-            &["signature_header"][..],
-        ),
-    ] {
-        let Some(base) = mean_ns(&dir, group, baseline) else {
-            continue;
-        };
-        for bench in benches {
-            if let Some(mean) = mean_ns(&dir, group, bench) {
-                println!(
-                    "  {group}/{bench}: {:.1}x {baseline} ({mean:.0} ns vs {base:.0} ns)",
-                    mean / base
-                );
-            }
-        }
-    }
-}
+/// The hot paths, each against the baseline of its group.
+const RATIOS: &[criterion_output::RatioGroup<'static>] = &[
+    (
+        "ingress",
+        "baseline_split_form_pairs",
+        &["decode_php_form", "handle_bitrix24_form"],
+    ),
+    ("envelope", "baseline_sha256_of_body", &["envelope_id"]),
+    (
+        "signing",
+        "baseline_bare_hmac_sha256",
+        &["signature_header"],
+    ),
+];
 
 fn main() {
     let mut criterion = Criterion::default()
@@ -170,5 +151,5 @@ fn main() {
     envelope_benches(&mut criterion);
     signing_benches(&mut criterion);
     criterion.final_summary();
-    print_ratios();
+    print_ratios(RATIOS);
 }

@@ -5,7 +5,7 @@
 
 mod criterion_output;
 use criterion::Criterion;
-use criterion_output::{criterion_dir, mean_ns};
+use criterion_output::print_ratios;
 use relay_core::routes::Routes;
 use serde_json::Value;
 use std::hint::black_box;
@@ -39,27 +39,12 @@ fn routes_benches(c: &mut Criterion) {
     group.finish();
 }
 
-/// Criterion's point estimate (mean, ns) for one bench, from its own output files.
-fn print_ratios() {
-    let Some(dir) = criterion_dir() else {
-        println!("ratios: no criterion output found");
-        return;
-    };
-    let baseline = "baseline_serialize_body";
-    let Some(base) = mean_ns(&dir, "routes", baseline) else {
-        println!("ratios: no baseline measured");
-        return;
-    };
-    println!("\nratios against the baseline of the same run (mean time, lower is cheaper):");
-    for bench in ["match_two_routes", "deliveries_two_routes_projected"] {
-        if let Some(mean) = mean_ns(&dir, "routes", bench) {
-            println!(
-                "  routes/{bench}: {:.2}x {baseline} ({mean:.0} ns vs {base:.0} ns)",
-                mean / base
-            );
-        }
-    }
-}
+/// Matching and projecting, against serialising the same body once.
+const RATIOS: &[criterion_output::RatioGroup<'static>] = &[(
+    "routes",
+    "baseline_serialize_body",
+    &["match_two_routes", "deliveries_two_routes_projected"],
+)];
 
 fn main() {
     let mut criterion = Criterion::default()
@@ -68,5 +53,5 @@ fn main() {
         .configure_from_args();
     routes_benches(&mut criterion);
     criterion.final_summary();
-    print_ratios();
+    print_ratios(RATIOS);
 }
