@@ -395,6 +395,240 @@ pub async fn heartbeat_keeps_a_slow_delivery_claimed(
     assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
 }
 
+/// A first receive of an entity the relay already has a snapshot of writes no dedup claim:
+/// the queue has given the message to no one else, and the snapshot saved after the POST is
+/// the record. A redelivery of it afterwards (receive 2) is still a skipped duplicate.
+pub async fn first_receive_of_a_known_entity_claims_nothing(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "34", deal("34", "Known", "NEW", "1"));
+    let consumer = world.consumer();
+    // The real clock: a store with TTL (moto) may treat a lease in the past as gone.
+    let t0 = crate::contract::now_ms();
+    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "34", 100);
+    let report = consumer
+        .process_batch(&[message(&first, 1)], REMAINING, t0)
+        .await;
+    assert!(report.failed.is_empty());
+    world
+        .portal
+        .set_entity("deal", "34", deal("34", "Known", "WON", "1"));
+    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", "34", 200);
+    let report = consumer
+        .process_batch(&[message(&update, 1)], REMAINING, t0 + 1)
+        .await;
+    assert!(report.failed.is_empty());
+
+    let probe_lease = t0 + 60_000;
+    assert!(
+        matches!(
+            world
+                .ports
+                .dedup
+                .claim(&first.id, "probe", probe_lease, t0 + 2)
+                .await,
+            Ok(Claim::HeldElsewhere { .. })
+        ),
+        "a first sighting is claimed: its claim is its record until the lease lapses"
+    );
+    assert_eq!(
+        world
+            .ports
+            .dedup
+            .claim(&update.id, "probe", probe_lease, t0 + 2)
+            .await
+            .expect("claim"),
+        Claim::Acquired,
+        "the known entity's update left no claim behind"
+    );
+    let again = consumer
+        .process_batch(&[message(&update, 2)], REMAINING, t0 + 3)
+        .await;
+    assert!(again.failed.is_empty());
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![first.id.clone(), update.id.clone()],
+        "the redelivery is a duplicate: the snapshot remembers the update"
+    );
+}
+
+/// A queue whose visibility cannot be changed (ChangeMessageVisibility failing): everything
+/// else goes to the real queue underneath.
+struct VisibilityStuck(Arc<dyn relay_core::ports::Queue>);
+
+#[async_trait::async_trait]
+impl relay_core::ports::Queue for VisibilityStuck {
+    async fn send(&self, event: &RelayEvent) -> Result<(), relay_core::error::StoreError> {
+        self.0.send(event).await
+    }
+    async fn retry_after(
+        &self,
+        _receipt: &str,
+        _delay: Duration,
+    ) -> Result<(), relay_core::error::StoreError> {
+        Err(relay_core::error::StoreError::Unavailable(
+            "ChangeMessageVisibility: connection refused".into(),
+        ))
+    }
+    async fn park_dead_letter(
+        &self,
+        message: &QueueMessage,
+        reason: &str,
+    ) -> Result<(), relay_core::error::StoreError> {
+        self.0.park_dead_letter(message, reason).await
+    }
+}
+
+/// A first receive runs under the message's invisibility only, so when the heartbeat cannot
+/// extend it, the work gives up (dropping its POST) before the invisibility it had can end,
+/// rather than POST on while the queue may hand the message to another consumer. The
+/// destination holds the answer well past that: a consumer that waited would be told 200.
+pub async fn first_receive_gives_up_before_its_invisibility_can_end(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "36", deal("36", "Stuck", "NEW", "1"));
+    let t0 = crate::contract::now_ms();
+    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "36", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&first, 1)], REMAINING, t0)
+        .await;
+    assert!(report.failed.is_empty());
+    world
+        .portal
+        .set_entity("deal", "36", deal("36", "Stuck", "WON", "1"));
+    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", "36", 200);
+    world
+        .destination
+        .hold_answers_to(&update.id, Duration::from_millis(3_000));
+    let stuck = ConsumerPorts {
+        queue: Arc::new(VisibilityStuck(world.ports.queue.clone())),
+        ..world.ports.clone()
+    };
+    let client: Arc<dyn Bitrix24Rest> = Arc::new(world.bitrix24_client());
+    let blind = Consumer::new(
+        stuck,
+        world.config.clone(),
+        Some(client),
+        reqwest::Client::new(),
+    )
+    .with_lease(Duration::from_millis(600));
+    let gave_up = blind
+        .process_batch(&[message(&update, 1)], REMAINING, t0 + 1)
+        .await;
+    assert_eq!(
+        gave_up.failed.len(),
+        1,
+        "the POST was abandoned, not waited for"
+    );
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![first.id.clone(), update.id.clone()],
+        "the abandoned POST had reached the destination"
+    );
+
+    world
+        .destination
+        .hold_answers_to(&update.id, Duration::ZERO);
+    let retried = world
+        .consumer()
+        .process_batch(&[message(&update, 2)], REMAINING, t0 + 2)
+        .await;
+    assert!(retried.failed.is_empty(), "the redelivery goes out");
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![first.id.clone(), update.id.clone(), update.id.clone()]
+    );
+}
+
+/// Receives from a real queue (the embedded one, or SQS on moto), hidden for `visibility`.
+#[async_trait::async_trait]
+pub trait ReceiveFromQueue: Send + Sync {
+    async fn receive_one(&self, visibility: Duration) -> Option<QueueMessage>;
+}
+
+#[async_trait::async_trait]
+impl ReceiveFromQueue for relay_aws::sqs::SqsQueue {
+    async fn receive_one(&self, visibility: Duration) -> Option<QueueMessage> {
+        self.receive(1, visibility)
+            .await
+            .expect("sqs ReceiveMessage")
+            .pop()
+    }
+}
+
+#[async_trait::async_trait]
+impl ReceiveFromQueue for relay_local::SqliteStore {
+    async fn receive_one(&self, visibility: Duration) -> Option<QueueMessage> {
+        relay_core::ports::PollingQueue::receive(self, 1, visibility, crate::contract::now_ms())
+            .await
+            .expect("embedded queue receive")
+            .pop()
+    }
+}
+
+/// Through a real queue: a first receive whose POST outlasts the visibility it was received
+/// with is kept hidden by the heartbeat, so a second consumer polling meanwhile gets nothing,
+/// and the destination gets one POST. Without the beats the message would be handed out
+/// again after 3 s (receive visibility and lease: SQS counts visibility in whole seconds).
+pub async fn first_receive_stays_hidden_while_its_post_is_slow(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+    queue: Arc<dyn ReceiveFromQueue>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    world
+        .portal
+        .set_entity("deal", "37", deal("37", "Slow", "NEW", "1"));
+    let t0 = crate::contract::now_ms();
+    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "37", 100);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&first, 1)], REMAINING, t0)
+        .await;
+    assert!(report.failed.is_empty());
+    world
+        .portal
+        .set_entity("deal", "37", deal("37", "Slow", "WON", "1"));
+    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", "37", 200);
+    world.ports.queue.send(&update).await.expect("queued");
+    world
+        .destination
+        .hold_answers_to(&update.id, Duration::from_millis(5_500));
+
+    let lease = Duration::from_secs(3);
+    let received = queue
+        .receive_one(lease)
+        .await
+        .expect("the update is queued");
+    assert_eq!(received.receive_count, 1);
+    let worker = world.consumer().with_lease(lease);
+    let slow = worker.process_batch(std::slice::from_ref(&received), REMAINING, t0 + 1);
+    let second_poll = async {
+        tokio::time::sleep(Duration::from_millis(4_500)).await;
+        queue.receive_one(lease).await
+    };
+    let (report, stolen) = tokio::join!(slow, second_poll);
+    assert!(report.failed.is_empty(), "the slow delivery completes");
+    assert!(
+        stolen.is_none(),
+        "the message stayed hidden while its POST was in flight"
+    );
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![first.id.clone(), update.id.clone()]
+    );
+    assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
+}
+
 /// A batch does not start a message it could not finish: each group, before each message,
 /// looks at the time left then. With less than a whole forward left, the rest of a group is
 /// reported failed, unstarted, and nothing is POSTed for it; another group's first message,
@@ -1350,6 +1584,8 @@ macro_rules! consumer_case_tests {
             redelivery_forwards_only_news,
             offline_twin_in_another_second_is_not_forwarded_again,
             heartbeat_keeps_a_slow_delivery_claimed,
+            first_receive_of_a_known_entity_claims_nothing,
+            first_receive_gives_up_before_its_invisibility_can_end,
             batch_stops_taking_messages_before_its_deadline,
             groups_of_a_batch_are_posted_side_by_side,
             a_group_keeps_its_order_while_other_groups_proceed,

@@ -54,6 +54,18 @@ pub fn sqlite_ports(
     relay_core::consume::ConsumerPorts,
     std::sync::Arc<dyn QueueProbe>,
 ) {
+    let (ports, probe, _) = sqlite_ports_and_store(label);
+    (ports, probe)
+}
+
+/// As `sqlite_ports`, and the store itself, for a test that receives from its queue.
+pub fn sqlite_ports_and_store(
+    label: &str,
+) -> (
+    relay_core::consume::ConsumerPorts,
+    std::sync::Arc<dyn QueueProbe>,
+    std::sync::Arc<relay_local::SqliteStore>,
+) {
     let dir = crate::scratch::ScratchDir::new(label);
     let store = std::sync::Arc::new(
         relay_local::SqliteStore::open(dir.path()).expect("open the embedded store"),
@@ -67,8 +79,8 @@ pub fn sqlite_ports(
         destinations: store.clone(),
     };
     let probe = PollingQueueProbe {
-        queue: store,
+        queue: store.clone(),
         keep: dir,
     };
-    (ports, std::sync::Arc::new(probe))
+    (ports, std::sync::Arc::new(probe), store)
 }

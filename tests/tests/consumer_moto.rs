@@ -11,3 +11,14 @@ async fn moto() -> (ConsumerPorts, Arc<dyn QueueProbe>) {
 }
 
 integration_tests::consumer_case_tests!(moto);
+
+#[tokio::test]
+async fn first_receive_stays_hidden_while_its_post_is_slow() {
+    let (ports, queue) = integration_tests::moto::consumer_ports().await;
+    integration_tests::consumer_cases::first_receive_stays_hidden_while_its_post_is_slow(
+        ports,
+        queue.clone(),
+        queue,
+    )
+    .await;
+}

@@ -36,9 +36,10 @@ const ENTITIES: usize = 8;
 /// Ingest: one SendMessage, and the portal's stored application token read once.
 const INGEST_SENDS: f64 = 1.0;
 const INGEST_TABLE_READS: f64 = 1.0;
-/// Consumer, an update of a known entity: dedup claim, then the snapshot, which records the
-/// delivery too (the snapshot keeps the entity's last delivered event ids: no dedup complete).
-const CONSUMER_TABLE_WRITES: f64 = 2.0;
+/// Consumer, an update of a known entity on its first receive: the snapshot only, which records
+/// the delivery (it keeps the entity's last delivered event ids); no dedup claim, since the
+/// message's own invisibility keeps its POST single.
+const CONSUMER_TABLE_WRITES: f64 = 1.0;
 /// Consumer: the snapshot; destination status and tokens come from the per-container cache.
 const CONSUMER_TABLE_READS: f64 = 1.5;
 /// A log line at INFO, at most (CloudWatch bills ingestion by the byte).

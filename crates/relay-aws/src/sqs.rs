@@ -342,12 +342,14 @@ fn to_queue_message(message: &aws_sdk_sqs::types::Message) -> QueueMessage {
         group_id: system_attribute(message, MessageSystemAttributeName::MessageGroupId)
             .unwrap_or_default()
             .to_string(),
+        // Unknown counts as received before: only a known first receive goes out without a
+        // dedup claim (see relay_core::consume).
         receive_count: system_attribute(
             message,
             MessageSystemAttributeName::ApproximateReceiveCount,
         )
         .and_then(|n| n.parse().ok())
-        .unwrap_or(1),
+        .unwrap_or(2),
     }
 }
 

@@ -1,18 +1,19 @@
 //! Transport-free consumer: a batch of queue messages -> which of them failed.
-//! For each event: claim its dedup key, then three typed stages, as svix-server splits its
+//! For each event: hold it (`claim`), then three typed stages, as svix-server splits its
 //! dispatch: `prepare` (fetch the entity, diff it against the last snapshot: a
 //! `PreparedDelivery`), `dispatch` (sign and POST it to each destination its routes name,
 //! through `fanout` when there are several: a `ForwardResult`), `settle` (save the snapshot
 //! with the event among its deliveries, or park: the message's `Outcome`). Each stage writes
 //! its `attempts` line.
 //!
-//! One event, one POST in flight: a claim (`claim`) carries an owner token and a lease that a
-//! heartbeat renews (with the message's invisibility) while the event is worked on, and a
-//! batch does not start a message when less than a whole forward's time is left. The
-//! snapshot written after the POST carries the entity's last delivered event ids, so it is
-//! also the record that the event was delivered: claim and snapshot are the two writes of a
-//! delivery (an event with no snapshot completes its claim instead). A batch's FIFO groups
-//! run side by side (`groups`), each in order, so a batch costs about one round trip, not ten.
+//! One event, one POST in flight: a first receive of a known entity is held by the message's
+//! own invisibility, every other event by a dedup claim (owner token, lease); a heartbeat
+//! renews either while the event is worked on, and a batch does not start a message when less
+//! than a whole forward's time is left. The snapshot written after the POST carries the
+//! entity's last delivered event ids, so it is also the record that the event was delivered:
+//! the typical event (an update of a known entity) costs that one write; a claimed one, two
+//! (an event with no snapshot completes its claim instead). A batch's FIFO groups run side
+//! by side (`groups`), each in order, so a batch costs about one round trip, not ten.
 //!
 //! Redelivery rule (news only): an event whose id was already delivered is fetched again. If
 //! the entity now differs from its stored snapshot, it is forwarded as a new delivery whose
@@ -42,7 +43,7 @@ mod groups;
 mod prepare;
 mod settle;
 use attempts::{AttemptLine, NOWHERE};
-use claim::HeldClaim;
+use claim::Hold;
 pub use fanout::{delivery_group, DeliveryMessage};
 use groups::Pending;
 pub use prepare::{changes, forward_body, Forwarded};
@@ -54,7 +55,8 @@ use prepare::{is_twin_of_delivered, prepare, EntityState, StateFailure};
 pub const DEDUP_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// How long a claim holds without a heartbeat. Also how soon a message held by a consumer
-/// that died is handed out again (the heartbeat sets its visibility to this).
+/// that died is handed out again (the heartbeat sets its visibility to this), and how long a
+/// receive is assumed to hide a message before the first beat (queues receive with more).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 /// Time a message needs besides its POST (claim, CRM fetch, snapshot, bookkeeping); a batch
@@ -244,7 +246,7 @@ impl Consumer {
         let events: Vec<&RelayEvent> = parsed.iter().filter_map(|p| p.as_ref().ok()).collect();
         let prefetched = self.enricher.prefetch(&events).await;
 
-        let pending = Pending::new(messages);
+        let pending = Pending::new(messages, self.lease_span);
         let clock = InBatch {
             now_ms,
             started,
@@ -334,10 +336,16 @@ impl Consumer {
         remaining.saturating_sub(elapsed) >= self.forward_timeout + DEADLINE_MARGIN
     }
 
-    /// One event: claimed, then its state (the CRM's entity and its snapshot); an event the
-    /// snapshot lists as delivered takes the news-only rule, a twin is skipped, any other is
-    /// delivered. An event whose claim is COMPLETED (an event with no snapshot) takes the
-    /// news-only rule too.
+    /// One event. A first receive of an entity with a snapshot that does not list the event
+    /// goes out under the message's own invisibility (`Hold::FirstReceive`): no dedup write,
+    /// the snapshot saved after the POST records it. Any other event is claimed, then its
+    /// state (the CRM's entity and its snapshot) is fetched: an event the snapshot lists as
+    /// delivered takes the news-only rule, a twin is skipped, any other is delivered. An event
+    /// whose claim is COMPLETED (an event with no snapshot) takes the news-only rule too.
+    ///
+    /// A first sighting (no snapshot yet) is claimed even on its first receive: its claim is
+    /// what tells a later copy of a delete, or of an event about an entity the CRM did not
+    /// give, that it was delivered, since no snapshot remembers those.
     async fn process_one(
         &self,
         message: &QueueMessage,
@@ -345,6 +353,25 @@ impl Consumer {
         prefetched: &Prefetched,
         clock: InBatch<'_>,
     ) -> Outcome {
+        if message.receive_count == 1 {
+            if let Some(key) = SnapshotKey::of(event) {
+                match self.ports.snapshots.load(&key).await {
+                    Ok(Some(previous)) if !previous.remembers(&event.id) => {
+                        let known = KnownEntity { key, previous };
+                        return self
+                            .first_receive(message, event, known, prefetched, clock)
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(event_id = %event.id, error = %e, "snapshot store unavailable");
+                        return Outcome::RetryAfter(
+                            self.schedule.delay(message.receive_count, None),
+                        );
+                    }
+                }
+            }
+        }
         let now_ms = clock.now_ms;
         match self.claim(message, &event.id, clock).await {
             // The claim of a delivery that saved its snapshot lapses with its lease; until it
@@ -357,6 +384,7 @@ impl Consumer {
                 false => outcome,
             },
             Ok(Ok(claim)) => {
+                let hold = Hold::Claimed(claim);
                 let work = async {
                     match self.fetch_state(event, prefetched, now_ms).await {
                         Ok(state) if remembered(event, &state) => {
@@ -366,25 +394,62 @@ impl Consumer {
                             self.skip_twin(event, state, now_ms).await
                         }
                         Ok(state) => {
-                            let prepared = prepare(event, &claim, &event.id, event.ts, state);
+                            let prepared = prepare(event, &hold, &event.id, event.ts, state);
                             self.route_body(message, event, prepared, now_ms).await
                         }
                         Err(StateFailure::Refused(reason)) => {
-                            self.refused(message, event, &claim, reason, now_ms).await
+                            self.refused(message, event, &hold, reason, now_ms).await
                         }
                         Err(failure) => {
-                            self.state_unavailable(message, event, &claim, failure, now_ms)
+                            self.state_unavailable(message, event, &hold, failure, now_ms)
                                 .await
                         }
                     }
                 };
-                self.while_holding(message, &claim, clock, work).await
+                self.while_holding(message, &hold, clock, work).await
             }
             Ok(Err(_completed)) => {
                 self.redelivered_unclaimed(message, event, prefetched, clock)
                     .await
             }
         }
+    }
+
+    /// A first receive of a known entity (see `process_one`): fetched, skipped as a twin or
+    /// delivered, all under the message's invisibility.
+    async fn first_receive(
+        &self,
+        message: &QueueMessage,
+        event: &RelayEvent,
+        known: KnownEntity,
+        prefetched: &Prefetched,
+        clock: InBatch<'_>,
+    ) -> Outcome {
+        let now_ms = clock.now_ms;
+        let hold = Hold::FirstReceive {
+            id: event.id.clone(),
+        };
+        let work = async {
+            let enriched = match self.fetch_entity(event, prefetched, now_ms).await {
+                Ok(enriched) => enriched,
+                Err(failure) => {
+                    return self
+                        .state_unavailable(message, event, &hold, failure, now_ms)
+                        .await
+                }
+            };
+            let state = EntityState {
+                enriched,
+                snapshot_key: Some(known.key),
+                previous: Some(known.previous),
+            };
+            if is_twin_of_delivered(event, &state) {
+                return self.skip_twin(event, state, now_ms).await;
+            }
+            let prepared = prepare(event, &hold, &event.id, event.ts, state);
+            self.route_body(message, event, prepared, now_ms).await
+        };
+        self.while_holding(message, &hold, clock, work).await
     }
 
     /// Whether the entity's snapshot lists `event` as delivered; a store error says no.
@@ -421,7 +486,7 @@ impl Consumer {
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
-        claim: &HeldClaim,
+        hold: &Hold,
         reason: String,
         now_ms: i64,
     ) -> Outcome {
@@ -435,7 +500,7 @@ impl Consumer {
             }
             Ok(_) => {
                 let failure = StateFailure::Refused(reason);
-                self.state_unavailable(message, event, claim, failure, now_ms)
+                self.state_unavailable(message, event, hold, failure, now_ms)
                     .await
             }
             Err(e) => {
@@ -476,9 +541,10 @@ impl Consumer {
             Ok(Err(_completed)) => self.skip_duplicate(event, now_ms).await,
             Ok(Ok(claim)) => {
                 tracing::info!(event_id = %event.id, %webhook_id, "redelivered event carries news; forwarding it");
-                let prepared = prepare(event, &claim, &webhook_id, snapshot_version, state);
+                let hold = Hold::Claimed(claim);
+                let prepared = prepare(event, &hold, &webhook_id, snapshot_version, state);
                 let work = self.route_body(message, event, prepared, now_ms);
-                self.while_holding(message, &claim, clock, work).await
+                self.while_holding(message, &hold, clock, work).await
             }
         }
     }
@@ -509,6 +575,12 @@ impl Consumer {
         }
         Outcome::Done
     }
+}
+
+/// An entity with a snapshot: where it is kept, and what it holds.
+struct KnownEntity {
+    key: SnapshotKey,
+    previous: crate::ports::Snapshot,
 }
 
 /// Whether the entity's snapshot lists `event` among its deliveries.

@@ -51,11 +51,13 @@ pub async fn handle_sqs_event(
                 .get("MessageGroupId")
                 .cloned()
                 .unwrap_or_default(),
+            // Unknown counts as received before: only a known first receive goes out without a
+            // dedup claim (see relay_core::consume).
             receive_count: record
                 .attributes
                 .get("ApproximateReceiveCount")
                 .and_then(|n| n.parse().ok())
-                .unwrap_or(1),
+                .unwrap_or(2),
             message_id,
             receipt,
             body,

@@ -1,11 +1,36 @@
-//! The claim every delivery runs under: one owner per dedup key (the event's webhook-id, or a
-//! destination's delivery key), held by a lease that a heartbeat renews, together with the
-//! invisibility of the batch's unfinished messages, while the stages work. Lost claim, no POST.
+//! What every delivery runs under, so one event has one POST in flight: a `Hold`. A first
+//! receive of a known entity holds the message's own invisibility (no other consumer has had
+//! the message, and none gets it while a heartbeat keeps it hidden); everything else holds a
+//! dedup claim (owner token, lease) in the store. Hold lost, no POST.
 
 use super::{Consumer, InBatch, Outcome};
 use crate::forward::MAX_RETRY_DELAY;
 use crate::ports::{Claim, Ownership, QueueMessage};
 use std::time::Duration;
+use tokio::time::Instant;
+
+/// What keeps one event's (or one destination delivery's) POST single while the stages work.
+pub(super) enum Hold {
+    /// A dedup claim in the store: redeliveries (a consumer of an older build may still hold
+    /// the message under a claim), first sightings (whose claim is also their dedup record,
+    /// see `process_one`), events with no snapshot and destination deliveries.
+    Claimed(HeldClaim),
+    /// A first receive (`receive_count` 1) of an entity with a snapshot. The queue has handed
+    /// the message to nobody else, and hands it to nobody while it stays invisible: the
+    /// heartbeat extends that, and the work gives up before the last visibility it knows of
+    /// could end. No dedup write: the snapshot, saved after the POST, records the delivery.
+    FirstReceive { id: String },
+}
+
+impl Hold {
+    /// The key the delivery is recorded under: the webhook-id (or delivery key).
+    pub(super) fn id(&self) -> &str {
+        match self {
+            Hold::Claimed(claim) => &claim.id,
+            Hold::FirstReceive { id } => id,
+        }
+    }
+}
 
 /// A dedup claim this consumer holds: the record id (the webhook-id) and its owner token.
 pub(super) struct HeldClaim {
@@ -14,7 +39,7 @@ pub(super) struct HeldClaim {
 }
 
 /// A fresh owner token per claim: it only has to differ between claims, not be secret.
-fn owner_token() -> String {
+pub(super) fn owner_token() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
@@ -57,15 +82,16 @@ impl Consumer {
         }
     }
 
-    /// Runs `work` under `claim`: a heartbeat renews the dedup lease and the message's
-    /// invisibility, so no other consumer starts the same event while its POST is in flight.
-    /// If the claim is lost anyway (the store was unreachable for a whole lease and another
-    /// consumer took over), the work is dropped, which aborts its POST. A claim whose work
-    /// ends in a retry is released for the retry.
+    /// Runs `work` under `hold`: a heartbeat renews the hold (a claim's lease, and the
+    /// invisibility of the batch's unfinished messages), so no other consumer starts the same
+    /// event while its POST is in flight. If the hold is lost anyway (a claim's store was
+    /// unreachable for a whole lease and another consumer took over; a first receive whose
+    /// invisibility could not be extended is about to end), the work is dropped, which aborts
+    /// its POST. A claim whose work ends in a retry is released for the retry.
     pub(super) async fn while_holding<F>(
         &self,
         message: &QueueMessage,
-        claim: &HeldClaim,
+        hold: &Hold,
         clock: InBatch<'_>,
         work: F,
     ) -> Outcome
@@ -76,25 +102,58 @@ impl Consumer {
         // The beats run beside the work, not between its steps, so a slow store call in a
         // beat never holds up the POST, and a slow POST never holds up the beats.
         let beats = async {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            loop {
-                ticks.tick().await;
-                if let Ownership::Lost = self.heartbeat(claim, clock, period).await {
-                    return;
-                }
+            match hold {
+                Hold::Claimed(claim) => self.beat_claim(claim, clock, period).await,
+                Hold::FirstReceive { .. } => self.beat_visibility(message, clock, period).await,
             }
         };
         let outcome = tokio::select! {
             outcome = work => outcome,
             () = beats => {
-                tracing::warn!(claim_id = %claim.id, "claim lost to another consumer; abandoning this attempt");
+                tracing::warn!(hold_id = %hold.id(), "hold lost (claim taken over, or the message's invisibility not extended); abandoning this attempt");
                 Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
             }
         };
-        if let Outcome::RetryAfter(_) | Outcome::Defer(_) = outcome {
+        if let (Outcome::RetryAfter(_) | Outcome::Defer(_), Hold::Claimed(claim)) = (outcome, hold)
+        {
             self.release(claim).await;
         }
         outcome
+    }
+
+    /// A claim's beats, every `period`, until the claim is lost.
+    async fn beat_claim(&self, claim: &HeldClaim, clock: InBatch<'_>, period: Duration) {
+        let mut ticks = tokio::time::interval_at(Instant::now() + period, period);
+        loop {
+            ticks.tick().await;
+            if let Ownership::Lost = self.heartbeat(claim, clock, period).await {
+                return;
+            }
+        }
+    }
+
+    /// A first receive's beats: the batch's unfinished messages kept invisible every
+    /// `period`; returns (the hold is lost) once `message` is within half a period of the end
+    /// of the last invisibility its queue is known to have granted, so the work stops before
+    /// another consumer can receive the message.
+    async fn beat_visibility(&self, message: &QueueMessage, clock: InBatch<'_>, period: Duration) {
+        let mut next_beat = Instant::now() + period;
+        loop {
+            let give_up_at = clock.pending.invisible_until(message) - period / 2;
+            if Instant::now() >= give_up_at {
+                return;
+            }
+            let beat = async {
+                tokio::time::sleep_until(next_beat).await;
+                self.keep_batch_invisible(clock, period).await;
+            };
+            // The give-up time is kept even while a beat hangs on a slow queue; the loop then
+            // looks again, since another group's beat may have extended the message meanwhile.
+            tokio::select! {
+                () = tokio::time::sleep_until(give_up_at) => {}
+                () = beat => next_beat += period,
+            }
+        }
     }
 
     /// One beat: the lease, and the invisibility of every message of the batch not finished
@@ -123,14 +182,19 @@ impl Consumer {
         if ownership == Ownership::Lost {
             return ownership;
         }
+        self.keep_batch_invisible(clock, period).await;
+        ownership
+    }
+
+    /// The batch's unfinished messages invisible for a lease more. Bounded by `period`, so a
+    /// slow queue cannot make the next beat late.
+    async fn keep_batch_invisible(&self, clock: InBatch<'_>, period: Duration) {
         let invisible =
             clock
                 .pending
                 .keep_invisible(self.ports.queue.as_ref(), self.lease_span, period);
-        // Bounded, so a slow queue cannot make the next lease renewal late.
         if tokio::time::timeout(period, invisible).await.is_err() {
-            tracing::warn!(claim_id = %claim.id, "heartbeat: extending visibility took too long");
+            tracing::warn!("heartbeat: extending visibility took too long");
         }
-        ownership
     }
 }

@@ -4,7 +4,7 @@
 
 use super::attempts::AttemptLine;
 use super::fanout::{route_outcome, RouteOutcome};
-use super::{url_host, Consumer, HeldClaim, Outcome};
+use super::{url_host, Consumer, Hold, Outcome};
 use crate::error::ForwardError;
 use crate::event::Family;
 use crate::forward::{deliver, redact_url, Delivery, Signer};
@@ -52,12 +52,12 @@ impl Consumer {
     pub(super) async fn post_to(
         &self,
         message: &QueueMessage,
-        claim: &HeldClaim,
+        hold: &Hold,
         target: &Target<'_>,
         now_ms: i64,
     ) -> Sent {
         let result = self.dispatch(target, now_ms).await;
-        self.settle_forward(message, claim, target, result, now_ms)
+        self.settle_forward(message, hold, target, result, now_ms)
             .await
     }
 
@@ -122,7 +122,7 @@ impl Consumer {
     async fn settle_forward(
         &self,
         message: &QueueMessage,
-        claim: &HeldClaim,
+        hold: &Hold,
         target: &Target<'_>,
         result: ForwardResult,
         now_ms: i64,
@@ -140,14 +140,14 @@ impl Consumer {
         let (latency_ms, error) = match result {
             ForwardResult::Held { park: None } => return retry(None),
             ForwardResult::Held { park: Some(reason) } => {
-                return Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
+                return Sent::NotDelivered(self.park_held(message, hold, &reason).await)
             }
             ForwardResult::Disabled { why } => {
                 let reason = format!("destination disabled: {why}");
                 route_outcome(&self.routes, event_id, route, RouteOutcome::Failed);
                 let line = line(AttemptOutcome::Disabled).because(reason.clone());
                 self.record(line).await;
-                return Sent::NotDelivered(self.park_claimed(message, claim, &reason).await);
+                return Sent::NotDelivered(self.park_held(message, hold, &reason).await);
             }
             ForwardResult::Delivered { status, latency_ms } => {
                 tracing::info!(%event_id, webhook_id = %target.webhook_id, family = %target.family, %route, status, latency_ms, "delivered");
@@ -175,7 +175,7 @@ impl Consumer {
                 route_outcome(&self.routes, event_id, route, RouteOutcome::Failed);
                 let line = line(AttemptOutcome::DeadLetter).answered(Some(status), latency_ms);
                 self.record(line.because(reason.clone())).await;
-                Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
+                Sent::NotDelivered(self.park_held(message, hold, &reason).await)
             }
             ForwardError::Gone => {
                 let url = target.destination.url.as_str();
@@ -188,7 +188,7 @@ impl Consumer {
                 }
                 let line = line(AttemptOutcome::Disabled).answered(Some(410), latency_ms);
                 self.record(line.because(reason.clone())).await;
-                Sent::NotDelivered(self.park_claimed(message, claim, &reason).await)
+                Sent::NotDelivered(self.park_held(message, hold, &reason).await)
             }
         }
     }

@@ -14,7 +14,7 @@
 use super::attempts::{AttemptLine, NOWHERE, OUTBOX};
 use super::dispatch::{Sent, Target};
 use super::prepare::PreparedDelivery;
-use super::{Consumer, InBatch, Outcome};
+use super::{Consumer, Hold, InBatch, Outcome};
 use crate::event::{Family, RelayEvent, ENVELOPE_VERSION};
 use crate::forward::redact_url;
 use crate::ports::{AttemptOutcome, OutgoingMessage, QueueMessage};
@@ -159,7 +159,7 @@ impl Consumer {
                 let line = AttemptLine::new(&event.id, now_ms, NOWHERE, AttemptOutcome::Unmatched)
                     .because("no route matches");
                 self.record(line).await;
-                self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+                self.finish_delivered(event, prepared.hold, prepared.snapshot, now_ms)
                     .await
             }
             [one] => {
@@ -171,9 +171,9 @@ impl Consumer {
                     destination: one.destination,
                     body: &one.body,
                 };
-                match self.post_to(message, prepared.claim, &target, now_ms).await {
+                match self.post_to(message, prepared.hold, &target, now_ms).await {
                     Sent::Delivered => {
-                        self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+                        self.finish_delivered(event, prepared.hold, prepared.snapshot, now_ms)
                             .await
                     }
                     Sent::NotDelivered(outcome) => outcome,
@@ -201,7 +201,7 @@ impl Consumer {
                     let line =
                         AttemptLine::new(&event.id, now_ms, OUTBOX, AttemptOutcome::Delivered);
                     self.record(line).await;
-                    self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+                    self.finish_delivered(event, prepared.hold, prepared.snapshot, now_ms)
                         .await
                 }
                 Err(e) => {
@@ -214,7 +214,7 @@ impl Consumer {
                 let line = AttemptLine::new(&event.id, now_ms, NOWHERE, AttemptOutcome::DeadLetter)
                     .because(reason.clone());
                 self.record(line).await;
-                self.park_claimed(message, prepared.claim, &reason).await
+                self.park_held(message, prepared.hold, &reason).await
             }
         }
     }
@@ -249,7 +249,7 @@ impl Consumer {
                 Ok(body) => body,
                 Err(e) => {
                     let reason = format!("delivery message not serialisable: {e}");
-                    return self.park_claimed(message, prepared.claim, &reason).await;
+                    return self.park_held(message, prepared.hold, &reason).await;
                 }
             };
             let outgoing = OutgoingMessage {
@@ -269,7 +269,7 @@ impl Consumer {
             self.record(line).await;
         }
         tracing::info!(event_id = %event.id, destinations = deliveries.len(), "fanned out");
-        self.finish_delivered(event, prepared.claim, prepared.snapshot, now_ms)
+        self.finish_delivered(event, prepared.hold, prepared.snapshot, now_ms)
             .await
     }
 
@@ -318,13 +318,13 @@ impl Consumer {
                 .await;
             return self.park(message, &reason).await;
         };
-        let claim = match self.claim(message, &queued.claim_id(), clock).await {
+        let hold = match self.claim(message, &queued.claim_id(), clock).await {
             Err(outcome) => return outcome,
             Ok(Err(_completed)) => {
                 tracing::info!(event_id = %queued.id, route = %queued.route, "already delivered to this destination; skipping duplicate");
                 return Outcome::Done;
             }
-            Ok(Ok(claim)) => claim,
+            Ok(Ok(claim)) => Hold::Claimed(claim),
         };
         let target = Target {
             event_id: &queued.id,
@@ -335,15 +335,15 @@ impl Consumer {
             body: &queued.body,
         };
         let work = async {
-            match self.post_to(message, &claim, &target, clock.now_ms).await {
+            match self.post_to(message, &hold, &target, clock.now_ms).await {
                 Sent::Delivered => {
-                    self.complete_claim(&claim, clock.now_ms).await;
+                    self.record_completed(&hold, clock.now_ms).await;
                     Outcome::Done
                 }
                 Sent::NotDelivered(outcome) => outcome,
             }
         };
-        self.while_holding(message, &claim, clock, work).await
+        self.while_holding(message, &hold, clock, work).await
     }
 }
 

@@ -2,16 +2,18 @@
 //! order on a future of its own and joins the groups here, in the batch's one task, so a batch
 //! of ten events about ten entities costs about one round trip to the CRM and the destination.
 //!
-//! What the groups share is the batch's `Pending` set: which messages are not finished yet. A
-//! claim's heartbeat keeps those invisible; a message handed back with its retry delay leaves
-//! the set under the same lock, so no beat of another group overrides that delay afterwards.
+//! What the groups share is the batch's `Pending` set: which messages are not finished yet,
+//! and until when each is known to be invisible. Every hold's heartbeat keeps those invisible;
+//! a message handed back with its retry delay leaves the set under the same lock, so no beat
+//! of another group overrides that delay afterwards.
 
 use crate::ports::{Queue, QueueMessage};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 /// The batch's messages in batch order, split into their groups (each in batch order), groups
 /// ordered by their first message.
@@ -42,13 +44,53 @@ struct Standing {
 pub(super) struct Pending<'a> {
     messages: &'a [QueueMessage],
     standing: Mutex<Vec<Standing>>,
+    /// Per message, the earliest its invisibility can end, from what this batch asked of the
+    /// queue. Its own lock, never held across a call: a first receive's work reads it to stop
+    /// in time even while a beat waits on a slow queue under `standing`.
+    invisible_until: std::sync::Mutex<Vec<Instant>>,
 }
 
 impl<'a> Pending<'a> {
-    pub(super) fn new(messages: &'a [QueueMessage]) -> Self {
+    /// `invisible_for`: a span the receive is known to have hidden every message for, counted
+    /// from now (the batch's start, which comes after the receive). Queues receive with more
+    /// than the lease (SQS: the queue's visibility timeout, 6 x the consumer's timeout;
+    /// `relay serve`: 6 x its batch timeout), so the lease is such a span.
+    pub(super) fn new(messages: &'a [QueueMessage], invisible_for: Duration) -> Self {
+        let until = Instant::now() + invisible_for;
         Pending {
             messages,
             standing: Mutex::new(vec![Standing::default(); messages.len()]),
+            invisible_until: std::sync::Mutex::new(vec![until; messages.len()]),
+        }
+    }
+
+    /// The earliest `message`'s invisibility can end. A message not of this batch (never the
+    /// case) reads as ended.
+    pub(super) fn invisible_until(&self, message: &QueueMessage) -> Instant {
+        let index = self
+            .messages
+            .iter()
+            .position(|m| std::ptr::eq(m, message) || m.receipt == message.receipt);
+        let until = self
+            .invisible_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index
+            .and_then(|i| until.get(i).copied())
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Records one visibility change of message `index` asked at `asked_at` for `lease`: if
+    /// the queue applied it, the message is hidden until at least `asked_at + lease`; if not,
+    /// until what it was. `applied`: the queue said it did.
+    fn note_visibility(&self, index: usize, asked_at: Instant, lease: Duration, applied: bool) {
+        let mut until = self
+            .invisible_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(until) = until.get_mut(index) {
+            let asked = asked_at + lease;
+            *until = if applied { asked } else { (*until).min(asked) };
         }
     }
 
@@ -74,15 +116,23 @@ impl<'a> Pending<'a> {
         period: Duration,
     ) {
         let mut standing = self.standing.lock().await;
-        for (message, standing) in self.messages.iter().zip(standing.iter_mut()) {
+        for (index, (message, standing)) in
+            self.messages.iter().zip(standing.iter_mut()).enumerate()
+        {
             let recent = standing
                 .extended_at
                 .is_some_and(|at| at.elapsed() < period / 2);
             if standing.finished || recent {
                 continue;
             }
+            let asked_at = Instant::now();
+            // Counted before the answer: a call cut short (timeout) may still be applied.
+            self.note_visibility(index, asked_at, lease, false);
             match queue.retry_after(&message.receipt, lease).await {
-                Ok(()) => standing.extended_at = Some(Instant::now()),
+                Ok(()) => {
+                    standing.extended_at = Some(Instant::now());
+                    self.note_visibility(index, asked_at, lease, true);
+                }
                 Err(e) => {
                     tracing::warn!(message_id = %message.message_id, error = %e, "heartbeat: could not extend visibility")
                 }

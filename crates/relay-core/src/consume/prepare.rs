@@ -1,9 +1,9 @@
-//! First stage of a claimed event's delivery: enrich. The entity is fetched from the CRM and
+//! First stage of a held event's delivery: enrich. The entity is fetched from the CRM and
 //! diffed against its last snapshot, and the result is a `PreparedDelivery` (the body to sign,
-//! its webhook-id, the snapshot to save after it, the claim it runs under) for `dispatch`.
+//! its webhook-id, the snapshot to save after it, the hold it runs under) for `dispatch`.
 
 use super::attempts::{AttemptLine, CRM};
-use super::{Consumer, HeldClaim, Outcome};
+use super::{Consumer, Hold, Outcome};
 use crate::enrich::{Enriched, Prefetched};
 use crate::error::EnrichError;
 use crate::event::RelayEvent;
@@ -44,13 +44,13 @@ pub(super) struct SnapshotToSave {
     pub(super) previous: Option<Snapshot>,
 }
 
-/// A claimed event ready to go out: what `dispatch` sends and `settle` completes.
+/// A held event ready to go out: what `dispatch` sends and `settle` records.
 pub(super) struct PreparedDelivery<'a> {
     /// Exactly what is signed and POSTed (before a route's projection).
     pub(super) body: Value,
     pub(super) webhook_id: &'a str,
     pub(super) snapshot: SnapshotToSave,
-    pub(super) claim: &'a HeldClaim,
+    pub(super) hold: &'a Hold,
 }
 
 impl Consumer {
@@ -61,33 +61,7 @@ impl Consumer {
         prefetched: &Prefetched,
         now_ms: i64,
     ) -> Result<EntityState, StateFailure> {
-        let enriched = match self.enricher.entity(event, prefetched).await {
-            Ok(enriched) => enriched,
-            Err(EnrichError::Transient {
-                reason,
-                retry_after,
-            }) => {
-                tracing::warn!(event_id = %event.id, %reason, "enrichment failed; will retry");
-                // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
-                self.record(
-                    AttemptLine::new(&event.id, now_ms, CRM, AttemptOutcome::Retry).because(reason),
-                )
-                .await;
-                return Err(StateFailure::Transient { retry_after });
-            }
-            Err(EnrichError::MethodBlocked {
-                method,
-                retry_after,
-            }) => {
-                tracing::info!(event_id = %event.id, %method, wait_ms = retry_after.as_millis() as u64,
-                    "CRM method blocked until its reset; the event waits");
-                let line = AttemptLine::new(&event.id, now_ms, CRM, AttemptOutcome::Deferred)
-                    .because(format!("{method}: OPERATION_TIME_LIMIT"));
-                self.record(line).await;
-                return Err(StateFailure::Blocked { wait: retry_after });
-            }
-            Err(e) => return Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
-        };
+        let enriched = self.fetch_entity(event, prefetched, now_ms).await?;
         let snapshot_key = SnapshotKey::of(event);
         let previous = match &snapshot_key {
             None => None,
@@ -103,12 +77,48 @@ impl Consumer {
         })
     }
 
+    /// The entity now, as the CRM answers for it; a failure is logged and recorded.
+    pub(super) async fn fetch_entity(
+        &self,
+        event: &RelayEvent,
+        prefetched: &Prefetched,
+        now_ms: i64,
+    ) -> Result<Enriched, StateFailure> {
+        match self.enricher.entity(event, prefetched).await {
+            Ok(enriched) => Ok(enriched),
+            Err(EnrichError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                tracing::warn!(event_id = %event.id, %reason, "enrichment failed; will retry");
+                // Recorded too: "the CRM was down" is a reason the event has not arrived yet.
+                self.record(
+                    AttemptLine::new(&event.id, now_ms, CRM, AttemptOutcome::Retry).because(reason),
+                )
+                .await;
+                Err(StateFailure::Transient { retry_after })
+            }
+            Err(EnrichError::MethodBlocked {
+                method,
+                retry_after,
+            }) => {
+                tracing::info!(event_id = %event.id, %method, wait_ms = retry_after.as_millis() as u64,
+                    "CRM method blocked until its reset; the event waits");
+                let line = AttemptLine::new(&event.id, now_ms, CRM, AttemptOutcome::Deferred)
+                    .because(format!("{method}: OPERATION_TIME_LIMIT"));
+                self.record(line).await;
+                Err(StateFailure::Blocked { wait: retry_after })
+            }
+            Err(e) => Err(StateFailure::Refused(format!("enrichment refused: {e}"))),
+        }
+    }
+
     /// The outcome of an event whose state could not be had: retry, wait, or park.
     pub(super) async fn state_unavailable(
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
-        claim: &HeldClaim,
+        hold: &Hold,
         failure: StateFailure,
         now_ms: i64,
     ) -> Outcome {
@@ -122,7 +132,7 @@ impl Consumer {
                 let line = AttemptLine::new(&event.id, now_ms, CRM, AttemptOutcome::DeadLetter)
                     .because(reason.clone());
                 self.record(line).await;
-                self.park_claimed(message, claim, &reason).await
+                self.park_held(message, hold, &reason).await
             }
         }
     }
@@ -132,7 +142,7 @@ impl Consumer {
 /// saved as `snapshot_version`.
 pub(super) fn prepare<'a>(
     event: &RelayEvent,
-    claim: &'a HeldClaim,
+    hold: &'a Hold,
     webhook_id: &'a str,
     snapshot_version: i64,
     state: EntityState,
@@ -164,7 +174,7 @@ pub(super) fn prepare<'a>(
             version: snapshot_version,
             previous,
         },
-        claim,
+        hold,
     }
 }
 

@@ -1,13 +1,14 @@
 //! Last stage of a delivery: settle. What the dispatch came to becomes the message's
 //! `Outcome`: a delivery is recorded by one write (its snapshot, which keeps the entity's last
-//! delivered event ids, or the claim completed for an event with no snapshot); a refusal parks
-//! the message in the dead-letter queue and releases the claim for `relay replay`.
+//! delivered event ids, or the dedup record completed for an event with no snapshot); a
+//! refusal parks the message in the dead-letter queue and releases a claim for `relay replay`.
 
+use super::claim::{owner_token, HeldClaim};
 use super::prepare::SnapshotToSave;
-use super::{Consumer, HeldClaim, Outcome, DEDUP_RETENTION};
+use super::{Consumer, Hold, Outcome, DEDUP_RETENTION};
 use crate::enrich::Enriched;
 use crate::event::RelayEvent;
-use crate::ports::{Ownership, QueueMessage, Snapshot, SnapshotKey, SnapshotSave};
+use crate::ports::{Claim, Ownership, QueueMessage, Snapshot, SnapshotKey, SnapshotSave};
 
 impl Consumer {
     /// A message no retry can fix goes to the DLQ at once instead of blocking its group.
@@ -34,16 +35,16 @@ impl Consumer {
         }
     }
 
-    /// Parks a claimed event for good. The claim is released, not completed: `relay replay`
+    /// Parks a held event for good. A claim is released, not completed: `relay replay`
     /// re-drives the DLQ after the cause is fixed, and a COMPLETED record would skip it.
-    pub(super) async fn park_claimed(
+    pub(super) async fn park_held(
         &self,
         message: &QueueMessage,
-        claim: &HeldClaim,
+        hold: &Hold,
         reason: &str,
     ) -> Outcome {
         let outcome = self.park(message, reason).await;
-        if let Outcome::Done = outcome {
+        if let (Outcome::Done, Hold::Claimed(claim)) = (outcome, hold) {
             self.release(claim).await;
         }
         outcome
@@ -60,7 +61,7 @@ impl Consumer {
     pub(super) async fn finish_delivered(
         &self,
         event: &RelayEvent,
-        claim: &HeldClaim,
+        hold: &Hold,
         snapshot: SnapshotToSave,
         now_ms: i64,
     ) -> Outcome {
@@ -71,14 +72,14 @@ impl Consumer {
             previous,
         } = snapshot;
         let Some(key) = key else {
-            self.complete_claim(claim, now_ms).await;
+            self.record_completed(hold, now_ms).await;
             return Outcome::Done;
         };
         if enriched == Enriched::Deleted {
             if let Err(e) = self.ports.snapshots.delete(&key).await {
                 tracing::warn!(event_id = %event.id, error = %e, "snapshot of a deleted entity not removed");
             }
-            self.complete_claim(claim, now_ms).await;
+            self.record_completed(hold, now_ms).await;
             return Outcome::Done;
         }
         let mut saved = match (enriched.into_entity(), previous) {
@@ -95,7 +96,7 @@ impl Consumer {
                 delivered: Vec::new(),
             },
             (None, None) => {
-                self.complete_claim(claim, now_ms).await;
+                self.record_completed(hold, now_ms).await;
                 return Outcome::Done;
             }
         };
@@ -121,8 +122,37 @@ impl Consumer {
         }
     }
 
-    /// Marks the claim COMPLETED for [`DEDUP_RETENTION`], if this consumer still owns it.
-    pub(super) async fn complete_claim(&self, claim: &HeldClaim, now_ms: i64) {
+    /// Marks the held id COMPLETED for [`DEDUP_RETENTION`]: a claim if this consumer still
+    /// owns it; a first receive, which wrote no claim, claims and completes it now (a delete,
+    /// or an entity the CRM no longer gives: no snapshot is left to remember the delivery).
+    pub(super) async fn record_completed(&self, hold: &Hold, now_ms: i64) {
+        match hold {
+            Hold::Claimed(claim) => self.complete_claim(claim, now_ms).await,
+            Hold::FirstReceive { id } => {
+                let claim = HeldClaim {
+                    id: id.clone(),
+                    owner: owner_token(),
+                };
+                let lease_until_ms = now_ms.saturating_add(self.lease_span.as_millis() as i64);
+                match self
+                    .ports
+                    .dedup
+                    .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
+                    .await
+                {
+                    Ok(Claim::Acquired) => self.complete_claim(&claim, now_ms).await,
+                    Ok(other) => {
+                        tracing::warn!(claim_id = %claim.id, ?other, "delivered, but its dedup record is already taken")
+                    }
+                    Err(e) => {
+                        tracing::warn!(claim_id = %claim.id, error = %e, "could not record the delivery")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn complete_claim(&self, claim: &HeldClaim, now_ms: i64) {
         let expires_at_ms = now_ms.saturating_add(DEDUP_RETENTION.as_millis() as i64);
         match self
             .ports
