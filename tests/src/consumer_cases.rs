@@ -395,6 +395,28 @@ pub async fn heartbeat_keeps_a_slow_delivery_claimed(
     assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
 }
 
+/// A known entity: deal `id` delivered once (its first sighting, stamped 100), then changed
+/// in the CRM; gives that first event, the update event about the change (stamped 200, not
+/// queued) and the clock the first was processed at.
+async fn known_entity_changed(world: &World, id: &str) -> (RelayEvent, RelayEvent, i64) {
+    world
+        .portal
+        .set_entity("deal", id, deal(id, "Known", "NEW", "1"));
+    // The real clock: a store with TTL (moto) may treat a lease in the past as gone.
+    let t0 = crate::contract::now_ms();
+    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", id, 100);
+    let report = world
+        .consumer()
+        .process_batch(&[message(&first, 1)], REMAINING, t0)
+        .await;
+    assert!(report.failed.is_empty(), "the first sighting is delivered");
+    world
+        .portal
+        .set_entity("deal", id, deal(id, "Known", "WON", "1"));
+    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", id, 200);
+    (first, update, t0)
+}
+
 /// A first receive of an entity the relay already has a snapshot of writes no dedup claim:
 /// the queue has given the message to no one else, and the snapshot saved after the POST is
 /// the record. A redelivery of it afterwards (receive 2) is still a skipped duplicate.
@@ -403,21 +425,8 @@ pub async fn first_receive_of_a_known_entity_claims_nothing(
     probe: Arc<dyn QueueProbe>,
 ) {
     let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
-    world
-        .portal
-        .set_entity("deal", "34", deal("34", "Known", "NEW", "1"));
+    let (first, update, t0) = known_entity_changed(&world, "34").await;
     let consumer = world.consumer();
-    // The real clock: a store with TTL (moto) may treat a lease in the past as gone.
-    let t0 = crate::contract::now_ms();
-    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "34", 100);
-    let report = consumer
-        .process_batch(&[message(&first, 1)], REMAINING, t0)
-        .await;
-    assert!(report.failed.is_empty());
-    world
-        .portal
-        .set_entity("deal", "34", deal("34", "Known", "WON", "1"));
-    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", "34", 200);
     let report = consumer
         .process_batch(&[message(&update, 1)], REMAINING, t0 + 1)
         .await;
@@ -492,20 +501,7 @@ pub async fn first_receive_gives_up_before_its_invisibility_can_end(
     probe: Arc<dyn QueueProbe>,
 ) {
     let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
-    world
-        .portal
-        .set_entity("deal", "36", deal("36", "Stuck", "NEW", "1"));
-    let t0 = crate::contract::now_ms();
-    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "36", 100);
-    let report = world
-        .consumer()
-        .process_batch(&[message(&first, 1)], REMAINING, t0)
-        .await;
-    assert!(report.failed.is_empty());
-    world
-        .portal
-        .set_entity("deal", "36", deal("36", "Stuck", "WON", "1"));
-    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", "36", 200);
+    let (first, update, t0) = known_entity_changed(&world, "36").await;
     world
         .destination
         .hold_answers_to(&update.id, Duration::from_millis(3_000));
@@ -585,20 +581,7 @@ pub async fn first_receive_stays_hidden_while_its_post_is_slow(
     queue: Arc<dyn ReceiveFromQueue>,
 ) {
     let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
-    world
-        .portal
-        .set_entity("deal", "37", deal("37", "Slow", "NEW", "1"));
-    let t0 = crate::contract::now_ms();
-    let first = b24_event(Family::Deal, "ONCRMDEALUPDATE", "37", 100);
-    let report = world
-        .consumer()
-        .process_batch(&[message(&first, 1)], REMAINING, t0)
-        .await;
-    assert!(report.failed.is_empty());
-    world
-        .portal
-        .set_entity("deal", "37", deal("37", "Slow", "WON", "1"));
-    let update = b24_event(Family::Deal, "ONCRMDEALUPDATE", "37", 200);
+    let (first, update, t0) = known_entity_changed(&world, "37").await;
     world.ports.queue.send(&update).await.expect("queued");
     world
         .destination
