@@ -171,6 +171,7 @@ pub fn b24_event(family: Family, name: &str, entity_id: &str, ts: i64) -> RelayE
 }
 
 /// An SQS message carrying `event` (a new message id each time, as SQS gives).
+/// A message as a queue hands it out just now (received at this moment, by the wall clock).
 pub fn message(event: &RelayEvent, receive_count: u32) -> QueueMessage {
     let serial = MESSAGE_SERIAL.fetch_add(1, Ordering::Relaxed);
     QueueMessage {
@@ -179,6 +180,7 @@ pub fn message(event: &RelayEvent, receive_count: u32) -> QueueMessage {
         body: serde_json::to_string(event).expect("envelope serialises"),
         group_id: event.message_group_id(),
         receive_count,
+        received_at_ms: Some(crate::contract::now_ms()),
     }
 }
 
@@ -492,11 +494,13 @@ impl relay_core::ports::Queue for VisibilityStuck {
     }
 }
 
-/// A first receive runs under the message's invisibility only, so when the heartbeat cannot
-/// extend it, the work gives up (dropping its POST) before the invisibility it had can end,
-/// rather than POST on while the queue may hand the message to another consumer. The
-/// destination holds the answer well past that: a consumer that waited would be told 200.
-pub async fn first_receive_gives_up_before_its_invisibility_can_end(
+/// A first receive runs under the message's invisibility, so when the heartbeat cannot extend
+/// it, the consumer claims the event before that invisibility can end and finishes under the
+/// claim: a second consumer that receives the message afterwards (its receive 2) finds it
+/// claimed and backs off, while the first one's POST (held 5 s by the destination) is still
+/// in flight. Either side without its rule shows here: a first receive that gave up would
+/// fail its batch; one that went on unclaimed would meet the second consumer's POST.
+pub async fn first_receive_that_cannot_stay_hidden_is_claimed_instead(
     ports: ConsumerPorts,
     probe: Arc<dyn QueueProbe>,
 ) {
@@ -504,7 +508,7 @@ pub async fn first_receive_gives_up_before_its_invisibility_can_end(
     let (first, update, t0) = known_entity_changed(&world, "36").await;
     world
         .destination
-        .hold_answers_to(&update.id, Duration::from_millis(3_000));
+        .hold_answers_to(&update.id, Duration::from_millis(5_000));
     let stuck = ConsumerPorts {
         queue: Arc::new(VisibilityStuck(world.ports.queue.clone())),
         ..world.ports.clone()
@@ -516,32 +520,101 @@ pub async fn first_receive_gives_up_before_its_invisibility_can_end(
         Some(client),
         reqwest::Client::new(),
     )
-    .with_lease(Duration::from_millis(600));
-    let gave_up = blind
-        .process_batch(&[message(&update, 1)], REMAINING, t0 + 1)
-        .await;
+    .with_lease(Duration::from_millis(1_500));
+    let received = [message(&update, 1)];
+    let slow = blind.process_batch(&received, REMAINING, t0 + 1);
+    let late = async {
+        tokio::time::sleep(Duration::from_millis(3_000)).await;
+        world
+            .consumer()
+            .process_batch(&[message(&update, 2)], REMAINING, crate::contract::now_ms())
+            .await
+    };
+    let (ra, rb) = tokio::join!(slow, late);
+    assert!(
+        ra.failed.is_empty(),
+        "the first receive finishes under its claim"
+    );
     assert_eq!(
-        gave_up.failed.len(),
+        rb.failed.len(),
         1,
-        "the POST was abandoned, not waited for"
+        "the second consumer finds the event claimed"
     );
     assert_eq!(
         world.destination.received_webhook_ids(),
-        vec![first.id.clone(), update.id.clone()],
-        "the abandoned POST had reached the destination"
+        vec![first.id.clone(), update.id.clone()]
     );
+    assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
+}
 
-    world
-        .destination
-        .hold_answers_to(&update.id, Duration::ZERO);
-    let retried = world
+/// A first receive whose receive was long ago (an invocation the event source mapping started
+/// late, a batch that waited) may no longer be hidden, so the event is claimed, as any other.
+pub async fn first_receive_received_long_ago_is_claimed(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let (first, update, t0) = known_entity_changed(&world, "39").await;
+    let mut stale = message(&update, 1);
+    stale.received_at_ms = Some(crate::contract::now_ms() - 10 * 60_000);
+    let report = world
         .consumer()
-        .process_batch(&[message(&update, 2)], REMAINING, t0 + 2)
+        .process_batch(&[stale], REMAINING, t0 + 1)
         .await;
-    assert!(retried.failed.is_empty(), "the redelivery goes out");
+    assert!(report.failed.is_empty());
+    assert!(
+        matches!(
+            world
+                .ports
+                .dedup
+                .claim(&update.id, "probe", t0 + 60_000, t0 + 2)
+                .await,
+            Ok(Claim::HeldElsewhere { .. })
+        ),
+        "the stale first receive was claimed"
+    );
     assert_eq!(
         world.destination.received_webhook_ids(),
-        vec![first.id.clone(), update.id.clone(), update.id.clone()]
+        vec![first.id.clone(), update.id.clone()]
+    );
+}
+
+/// An event delivered before its entity had a snapshot (the CRM did not give the entity then)
+/// is recorded by its claim only. A later copy of it, received once (the offline log drained
+/// again, a replay), after a newer event gave the entity a snapshot, is older than that
+/// snapshot: it is claimed, finds its claim COMPLETED and takes the news-only rule, instead
+/// of going out again as a first receive.
+pub async fn late_copy_delivered_before_the_snapshot_is_not_forwarded_again(
+    ports: ConsumerPorts,
+    probe: Arc<dyn QueueProbe>,
+) {
+    let world = World::new(ports, probe, Auth::Webhook, fast_limits()).await;
+    let consumer = world.consumer();
+    let t0 = crate::contract::now_ms();
+    let early = b24_event(Family::Deal, "ONCRMDEALUPDATE", "38", 100);
+    let report = consumer
+        .process_batch(&[message(&early, 1)], REMAINING, t0)
+        .await;
+    assert!(report.failed.is_empty());
+    assert_eq!(
+        world.destination.delivered_bodies()[0]["entity"],
+        Value::Null
+    );
+    world
+        .portal
+        .set_entity("deal", "38", deal("38", "Late", "NEW", "1"));
+    let later = b24_event(Family::Deal, "ONCRMDEALUPDATE", "38", 300);
+    let copy = b24_event(Family::Deal, "ONCRMDEALUPDATE", "38", 100);
+    for (n, event) in [&later, &copy].into_iter().enumerate() {
+        let report = consumer
+            .process_batch(&[message(event, 1)], REMAINING, t0 + 1 + n as i64)
+            .await;
+        assert!(report.failed.is_empty());
+    }
+    assert_eq!(
+        world.destination.received_webhook_ids(),
+        vec![early.id.clone(), later.id.clone()],
+        "the copy of the early event is not forwarded again"
     );
 }
 
@@ -1181,6 +1254,7 @@ pub async fn malformed_message_parks_alone(ports: ConsumerPorts, probe: Arc<dyn 
         body: "{\"v\":1,\"id\":".into(),
         group_id: good.message_group_id(),
         receive_count: 1,
+        received_at_ms: Some(crate::contract::now_ms()),
     };
     let report = world
         .consumer()
@@ -1568,7 +1642,9 @@ macro_rules! consumer_case_tests {
             offline_twin_in_another_second_is_not_forwarded_again,
             heartbeat_keeps_a_slow_delivery_claimed,
             first_receive_of_a_known_entity_claims_nothing,
-            first_receive_gives_up_before_its_invisibility_can_end,
+            first_receive_that_cannot_stay_hidden_is_claimed_instead,
+            first_receive_received_long_ago_is_claimed,
+            late_copy_delivered_before_the_snapshot_is_not_forwarded_again,
             batch_stops_taking_messages_before_its_deadline,
             groups_of_a_batch_are_posted_side_by_side,
             a_group_keeps_its_order_while_other_groups_proceed,

@@ -114,6 +114,8 @@ impl SimQueue {
                     body: m.body,
                     group_id: m.group_id,
                     receive_count: m.receive_count,
+                    // Simulated time: no wall-clock receive, so every event is claimed.
+                    received_at_ms: None,
                 };
                 s.dead.push((letter, "maxReceiveCount exceeded".into()));
                 continue;
@@ -128,6 +130,7 @@ impl SimQueue {
                 body: m.body.clone(),
                 group_id: m.group_id.clone(),
                 receive_count: m.receive_count,
+                received_at_ms: None,
             });
         }
         out

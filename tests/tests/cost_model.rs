@@ -161,6 +161,12 @@ async fn drain(
                     .cloned()
                     .unwrap_or_default(),
                 receive_count: 1,
+                received_at_ms: m
+                    .attributes()
+                    .and_then(|a| {
+                        a.get(&MessageSystemAttributeName::ApproximateFirstReceiveTimestamp)
+                    })
+                    .and_then(|t| t.parse().ok()),
             })
             .collect();
         if messages.is_empty() {

@@ -794,6 +794,7 @@ async fn online_and_offline_copies_reach_the_destination_once() {
             body: serde_json::to_string(copy).unwrap(),
             group_id: copy.message_group_id(),
             receive_count: 1,
+            received_at_ms: Some(integration_tests::contract::now_ms()),
         };
         let report = consumer
             .process_batch(&[message], Duration::from_secs(30), NOW_MS + n as i64)

@@ -350,6 +350,22 @@ fn to_queue_message(message: &aws_sdk_sqs::types::Message) -> QueueMessage {
         )
         .and_then(|n| n.parse().ok())
         .unwrap_or(2),
+        received_at_ms: first_receive_ms(
+            system_attribute(message, MessageSystemAttributeName::ApproximateReceiveCount),
+            system_attribute(
+                message,
+                MessageSystemAttributeName::ApproximateFirstReceiveTimestamp,
+            ),
+        ),
+    }
+}
+
+/// The time of this receive, where SQS tells it: on a first receive (`ApproximateReceiveCount`
+/// 1) `ApproximateFirstReceiveTimestamp` is this receive's time; on a later one it is not.
+pub fn first_receive_ms(receive_count: Option<&str>, first_receive: Option<&str>) -> Option<i64> {
+    match receive_count {
+        Some("1") => first_receive.and_then(|t| t.parse().ok()),
+        _ => None,
     }
 }
 
@@ -451,6 +467,7 @@ mod tests {
             body: "{}".into(),
             group_id: "g".into(),
             receive_count: 1,
+            received_at_ms: None,
         };
         assert_eq!(park_dedup_id(&message), message.message_id);
         message.message_id.clear();

@@ -7,8 +7,8 @@
 //! its `attempts` line.
 //!
 //! One event, one POST in flight: a first receive of a known entity is held by the message's
-//! own invisibility, every other event by a dedup claim (owner token, lease); a heartbeat
-//! renews either while the event is worked on, and a batch does not start a message when less
+//! own invisibility (claimed after all if that cannot be kept), every other event by a dedup
+//! claim (owner token, lease); a heartbeat renews either while the event is worked on, and a batch does not start a message when less
 //! than a whole forward's time is left. The snapshot written after the POST carries the
 //! entity's last delivered event ids, so it is also the record that the event was delivered:
 //! the typical event (an update of a known entity) costs that one write; a claimed one, two
@@ -353,10 +353,15 @@ impl Consumer {
         prefetched: &Prefetched,
         clock: InBatch<'_>,
     ) -> Outcome {
-        if message.receive_count == 1 {
+        if self.may_hold_by_invisibility(message, clock) {
             if let Some(key) = SnapshotKey::of(event) {
                 match self.ports.snapshots.load(&key).await {
-                    Ok(Some(previous)) if !previous.remembers(&event.id) => {
+                    // An event not newer than the snapshot is a late copy (an offline record
+                    // drained again, a replay), perhaps of an event delivered before the
+                    // entity had a snapshot: its claim says whether it was (the news-only rule).
+                    Ok(Some(previous))
+                        if !previous.remembers(&event.id) && event.ts > previous.version =>
+                    {
                         let known = KnownEntity { key, previous };
                         return self
                             .first_receive(message, event, known, prefetched, clock)
@@ -415,6 +420,14 @@ impl Consumer {
         }
     }
 
+    /// Whether `message` can go out held by its own invisibility: its first receive, and known
+    /// to stay hidden long enough for a heartbeat to extend that before it could end.
+    fn may_hold_by_invisibility(&self, message: &QueueMessage, clock: InBatch<'_>) -> bool {
+        message.receive_count == 1
+            && clock.pending.invisible_until(message)
+                >= tokio::time::Instant::now() + self.lease_span / 3
+    }
+
     /// A first receive of a known entity (see `process_one`): fetched, skipped as a twin or
     /// delivered, all under the message's invisibility.
     async fn first_receive(
@@ -426,9 +439,7 @@ impl Consumer {
         clock: InBatch<'_>,
     ) -> Outcome {
         let now_ms = clock.now_ms;
-        let hold = Hold::FirstReceive {
-            id: event.id.clone(),
-        };
+        let hold = Hold::first_receive(&event.id);
         let work = async {
             let enriched = match self.fetch_entity(event, prefetched, now_ms).await {
                 Ok(enriched) => enriched,

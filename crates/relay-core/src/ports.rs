@@ -68,6 +68,10 @@ pub struct QueueMessage {
     pub group_id: String,
     /// 1 on first delivery.
     pub receive_count: u32,
+    /// When the receive that handed this message out happened (Unix ms), where the queue
+    /// tells: the embedded queue's receive, SQS's `ApproximateFirstReceiveTimestamp` on a
+    /// first receive. `None`: not known, and the consumer then claims the event (`consume`).
+    pub received_at_ms: Option<i64>,
 }
 
 /// A queue that hands out messages itself (the embedded store). SQS does this through the

@@ -58,6 +58,16 @@ pub async fn handle_sqs_event(
                 .get("ApproximateReceiveCount")
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(2),
+            received_at_ms: relay_aws::sqs::first_receive_ms(
+                record
+                    .attributes
+                    .get("ApproximateReceiveCount")
+                    .map(String::as_str),
+                record
+                    .attributes
+                    .get("ApproximateFirstReceiveTimestamp")
+                    .map(String::as_str),
+            ),
             message_id,
             receipt,
             body,

@@ -126,13 +126,21 @@ impl Queue for SqliteStore {
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
         let receipt = receipt.to_string();
         self.with_conn(move |conn| {
-            // A stale receipt (the message was deleted or received again) changes nothing,
-            // as SQS ignores it once the message is gone.
-            conn.execute(
-                "UPDATE queue SET visible_at_ms = ?1 WHERE receipt = ?2",
-                params![unix_ms_now().saturating_add(duration_ms(delay)), receipt],
-            )
-            .map_err(db("retry_after"))?;
+            let changed = conn
+                .execute(
+                    "UPDATE queue SET visible_at_ms = ?1 WHERE receipt = ?2",
+                    params![unix_ms_now().saturating_add(duration_ms(delay)), receipt],
+                )
+                .map_err(db("retry_after"))?;
+            // A stale receipt (the message was deleted or received again) changes nothing, and
+            // says so, as SQS refuses one (ReceiptHandleIsInvalid, MessageNotInflight): a
+            // heartbeat must never count it as the message kept hidden.
+            if changed == 0 {
+                return Err(StoreError::Unavailable(
+                    "retry_after: the receipt is not current (message deleted or received again)"
+                        .into(),
+                ));
+            }
             Ok(())
         })
         .await
@@ -296,6 +304,7 @@ impl PollingQueue for SqliteStore {
                         body: head.body,
                         group_id: head.group_id,
                         receive_count,
+                        received_at_ms: Some(now_ms),
                     });
                 }
                 // Only a dead-lettered head can uncover a deliverable message behind it.

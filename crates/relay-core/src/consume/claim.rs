@@ -1,11 +1,15 @@
 //! What every delivery runs under, so one event has one POST in flight: a `Hold`. A first
 //! receive of a known entity holds the message's own invisibility (no other consumer has had
 //! the message, and none gets it while a heartbeat keeps it hidden); everything else holds a
-//! dedup claim (owner token, lease) in the store. Hold lost, no POST.
+//! dedup claim (owner token, lease) in the store. A first receive that cannot keep its
+//! message hidden claims it before the invisibility can end; hold lost, no POST.
 
 use super::{Consumer, InBatch, Outcome};
 use crate::forward::MAX_RETRY_DELAY;
 use crate::ports::{Claim, Ownership, QueueMessage};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -15,19 +19,38 @@ pub(super) enum Hold {
     /// the message under a claim), first sightings (whose claim is also their dedup record,
     /// see `process_one`), events with no snapshot and destination deliveries.
     Claimed(HeldClaim),
-    /// A first receive (`receive_count` 1) of an entity with a snapshot. The queue has handed
-    /// the message to nobody else, and hands it to nobody while it stays invisible: the
-    /// heartbeat extends that, and the work gives up before the last visibility it knows of
-    /// could end. No dedup write: the snapshot, saved after the POST, records the delivery.
-    FirstReceive { id: String },
+    /// A first receive (`receive_count` 1, received moments ago) of an entity with a
+    /// snapshot. The queue has handed the message to nobody else, and hands it to nobody while
+    /// it stays invisible: the heartbeat extends that. No dedup write: the snapshot, saved
+    /// after the POST, records the delivery. `claimed`: the claim taken when the invisibility
+    /// could not be kept (see `while_holding`).
+    FirstReceive {
+        id: String,
+        claimed: OnceLock<HeldClaim>,
+    },
 }
 
 impl Hold {
+    pub(super) fn first_receive(id: &str) -> Self {
+        Hold::FirstReceive {
+            id: id.to_string(),
+            claimed: OnceLock::new(),
+        }
+    }
+
     /// The key the delivery is recorded under: the webhook-id (or delivery key).
     pub(super) fn id(&self) -> &str {
         match self {
             Hold::Claimed(claim) => &claim.id,
-            Hold::FirstReceive { id } => id,
+            Hold::FirstReceive { id, .. } => id,
+        }
+    }
+
+    /// The dedup claim this hold has in the store, if any.
+    pub(super) fn claim(&self) -> Option<&HeldClaim> {
+        match self {
+            Hold::Claimed(claim) => Some(claim),
+            Hold::FirstReceive { claimed, .. } => claimed.get(),
         }
     }
 }
@@ -84,10 +107,12 @@ impl Consumer {
 
     /// Runs `work` under `hold`: a heartbeat renews the hold (a claim's lease, and the
     /// invisibility of the batch's unfinished messages), so no other consumer starts the same
-    /// event while its POST is in flight. If the hold is lost anyway (a claim's store was
-    /// unreachable for a whole lease and another consumer took over; a first receive whose
-    /// invisibility could not be extended is about to end), the work is dropped, which aborts
-    /// its POST. A claim whose work ends in a retry is released for the retry.
+    /// event while its POST is in flight. A first receive whose invisibility could not be
+    /// extended claims the event before that invisibility can end, and goes on under the
+    /// claim: a consumer that receives the message afterwards finds it held. If the hold is
+    /// lost anyway (a claim's store unreachable for a whole lease and another consumer took
+    /// over, or no claim to be had), the work is dropped, which aborts its POST. A claim whose
+    /// work ends in a retry is released for the retry.
     pub(super) async fn while_holding<F>(
         &self,
         message: &QueueMessage,
@@ -96,29 +121,56 @@ impl Consumer {
         work: F,
     ) -> Outcome
     where
-        F: std::future::Future<Output = Outcome>,
+        F: Future<Output = Outcome>,
     {
         let period = self.lease_span / 3;
-        // The beats run beside the work, not between its steps, so a slow store call in a
-        // beat never holds up the POST, and a slow POST never holds up the beats.
-        let beats = async {
-            match hold {
-                Hold::Claimed(claim) => self.beat_claim(claim, clock, period).await,
-                Hold::FirstReceive { .. } => self.beat_visibility(message, clock, period).await,
+        let mut work = std::pin::pin!(work);
+        let outcome = match hold {
+            Hold::Claimed(claim) => self.under_claim(message, claim, clock, work.as_mut()).await,
+            Hold::FirstReceive { id, claimed } => {
+                // The beats run beside the work, not between its steps, so a slow queue call in
+                // a beat never holds up the POST, and a slow POST never holds up the beats.
+                tokio::select! {
+                    outcome = work.as_mut() => outcome,
+                    () = self.beat_visibility(message, clock, period) => {
+                        match self.claim(message, id, clock).await {
+                            Ok(Ok(claim)) => {
+                                tracing::warn!(hold_id = %id, "could not keep the message invisible; holding it by a claim instead");
+                                let claim = claimed.get_or_init(|| claim);
+                                return self.under_claim(message, claim, clock, work.as_mut()).await;
+                            }
+                            Ok(Err(_)) | Err(_) => self.abandon(message, id),
+                        }
+                    }
+                }
             }
         };
+        outcome
+    }
+
+    /// The rest of `work` under `claim`, which a heartbeat renews; released if the work ends
+    /// in a retry.
+    async fn under_claim(
+        &self,
+        message: &QueueMessage,
+        claim: &HeldClaim,
+        clock: InBatch<'_>,
+        work: Pin<&mut impl Future<Output = Outcome>>,
+    ) -> Outcome {
+        let period = self.lease_span / 3;
         let outcome = tokio::select! {
             outcome = work => outcome,
-            () = beats => {
-                tracing::warn!(hold_id = %hold.id(), "hold lost (claim taken over, or the message's invisibility not extended); abandoning this attempt");
-                Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
-            }
+            () = self.beat_claim(claim, clock, period) => self.abandon(message, &claim.id),
         };
-        if let (Outcome::RetryAfter(_) | Outcome::Defer(_), Hold::Claimed(claim)) = (outcome, hold)
-        {
+        if let Outcome::RetryAfter(_) | Outcome::Defer(_) = outcome {
             self.release(claim).await;
         }
         outcome
+    }
+
+    fn abandon(&self, message: &QueueMessage, hold_id: &str) -> Outcome {
+        tracing::warn!(%hold_id, "hold lost (claim taken over, or the message neither kept invisible nor claimed); abandoning this attempt");
+        Outcome::RetryAfter(self.schedule.delay(message.receive_count, None))
     }
 
     /// A claim's beats, every `period`, until the claim is lost.
@@ -133,16 +185,26 @@ impl Consumer {
     }
 
     /// A first receive's beats: the batch's unfinished messages kept invisible every
-    /// `period`; returns (the hold is lost) once `message` is within half a period of the end
-    /// of the last invisibility its queue is known to have granted, so the work stops before
-    /// another consumer can receive the message.
-    async fn beat_visibility(&self, message: &QueueMessage, clock: InBatch<'_>, period: Duration) {
-        let mut next_beat = Instant::now() + period;
+    /// `period`, and at least a period before `message`'s known invisibility ends; returns
+    /// once `message` is within half a period of that end (its beats failed), so the caller
+    /// can claim it before another consumer can receive it.
+    pub(super) async fn beat_visibility(
+        &self,
+        message: &QueueMessage,
+        clock: InBatch<'_>,
+        period: Duration,
+    ) {
+        let mut last_beat = Instant::now();
         loop {
-            let give_up_at = clock.pending.invisible_until(message) - period / 2;
+            let until = clock.pending.invisible_until(message);
+            let give_up_at = until - period / 2;
             if Instant::now() >= give_up_at {
                 return;
             }
+            // Spaced a little even when the end is near, so failing calls do not spin.
+            let next_beat = (last_beat + period)
+                .min(until - period)
+                .max(last_beat + period / 8);
             let beat = async {
                 tokio::time::sleep_until(next_beat).await;
                 self.keep_batch_invisible(clock, period).await;
@@ -151,7 +213,7 @@ impl Consumer {
             // looks again, since another group's beat may have extended the message meanwhile.
             tokio::select! {
                 () = tokio::time::sleep_until(give_up_at) => {}
-                () = beat => next_beat += period,
+                () = beat => last_beat = Instant::now(),
             }
         }
     }

@@ -51,16 +51,27 @@ pub(super) struct Pending<'a> {
 }
 
 impl<'a> Pending<'a> {
-    /// `invisible_for`: a span the receive is known to have hidden every message for, counted
-    /// from now (the batch's start, which comes after the receive). Queues receive with more
-    /// than the lease (SQS: the queue's visibility timeout, 6 x the consumer's timeout;
-    /// `relay serve`: 6 x its batch timeout), so the lease is such a span.
-    pub(super) fn new(messages: &'a [QueueMessage], invisible_for: Duration) -> Self {
-        let until = Instant::now() + invisible_for;
+    /// `lease`: a span every receive is known to hide a message for, counted from the receive
+    /// (`QueueMessage::received_at_ms`). Queues receive with more than the lease (SQS: the
+    /// queue's visibility timeout, 6 x the consumer's timeout; `relay serve`: 6 x its batch
+    /// timeout), so the lease is such a span. A message whose receive time is not known is
+    /// taken as already visible again.
+    pub(super) fn new(messages: &'a [QueueMessage], lease: Duration) -> Self {
+        let (now, now_ms) = (Instant::now(), crate::clock::now_unix_ms());
+        let until = messages
+            .iter()
+            .map(|m| match m.received_at_ms {
+                Some(at) => {
+                    let age = Duration::from_millis(now_ms.saturating_sub(at).max(0) as u64);
+                    now + lease.saturating_sub(age)
+                }
+                None => now,
+            })
+            .collect();
         Pending {
             messages,
             standing: Mutex::new(vec![Standing::default(); messages.len()]),
-            invisible_until: std::sync::Mutex::new(vec![until; messages.len()]),
+            invisible_until: std::sync::Mutex::new(until),
         }
     }
 
@@ -179,6 +190,7 @@ mod tests {
             body: String::new(),
             group_id: group.into(),
             receive_count: 1,
+            received_at_ms: None,
         }
     }
 

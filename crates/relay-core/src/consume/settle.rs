@@ -44,7 +44,7 @@ impl Consumer {
         reason: &str,
     ) -> Outcome {
         let outcome = self.park(message, reason).await;
-        if let (Outcome::Done, Hold::Claimed(claim)) = (outcome, hold) {
+        if let (Outcome::Done, Some(claim)) = (outcome, hold.claim()) {
             self.release(claim).await;
         }
         outcome
@@ -126,28 +126,26 @@ impl Consumer {
     /// owns it; a first receive, which wrote no claim, claims and completes it now (a delete,
     /// or an entity the CRM no longer gives: no snapshot is left to remember the delivery).
     pub(super) async fn record_completed(&self, hold: &Hold, now_ms: i64) {
-        match hold {
-            Hold::Claimed(claim) => self.complete_claim(claim, now_ms).await,
-            Hold::FirstReceive { id } => {
-                let claim = HeldClaim {
-                    id: id.clone(),
-                    owner: owner_token(),
-                };
-                let lease_until_ms = now_ms.saturating_add(self.lease_span.as_millis() as i64);
-                match self
-                    .ports
-                    .dedup
-                    .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
-                    .await
-                {
-                    Ok(Claim::Acquired) => self.complete_claim(&claim, now_ms).await,
-                    Ok(other) => {
-                        tracing::warn!(claim_id = %claim.id, ?other, "delivered, but its dedup record is already taken")
-                    }
-                    Err(e) => {
-                        tracing::warn!(claim_id = %claim.id, error = %e, "could not record the delivery")
-                    }
-                }
+        if let Some(claim) = hold.claim() {
+            return self.complete_claim(claim, now_ms).await;
+        }
+        let claim = HeldClaim {
+            id: hold.id().to_string(),
+            owner: owner_token(),
+        };
+        let lease_until_ms = now_ms.saturating_add(self.lease_span.as_millis() as i64);
+        match self
+            .ports
+            .dedup
+            .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
+            .await
+        {
+            Ok(Claim::Acquired) => self.complete_claim(&claim, now_ms).await,
+            Ok(other) => {
+                tracing::warn!(claim_id = %claim.id, ?other, "delivered, but its dedup record is already taken")
+            }
+            Err(e) => {
+                tracing::warn!(claim_id = %claim.id, error = %e, "could not record the delivery")
             }
         }
     }
