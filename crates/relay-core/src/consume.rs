@@ -421,11 +421,12 @@ impl Consumer {
     }
 
     /// Whether `message` can go out held by its own invisibility: its first receive, and known
-    /// to stay hidden long enough for a heartbeat to extend that before it could end.
+    /// to stay hidden long enough for a heartbeat to extend that before the consumer would
+    /// have to claim it after all (a period before the end).
     fn may_hold_by_invisibility(&self, message: &QueueMessage, clock: InBatch<'_>) -> bool {
         message.receive_count == 1
             && clock.pending.invisible_until(message)
-                >= tokio::time::Instant::now() + self.lease_span / 3
+                >= tokio::time::Instant::now() + self.lease_span / 2
     }
 
     /// A first receive of a known entity (see `process_one`): fetched, skipped as a twin or

@@ -9,8 +9,8 @@ use crate::forward::MAX_RETRY_DELAY;
 use crate::ports::{Claim, Ownership, QueueMessage};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::time::Duration;
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 /// What keeps one event's (or one destination delivery's) POST single while the stages work.
@@ -22,11 +22,12 @@ pub(super) enum Hold {
     /// A first receive (`receive_count` 1, received moments ago) of an entity with a
     /// snapshot. The queue has handed the message to nobody else, and hands it to nobody while
     /// it stays invisible: the heartbeat extends that. No dedup write: the snapshot, saved
-    /// after the POST, records the delivery. `claimed`: the claim taken when the invisibility
-    /// could not be kept (see `while_holding`).
+    /// after the POST, records the delivery. `claimed`: a claim taken after all, when the
+    /// invisibility could not be kept (`while_holding`) or to record a delivery no snapshot
+    /// remembers (`settle`); whichever comes first takes it, the other uses it.
     FirstReceive {
         id: String,
-        claimed: OnceLock<HeldClaim>,
+        claimed: OnceCell<HeldClaim>,
     },
 }
 
@@ -34,15 +35,7 @@ impl Hold {
     pub(super) fn first_receive(id: &str) -> Self {
         Hold::FirstReceive {
             id: id.to_string(),
-            claimed: OnceLock::new(),
-        }
-    }
-
-    /// The key the delivery is recorded under: the webhook-id (or delivery key).
-    pub(super) fn id(&self) -> &str {
-        match self {
-            Hold::Claimed(claim) => &claim.id,
-            Hold::FirstReceive { id, .. } => id,
+            claimed: OnceCell::new(),
         }
     }
 
@@ -125,27 +118,49 @@ impl Consumer {
     {
         let period = self.lease_span / 3;
         let mut work = std::pin::pin!(work);
-        let outcome = match hold {
-            Hold::Claimed(claim) => self.under_claim(message, claim, clock, work.as_mut()).await,
-            Hold::FirstReceive { id, claimed } => {
-                // The beats run beside the work, not between its steps, so a slow queue call in
-                // a beat never holds up the POST, and a slow POST never holds up the beats.
-                tokio::select! {
-                    outcome = work.as_mut() => outcome,
-                    () = self.beat_visibility(message, clock, period) => {
-                        match self.claim(message, id, clock).await {
-                            Ok(Ok(claim)) => {
-                                tracing::warn!(hold_id = %id, "could not keep the message invisible; holding it by a claim instead");
-                                let claim = claimed.get_or_init(|| claim);
-                                return self.under_claim(message, claim, clock, work.as_mut()).await;
-                            }
-                            Ok(Err(_)) | Err(_) => self.abandon(message, id),
-                        }
-                    }
-                }
+        let (id, claimed) = match hold {
+            Hold::Claimed(claim) => {
+                return self.under_claim(message, claim, clock, work.as_mut()).await
             }
+            Hold::FirstReceive { id, claimed } => (id, claimed),
         };
+        // The beats run beside the work, not between its steps, so a slow queue call in a beat
+        // never holds up the POST, and a slow POST never holds up the beats; the claim taken
+        // after all is taken in the beats too, while the work goes on.
+        let beats = async {
+            let until = self.beat_visibility(message, clock, period).await;
+            // Bounded by the invisibility left: a claim that lands later may find another
+            // consumer's, and this one must not still be POSTing then.
+            let left = until.saturating_duration_since(Instant::now());
+            let claim = claimed.get_or_try_init(|| self.claim_after_all(message, id, clock));
+            let Ok(Ok(claim)) = tokio::time::timeout(left, claim).await else {
+                return;
+            };
+            tracing::warn!(hold_id = %id, "could not keep the message invisible; holding it by a claim instead");
+            self.beat_claim(claim, clock, period).await;
+        };
+        let outcome = tokio::select! {
+            outcome = work.as_mut() => outcome,
+            () = beats => self.abandon(message, id),
+        };
+        if let (Outcome::RetryAfter(_) | Outcome::Defer(_), Some(claim)) = (outcome, claimed.get())
+        {
+            self.release(claim).await;
+        }
         outcome
+    }
+
+    /// A first receive's claim, taken after all; `Err` when it cannot be had.
+    async fn claim_after_all(
+        &self,
+        message: &QueueMessage,
+        id: &str,
+        clock: InBatch<'_>,
+    ) -> Result<HeldClaim, ()> {
+        match self.claim(message, id, clock).await {
+            Ok(Ok(claim)) => Ok(claim),
+            Ok(Err(_)) | Err(_) => Err(()),
+        }
     }
 
     /// The rest of `work` under `claim`, which a heartbeat renews; released if the work ends
@@ -185,25 +200,25 @@ impl Consumer {
     }
 
     /// A first receive's beats: the batch's unfinished messages kept invisible every
-    /// `period`, and at least a period before `message`'s known invisibility ends; returns
-    /// once `message` is within half a period of that end (its beats failed), so the caller
-    /// can claim it before another consumer can receive it.
+    /// `period`, and at least one and a half periods before `message`'s known invisibility
+    /// ends; returns that end once it is a period away (the beats failed), so the caller can
+    /// claim the message before another consumer can receive it.
     pub(super) async fn beat_visibility(
         &self,
         message: &QueueMessage,
         clock: InBatch<'_>,
         period: Duration,
-    ) {
+    ) -> Instant {
         let mut last_beat = Instant::now();
         loop {
             let until = clock.pending.invisible_until(message);
-            let give_up_at = until - period / 2;
+            let give_up_at = until - period;
             if Instant::now() >= give_up_at {
-                return;
+                return until;
             }
             // Spaced a little even when the end is near, so failing calls do not spin.
             let next_beat = (last_beat + period)
-                .min(until - period)
+                .min(until - period - period / 2)
                 .max(last_beat + period / 8);
             let beat = async {
                 tokio::time::sleep_until(next_beat).await;

@@ -126,28 +126,41 @@ impl Consumer {
     /// owns it; a first receive, which wrote no claim, claims and completes it now (a delete,
     /// or an entity the CRM no longer gives: no snapshot is left to remember the delivery).
     pub(super) async fn record_completed(&self, hold: &Hold, now_ms: i64) {
-        if let Some(claim) = hold.claim() {
-            return self.complete_claim(claim, now_ms).await;
-        }
-        let claim = HeldClaim {
-            id: hold.id().to_string(),
-            owner: owner_token(),
+        let claim = match hold {
+            Hold::Claimed(claim) => claim,
+            Hold::FirstReceive { id, claimed } => {
+                // The heartbeat may be claiming it at this moment too: one claim, shared.
+                let claim = claimed.get_or_try_init(|| async {
+                    let claim = HeldClaim {
+                        id: id.clone(),
+                        owner: owner_token(),
+                    };
+                    let lease_until_ms =
+                        now_ms.saturating_add(self.lease_span.as_millis() as i64);
+                    match self
+                        .ports
+                        .dedup
+                        .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
+                        .await
+                    {
+                        Ok(Claim::Acquired) => Ok(claim),
+                        Ok(other) => {
+                            tracing::warn!(claim_id = %claim.id, ?other, "delivered, but its dedup record is already taken");
+                            Err(())
+                        }
+                        Err(e) => {
+                            tracing::warn!(claim_id = %claim.id, error = %e, "could not record the delivery");
+                            Err(())
+                        }
+                    }
+                });
+                match claim.await {
+                    Ok(claim) => claim,
+                    Err(()) => return,
+                }
+            }
         };
-        let lease_until_ms = now_ms.saturating_add(self.lease_span.as_millis() as i64);
-        match self
-            .ports
-            .dedup
-            .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
-            .await
-        {
-            Ok(Claim::Acquired) => self.complete_claim(&claim, now_ms).await,
-            Ok(other) => {
-                tracing::warn!(claim_id = %claim.id, ?other, "delivered, but its dedup record is already taken")
-            }
-            Err(e) => {
-                tracing::warn!(claim_id = %claim.id, error = %e, "could not record the delivery")
-            }
-        }
+        self.complete_claim(claim, now_ms).await;
     }
 
     async fn complete_claim(&self, claim: &HeldClaim, now_ms: i64) {
