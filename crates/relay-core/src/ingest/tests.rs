@@ -762,6 +762,71 @@ async fn stored_application_token_is_accepted_when_a_store_is_wired() {
     assert_eq!(queue.sent().len(), 2);
 }
 
+/// A stored token that matched is trusted for the cache time without a read; a wrong token
+/// still reads the store and gets 401; a reinstall's new token is accepted at once; an
+/// uninstall refuses the old token once the cache time has passed.
+#[tokio::test]
+async fn stored_tokens_are_cached_briefly_and_never_let_a_wrong_token_in() {
+    let ttl = Duration::from_secs(60);
+    let portal = Arc::new(StoredPortal::new(MEMBER, "installed-app-token"));
+    let queue = Arc::new(RecordingQueue::default());
+    let ingress = Ingress::new(queue.clone(), config())
+        .with_token_store(portal.clone())
+        .with_stored_token_cache(ttl);
+    let post = |token: &str, secs: u64| {
+        let body = b24_form("ONCRMDEALUPDATE", token);
+        let ingress = &ingress;
+        async move {
+            ingress
+                .handle(
+                    request(Family::Deal, FORM, None, None, body.as_bytes()),
+                    at(secs),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(post("installed-app-token", 1_000).await, 202);
+    assert_eq!(post("installed-app-token", 1_030).await, 202);
+    assert_eq!(
+        portal.reads(),
+        1,
+        "the second event is verified from the cache"
+    );
+
+    assert_eq!(post("forged-token", 1_031).await, 401);
+    assert_eq!(post("", 1_031).await, 401);
+    assert_eq!(
+        portal.reads(),
+        2,
+        "a wrong token is checked against the store"
+    );
+
+    // Reinstall: a new token is stored. It is accepted at once; the old one, no longer in
+    // the cache, is refused.
+    portal.set_token(Some("reinstalled-token"));
+    assert_eq!(post("reinstalled-token", 1_032).await, 202);
+    assert_eq!(post("installed-app-token", 1_033).await, 401);
+
+    // Uninstall: the tokens are deleted. The cached token passes until its time is up.
+    portal.set_token(None);
+    assert_eq!(post("reinstalled-token", 1_032 + 59).await, 202);
+    assert_eq!(post("reinstalled-token", 1_032 + 60).await, 401);
+    // A clock that went back does not stretch the cache.
+    assert_eq!(post("reinstalled-token", 900).await, 401);
+    assert_eq!(queue.sent().len(), 4);
+
+    // Without a cache time every event reads the store.
+    let uncached = Arc::new(StoredPortal::new(MEMBER, "installed-app-token"));
+    let ingress = Ingress::new(queue.clone(), config()).with_token_store(uncached.clone());
+    let body = b24_form("ONCRMDEALUPDATE", "installed-app-token");
+    for secs in [1, 2] {
+        let req = request(Family::Deal, FORM, None, None, body.as_bytes());
+        assert_eq!(ingress.handle(req, at(secs)).await.status, 202);
+    }
+    assert_eq!(uncached.reads(), 2);
+}
+
 #[tokio::test]
 async fn salesman_envelope_id_ignores_event_case_and_encoding_within_a_second() {
     let queue = Arc::new(RecordingQueue::default());
