@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing_subscriber::util::SubscriberInitExt;
 
 const APP_TOKEN: &str = "cost-app-token";
 const SIGNING_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -195,9 +196,9 @@ async fn drain(
     done
 }
 
-/// Every log line the functions write, as `relay_core::logging` formats them on Lambda (JSON, no
-/// time: Lambda stamps it), tagged with the phase that wrote it. This test binary holds one
-/// test, so the global subscriber is its own.
+/// Every log line the functions write, in `relay_core::logging`'s format (as on Lambda),
+/// tagged with the phase that wrote it. This test binary holds one test, so the global
+/// subscriber is its own.
 /// Per phase: lines, bytes, and the longest single write (a line).
 type LogSizes = BTreeMap<String, (usize, usize, usize)>;
 
@@ -242,14 +243,10 @@ impl std::io::Write for LogBytes {
 fn capture_logs() -> LogBytes {
     let logs = LogBytes::default();
     let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_current_span(false)
-        .with_target(false)
-        .without_time()
-        .with_writer(move || writer.clone())
-        .init();
+    relay_core::logging::json_lines(tracing_subscriber::EnvFilter::new("info"), move || {
+        writer.clone()
+    })
+    .init();
     logs
 }
 

@@ -145,18 +145,11 @@ impl Ingress {
         if req.family == Family::App && self.app_lifecycle.is_some() {
             return self.handle_app(req, now).await;
         }
+        let function_family = req.family;
         match self.accept(req, now).await {
             Ok(events) => {
                 for event in &events {
-                    tracing::info!(
-                        source = %event.source,
-                        event = %event.event,
-                        family = %event.family,
-                        portal = %event.portal,
-                        entity_id = event.entity_id.as_deref().unwrap_or("-"),
-                        envelope_id = %event.id,
-                        "event queued"
-                    );
+                    log_queued(event, function_family);
                 }
                 let first = events.first().map(|e| e.id.clone()).unwrap_or_default();
                 let body = if events.len() > 1 {
@@ -354,6 +347,20 @@ impl Ingress {
         }
         tracing::warn!(portal = %auth.member_id, event = %event, "application_token rejected");
         Err(IngestError::Unauthorized)
+    }
+}
+
+/// The one line per queued event: its id (the consumer's `event_id`), what it is and whose.
+/// The source is in the event's name (Bitrix24's `ONCRM…`, SalesMan's `deal.add`), the family
+/// in the function's log group, unless a SalesMan delivery fans out to another family.
+fn log_queued(event: &RelayEvent, function_family: Family) {
+    let entity_id = event.entity_id.as_deref().unwrap_or("-");
+    if event.family == function_family {
+        tracing::info!(event_id = %event.id, event = %event.event, portal = %event.portal,
+            entity_id, "event queued");
+    } else {
+        tracing::info!(event_id = %event.id, event = %event.event, portal = %event.portal,
+            entity_id, family = %event.family, "event queued");
     }
 }
 

@@ -884,10 +884,10 @@ impl std::io::Write for CapturedLogs {
 async fn logs_name_the_event_but_never_a_secret_or_the_body() {
     let logs = CapturedLogs::default();
     let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber =
+        crate::logging::json_lines(tracing_subscriber::EnvFilter::new("info"), move || {
+            writer.clone()
+        });
     // `#[tokio::test]` runs on this thread, so a thread-local default sees every event.
     let _guard = tracing::subscriber::set_default(subscriber);
 
@@ -924,15 +924,19 @@ async fn logs_name_the_event_but_never_a_secret_or_the_body() {
         .collect();
     let queued = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "event queued")
+        .find(|l| l["message"] == "event queued")
         .expect("a line for the queued event");
     let id = &queue.sent()[0].id;
-    assert_eq!(queued["fields"]["event"], "ONCRMDEALUPDATE");
-    assert_eq!(queued["fields"]["family"], "deal");
-    assert_eq!(queued["fields"]["portal"], MEMBER);
-    assert_eq!(&queued["fields"]["envelope_id"], id);
-    assert!(lines.iter().any(|l| l["fields"]["status"] == 401));
-    assert!(lines.iter().any(|l| l["fields"]["status"] == 503));
+    assert_eq!(queued["event"], "ONCRMDEALUPDATE");
+    assert_eq!(
+        queued["family"],
+        serde_json::Value::Null,
+        "the function's own family"
+    );
+    assert_eq!(queued["portal"], MEMBER);
+    assert_eq!(&queued["event_id"], id);
+    assert!(lines.iter().any(|l| l["status"] == 401));
+    assert!(lines.iter().any(|l| l["status"] == 503));
     for secret in [
         APP_TOKEN,
         SALESMAN_SECRET,
