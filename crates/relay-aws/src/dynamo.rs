@@ -142,6 +142,13 @@ impl DynamoStore {
         &self.table
     }
 
+    /// Strongly consistent, at twice an eventual read's price, because no per-event read here
+    /// may be stale: a snapshot is read right after the entity's previous event wrote it (FIFO
+    /// hands the next event over as soon as that one is deleted), and an eventual read could
+    /// return the one before, giving wrong `changes` and missing a delivered id; a portal's
+    /// tokens may have just been refreshed by another container, and a stale read would hand
+    /// back the pair it replaced. Reads that a stale answer cannot hurt are rare and cached
+    /// instead (destination status, and ingest's application token in `RecentStoredTokens`).
     async fn get_item(
         &self,
         (pk, sk): (String, String),
