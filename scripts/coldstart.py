@@ -217,6 +217,7 @@ def cold_start(command, env, event, run):
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
     finished = invocation.finished.wait(RUN_TIMEOUT_S)
+    peak_rss_kib = peak_rss_of(process.pid)
     process.kill()
     _, stderr = process.communicate()
     invocation.released.set()
@@ -232,7 +233,20 @@ def cold_start(command, env, event, run):
         sys.exit(f"coldstart: {command[-1]} answered {answer}")
     envelope_id = json.loads(answer["body"])["id"]
     return ((invocation.first_next_ns - started) / 1e6,
-            (invocation.response_ns - started) / 1e6, envelope_id)
+            (invocation.response_ns - started) / 1e6, envelope_id, peak_rss_kib)
+
+
+def peak_rss_of(pid):
+    """The process's peak resident memory so far (VmHWM, KiB), read after its first answer:
+    what a Lambda's memory size must hold (the runtime's `Max Memory Used` adds the sandbox's
+    own few MB). None where /proc is not Linux's."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def queued_ids(sqs, queue_url, expected):
@@ -292,9 +306,9 @@ def main():
         # Interleaved, so a busy moment of the machine weighs on both alike.
         for run in range(args.runs):
             for offset, (name, command) in enumerate(functions.items()):
-                init_ms, first_ms, envelope_id = cold_start(
+                init_ms, first_ms, envelope_id, rss_kib = cold_start(
                     command, env, event_for_run(template, len(functions) * run + offset), run)
-                results[name].append((init_ms, first_ms))
+                results[name].append((init_ms, first_ms, rss_kib))
                 sent.add(envelope_id)
         missing = sent - queued_ids(sqs, queue_url, len(sent))
         if missing:
@@ -317,13 +331,15 @@ def main():
     print(f"{'python:':<8}Python {platform.python_version()} + boto3 {boto3.__version__}, "
           f"{PYTHON_FUNCTION.relative_to(ROOT)}")
     print(f"{'median':<10}{'init (exec -> next)':>22}{'first response':>18}"
-          f"{'init ratio':>14}{'response ratio':>16}")
+          f"{'init ratio':>14}{'response ratio':>16}{'peak RSS (max)':>16}")
     for name in [*rust_names, "python"]:
         init_ms, first_ms = median[name]
-        ratios = ("" if name == "python" else
+        ratios = (" " * 30 if name == "python" else
                   f"{'1/' + format(python[0] / init_ms, '.0f'):>14}"
                   f"{'1/' + format(python[1] / first_ms, '.0f'):>16}")
-        print(f"{name:<10}{init_ms:>19.1f} ms{first_ms:>15.1f} ms{ratios}")
+        rss = [r[2] for r in results[name] if r[2] is not None]
+        rss_shown = f"{max(rss) / 1024:.1f} MiB" if rss else "n/a"
+        print(f"{name:<10}{init_ms:>19.1f} ms{first_ms:>15.1f} ms{ratios}{rss_shown:>16}")
     print("ratios: rust/python, medians of the same run")
     print(f"every answer 202, all {len(sent)} envelopes in the queue")
 

@@ -43,7 +43,10 @@ DASHBOARD_MONTH = 3.00  # beyond the first three per account
 CUSTOM_METRIC_MONTH = 0.30
 
 # ---- What a test against moto cannot measure: stated assumptions. ----------------------------
-INGEST_BILLED_S = 0.030  # parse, verify, one GetItem and one SendMessage, in-region
+INGEST_BASE_S = 0.024  # parse, verify and one SendMessage, in-region; plus its table calls
+# The ingest functions trust a portal's stored application_token for this long after it
+# matched (relay-lambda's STORED_TOKEN_CACHE): one read per container, portal and period.
+INGEST_TOKEN_CACHE_S = 60
 CRM_CALL_S = 0.200  # one Bitrix24 REST answer
 FORWARD_S = 0.100  # the destination's answer
 TABLE_CALL_S = 0.006  # one in-region DynamoDB call
@@ -77,9 +80,24 @@ def template_defaults():
         return m.group(1).strip().strip('"')
 
     memory = re.search(r"^    MemorySize: (\d+)$", text, re.M)
+    global_mb = int(memory.group(1)) if memory else 128
     # Each resource block: two-space name, four-space Type. A metric-math alarm is billed per
     # metric it reads (each MetricStat), a plain alarm as one.
     blocks = re.split(r"^  (?=\w+:\n    Type: )", text, flags=re.M)
+
+    def function_gb(name):
+        """A function's memory: its own MemorySize (a number or a !Ref to a parameter), else
+        the Globals one."""
+        block = next((b for b in blocks if b.startswith(f"{name}:\n")), None)
+        if block is None:
+            sys.exit(f"cost.py: template.yaml has no {name}")
+        own = re.search(r"^      MemorySize: (.+)$", block, re.M)
+        if not own:
+            return global_mb / 1024
+        value = own.group(1).strip()
+        ref = re.fullmatch(r"!Ref (\w+)", value)
+        return int(param_default(ref.group(1)) if ref else value) / 1024
+
     alarm_blocks = [b for b in blocks if re.search(r"^    Type: AWS::CloudWatch::Alarm\b", b, re.M)]
     alarms = len(alarm_blocks)
     alarm_metrics = sum(max(1, b.count("MetricStat:")) for b in alarm_blocks)
@@ -88,7 +106,9 @@ def template_defaults():
     schedule = param_default("OfflinePollSchedule")
     minutes = re.match(r"rate\((\d+) minutes?\)", schedule)
     return {
-        "memory_gb": int(memory.group(1)) / 1024 if memory else 0.128,
+        "ingest_gb": function_gb("IngestDealFunction"),
+        "consumer_gb": function_gb("ConsumerFunction"),
+        "poller_gb": function_gb("OfflinePollerFunction"),
         "architecture": param_default("Architecture"),
         "batch_size": int(param_default("ConsumerBatchSize")),
         "poll_minutes": int(minutes.group(1)) if minutes else 5,
@@ -237,7 +257,7 @@ def main():
     phase = lambda name: [c for c in calls if c["phase"] == name]
     per_event = lambda n: n / events
     gb_s = LAMBDA_GB_SECOND[t["architecture"]]
-    mem = t["memory_gb"]
+    ingest_gb, mem = t["ingest_gb"], t["consumer_gb"]
 
     def bill(kind, changes_on):
         """Dollars per million events of one kind (`first` sight or `update`)."""
@@ -245,6 +265,7 @@ def main():
         sends = per_event(sum(1 for c in ingest if c["operation"] == "SendMessage"))
         iw, ir, iwru, irru = table_units(ingest)
         cw, cr, cwru, crru = table_units(consumer, skip_snapshots=not changes_on)
+        ingest_s = INGEST_BASE_S + per_event(iw + ir) * TABLE_CALL_S
         event_s = CRM_CALL_S + FORWARD_S + per_event(cw + cr) * TABLE_CALL_S
         side_by_side = min(t["batch_size"], groups_in_flight())
         batch_s = event_s * math.ceil(t["batch_size"] / side_by_side)
@@ -254,8 +275,10 @@ def main():
                         for p in (f"ingest_{kind}", f"consumer_{kind}")) / events
         lines = [
             ("ingest requests", "1 invocation", 1e6 * LAMBDA_REQUEST),
-            ("ingest duration", f"{mem:g} GB x {INGEST_BILLED_S * 1000:.0f} ms ({t['architecture']})",
-             1e6 * mem * INGEST_BILLED_S * gb_s),
+            ("ingest duration",
+             f"{ingest_gb:g} GB x {ingest_s * 1000:.0f} ms (assumed: parse, verify and SendMessage "
+             f"{INGEST_BASE_S * 1000:.0f} ms + {TABLE_CALL_S * 1000:.0f} a table call; {t['architecture']})",
+             1e6 * ingest_gb * ingest_s * gb_s),
             ("consumer requests", f"1 invocation per batch of {t['batch_size']}",
              1e6 * LAMBDA_REQUEST / t["batch_size"]),
             ("consumer duration",
@@ -282,7 +305,8 @@ def main():
     out = []
     out.append(f"Measured by `scripts/cost.py` (tests/tests/cost_model.rs against moto: {events} deals "
                f"of {run['entity_bytes']:,} B JSON, app mode), priced at us-east-1 list prices of "
-               f"{PRICES_DATE}, {t['architecture']}, {int(mem * 1024)} MB.\n")
+               f"{PRICES_DATE}, {t['architecture']}, ingest {int(ingest_gb * 1024)} MB, consumer "
+               f"{int(mem * 1024)} MB.\n")
     for kind, title in (("update", "an update of a known entity (the typical event)"),
                         ("first", "the first event of an entity")):
         on, off = bill(kind, True), bill(kind, False)
@@ -303,8 +327,9 @@ def main():
     query_rru = sum(read_units(c) for c in poller if c["operation"] == "Query")
     rest_per_portal = sum(1 for c in poller if c["operation"] == "GetItem") / portals
     per_portal = (runs * ((prru - query_rru) / portals * DYNAMODB_RRU
-                          + mem * rest_per_portal * CRM_CALL_S * gb_s))
-    fixed_poller = runs * (LAMBDA_REQUEST + query_rru * DYNAMODB_RRU + mem * POLLER_RUN_BASE_S * gb_s)
+                          + t["poller_gb"] * rest_per_portal * CRM_CALL_S * gb_s))
+    fixed_poller = runs * (LAMBDA_REQUEST + query_rru * DYNAMODB_RRU
+                           + t["poller_gb"] * POLLER_RUN_BASE_S * gb_s)
     alarms = t["alarm_metrics"]
     out.append("Fixed monthly costs, whatever the traffic:\n")
     out.append("| item | per month |")
@@ -312,6 +337,10 @@ def main():
     out.append(f"| offline poller, every {t['poll_minutes']} min ({runs:,.0f} runs): one Query of the "
                f"portals, {rest_per_portal:g} REST calls and token reads per portal | "
                f"{money(fixed_poller)} + {money(per_portal)} per portal |")
+    token_reads = MONTH_S / INGEST_TOKEN_CACHE_S
+    out.append(f"| ingest token reads: one per warm ingest container and portal every "
+               f"{INGEST_TOKEN_CACHE_S} s at most ({token_reads:,.0f} a month), not per event | "
+               f"up to {money(token_reads * DYNAMODB_RRU)} per container and portal |")
     out.append(f"| {t['alarms']} alarms ({alarms} alarm metrics) | {money(alarms * ALARM_METRIC_MONTH)} |")
     out.append(f"| {t['metric_filters']} log metric filters (custom metrics) | "
                f"{money(t['metric_filters'] * CUSTOM_METRIC_MONTH)} |")

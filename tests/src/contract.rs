@@ -347,6 +347,53 @@ pub async fn snapshot_versions(store: &dyn SnapshotStore) {
     assert_eq!(store.load(&key).await.unwrap(), Some(v3));
 }
 
+/// What a snapshot holds comes back exactly, whatever the store packs it into: a deal as
+/// `crm.deal.get` answers it (nulls, empty strings, arrays, Cyrillic; bitrix24/b24restdocs
+/// api-reference/crm/deals/crm-deal-get.md) and a full list of delivered events whose ids are
+/// relay ids (hex), shorter, upper-case or not hex at all.
+pub async fn snapshot_round_trips_exactly(store: &dyn SnapshotStore) {
+    let key = snapshot_key(&unique("portal"), "410");
+    let mut entity = serde_json::json!({
+        "ID": "410", "TITLE": "Сделка №1 \"Ромашка\"", "TYPE_ID": "COMPLEX", "STAGE_ID": "PREPARATION",
+        "PROBABILITY": "99", "CURRENCY_ID": "EUR", "OPPORTUNITY": "1000000.00", "LEAD_ID": null,
+        "COMMENTS": "[B]Example comment[/B]\nстрока 2", "ADDITIONAL_INFO": "",
+        "UF_CRM_1721244482250": ["a", null, "", "б"], "UF_CRM_1721244482251": false,
+        "UF_CRM_1721244482252": 12.5, "UF_CRM_1721244482253": {"nested": [1, {"k": null}]}
+    });
+    for n in 0..30 {
+        entity[format!("UF_CRM_17212445{n:05}")] = serde_json::json!(format!("значение {n}"));
+    }
+    let mut snapshot = Snapshot {
+        entity,
+        version: 7,
+        delivered: Vec::new(),
+    };
+    let retention = std::time::Duration::from_secs(7 * 86_400);
+    let ids = [
+        "00ff".repeat(16),
+        "AB".repeat(32),
+        "abc.v2".to_string(),
+        "событие".to_string(),
+        "0123456789abcdef".repeat(4),
+        "fe".repeat(32),
+        "1".repeat(32),
+        "9a".repeat(32),
+        "last".repeat(16),
+    ];
+    for (n, id) in ids.iter().enumerate() {
+        snapshot.remember(id, T0 + n as i64 * 1_000, retention);
+    }
+    assert_eq!(snapshot.delivered.len(), relay_core::ports::DELIVERED_KEPT);
+    assert_eq!(
+        store.save(&key, &snapshot).await.unwrap(),
+        SnapshotSave::Saved
+    );
+    let loaded = store.load(&key).await.unwrap().expect("saved");
+    assert_eq!(loaded, snapshot);
+    assert!(ids[1..].iter().all(|id| loaded.remembers(id)));
+    assert!(!loaded.remembers(&ids[0]), "only the last few are kept");
+}
+
 /// Uninstall deletes every snapshot of that portal and source, and nothing else (not portal
 /// `<p>x`, whose key shares the prefix, nor the same portal id under the other source).
 pub async fn snapshot_delete_portal(store: &dyn SnapshotStore) {
@@ -905,6 +952,7 @@ macro_rules! store_contract_tests {
             dedup_release,
             dedup_only_the_owner_extends_releases_completes,
             snapshot_versions,
+            snapshot_round_trips_exactly,
             snapshot_delete_portal,
             snapshot_kinds_are_apart_and_delete_forgets_one,
             tokens_crud,

@@ -426,8 +426,8 @@ class TemplateTest(unittest.TestCase):
             if '"route outcome"' not in props["FilterPattern"]:
                 continue
             self.assertEqual(props["LogGroupName"], group)
-            outcome = re.search(r'\$\.fields\.outcome = "(\w+)"', props["FilterPattern"]).group(1)
-            self.assertEqual(transform.get("Dimensions"), [{"Key": "Route", "Value": "$.fields.route"}])
+            outcome = re.search(r'\$\.outcome = "(\w+)"', props["FilterPattern"]).group(1)
+            self.assertEqual(transform.get("Dimensions"), [{"Key": "Route", "Value": "$.route"}])
             per_route[outcome] = transform["MetricName"]
         self.assertEqual(set(per_route), {"matched", "delivered", "failed"})
         body = self.resource("Dashboard", "AWS::CloudWatch::Dashboard")["DashboardBody"]["Fn::Sub"][0]

@@ -40,9 +40,9 @@ MUTATIONS = [
     ("platform logs at WARN", "SystemLogLevel: WARN", "SystemLogLevel: INFO"),
     ("throttle alarm on deal", "                - {Name: FunctionName, Value: !Ref IngestDealFunction}\n        - Id: tlead",
      "                - {Name: FunctionName, Value: !Ref IngestLeadFunction}\n        - Id: tlead"),
-    ("token-rejected filter on deal", "      LogGroupName: !Ref IngestDealLogGroup\n      FilterPattern: '{ $.fields.message = \"application_token rejected\" }'",
-     "      LogGroupName: !Ref IngestLeadLogGroup\n      FilterPattern: '{ $.fields.message = \"application_token rejected\" }'"),
-    ("per-route delivered metric", "&& $.fields.outcome = \"delivered\" }'", "&& $.fields.outcome = \"sent\" }'"),
+    ("token-rejected filter on deal", "      LogGroupName: !Ref IngestDealLogGroup\n      FilterPattern: '{ $.message = \"application_token rejected\" }'",
+     "      LogGroupName: !Ref IngestLeadLogGroup\n      FilterPattern: '{ $.message = \"application_token rejected\" }'"),
+    ("per-route delivered metric", "&& $.outcome = \"delivered\" }'", "&& $.outcome = \"sent\" }'"),
     ("per-route failures on the dashboard", "MetricName=\\\"RouteFailed\\\"", "MetricName=\\\"RouteErrors\\\""),
     ("DLQ alarm", "        - {Name: QueueName, Value: !GetAtt DeadLetterQueue.QueueName}", "        - {Name: QueueName, Value: !GetAtt RelayQueue.QueueName}"),
 ]

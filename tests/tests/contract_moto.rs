@@ -142,6 +142,55 @@ async fn snapshots_carry_their_expiry_from_the_last_write() {
     assert!(!item.contains_key(relay_aws::dynamo::TTL_ATTRIBUTE));
 }
 
+/// Snapshot items written before snapshots were packed (the entity deflated or plain text,
+/// the deliveries a JSON text, apart) are still read; the next save rewrites the item packed,
+/// and nothing of the old layout is left in it.
+#[tokio::test]
+async fn snapshots_written_before_packing_are_read_and_rewritten_packed() {
+    let config = moto_config().await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    let table = create_table(&client).await;
+    let store = DynamoStore::new(client.clone(), &table);
+    let entity =
+        serde_json::json!({"ID": "1", "TITLE": "Сделка", "LEAD_ID": null, "UF_CRM_1": ["a"]});
+    let text = entity.to_string();
+    let delivered = r#"[{"id":"0123456789abcdef0123456789abcdef","at":1796000000}]"#;
+    let legacy_entities = [
+        AttributeValue::B(miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 9).into()),
+        AttributeValue::S(text.clone()),
+    ];
+    for (id, legacy) in legacy_entities.into_iter().enumerate() {
+        let key = deal_key("legacy-portal", id);
+        client
+            .put_item()
+            .table_name(&table)
+            .item(
+                "pk",
+                AttributeValue::S("SNAP#bitrix24#legacy-portal".into()),
+            )
+            .item("sk", AttributeValue::S(format!("deal#deal#{id}")))
+            .item("entity", legacy)
+            .item("version", AttributeValue::N("3".into()))
+            .item("delivered", AttributeValue::S(delivered.into()))
+            .send()
+            .await
+            .unwrap();
+        let loaded = store.load(&key).await.unwrap().expect("a legacy snapshot");
+        assert_eq!(loaded.entity, entity);
+        assert_eq!(loaded.version, 3);
+        assert!(loaded.remembers("0123456789abcdef0123456789abcdef"));
+
+        assert_eq!(
+            store.save(&key, &loaded).await.unwrap(),
+            SnapshotSave::Saved
+        );
+        let item = raw_snapshot(&client, &table, &key).await;
+        assert!(item.contains_key(relay_aws::dynamo::PACKED_ATTRIBUTE));
+        assert!(!item.contains_key("entity") && !item.contains_key("delivered"));
+        assert_eq!(store.load(&key).await.unwrap(), Some(loaded));
+    }
+}
+
 /// More snapshots than one Query page: the uninstall pages through the portal's partition
 /// and deletes them all, and nothing of another portal.
 #[tokio::test]

@@ -263,3 +263,117 @@ async fn a_silent_queue_times_out_instead_of_hanging() {
     );
     hold.abort();
 }
+
+/// An ONCRMDEALUPDATE as Bitrix24 posts it to an app's handler (bitrix24/b24restdocs
+/// api-reference/events/index.md: `event`, `data`, `ts`, `auth[...]`), with `token` as its
+/// `auth[application_token]`.
+fn deal_update_form(member_id: &str, token: &str, ts: u64) -> String {
+    format!(
+        "event=ONCRMDEALUPDATE&event_handler_id=25&data%5BFIELDS%5D%5BID%5D=7405&ts={ts}\
+         &auth%5Bdomain%5D=example.bitrix24.ru\
+         &auth%5Bclient_endpoint%5D=https%3A%2F%2Fexample.bitrix24.ru%2Frest%2F\
+         &auth%5Bserver_endpoint%5D=https%3A%2F%2Foauth.bitrix.info%2Frest%2F\
+         &auth%5Bmember_id%5D={member_id}&auth%5Bapplication_token%5D={token}"
+    )
+}
+
+/// The family ingest function as the Lambda builds it, on DynamoDB: a portal's stored
+/// application token is read once and then trusted from the container's cache, but a wrong
+/// token is checked against the table again and refused, and a reinstall's new token is
+/// accepted at once (the uninstall's minute is `relay_core`'s ingest test).
+#[tokio::test]
+async fn a_stored_token_is_read_once_and_a_wrong_one_is_still_refused() {
+    use integration_tests::counting::CallLog;
+    use relay_core::ingest::IngestRequest;
+    use relay_core::ports::{PortalTokens, TokenStore};
+    use relay_core::secret::Secret;
+
+    const MEMBER: &str = "5c3f0e4b9a2d4c1e8f7a6b5d4c3e2f1a";
+    let sdk = moto_config().await;
+    let plain_sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queues = create_fifo_queues(&plain_sqs, MAX_RECEIVE_COUNT).await;
+    let table = create_table(&aws_sdk_dynamodb::Client::new(&sdk)).await;
+    let log = CallLog::new();
+    let store = Arc::new(DynamoStore::new(log.dynamodb(&sdk), &table));
+    let install = |token: &str| PortalTokens {
+        member_id: MEMBER.into(),
+        domain: "example.bitrix24.ru".into(),
+        application_token: Secret::new(token),
+        access_token: Secret::new("access"),
+        refresh_token: Secret::new("refresh"),
+        expires_at_ms: 0,
+        client_endpoint: "https://example.bitrix24.ru/rest/".into(),
+        scope: "crm".into(),
+        server_endpoint: String::new(),
+    };
+    store.put(&install("stored-app-token")).await.unwrap();
+    let queue = Arc::new(SqsQueue::new(
+        plain_sqs.clone(),
+        queues.queue_url.clone(),
+        None,
+    ));
+    // No configured tokens: only the stored one can let an event in.
+    let ingress =
+        relay_lambda::ingest::family_ingress(queue, RelayConfig::default(), Some(store.clone()));
+    let mut ts = 1_766_047_124;
+    let mut post = |token: &str| {
+        ts += 1;
+        let body = deal_update_form(MEMBER, token, ts);
+        let ingress = &ingress;
+        async move {
+            let request = IngestRequest {
+                family: Family::Deal,
+                content_type: Some("application/x-www-form-urlencoded"),
+                query: None,
+                relay_token_header: None,
+                body: body.as_bytes(),
+            };
+            ingress
+                .handle(request, std::time::SystemTime::now())
+                .await
+                .status
+        }
+    };
+    let token_reads = || {
+        log.calls()
+            .iter()
+            .filter(|c| c.operation == "GetItem")
+            .count()
+    };
+
+    assert_eq!(post("stored-app-token").await, 202);
+    assert_eq!(post("stored-app-token").await, 202);
+    assert_eq!(post("stored-app-token").await, 202);
+    assert_eq!(token_reads(), 1, "the token is read once, then cached");
+
+    assert_eq!(post("forged-token").await, 401);
+    assert_eq!(post("").await, 401);
+    assert_eq!(
+        token_reads(),
+        2,
+        "a wrong token reads the table again; an empty one never"
+    );
+
+    // Reinstall: a new application token is stored and is accepted at once; the old one,
+    // no longer the remembered one, is checked against the table and refused.
+    store.put(&install("reinstalled-token")).await.unwrap();
+    assert_eq!(post("reinstalled-token").await, 202);
+    assert_eq!(post("stored-app-token").await, 401);
+
+    let queued = plain_sqs
+        .get_queue_attributes()
+        .queue_url(&queues.queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let count = queued
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+        .cloned();
+    assert_eq!(
+        count.as_deref(),
+        Some("4"),
+        "only the accepted events are queued"
+    );
+}

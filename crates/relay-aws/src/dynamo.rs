@@ -13,6 +13,7 @@
 //! partition by sort key, so portals spread out, and one portal's item bounds its reads.
 
 use super::store_error;
+use crate::packed_snapshot;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -51,9 +52,10 @@ const DELETE_PAGE_ITEMS: i32 = 100;
 /// (`RELAY_SNAPSHOT_TTL_DAYS`): an entity untouched for this long is forgotten, and its next
 /// event is forwarded without `changes`.
 pub use relay_core::config::DEFAULT_SNAPSHOT_TTL;
-/// Best compression: a snapshot is written once per event and its size is what is billed.
-const DEFLATE_LEVEL: u8 = 9;
-/// An item is at most 400 KB; its entity inflated past this is not a CRM entity.
+/// The snapshot's entity and delivered events, packed into one binary (see
+/// [`packed_snapshot`]): a short name, since attribute names are billed on every write.
+pub const PACKED_ATTRIBUTE: &str = "snap";
+/// An item is at most 400 KB; a legacy entity inflated past this is not a CRM entity.
 const MAX_ENTITY_BYTES: usize = 16 * 1024 * 1024;
 /// How long a container trusts what it learned of a destination's status: a destination
 /// disabled by another container (after a 410) is seen this late at most, and meanwhile a
@@ -140,6 +142,13 @@ impl DynamoStore {
         &self.table
     }
 
+    /// Strongly consistent, at twice an eventual read's price, because no per-event read here
+    /// may be stale: a snapshot is read right after the entity's previous event wrote it (FIFO
+    /// hands the next event over as soon as that one is deleted), and an eventual read could
+    /// return the one before, giving wrong `changes` and missing a delivered id; a portal's
+    /// tokens may have just been refreshed by another container, and a stale read would hand
+    /// back the pair it replaced. Reads that a stale answer cannot hurt are rare and cached
+    /// instead (destination status, and ingest's application token in `RecentStoredTokens`).
     async fn get_item(
         &self,
         (pk, sk): (String, String),
@@ -471,10 +480,16 @@ impl SnapshotStore for DynamoStore {
         else {
             return Ok(None);
         };
+        let (entity, delivered) = match item.get(PACKED_ATTRIBUTE) {
+            Some(AttributeValue::B(packed)) => packed_snapshot::unpack(packed.as_ref())?,
+            Some(_) => return Err(StoreError::Corrupt("packed snapshot is not binary".into())),
+            // Written before snapshots were packed: the entity and deliveries apart.
+            None => (entity_from(&item)?, delivered_from(&item)?),
+        };
         Ok(Some(Snapshot {
-            entity: entity_from(&item)?,
+            entity,
             version: req_n(&item, "version")?,
-            delivered: delivered_from(&item)?,
+            delivered,
         }))
     }
 
@@ -491,10 +506,16 @@ impl SnapshotStore for DynamoStore {
             .item("pk", s(pk))
             .item("sk", s(sk))
             // The key already names source, portal, family, kind and id: every byte more is
-            // paid on each write.
-            .item("entity", entity_value(&snapshot.entity))
+            // paid on each write. A put replaces the whole item, so an older item's `entity`
+            // and `delivered` go with it.
+            .item(
+                PACKED_ATTRIBUTE,
+                AttributeValue::B(Blob::new(packed_snapshot::pack(
+                    &snapshot.entity,
+                    &snapshot.delivered,
+                )?)),
+            )
             .item("version", n(snapshot.version))
-            .item("delivered", delivered_value(&snapshot.delivered)?)
             .condition_expression("attribute_not_exists(pk) OR version <= :version")
             .expression_attribute_values(":version", n(snapshot.version));
         if let Some(ttl) = self.snapshot_ttl {
@@ -546,21 +567,8 @@ impl SnapshotStore for DynamoStore {
     }
 }
 
-/// An entity as stored: its JSON text (exactly as the CRM answered it, not a map), deflated
-/// into a binary when that is smaller. A write unit is 1 KB, and a CRM entity's JSON (field
-/// names and codes repeated on every entity) deflates to about a quarter.
-fn entity_value(entity: &serde_json::Value) -> AttributeValue {
-    let text = entity.to_string();
-    let deflated = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), DEFLATE_LEVEL);
-    if deflated.len() < text.len() {
-        AttributeValue::B(Blob::new(deflated))
-    } else {
-        AttributeValue::S(text)
-    }
-}
-
-/// The entity of a stored snapshot, deflated (`B`) or plain (`S`, also every snapshot
-/// written before compression).
+/// The entity of a snapshot written before snapshots were packed: its JSON text deflated
+/// without a dictionary (`B`) or plain (`S`, from before compression).
 fn entity_from(item: &Item) -> Result<serde_json::Value, StoreError> {
     let parsed = match item.get("entity") {
         Some(AttributeValue::S(text)) => serde_json::from_str(text),
@@ -577,15 +585,8 @@ fn entity_from(item: &Item) -> Result<serde_json::Value, StoreError> {
     parsed.map_err(|e| StoreError::Corrupt(format!("snapshot entity is not JSON: {e}")))
 }
 
-/// The events last delivered about an entity, as one JSON text: a few dozen bytes each, in
-/// the same write as the snapshot.
-fn delivered_value(delivered: &[DeliveredEvent]) -> Result<AttributeValue, StoreError> {
-    serde_json::to_string(delivered)
-        .map(AttributeValue::S)
-        .map_err(|e| StoreError::Corrupt(format!("delivered events not serialisable: {e}")))
-}
-
-/// Absent on snapshots written before a snapshot recorded its deliveries.
+/// The deliveries of a snapshot written before snapshots were packed, as one JSON text;
+/// absent on snapshots written before a snapshot recorded its deliveries.
 fn delivered_from(item: &Item) -> Result<Vec<DeliveredEvent>, StoreError> {
     match opt_s(item, "delivered") {
         None => Ok(Vec::new()),
@@ -869,10 +870,21 @@ mod tests {
         assert_eq!(ttl_secs(0), 0);
     }
 
+    /// A snapshot item's entity as it was written before snapshots were packed.
+    fn legacy_entity_value(entity: &serde_json::Value) -> AttributeValue {
+        let text = entity.to_string();
+        let deflated = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 9);
+        if deflated.len() < text.len() {
+            AttributeValue::B(Blob::new(deflated))
+        } else {
+            AttributeValue::S(text)
+        }
+    }
+
     #[test]
-    fn entities_are_stored_deflated_when_that_is_smaller_and_read_back_exactly() {
+    fn legacy_entities_deflated_or_plain_are_read_back_exactly() {
         let small = serde_json::json!({"ID": "1"});
-        assert!(matches!(entity_value(&small), AttributeValue::S(_)));
+        assert!(matches!(legacy_entity_value(&small), AttributeValue::S(_)));
         let fields: serde_json::Map<String, serde_json::Value> = (0..80)
             .map(|n| {
                 (
@@ -882,12 +894,9 @@ mod tests {
             })
             .collect();
         let big = serde_json::Value::Object(fields);
-        let stored = entity_value(&big);
-        let AttributeValue::B(blob) = &stored else {
-            panic!("a large entity is deflated")
-        };
-        assert!(blob.as_ref().len() * 2 < big.to_string().len());
-        for value in [stored, entity_value(&small), s(big.to_string())] {
+        let stored = legacy_entity_value(&big);
+        assert!(matches!(stored, AttributeValue::B(_)));
+        for value in [stored, legacy_entity_value(&small), s(big.to_string())] {
             let item: Item = [("entity".to_string(), value)].into_iter().collect();
             let back = entity_from(&item).unwrap();
             assert!(back == big || back == small);

@@ -3,6 +3,7 @@
 //! with [`sdk_config`] and hand clients to [`sqs::SqsQueue`] and [`dynamo::DynamoStore`].
 
 pub mod dynamo;
+pub mod packed_snapshot;
 pub mod routes_source;
 pub mod secrets;
 pub mod sqs;

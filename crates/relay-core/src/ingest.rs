@@ -15,7 +15,7 @@ use crate::ports::{Queue, TokenStore};
 use crate::routing::{family_of, route};
 use crate::verify::{
     salesman_presented_secrets, verify_configured_application_token, verify_salesman_secret,
-    verify_stored_application_token,
+    verify_stored_application_token, RecentStoredTokens,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -103,6 +103,8 @@ pub struct Ingress {
     /// Extension point: application_tokens stored per portal at install time, accepted in
     /// addition to `RELAY_B24_APP_TOKENS`. `None`: only the configured tokens count.
     token_store: Option<Arc<dyn TokenStore>>,
+    /// Stored tokens lately matched, so a portal's events do not each read the store.
+    recent_stored_tokens: RecentStoredTokens,
     /// The app family's install/uninstall handling (`ingest::app`); `None`: app events are
     /// verified and queued like any other.
     app_lifecycle: Option<Arc<AppLifecycle>>,
@@ -114,6 +116,7 @@ impl Ingress {
             queue,
             config,
             token_store: None,
+            recent_stored_tokens: RecentStoredTokens::new(std::time::Duration::ZERO),
             app_lifecycle: None,
         }
     }
@@ -131,22 +134,22 @@ impl Ingress {
         self
     }
 
+    /// Trusts a stored token that matched for `ttl` before reading it again (see
+    /// [`RecentStoredTokens`] for what that allows); zero, the default, reads every time.
+    pub fn with_stored_token_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.recent_stored_tokens = RecentStoredTokens::new(ttl);
+        self
+    }
+
     pub async fn handle(&self, req: IngestRequest<'_>, now: SystemTime) -> IngestReply {
         if req.family == Family::App && self.app_lifecycle.is_some() {
             return self.handle_app(req, now).await;
         }
+        let function_family = req.family;
         match self.accept(req, now).await {
             Ok(events) => {
                 for event in &events {
-                    tracing::info!(
-                        source = %event.source,
-                        event = %event.event,
-                        family = %event.family,
-                        portal = %event.portal,
-                        entity_id = event.entity_id.as_deref().unwrap_or("-"),
-                        envelope_id = %event.id,
-                        "event queued"
-                    );
+                    log_queued(event, function_family);
                 }
                 let first = events.first().map(|e| e.id.clone()).unwrap_or_default();
                 let body = if events.len() > 1 {
@@ -187,7 +190,7 @@ impl Ingress {
         let mut verified_early = None;
         if encoding == BodyEncoding::Form && req.family != Family::App {
             if let Some((event, auth)) = form_credentials(req.body) {
-                self.verify_bitrix24(&auth, &event).await?;
+                self.verify_bitrix24(&auth, &event, now).await?;
                 verified_early = Some(auth);
             }
         }
@@ -198,7 +201,7 @@ impl Ingress {
             Source::Salesman => self.salesman_drafts(&req, &document, received_second)?,
             Source::Bitrix24 => vec![(
                 req.family,
-                self.bitrix24_draft(&req, &document, received_second, verified_early)
+                self.bitrix24_draft(&req, &document, now, verified_early)
                     .await?,
             )],
         };
@@ -274,9 +277,10 @@ impl Ingress {
         &self,
         req: &IngestRequest<'_>,
         document: &serde_json::Map<String, serde_json::Value>,
-        received_second: i64,
+        now: SystemTime,
         verified_early: Option<Bitrix24Auth>,
     ) -> Result<Draft, IngestError> {
+        let received_second = crate::clock::unix_ms(now) / 1000;
         let delivery = parse_bitrix24(document).map_err(malformed)?;
         // The decoded document names the same portal and token the early scan verified
         // unless PHP's key rules read the body differently; then it is verified again.
@@ -285,7 +289,7 @@ impl Ingress {
                 && early.application_token == delivery.auth.application_token
         });
         if !same {
-            self.verify_bitrix24(&delivery.auth, &delivery.event)
+            self.verify_bitrix24(&delivery.auth, &delivery.event, now)
                 .await?;
         }
         route(
@@ -310,7 +314,12 @@ impl Ingress {
     }
 
     /// Configured tokens first (no I/O), then the portal's stored token if a store is wired.
-    async fn verify_bitrix24(&self, auth: &Bitrix24Auth, event: &str) -> Result<(), IngestError> {
+    async fn verify_bitrix24(
+        &self,
+        auth: &Bitrix24Auth,
+        event: &str,
+        now: SystemTime,
+    ) -> Result<(), IngestError> {
         let presented = auth.application_token.as_ref();
         if verify_configured_application_token(
             &self.config.b24_app_tokens,
@@ -322,15 +331,36 @@ impl Ingress {
             return Ok(());
         }
         if let Some(store) = &self.token_store {
+            let recent = &self.recent_stored_tokens;
+            if recent.matches(&auth.member_id, presented, now) {
+                return Ok(());
+            }
             if verify_stored_application_token(store.as_ref(), &auth.member_id, presented)
                 .await
                 .map_err(IngestError::TokenStore)?
             {
+                if let Some(token) = presented {
+                    recent.remember(&auth.member_id, token, now);
+                }
                 return Ok(());
             }
         }
         tracing::warn!(portal = %auth.member_id, event = %event, "application_token rejected");
         Err(IngestError::Unauthorized)
+    }
+}
+
+/// The one line per queued event: its id (the consumer's `event_id`), what it is and whose.
+/// The source is in the event's name (Bitrix24's `ONCRM…`, SalesMan's `deal.add`), the family
+/// in the function's log group, unless a SalesMan delivery fans out to another family.
+fn log_queued(event: &RelayEvent, function_family: Family) {
+    let entity_id = event.entity_id.as_deref().unwrap_or("-");
+    if event.family == function_family {
+        tracing::info!(event_id = %event.id, event = %event.event, portal = %event.portal,
+            entity_id, "event queued");
+    } else {
+        tracing::info!(event_id = %event.id, event = %event.event, portal = %event.portal,
+            entity_id, family = %event.family, "event queued");
     }
 }
 

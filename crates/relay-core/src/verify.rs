@@ -66,6 +66,62 @@ pub async fn verify_stored_application_token(
     Ok(!expected.is_empty() && constant_time_eq(presented, expected))
 }
 
+/// Stored application tokens this process lately found matching, per portal, so that a
+/// portal's steady stream of events costs one table read per `ttl` instead of one each.
+///
+/// Only a match is remembered, never an absence or a mismatch, so the cache can only let
+/// through, for at most `ttl` after it was read, a token that was then the portal's stored
+/// one: an uninstall (tokens deleted) or a reinstall (a new application_token) takes effect
+/// within `ttl`. Any token that is not the remembered one is checked against the store
+/// again: a new token after a reinstall is accepted at once, and a wrong token still reads
+/// the store and is refused. Entries are as many as portals that sent a genuine event.
+pub struct RecentStoredTokens {
+    ttl: std::time::Duration,
+    entries: std::sync::Mutex<std::collections::HashMap<String, (std::time::SystemTime, Secret)>>,
+}
+
+impl RecentStoredTokens {
+    /// `ttl` zero: remembers nothing (every event reads the store).
+    pub fn new(ttl: std::time::Duration) -> Self {
+        RecentStoredTokens {
+            ttl,
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Whether `presented` is the token remembered for `portal` and read less than `ttl`
+    /// before `now` (a clock that went back counts as stale).
+    pub fn matches(
+        &self,
+        portal: &str,
+        presented: Option<&Secret>,
+        now: std::time::SystemTime,
+    ) -> bool {
+        let Some(presented) = presented.map(Secret::expose).filter(|p| !p.is_empty()) else {
+            return false;
+        };
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries.get(portal).is_some_and(|(read_at, token)| {
+            now.duration_since(*read_at).is_ok_and(|age| age < self.ttl)
+                && constant_time_eq(presented, token.expose())
+        })
+    }
+
+    /// Remembers `token` as `portal`'s stored one, read at `now`.
+    pub fn remember(&self, portal: &str, token: &Secret, now: std::time::SystemTime) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(portal.to_string(), (now, token.clone()));
+    }
+}
+
 /// SalesMan: the relay's shared secret, from the URL's `token=` or the `X-Relay-Token` header
 /// (SalesMan itself signs nothing). Every credential presented must match, so a right header
 /// cannot excuse a wrong query token.
@@ -217,19 +273,24 @@ pub(crate) mod test_tokens {
     use crate::ports::{PortalTokens, TokenStore};
     use crate::secret::Secret;
     use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     pub(crate) struct StoredPortal {
         member_id: String,
-        application_token: String,
+        /// `None`: the portal is not installed (or was uninstalled).
+        application_token: Mutex<Option<String>>,
         down: bool,
+        reads: AtomicUsize,
     }
 
     impl StoredPortal {
         pub(crate) fn new(member_id: &str, application_token: &str) -> Self {
             StoredPortal {
                 member_id: member_id.into(),
-                application_token: application_token.into(),
+                application_token: Mutex::new(Some(application_token.into())),
                 down: false,
+                reads: AtomicUsize::new(0),
             }
         }
 
@@ -239,25 +300,39 @@ pub(crate) mod test_tokens {
                 ..StoredPortal::new("", "")
             }
         }
+
+        /// A reinstall (`Some`, a new token) or an uninstall (`None`).
+        pub(crate) fn set_token(&self, token: Option<&str>) {
+            *self.application_token.lock().unwrap() = token.map(str::to_string);
+        }
+
+        /// How many times the store was read.
+        pub(crate) fn reads(&self) -> usize {
+            self.reads.load(Ordering::SeqCst)
+        }
     }
 
     #[async_trait]
     impl TokenStore for StoredPortal {
         async fn get(&self, member_id: &str) -> Result<Option<PortalTokens>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
             if self.down {
                 return Err(StoreError::Unavailable("test store is down".into()));
             }
-            Ok((member_id == self.member_id).then(|| PortalTokens {
-                member_id: self.member_id.clone(),
-                domain: "example.bitrix24.ru".into(),
-                application_token: Secret::new(self.application_token.clone()),
-                access_token: Secret::new("a"),
-                refresh_token: Secret::new("r"),
-                expires_at_ms: 0,
-                client_endpoint: "https://example.bitrix24.ru/rest/".into(),
-                server_endpoint: String::new(),
-                scope: "crm".into(),
-            }))
+            let token = self.application_token.lock().unwrap().clone();
+            Ok(token
+                .filter(|_| member_id == self.member_id)
+                .map(|token| PortalTokens {
+                    member_id: self.member_id.clone(),
+                    domain: "example.bitrix24.ru".into(),
+                    application_token: Secret::new(token),
+                    access_token: Secret::new("a"),
+                    refresh_token: Secret::new("r"),
+                    expires_at_ms: 0,
+                    client_endpoint: "https://example.bitrix24.ru/rest/".into(),
+                    server_endpoint: String::new(),
+                    scope: "crm".into(),
+                }))
         }
         async fn put(&self, _: &PortalTokens) -> Result<(), StoreError> {
             Ok(())

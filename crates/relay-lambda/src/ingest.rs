@@ -6,11 +6,14 @@ use crate::resources::{app_ingress, check_required_env, FunctionResources};
 use lambda_http::http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::{service_fn, Body, Request, Response};
+use relay_aws::dynamo::DynamoStore;
+use relay_aws::sqs::SqsQueue;
+use relay_core::config::RelayConfig;
 use relay_core::error::ConfigError;
 use relay_core::event::Family;
 use relay_core::ingest::{IngestRequest, Ingress};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::OnceCell;
 
 /// The header SalesMan callers may use instead of `?token=`.
@@ -107,9 +110,31 @@ async fn build_ingress(family: Family) -> Result<Ingress, ConfigError> {
     Ok(match (family, store) {
         (Family::App, Some(store)) => app_ingress(config, queue, store)?,
         (Family::App, None) => return Err(ConfigError::Missing("RELAY_TABLE")),
-        (_, Some(store)) => Ingress::new(queue, config).with_token_store(store),
-        (_, None) => Ingress::new(queue, config),
+        (_, store) => family_ingress(queue, config, store),
     })
+}
+
+/// How long a family ingest container trusts a portal's stored application_token after it
+/// matched: a portal's events then read the table once a minute per container, not once
+/// each. An uninstall or a reinstall's new token takes effect within this time; a token that
+/// is not the remembered one is always checked against the table (so a wrong one is 401 and
+/// a reinstall's new one is accepted at once; see `RecentStoredTokens`).
+pub const STORED_TOKEN_CACHE: Duration = Duration::from_secs(60);
+
+/// A family's (not the app's) `Ingress`: with the table, the portals' stored tokens are
+/// accepted too, cached for [`STORED_TOKEN_CACHE`].
+pub fn family_ingress(
+    queue: Arc<SqsQueue>,
+    config: RelayConfig,
+    store: Option<Arc<DynamoStore>>,
+) -> Ingress {
+    let ingress = Ingress::new(queue, config);
+    match store {
+        Some(store) => ingress
+            .with_token_store(store)
+            .with_stored_token_cache(STORED_TOKEN_CACHE),
+        None => ingress,
+    }
 }
 
 /// One request on a lazily built `Ingress`: a failed build is logged (a `ConfigError` names

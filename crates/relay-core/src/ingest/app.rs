@@ -26,7 +26,7 @@ impl Ingress {
         match self.accept_app(req, now).await {
             Ok(AppAccepted::Queued(outcome, event)) => {
                 tracing::info!(event = %event.event, family = %event.family, portal = %outcome.portal(),
-                    envelope_id = %event.id, "app event handled and queued");
+                    event_id = %event.id, "app event handled and queued");
                 IngestReply {
                     status: 202,
                     body: json!({"id": event.id}),

@@ -762,6 +762,71 @@ async fn stored_application_token_is_accepted_when_a_store_is_wired() {
     assert_eq!(queue.sent().len(), 2);
 }
 
+/// A stored token that matched is trusted for the cache time without a read; a wrong token
+/// still reads the store and gets 401; a reinstall's new token is accepted at once; an
+/// uninstall refuses the old token once the cache time has passed.
+#[tokio::test]
+async fn stored_tokens_are_cached_briefly_and_never_let_a_wrong_token_in() {
+    let ttl = Duration::from_secs(60);
+    let portal = Arc::new(StoredPortal::new(MEMBER, "installed-app-token"));
+    let queue = Arc::new(RecordingQueue::default());
+    let ingress = Ingress::new(queue.clone(), config())
+        .with_token_store(portal.clone())
+        .with_stored_token_cache(ttl);
+    let post = |token: &str, secs: u64| {
+        let body = b24_form("ONCRMDEALUPDATE", token);
+        let ingress = &ingress;
+        async move {
+            ingress
+                .handle(
+                    request(Family::Deal, FORM, None, None, body.as_bytes()),
+                    at(secs),
+                )
+                .await
+                .status
+        }
+    };
+    assert_eq!(post("installed-app-token", 1_000).await, 202);
+    assert_eq!(post("installed-app-token", 1_030).await, 202);
+    assert_eq!(
+        portal.reads(),
+        1,
+        "the second event is verified from the cache"
+    );
+
+    assert_eq!(post("forged-token", 1_031).await, 401);
+    assert_eq!(post("", 1_031).await, 401);
+    assert_eq!(
+        portal.reads(),
+        2,
+        "a wrong token is checked against the store"
+    );
+
+    // Reinstall: a new token is stored. It is accepted at once; the old one, no longer in
+    // the cache, is refused.
+    portal.set_token(Some("reinstalled-token"));
+    assert_eq!(post("reinstalled-token", 1_032).await, 202);
+    assert_eq!(post("installed-app-token", 1_033).await, 401);
+
+    // Uninstall: the tokens are deleted. The cached token passes until its time is up.
+    portal.set_token(None);
+    assert_eq!(post("reinstalled-token", 1_032 + 59).await, 202);
+    assert_eq!(post("reinstalled-token", 1_032 + 60).await, 401);
+    // A clock that went back does not stretch the cache.
+    assert_eq!(post("reinstalled-token", 900).await, 401);
+    assert_eq!(queue.sent().len(), 4);
+
+    // Without a cache time every event reads the store.
+    let uncached = Arc::new(StoredPortal::new(MEMBER, "installed-app-token"));
+    let ingress = Ingress::new(queue.clone(), config()).with_token_store(uncached.clone());
+    let body = b24_form("ONCRMDEALUPDATE", "installed-app-token");
+    for secs in [1, 2] {
+        let req = request(Family::Deal, FORM, None, None, body.as_bytes());
+        assert_eq!(ingress.handle(req, at(secs)).await.status, 202);
+    }
+    assert_eq!(uncached.reads(), 2);
+}
+
 #[tokio::test]
 async fn salesman_envelope_id_ignores_event_case_and_encoding_within_a_second() {
     let queue = Arc::new(RecordingQueue::default());
@@ -819,10 +884,10 @@ impl std::io::Write for CapturedLogs {
 async fn logs_name_the_event_but_never_a_secret_or_the_body() {
     let logs = CapturedLogs::default();
     let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_writer(move || writer.clone())
-        .finish();
+    let subscriber =
+        crate::logging::json_lines(tracing_subscriber::EnvFilter::new("info"), move || {
+            writer.clone()
+        });
     // `#[tokio::test]` runs on this thread, so a thread-local default sees every event.
     let _guard = tracing::subscriber::set_default(subscriber);
 
@@ -859,15 +924,19 @@ async fn logs_name_the_event_but_never_a_secret_or_the_body() {
         .collect();
     let queued = lines
         .iter()
-        .find(|l| l["fields"]["message"] == "event queued")
+        .find(|l| l["message"] == "event queued")
         .expect("a line for the queued event");
     let id = &queue.sent()[0].id;
-    assert_eq!(queued["fields"]["event"], "ONCRMDEALUPDATE");
-    assert_eq!(queued["fields"]["family"], "deal");
-    assert_eq!(queued["fields"]["portal"], MEMBER);
-    assert_eq!(&queued["fields"]["envelope_id"], id);
-    assert!(lines.iter().any(|l| l["fields"]["status"] == 401));
-    assert!(lines.iter().any(|l| l["fields"]["status"] == 503));
+    assert_eq!(queued["event"], "ONCRMDEALUPDATE");
+    assert_eq!(
+        queued["family"],
+        serde_json::Value::Null,
+        "the function's own family"
+    );
+    assert_eq!(queued["portal"], MEMBER);
+    assert_eq!(&queued["event_id"], id);
+    assert!(lines.iter().any(|l| l["status"] == 401));
+    assert!(lines.iter().any(|l| l["status"] == 503));
     for secret in [
         APP_TOKEN,
         SALESMAN_SECRET,
