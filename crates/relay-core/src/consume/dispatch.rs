@@ -150,7 +150,11 @@ impl Consumer {
                 return Sent::NotDelivered(self.park_held(message, hold, &reason).await);
             }
             ForwardResult::Delivered { status, latency_ms } => {
-                tracing::info!(%event_id, webhook_id = %target.webhook_id, family = %target.family, %route, status, latency_ms, "delivered");
+                // Billed by the byte: the webhook-id only where it is not the event id (news on a
+                // redelivery), the route only where a routes file names it.
+                let webhook_id = (target.webhook_id != event_id).then_some(target.webhook_id);
+                let named_route = (!self.routes.implicit).then_some(route);
+                tracing::info!(%event_id, webhook_id, family = %target.family, route = named_route, status, latency_ms, "delivered");
                 route_outcome(&self.routes, event_id, route, RouteOutcome::Delivered);
                 let line = line(AttemptOutcome::Delivered).answered(Some(status), latency_ms);
                 self.record(line).await;
