@@ -101,7 +101,7 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let drains: Vec<_> = (0..args.consumers)
         .map(|_| {
             tokio::spawn(drain_queue(
-                backend.polling_queue(),
+                backend.embedded_queue(),
                 consumer.clone(),
                 queued.clone(),
                 stop_rx.clone(),
