@@ -282,6 +282,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     // the checkpoints' fsyncs in the commit path.
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(db("wal_autocheckpoint"))?;
+    // The writer's cache outlives its transactions (a write by another process, such as
+    // `relay replay`, only makes SQLite drop it), and a deep backlog's random-key indexes do not fit SQLite's default 2 MiB: each
+    // miss is a read syscall in the middle of a commit round.
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+        .map_err(db("cache_size"))?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(db("user_version"))?;
@@ -363,6 +368,9 @@ impl CachedStatements for Connection {
 
 /// Pages of WAL (4 KiB each) after which a commit checkpoints them into the database file.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
+
+/// The writer's page cache, in KiB (a negative `cache_size` counts KiB, not pages).
+const WRITER_CACHE_KIB: i64 = -65_536;
 
 /// Statements kept prepared per connection: every distinct statement of the ports fits.
 const STATEMENT_CACHE: usize = 64;
