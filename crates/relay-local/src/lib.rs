@@ -129,8 +129,9 @@ struct Inner {
     /// The one write connection; SQLite has one writer at a time anyway, and batching the
     /// writes of concurrent callers into one transaction is what makes a burst cheap.
     writer: writer::Writer,
-    /// Read-only connections, used only from `spawn_blocking`, so no query ever blocks the
-    /// async runtime.
+    /// Read-only connections: one-row lookups by key run on the caller's thread (a WAL
+    /// reader never waits for the writer), anything larger on the blocking pool, so no long
+    /// query blocks the async runtime.
     readers: Readers,
     max_receive_count: AtomicU32,
     /// Milliseconds a snapshot stays after its last change; 0: forever.
