@@ -20,6 +20,10 @@ type Work = Box<dyn FnOnce(&Connection) -> Outcome + Send>;
 /// a hundred of thirty, and the next durable round's fsync has all of it to flush. A durable
 /// write (ingress waiting to answer 202) ends the pause at once.
 const GATHER: Duration = Duration::from_millis(2);
+/// The pause applies only after a round of at least this many writes, i.e. while many
+/// writers are at work: a lone writer awaiting each write in turn (a CLI command, a test, the
+/// sqlite_burst bench's receive-and-delete) would only wait, with nobody to share a round.
+const GATHER_MIN_JOBS: usize = 4;
 
 /// One write waiting for the next round.
 struct Job {
@@ -116,6 +120,7 @@ fn run_committer(shared: &Shared) {
     }
     let _guard = StepDownOnPanic(shared);
     let mut last_round = Instant::now();
+    let mut last_round_jobs = 0;
     loop {
         let jobs = {
             let mut pending = lock(&shared.pending);
@@ -124,7 +129,8 @@ fn run_committer(shared: &Shared) {
                 return;
             }
             let gather = GATHER.saturating_sub(last_round.elapsed());
-            if !gather.is_zero() && !pending.jobs.iter().any(|job| job.durable) {
+            let concurrent = last_round_jobs >= GATHER_MIN_JOBS;
+            if concurrent && !gather.is_zero() && !pending.jobs.iter().any(|job| job.durable) {
                 pending = shared
                     .durable_arrived
                     .wait_timeout_while(pending, gather, |p| !p.jobs.iter().any(|j| j.durable))
@@ -134,6 +140,7 @@ fn run_committer(shared: &Shared) {
             std::mem::take(&mut pending.jobs)
         };
         last_round = Instant::now();
+        last_round_jobs = jobs.len();
         commit_round(&mut lock(&shared.conn), jobs);
     }
 }
