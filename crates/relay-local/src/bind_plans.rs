@@ -11,18 +11,15 @@ use rusqlite::{params, OptionalExtension};
 #[async_trait]
 impl BindPlanStore for SqliteStore {
     async fn load_plan(&self, portal: &str) -> Result<Option<Vec<Binding>>, StoreError> {
-        let portal = portal.to_string();
-        let text: Option<String> = self
-            .with_reader(move |conn| {
-                conn.query_row(
-                    "SELECT plan FROM bind_plans WHERE member_id = ?1",
-                    params![portal],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(db("bind plan get"))
-            })
-            .await?;
+        let text: Option<String> = self.with_point_reader(|conn| {
+            conn.query_row(
+                "SELECT plan FROM bind_plans WHERE member_id = ?1",
+                params![portal],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(db("bind plan get"))
+        })?;
         text.map(|text| {
             serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt(format!("stored bind plan is not JSON: {e}")))

@@ -2,7 +2,7 @@
 //! claims an absent, expired or abandoned record, so two consumers never both win; only the
 //! claim's owner may extend, release or complete it.
 
-use super::{db, SqliteStore};
+use super::{db, CachedStatements, SqliteStore};
 use async_trait::async_trait;
 use relay_core::error::StoreError;
 use relay_core::ports::{Claim, DedupStore, Ownership};
@@ -20,7 +20,7 @@ impl DedupStore for SqliteStore {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.with_conn(move |conn| {
             let claimed = conn
-                .execute(
+                .execute_cached(
                     "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms, owner)
                      VALUES (?1, 'IN_PROGRESS', ?2, NULL, ?4)
                      ON CONFLICT (id) DO UPDATE
@@ -36,7 +36,7 @@ impl DedupStore for SqliteStore {
             }
             // Same connection, under the same lock: the record that refused us is still it.
             let (status, lease): (String, Option<i64>) = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT status, lease_until_ms FROM dedup WHERE id = ?1",
                     params![id],
                     |row| Ok((row.get(0)?, row.get(1)?)),
@@ -64,7 +64,7 @@ impl DedupStore for SqliteStore {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.with_conn(move |conn| {
             let changed = conn
-                .execute(
+                .execute_cached(
                     "UPDATE dedup SET lease_until_ms = ?3
                      WHERE id = ?1 AND status = 'IN_PROGRESS' AND owner = ?2",
                     params![id, owner, lease_until_ms],
@@ -84,7 +84,7 @@ impl DedupStore for SqliteStore {
         let (id, owner) = (id.to_string(), owner.to_string());
         self.with_conn(move |conn| {
             let changed = conn
-                .execute(
+                .execute_cached(
                     "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms, owner)
                      VALUES (?1, 'COMPLETED', NULL, ?3, ?2)
                      ON CONFLICT (id) DO UPDATE

@@ -1,7 +1,7 @@
 //! Disabled destinations on the embedded store: a destination that answered 410 Gone stays
 //! disabled across restarts until the user enables it again.
 
-use super::{db, SqliteStore};
+use super::{db, CachedStatements, SqliteStore};
 use async_trait::async_trait;
 use relay_core::error::StoreError;
 use relay_core::ports::DestinationStatus;
@@ -10,9 +10,8 @@ use rusqlite::{params, OptionalExtension};
 #[async_trait]
 impl DestinationStatus for SqliteStore {
     async fn disabled(&self, destination: &str) -> Result<Option<String>, StoreError> {
-        let destination = destination.to_string();
-        self.with_reader(move |conn| {
-            conn.query_row(
+        self.with_point_reader(|conn| {
+            conn.query_row_cached(
                 "SELECT reason FROM destinations WHERE destination = ?1",
                 params![destination],
                 |row| row.get(0),
@@ -20,7 +19,6 @@ impl DestinationStatus for SqliteStore {
             .optional()
             .map_err(db("destination status"))
         })
-        .await
     }
 
     async fn disable(

@@ -26,7 +26,8 @@ impl Readers {
         }
     }
 
-    /// Runs `work` on an idle reader (or a new one). Blocking: call it from the blocking pool.
+    /// Runs `work` on an idle reader (or a new one). Blocking: call it from the blocking
+    /// pool, or directly only for a one-row lookup by key (`SqliteStore::with_point_reader`).
     pub(super) fn run<T>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T, StoreError>,

@@ -2,7 +2,7 @@
 //! when no newer version is stored, so an event that arrives late cannot roll `changes` back.
 //! A snapshot untouched for the configured TTL is gone, as DynamoDB's TTL removes it on AWS.
 
-use super::{db, unix_ms_now, SqliteStore};
+use super::{db, unix_ms_now, CachedStatements, SqliteStore};
 use async_trait::async_trait;
 use relay_core::error::StoreError;
 use relay_core::event::Source;
@@ -43,9 +43,9 @@ impl SnapshotStore for SqliteStore {
     async fn load(&self, key: &SnapshotKey) -> Result<Option<Snapshot>, StoreError> {
         let pk = key.pk();
         let since = live_since(unix_ms_now(), self.snapshot_ttl_ms());
-        self.with_reader(move |conn| {
+        self.with_point_reader(|conn| {
             let row: Option<(String, i64, String)> = conn
-                .query_row(
+                .query_row_cached(
                     "SELECT entity, version, delivered FROM snapshots
                      WHERE pk = ?1 AND changed_at_ms >= ?2",
                     params![pk, since],
@@ -68,7 +68,6 @@ impl SnapshotStore for SqliteStore {
             })
             .transpose()
         })
-        .await
     }
 
     async fn save(
@@ -86,13 +85,13 @@ impl SnapshotStore for SqliteStore {
             // Expired snapshots go first (the index keeps it a short range read), so an
             // expired one never blocks a write with its newer version, and the file does not
             // grow with entities nobody changes any more.
-            conn.execute(
+            conn.execute_cached(
                 "DELETE FROM snapshots WHERE changed_at_ms < ?1",
                 params![since],
             )
             .map_err(db("snapshot expire"))?;
             let written = conn
-                .execute(
+                .execute_cached(
                     "INSERT INTO snapshots
                         (pk, source, portal, entity, version, changed_at_ms, delivered)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)

@@ -28,8 +28,7 @@ fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
 #[async_trait]
 impl TokenStore for SqliteStore {
     async fn get(&self, portal: &str) -> Result<Option<PortalTokens>, StoreError> {
-        let portal = portal.to_string();
-        self.with_reader(move |conn| {
+        self.with_point_reader(|conn| {
             conn.query_row(
                 &format!("SELECT {COLUMNS} FROM portals WHERE member_id = ?1"),
                 params![portal],
@@ -38,7 +37,6 @@ impl TokenStore for SqliteStore {
             .optional()
             .map_err(db("tokens get"))
         })
-        .await
     }
 
     async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {

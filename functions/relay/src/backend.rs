@@ -55,6 +55,11 @@ impl LocalBackend {
         self.store.clone()
     }
 
+    /// The embedded queue itself, for the drain loop: it deletes a batch in one write.
+    pub fn embedded_queue(&self) -> Arc<SqliteStore> {
+        self.store.clone()
+    }
+
     pub fn attempt_log(&self) -> Arc<dyn AttemptLog> {
         self.store.clone()
     }

@@ -4,6 +4,7 @@
 
 use relay_core::consume::Consumer;
 use relay_core::ports::PollingQueue;
+use relay_local::SqliteStore;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,7 @@ impl DrainSettings {
 
 /// Runs until `stop` turns true; a batch already received is always finished first.
 pub async fn drain_queue(
-    queue: Arc<dyn PollingQueue>,
+    queue: Arc<SqliteStore>,
     consumer: Arc<Consumer>,
     queued: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
@@ -65,16 +66,16 @@ pub async fn drain_queue(
             .process_batch(&messages, settings.batch_timeout, now_ms)
             .await;
         let failed: HashSet<&str> = report.failed.iter().map(String::as_str).collect();
-        for message in messages
+        let done: Vec<String> = messages
             .iter()
             .filter(|m| !failed.contains(m.message_id.as_str()))
-        {
-            // A failed delete only means the message comes back after its visibility
-            // timeout; the dedup record then skips it, so nothing is forwarded twice.
-            if let Err(err) = queue.delete(&message.receipt).await {
-                tracing::warn!(error = %err, message_id = %message.message_id,
-                    "embedded queue: delete failed; the message will be skipped as a duplicate");
-            }
+            .map(|m| m.receipt.clone())
+            .collect();
+        // A failed delete only means the messages come back after their visibility timeout;
+        // the consumer then skips them as delivered, so nothing is forwarded twice.
+        if let Err(err) = queue.delete_batch(done).await {
+            tracing::warn!(error = %err, messages = messages.len() - failed.len(),
+                "embedded queue: delete failed; the messages will be skipped as duplicates");
         }
     }
 }
