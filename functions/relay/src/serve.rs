@@ -39,8 +39,9 @@ pub struct ServeArgs {
     /// ONOFFLINEEVENT); off unless given.
     #[arg(long, value_name = "SECONDS")]
     poll_offline: Option<u64>,
-    /// Batches processed at once, like concurrent consumer Lambdas: up to this many requests
-    /// to a destination at a time; lower it for a destination that cannot take that many.
+    /// Batches processed at once, like concurrent consumer Lambdas. Each works on up to 10 of
+    /// its batch's entities side by side, so up to 10 × this many requests go to a destination
+    /// at a time; lower it for a destination that cannot take that many.
     /// Order per entity holds whatever the number: the queue hands out one message per entity
     /// at a time. 0 only accepts and queues (a later `relay serve` forwards the backlog).
     /// 8 by default: on two cores, 16 delivered as fast as events arrived but took the CPU
