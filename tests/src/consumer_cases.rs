@@ -419,6 +419,14 @@ async fn known_entity_changed(world: &World, id: &str) -> (RelayEvent, RelayEven
     (first, update, t0)
 }
 
+/// The destination got exactly one POST of each of `events`, in that order, never two of one
+/// webhook-id at once.
+fn assert_posted_once_each(world: &World, events: &[&RelayEvent]) {
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(world.destination.received_webhook_ids(), ids);
+    assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
+}
+
 /// A first receive of an entity the relay already has a snapshot of writes no dedup claim:
 /// the queue has given the message to no one else, and the snapshot saved after the POST is
 /// the record. A redelivery of it afterwards (receive 2) is still a skipped duplicate.
@@ -540,11 +548,7 @@ pub async fn first_receive_that_cannot_stay_hidden_is_claimed_instead(
         1,
         "the second consumer finds the event claimed"
     );
-    assert_eq!(
-        world.destination.received_webhook_ids(),
-        vec![first.id.clone(), update.id.clone()]
-    );
-    assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
+    assert_posted_once_each(&world, &[&first, &update]);
 }
 
 /// A first receive whose receive was long ago (an invocation the event source mapping started
@@ -678,11 +682,7 @@ pub async fn first_receive_stays_hidden_while_its_post_is_slow(
         stolen.is_none(),
         "the message stayed hidden while its POST was in flight"
     );
-    assert_eq!(
-        world.destination.received_webhook_ids(),
-        vec![first.id.clone(), update.id.clone()]
-    );
-    assert_eq!(world.destination.most_concurrent_per_webhook_id(), 1);
+    assert_posted_once_each(&world, &[&first, &update]);
 }
 
 /// A batch does not start a message it could not finish: each group, before each message,
