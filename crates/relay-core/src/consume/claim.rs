@@ -5,6 +5,7 @@
 //! message hidden claims it before the invisibility can end; hold lost, no POST.
 
 use super::{Consumer, InBatch, Outcome};
+use crate::error::StoreError;
 use crate::forward::MAX_RETRY_DELAY;
 use crate::ports::{Claim, Ownership, QueueMessage};
 use std::future::Future;
@@ -55,7 +56,7 @@ pub(super) struct HeldClaim {
 }
 
 /// A fresh owner token per claim: it only has to differ between claims, not be secret.
-pub(super) fn owner_token() -> String {
+fn owner_token() -> String {
     format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
@@ -67,19 +68,12 @@ impl Consumer {
         id: &str,
         clock: InBatch<'_>,
     ) -> Result<Result<HeldClaim, Claim>, Outcome> {
-        let claim = HeldClaim {
-            id: id.to_string(),
-            owner: owner_token(),
-        };
-        let lease_until_ms = clock.now_plus(self.lease_span);
         match self
-            .ports
-            .dedup
-            .claim(&claim.id, &claim.owner, lease_until_ms, clock.now_ms)
+            .take_claim(id, clock.now_plus(self.lease_span), clock.now_ms)
             .await
         {
-            Ok(Claim::Acquired) => Ok(Ok(claim)),
-            Ok(Claim::HeldElsewhere { lease_until_ms }) => {
+            Ok(Ok(claim)) => Ok(Ok(claim)),
+            Ok(Err(Claim::HeldElsewhere { lease_until_ms })) => {
                 tracing::info!(claim_id = %id, "another consumer holds this event; retrying after its lease");
                 let wait = Duration::from_millis(
                     lease_until_ms.saturating_sub(clock.now_ms).max(0) as u64,
@@ -88,13 +82,36 @@ impl Consumer {
                     wait.clamp(Duration::from_secs(1), MAX_RETRY_DELAY),
                 ))
             }
-            Ok(other) => Ok(Err(other)),
+            Ok(Err(other)) => Ok(Err(other)),
             Err(e) => {
                 tracing::warn!(claim_id = %id, error = %e, "dedup store unavailable");
                 Err(Outcome::RetryAfter(
                     self.schedule.delay(message.receive_count, None),
                 ))
             }
+        }
+    }
+
+    /// One claim write: `id` under a fresh owner token, leased until `lease_until_ms`; the
+    /// claim if acquired, else what the store holds.
+    pub(super) async fn take_claim(
+        &self,
+        id: &str,
+        lease_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<Result<HeldClaim, Claim>, StoreError> {
+        let claim = HeldClaim {
+            id: id.to_string(),
+            owner: owner_token(),
+        };
+        match self
+            .ports
+            .dedup
+            .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
+            .await?
+        {
+            Claim::Acquired => Ok(Ok(claim)),
+            other => Ok(Err(other)),
         }
     }
 

@@ -3,12 +3,12 @@
 //! delivered event ids, or the dedup record completed for an event with no snapshot); a
 //! refusal parks the message in the dead-letter queue and releases a claim for `relay replay`.
 
-use super::claim::{owner_token, HeldClaim};
+use super::claim::HeldClaim;
 use super::prepare::SnapshotToSave;
 use super::{Consumer, Hold, Outcome, DEDUP_RETENTION};
 use crate::enrich::Enriched;
 use crate::event::RelayEvent;
-use crate::ports::{Claim, Ownership, QueueMessage, Snapshot, SnapshotKey, SnapshotSave};
+use crate::ports::{Ownership, QueueMessage, Snapshot, SnapshotKey, SnapshotSave};
 
 impl Consumer {
     /// A message no retry can fix goes to the DLQ at once instead of blocking its group.
@@ -131,25 +131,16 @@ impl Consumer {
             Hold::FirstReceive { id, claimed } => {
                 // The heartbeat may be claiming it at this moment too: one claim, shared.
                 let claim = claimed.get_or_try_init(|| async {
-                    let claim = HeldClaim {
-                        id: id.clone(),
-                        owner: owner_token(),
-                    };
                     let lease_until_ms =
                         now_ms.saturating_add(self.lease_span.as_millis() as i64);
-                    match self
-                        .ports
-                        .dedup
-                        .claim(&claim.id, &claim.owner, lease_until_ms, now_ms)
-                        .await
-                    {
-                        Ok(Claim::Acquired) => Ok(claim),
-                        Ok(other) => {
-                            tracing::warn!(claim_id = %claim.id, ?other, "delivered, but its dedup record is already taken");
+                    match self.take_claim(id, lease_until_ms, now_ms).await {
+                        Ok(Ok(claim)) => Ok(claim),
+                        Ok(Err(other)) => {
+                            tracing::warn!(claim_id = %id, ?other, "delivered, but its dedup record is already taken");
                             Err(())
                         }
                         Err(e) => {
-                            tracing::warn!(claim_id = %claim.id, error = %e, "could not record the delivery");
+                            tracing::warn!(claim_id = %id, error = %e, "could not record the delivery");
                             Err(())
                         }
                     }
