@@ -421,12 +421,11 @@ impl Consumer {
     }
 
     /// Whether `message` can go out held by its own invisibility: its first receive, and known
-    /// to stay hidden long enough for a heartbeat to extend that before the consumer would
-    /// have to claim it after all (a period before the end).
+    /// to stay hidden at least until its last beat would be due (`last_beat_before_end`).
     fn may_hold_by_invisibility(&self, message: &QueueMessage, clock: InBatch<'_>) -> bool {
         message.receive_count == 1
             && clock.pending.invisible_until(message)
-                >= tokio::time::Instant::now() + self.lease_span / 2
+                >= tokio::time::Instant::now() + self.last_beat_before_end()
     }
 
     /// A first receive of a known entity (see `process_one`): fetched, skipped as a twin or

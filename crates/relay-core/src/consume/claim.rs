@@ -92,6 +92,18 @@ impl Consumer {
         }
     }
 
+    /// How often a hold is renewed: a third of the lease, so two beats can fail before it ends.
+    fn beat_period(&self) -> Duration {
+        self.lease_span / 3
+    }
+
+    /// How long before the end of a message's known invisibility its last beat comes (see
+    /// `beat_visibility`): a message with less than this left goes out claimed instead.
+    pub(super) fn last_beat_before_end(&self) -> Duration {
+        let period = self.beat_period();
+        period + period / 2
+    }
+
     /// One claim write: `id` under a fresh owner token, leased until `lease_until_ms`; the
     /// claim if acquired, else what the store holds.
     pub(super) async fn take_claim(
@@ -133,7 +145,7 @@ impl Consumer {
     where
         F: Future<Output = Outcome>,
     {
-        let period = self.lease_span / 3;
+        let period = self.beat_period();
         let mut work = std::pin::pin!(work);
         let (id, claimed) = match hold {
             Hold::Claimed(claim) => {
@@ -189,7 +201,7 @@ impl Consumer {
         clock: InBatch<'_>,
         work: Pin<&mut impl Future<Output = Outcome>>,
     ) -> Outcome {
-        let period = self.lease_span / 3;
+        let period = self.beat_period();
         let outcome = tokio::select! {
             outcome = work => outcome,
             () = self.beat_claim(claim, clock, period) => self.abandon(message, &claim.id),
@@ -235,7 +247,7 @@ impl Consumer {
             }
             // Spaced a little even when the end is near, so failing calls do not spin.
             let next_beat = (last_beat + period)
-                .min(until - period - period / 2)
+                .min(until - self.last_beat_before_end())
                 .max(last_beat + period / 8);
             let beat = async {
                 tokio::time::sleep_until(next_beat).await;
