@@ -78,10 +78,7 @@ impl<'a> Pending<'a> {
     /// The earliest `message`'s invisibility can end. A message not of this batch (never the
     /// case) reads as ended.
     pub(super) fn invisible_until(&self, message: &QueueMessage) -> Instant {
-        let index = self
-            .messages
-            .iter()
-            .position(|m| std::ptr::eq(m, message) || m.receipt == message.receipt);
+        let index = self.messages.iter().position(|m| std::ptr::eq(m, message));
         let until = self
             .invisible_until
             .lock()
