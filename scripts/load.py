@@ -120,11 +120,13 @@ def wrk_healthz(url, threads, connections):
 
 def accepted_so_far(db_path):
     """Envelopes the relay has committed: the send-deduplication table keeps each one for
-    5 minutes, and nothing else deletes from it."""
+    5 minutes, and nothing else deletes from it, so its largest rowid is its row count.
+    Polled every 50 ms: a COUNT(*) would scan the table each time (2.5 ms at 100,000 rows,
+    a share of a core taken from the relay on a 2-core machine); MAX(rowid) reads one path."""
     try:
         conn = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)
         try:
-            return conn.execute("SELECT COUNT(*) FROM sent_dedup").fetchone()[0]
+            return conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM sent_dedup").fetchone()[0]
         finally:
             conn.close()
     except sqlite3.Error:

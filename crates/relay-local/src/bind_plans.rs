@@ -1,7 +1,7 @@
 //! Each portal's bind plan on the embedded store (`BINDPLAN#<member_id>` on DynamoDB): what
 //! `relay bind` registered, so an app update can register it again. One JSON row per portal.
 
-use super::{db, SqliteStore};
+use super::{db, CachedStatements, SqliteStore};
 use async_trait::async_trait;
 use relay_core::error::StoreError;
 use relay_core::lifecycle::bind::Binding;
@@ -12,7 +12,7 @@ use rusqlite::{params, OptionalExtension};
 impl BindPlanStore for SqliteStore {
     async fn load_plan(&self, portal: &str) -> Result<Option<Vec<Binding>>, StoreError> {
         let text: Option<String> = self.with_point_reader(|conn| {
-            conn.query_row(
+            conn.query_row_cached(
                 "SELECT plan FROM bind_plans WHERE member_id = ?1",
                 params![portal],
                 |row| row.get(0),

@@ -2,7 +2,7 @@
 //! while the writer works, so a snapshot load or a status lookup never queues behind a
 //! round of writes.
 
-use super::{db, lock};
+use super::{db, keep_plans_stable, lock};
 use relay_core::error::StoreError;
 use rusqlite::{Connection, OpenFlags};
 use std::path::PathBuf;
@@ -53,6 +53,7 @@ impl Readers {
         .map_err(db("open reader"))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(db("reader busy_timeout"))?;
+        keep_plans_stable(&conn)?;
         Ok(conn)
     }
 }

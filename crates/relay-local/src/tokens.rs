@@ -1,15 +1,23 @@
 //! Portal tokens on the embedded store (`pk = PORTALS`, `sk = <member_id>` on DynamoDB): what ONAPPINSTALL
 //! and each OAuth refresh gave a Bitrix24 portal. The file is the user's own machine's.
 
-use super::{db, SqliteStore};
+use super::{db, CachedStatements, SqliteStore};
 use async_trait::async_trait;
 use relay_core::error::StoreError;
 use relay_core::ports::{PortalTokens, TokenStore};
 use relay_core::secret::Secret;
 use rusqlite::{params, OptionalExtension, Row};
 
-const COLUMNS: &str = "member_id, domain, application_token, access_token, refresh_token, \
-                       expires_at_ms, client_endpoint, scope, server_endpoint";
+macro_rules! columns {
+    () => {
+        "member_id, domain, application_token, access_token, refresh_token, expires_at_ms, \
+         client_endpoint, scope, server_endpoint"
+    };
+}
+const COLUMNS: &str = columns!();
+/// The consumer reads a portal's tokens for every event: a literal, so the reader's statement
+/// cache keeps it prepared.
+const SELECT_ONE: &str = concat!("SELECT ", columns!(), " FROM portals WHERE member_id = ?1");
 
 fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
     Ok(PortalTokens {
@@ -29,13 +37,9 @@ fn tokens_from(row: &Row<'_>) -> rusqlite::Result<PortalTokens> {
 impl TokenStore for SqliteStore {
     async fn get(&self, portal: &str) -> Result<Option<PortalTokens>, StoreError> {
         self.with_point_reader(|conn| {
-            conn.query_row(
-                &format!("SELECT {COLUMNS} FROM portals WHERE member_id = ?1"),
-                params![portal],
-                tokens_from,
-            )
-            .optional()
-            .map_err(db("tokens get"))
+            conn.query_row_cached(SELECT_ONE, params![portal], tokens_from)
+                .optional()
+                .map_err(db("tokens get"))
         })
     }
 

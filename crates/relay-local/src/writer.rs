@@ -4,7 +4,7 @@
 
 use super::{db, lock};
 use relay_core::error::StoreError;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::Connection;
 use std::any::Any;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -179,10 +179,7 @@ fn run_round(
 ) -> Result<(), StoreError> {
     // IMMEDIATE: take the write lock up front, so another process (relay replay) makes us
     // wait at BEGIN instead of failing a write half-way through the round.
-    let tx = match conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(db("write: begin"))
-    {
+    let tx = match RoundTransaction::begin(conn) {
         Ok(tx) => tx,
         Err(e) => {
             for job in jobs {
@@ -192,25 +189,58 @@ fn run_round(
         }
     };
     for job in jobs {
-        let outcome = in_savepoint(&tx, job.work);
+        let outcome = in_savepoint(tx.conn, job.work);
         finished.push((job.done, outcome));
     }
-    tx.commit().map_err(db("write: commit"))
+    tx.commit()
+}
+
+/// A round's transaction, begun and committed through the statement cache (rusqlite's
+/// `Transaction` parses `BEGIN` and `COMMIT` anew every round). Rolled back if dropped
+/// uncommitted: a failed COMMIT (busy) or a write that panicked must not leave the
+/// connection inside a transaction, or every later round's BEGIN would fail.
+struct RoundTransaction<'a> {
+    conn: &'a Connection,
+    open: bool,
+}
+
+impl<'a> RoundTransaction<'a> {
+    fn begin(conn: &'a Connection) -> Result<Self, StoreError> {
+        run_cached(conn, "BEGIN IMMEDIATE", "write: begin")?;
+        Ok(RoundTransaction { conn, open: true })
+    }
+
+    fn commit(mut self) -> Result<(), StoreError> {
+        run_cached(self.conn, "COMMIT", "write: commit")?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for RoundTransaction<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.conn.is_autocommit() {
+            let _ = run_cached(self.conn, "ROLLBACK", "write: rollback");
+        }
+    }
+}
+
+/// Runs a statement without parameters or rows through the connection's statement cache.
+fn run_cached(conn: &Connection, sql: &str, operation: &'static str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(|_| ())
+        .map_err(db(operation))
 }
 
 /// Runs one write in its own savepoint: its error rolls back only itself. The savepoint
 /// statements are cached (rusqlite's `Savepoint` parses them anew for every write, a
 /// measurable share of the writer's thread at thousands of writes a second).
 fn in_savepoint(conn: &Connection, work: Work) -> Outcome {
-    let statement = |sql: &str, operation: &'static str| {
-        conn.prepare_cached(sql)
-            .and_then(|mut stmt| stmt.execute([]))
-            .map(|_| ())
-            .map_err(db(operation))
-    };
-    statement("SAVEPOINT relay_write", "write: savepoint")?;
-    let outcome = work(conn)
-        .and_then(|value| statement("RELEASE relay_write", "write: release").map(|()| value));
+    run_cached(conn, "SAVEPOINT relay_write", "write: savepoint")?;
+    let outcome = work(conn).and_then(|value| {
+        run_cached(conn, "RELEASE relay_write", "write: release").map(|()| value)
+    });
     if outcome.is_err() {
         // As dropping rusqlite's `Savepoint` does: undo this write, keep the round going.
         let _ = conn.execute_batch("ROLLBACK TO relay_write; RELEASE relay_write");
@@ -223,5 +253,76 @@ fn same_error(e: &StoreError) -> StoreError {
     match e {
         StoreError::Unavailable(reason) => StoreError::Unavailable(reason.clone()),
         StoreError::Corrupt(reason) => StoreError::Corrupt(reason.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer_on_a_fresh_table() -> Writer {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        Writer::new(conn)
+    }
+
+    async fn values(writer: &Writer) -> Vec<i64> {
+        writer
+            .write(false, |conn| {
+                let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
+                let rows = stmt.query_map([], |row| row.get(0)).unwrap();
+                Ok(rows.map(Result::unwrap).collect())
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A write that panics loses its round (its caller hears the store is unavailable), and
+    /// leaves no transaction open behind it: the next round begins, commits and is kept.
+    #[tokio::test]
+    async fn a_panicking_write_leaves_the_connection_usable() {
+        let writer = writer_on_a_fresh_table();
+        let lost = writer
+            .write(false, |conn| {
+                conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+                if conn.is_autocommit() {
+                    return Ok(());
+                }
+                panic!("a write failed in an unexpected way");
+            })
+            .await;
+        assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+        writer
+            .write(true, |conn| {
+                conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            values(&writer).await,
+            [2],
+            "the panicking round was rolled back"
+        );
+    }
+
+    /// A write that fails undoes itself only; the other writes of its round are committed.
+    #[tokio::test]
+    async fn a_failing_write_undoes_only_itself() {
+        let writer = writer_on_a_fresh_table();
+        let (kept, failed) = tokio::join!(
+            writer.write(false, |conn| {
+                conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+                Ok(())
+            }),
+            writer.write(false, |conn| {
+                conn.execute("INSERT INTO t VALUES (9)", []).unwrap();
+                Err::<(), _>(StoreError::Unavailable("refused".into()))
+            }),
+        );
+        kept.unwrap();
+        assert!(failed.is_err());
+        assert_eq!(values(&writer).await, [1]);
     }
 }
