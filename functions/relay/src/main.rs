@@ -60,13 +60,6 @@ enum Command {
     Routes(routes_command::RoutesArgs),
 }
 
-/// Under load, glibc's allocator was an eighth of `relay serve`'s CPU (`_int_malloc`,
-/// `malloc_consolidate`, `_int_free`: every request, envelope, SQLite row and forward
-/// allocates, on threads that hand buffers to one another). mimalloc's thread-local free
-/// lists cost a fraction of that.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
