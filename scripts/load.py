@@ -13,7 +13,8 @@ release `relay serve` on a temporary data directory, then drives the relay with 
 
 Prints: healthz baseline, accepted/s with p50/p99, delivered/s overall and by backlog band
 (>= 50,000 and <= 5,000 queued, counted only after the burst so intake does not share the
-CPU), lost (accepted, never delivered) and duplicated (delivered more than once).
+CPU), lost (accepted, never delivered), duplicated (delivered more than once), and the
+relay's CPU (user + system) per accepted event, from the burst's start to the last delivery.
 
   --drain-only: fill the queue with `relay serve --consumers 0` first, restart the relay
   with consumers and time the drain alone (the cleanest flat-drain figure).
@@ -85,6 +86,18 @@ def start_relay(binary, data_dir, sink_port, consumers):
             return proc, url
     proc.kill()
     sys.exit("relay did not print its listen address within 60 s")
+
+
+def cpu_seconds(proc):
+    """User + system CPU the process has used so far (Linux /proc), or NaN elsewhere. On a
+    shared 2-core machine a run's rates move by 15% with whatever else runs; the relay's CPU
+    per event moves far less, and when the cores are saturated it is what the rates follow."""
+    try:
+        with open("/proc/%d/stat" % proc.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan")
 
 
 def stop(proc):
@@ -243,14 +256,19 @@ def main():
         base_rate, base_p50, base_p99 = wrk_healthz(url, args.threads, args.connections)
         sampler = Sampler(db_path, sink_port)
         started = time.monotonic()
+        cpu_start = cpu_seconds(relay)
         result = wrk_burst(url, events, args.threads, args.connections, db_path)
         burst_s = result["duration_us"] / 1e6
         burst_end = started + burst_s
+        cpu_used = 0.0
         if args.drain_only:
+            cpu_used = cpu_seconds(relay) - cpu_start
             stop(relay)
             relay, url = start_relay(args.binary, tmp.name, sink_port, args.consumers)
             started = burst_end = time.monotonic()
+            cpu_start = cpu_seconds(relay)
         stats = wait_delivered(sink_port, result["accepted"], args.deadline)
+        cpu_used += cpu_seconds(relay) - cpu_start
         time.sleep(1.0)  # a late duplicate would arrive now
         sampler.stop()
         stats = sink_stats(sink_port)
@@ -278,6 +296,8 @@ def main():
         print("high band / low band   : %.2f" % (high / low if low == low and low else float("nan")))
         print("lost                   : %d" % max(0, accepted - stats["distinct"]))
         print("duplicated             : %d" % (stats["total"] - stats["distinct"]))
+        print("relay CPU              : %.1f s for the burst and its delivery: %.3f ms per event"
+              % (cpu_used, 1e3 * cpu_used / accepted if accepted else float("nan")))
     finally:
         if relay:
             stop(relay)
