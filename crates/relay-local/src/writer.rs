@@ -196,30 +196,28 @@ fn run_round(
 }
 
 /// A round's transaction, begun and committed through the statement cache (rusqlite's
-/// `Transaction` parses `BEGIN` and `COMMIT` anew every round). Rolled back if dropped
-/// uncommitted: a failed COMMIT (busy) or a write that panicked must not leave the
-/// connection inside a transaction, or every later round's BEGIN would fail.
+/// `Transaction` parses `BEGIN` and `COMMIT` anew every round). Rolled back if dropped while
+/// still open (the connection is not back in autocommit): a failed COMMIT (busy) or a write
+/// that panicked must not leave the connection inside a transaction, or every later round's
+/// BEGIN would fail.
 struct RoundTransaction<'a> {
     conn: &'a Connection,
-    open: bool,
 }
 
 impl<'a> RoundTransaction<'a> {
     fn begin(conn: &'a Connection) -> Result<Self, StoreError> {
         run_cached(conn, "BEGIN IMMEDIATE", "write: begin")?;
-        Ok(RoundTransaction { conn, open: true })
+        Ok(RoundTransaction { conn })
     }
 
-    fn commit(mut self) -> Result<(), StoreError> {
-        run_cached(self.conn, "COMMIT", "write: commit")?;
-        self.open = false;
-        Ok(())
+    fn commit(self) -> Result<(), StoreError> {
+        run_cached(self.conn, "COMMIT", "write: commit")
     }
 }
 
 impl Drop for RoundTransaction<'_> {
     fn drop(&mut self) {
-        if self.open && !self.conn.is_autocommit() {
+        if !self.conn.is_autocommit() {
             let _ = run_cached(self.conn, "ROLLBACK", "write: rollback");
         }
     }
