@@ -6,6 +6,7 @@ use super::{db, lock};
 use relay_core::error::StoreError;
 use rusqlite::Connection;
 use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -108,17 +109,6 @@ impl Writer {
 
 /// Commits rounds of pending writes until none are left, then steps down.
 fn run_committer(shared: &Shared) {
-    // If a round panics, the next writer must be able to start a committer again; the
-    // writers of the lost round see their channel closed and report the store unavailable.
-    struct StepDownOnPanic<'a>(&'a Shared);
-    impl Drop for StepDownOnPanic<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                lock(&self.0.pending).committer_running = false;
-            }
-        }
-    }
-    let _guard = StepDownOnPanic(shared);
     let mut last_round = Instant::now();
     let mut last_round_jobs = 0;
     loop {
@@ -141,7 +131,12 @@ fn run_committer(shared: &Shared) {
         };
         last_round = Instant::now();
         last_round_jobs = jobs.len();
-        commit_round(&mut lock(&shared.conn), jobs);
+        // A write that panics loses its round, not the committer: the round's transaction is
+        // rolled back and its writers see their channel closed (the store unavailable), and
+        // the writes queued meanwhile still get their rounds. A committer that died instead
+        // would leave them waiting forever: they found one running, so none was started.
+        let round = AssertUnwindSafe(|| commit_round(&mut lock(&shared.conn), jobs));
+        let _ = std::panic::catch_unwind(round);
     }
 }
 
