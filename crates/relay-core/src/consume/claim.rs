@@ -172,8 +172,13 @@ impl Consumer {
             outcome = work.as_mut() => outcome,
             () = beats => self.abandon(message, id),
         };
-        if let (Outcome::RetryAfter(_) | Outcome::Defer(_), Some(claim)) = (outcome, claimed.get())
-        {
+        self.release_for_retry(outcome, claimed.get()).await
+    }
+
+    /// A claim whose work ends in a retry (or a wait) is released for that retry; `outcome`
+    /// passes through.
+    async fn release_for_retry(&self, outcome: Outcome, claim: Option<&HeldClaim>) -> Outcome {
+        if let (Outcome::RetryAfter(_) | Outcome::Defer(_), Some(claim)) = (outcome, claim) {
             self.release(claim).await;
         }
         outcome
@@ -206,10 +211,7 @@ impl Consumer {
             outcome = work => outcome,
             () = self.beat_claim(claim, clock, period) => self.abandon(message, &claim.id),
         };
-        if let Outcome::RetryAfter(_) | Outcome::Defer(_) = outcome {
-            self.release(claim).await;
-        }
-        outcome
+        self.release_for_retry(outcome, Some(claim)).await
     }
 
     fn abandon(&self, message: &QueueMessage, hold_id: &str) -> Outcome {
