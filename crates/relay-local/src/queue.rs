@@ -18,16 +18,23 @@ pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 /// at least one message, so this only bounds a pathological backlog of poison messages.
 const MAX_DEAD_LETTER_ROUNDS: usize = 1000;
 
-/// Group heads, kept by SQLite itself so every path that adds or removes a message (send,
-/// redrive, delete, park, dead-letter) keeps them right: `is_head` marks the oldest message
-/// of each group, and a partial index over the heads by (visible_at_ms, seq) lets `receive`
-/// read the next visible heads directly instead of grouping the whole queue per call.
-/// `seq` only grows, so a new message is a head exactly when its group was empty, and a
-/// removed head hands the mark to the next oldest of its group.
+/// Group heads: `is_head` marks the oldest message of each group, and a partial index over
+/// the heads by (visible_at_ms, seq) lets `receive` read the next visible heads directly
+/// instead of grouping the whole queue per call. `seq` only grows, so a new message is a head
+/// exactly when its group was empty: `INSERT_MESSAGE` sets the mark as it inserts. A removed
+/// head hands the mark to the next oldest of its group, by a trigger, so every path that
+/// removes a message (delete, park, dead-letter) keeps the heads right.
+///
+/// The insert trigger marks only a message inserted unmarked: one inserted by a relay built
+/// before `INSERT_MESSAGE` set the mark, which may still be running on this directory. It
+/// replaces `queue_head_on_insert`, which marked every new head with an `UPDATE` after the
+/// insert: a second write of the whole row (body included) for every event.
 const GROUP_HEADS: &str = "
 CREATE INDEX IF NOT EXISTS queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
-CREATE TRIGGER IF NOT EXISTS queue_head_on_insert AFTER INSERT ON queue
-WHEN NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
+DROP TRIGGER IF EXISTS queue_head_on_insert;
+CREATE TRIGGER IF NOT EXISTS queue_head_on_unmarked_insert AFTER INSERT ON queue
+WHEN NEW.is_head = 0
+    AND NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
 BEGIN
     UPDATE queue SET is_head = 1 WHERE seq = NEW.seq;
 END;
@@ -58,10 +65,20 @@ pub(super) fn index_group_heads(conn: &Connection) -> Result<(), StoreError> {
         .map_err(db("schema: queue heads"))
 }
 
+/// Appends a message to its group, marked as the group's head when the group is empty
+/// (`?3` is the group). Every path that adds a message uses it.
+const INSERT_MESSAGE: &str = "INSERT INTO queue (message_id, dedup_id, group_id, body, is_head)
+     VALUES (?1, ?2, ?3, ?4, NOT EXISTS (SELECT 1 FROM queue WHERE group_id = ?3))";
+
 struct NewMessage {
     dedup_id: String,
     group_id: String,
     body: String,
+    /// The deduplication id was made for this send, with 64 random bits
+    /// (`RelayEvent::send_deduplication_id`): no earlier send can carry it, so the window is
+    /// neither consulted nor kept for it. Keeping it would cost every event a write to a
+    /// random page of the `sent_dedup` index, for a lookup that can never match.
+    fresh_dedup_id: bool,
 }
 
 /// Unique and time-ordered: the send time in microseconds, then 64 random bits. A random id
@@ -78,25 +95,27 @@ fn new_message_id() -> String {
 /// Enqueues one send unless its deduplication id was sent within the window. Runs in the
 /// writer's round: concurrent sends share one transaction and one fsync.
 fn enqueue(conn: &Connection, m: &NewMessage, now_ms: i64) -> Result<(), StoreError> {
-    // An index range on the send time: finds nothing to do in O(log n) most of the time.
-    conn.prepare_cached("DELETE FROM sent_dedup WHERE sent_at_ms < ?1")
-        .and_then(|mut stmt| stmt.execute(params![now_ms - DEDUP_WINDOW_MS]))
-        .map_err(db("send: expire dedup ids"))?;
-    let remembered = conn
-        .prepare_cached(
-            "INSERT INTO sent_dedup (dedup_id, sent_at_ms) VALUES (?1, ?2)
-             ON CONFLICT (dedup_id) DO NOTHING",
-        )
-        .and_then(|mut stmt| stmt.execute(params![m.dedup_id, now_ms]))
-        .map_err(db("send: dedup"))?;
-    if remembered == 0 {
-        return Ok(());
+    if !m.fresh_dedup_id {
+        // An index range on the send time: finds nothing to do in O(log n) most of the time.
+        conn.prepare_cached("DELETE FROM sent_dedup WHERE sent_at_ms < ?1")
+            .and_then(|mut stmt| stmt.execute(params![now_ms - DEDUP_WINDOW_MS]))
+            .map_err(db("send: expire dedup ids"))?;
+        let remembered = conn
+            .prepare_cached(
+                "INSERT INTO sent_dedup (dedup_id, sent_at_ms) VALUES (?1, ?2)
+                 ON CONFLICT (dedup_id) DO NOTHING",
+            )
+            .and_then(|mut stmt| stmt.execute(params![m.dedup_id, now_ms]))
+            .map_err(db("send: dedup"))?;
+        if remembered == 0 {
+            return Ok(());
+        }
     }
-    conn.prepare_cached(
-        "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES (?1, ?2, ?3, ?4)",
-    )
-    .and_then(|mut stmt| stmt.execute(params![new_message_id(), m.dedup_id, m.group_id, m.body]))
-    .map_err(db("send: insert"))?;
+    conn.prepare_cached(INSERT_MESSAGE)
+        .and_then(|mut stmt| {
+            stmt.execute(params![new_message_id(), m.dedup_id, m.group_id, m.body])
+        })
+        .map_err(db("send: insert"))?;
     Ok(())
 }
 
@@ -111,6 +130,7 @@ impl Queue for SqliteStore {
             dedup_id: event.send_deduplication_id(),
             group_id: event.message_group_id(),
             body,
+            fresh_dedup_id: true,
         };
         self.inner
             .writer
@@ -123,6 +143,7 @@ impl Queue for SqliteStore {
             dedup_id: message.dedup_id.clone(),
             group_id: message.group_id.clone(),
             body: message.body.clone(),
+            fresh_dedup_id: false,
         };
         self.inner
             .writer
@@ -359,7 +380,7 @@ impl PollingQueue for SqliteStore {
                 // A fresh message at the end of its group, past the dedup window on purpose:
                 // the user asked for this event again.
                 tx.execute(
-                    "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES (?1, ?2, ?3, ?4)",
+                    INSERT_MESSAGE,
                     params![new_message_id(), dedup_id, letter.group_id, letter.body],
                 )
                 .map_err(db("redrive: enqueue"))?;
@@ -514,6 +535,61 @@ mod tests {
             1,
             "a retry counts"
         );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store last opened by a build whose insert trigger marked every head loses that
+    /// trigger on open, and a message inserted unmarked (as that build inserts, should it
+    /// still be running on the directory) is still its group's head: it comes out, and the
+    /// message behind it in its group waits for it.
+    #[tokio::test]
+    async fn a_message_inserted_unmarked_still_heads_its_group() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-unmarked-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db_path = dir.join(super::super::DB_FILE);
+        drop(SqliteStore::open(&dir).unwrap());
+        {
+            let conn = Connection::open(&db_path).unwrap();
+            conn.execute_batch(
+                "DROP TRIGGER queue_head_on_unmarked_insert;
+                 CREATE TRIGGER queue_head_on_insert AFTER INSERT ON queue
+                 WHEN NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
+                 BEGIN UPDATE queue SET is_head = 1 WHERE seq = NEW.seq; END;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&dir).unwrap();
+        let old_style_inserts = Connection::open(&db_path).unwrap();
+        let triggers: Vec<String> = old_style_inserts
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            triggers,
+            ["queue_head_on_delete", "queue_head_on_unmarked_insert"]
+        );
+        old_style_inserts
+            .execute_batch(
+                "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES
+                    ('o1', 'o1', 'old', 'o1'), ('o2', 'o2', 'old', 'o2');",
+            )
+            .unwrap();
+        let hide = Duration::from_secs(30);
+        let first = store.receive(10, hide, 1).await.unwrap();
+        let bodies: Vec<&str> = first.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["o1"]);
+        store.delete(&first[0].receipt).await.unwrap();
+        let second = store.receive(10, hide, 1).await.unwrap();
+        let bodies: Vec<&str> = second.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["o2"]);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
