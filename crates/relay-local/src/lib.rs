@@ -1,8 +1,11 @@
-//! The embedded store behind `relay serve`: one SQLite file (`<dir>/relay.db`, WAL) that
-//! plays SQS and DynamoDB for every port, plus `<dir>/outbox.jsonl` for forwards that have no
-//! destination. Same contract as the AWS adapters; the contract tests hold both to it.
-//! One writer connection commits every write in rounds (`writer`); reads use their own
-//! connections (`readers`).
+//! The embedded store behind `relay serve`: two SQLite files (WAL) that play SQS and DynamoDB
+//! for every port, `<dir>/queue.db` (the queue, its dead letters and send dedup ids) and
+//! `<dir>/relay.db` (everything else: claims, snapshots, portals, attempts), plus
+//! `<dir>/outbox.jsonl` for forwards that have no destination. Same contract as the AWS
+//! adapters; the contract tests hold both to it. Each file has one writer connection that
+//! commits its writes in rounds (`writer`); reads use their own connections (`readers`).
+//! Two files so that ingest's fsynced sends never wait behind the consumers' bookkeeping:
+//! each file's rounds run on their own thread and flush only their own pages.
 
 mod attempts;
 mod bind_plans;
@@ -28,44 +31,22 @@ use std::time::Duration;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "relay.db";
+/// The queue's database file inside the data directory.
+pub const QUEUE_DB_FILE: &str = "queue.db";
 /// Receives after which a message moves to the dead-letter table: the template's
 /// maxReceiveCount, a retry window of at least 24 h.
 pub const DEFAULT_MAX_RECEIVE_COUNT: u32 = relay_core::forward::DEFAULT_MAX_RECEIVE_COUNT;
 
 /// Schema version in `PRAGMA user_version`; bump with a migration step when tables change.
-/// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index
-/// (`queue::index_group_heads`); `portals.server_endpoint`.
+/// 2: dedup claims carry their `owner`; `queue.is_head` and the visible-heads index;
+/// `portals.server_endpoint`.
 /// 3: `snapshots.changed_at_ms`, so snapshots expire as DynamoDB's TTL expires them.
 /// 4: `snapshots.delivered`, the events last delivered about the entity.
-const SCHEMA_VERSION: i64 = 4;
+/// 5: the queue, its dead letters and send dedup ids live in `queue.db`
+/// (`queue::move_queue_to_its_own_file`).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS queue (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL UNIQUE,
-    dedup_id TEXT NOT NULL,
-    group_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    visible_at_ms INTEGER NOT NULL DEFAULT 0,
-    receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT UNIQUE
-    -- is_head: added by queue::index_group_heads (schema 2)
-);
-CREATE INDEX IF NOT EXISTS queue_group_order ON queue(group_id, seq);
-CREATE TABLE IF NOT EXISTS sent_dedup (
-    dedup_id TEXT PRIMARY KEY,
-    sent_at_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sent_dedup_age ON sent_dedup(sent_at_ms);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL,
-    dedup_id TEXT NOT NULL,
-    group_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    parked_at_ms INTEGER NOT NULL
-);
 CREATE TABLE IF NOT EXISTS dedup (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -133,6 +114,9 @@ struct Inner {
     /// reader never waits for the writer), anything larger on the blocking pool, so no long
     /// query blocks the async runtime.
     readers: Readers,
+    /// The same two for `queue.db`.
+    queue_writer: writer::Writer,
+    queue_readers: Readers,
     max_receive_count: AtomicU32,
     /// Milliseconds a snapshot stays after its last change; 0: forever.
     snapshot_ttl_ms: AtomicI64,
@@ -140,7 +124,8 @@ struct Inner {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `<dir>/relay.db` and `<dir>/outbox.jsonl`.
+    /// Opens (creating if needed) `<dir>/relay.db`, `<dir>/queue.db` and `<dir>/outbox.jsonl`;
+    /// a queue still in `relay.db` (written before schema 5) moves to `queue.db`.
     ///
     /// WAL mode. Sends commit with `synchronous=FULL`: ingress answers 202 right after `send`
     /// returns, so an accepted event must survive a power cut, not only a killed process;
@@ -148,7 +133,10 @@ impl SqliteStore {
     /// (receive, delete, claims, attempts) commits at NORMAL, which in WAL mode survives a
     /// killed process; a power cut may undo the last of those steps, which only replays
     /// work: the message is delivered again and forwarded with the same `webhook-id`, as
-    /// after a crash between forward and complete.
+    /// after a crash between forward and complete. The two files are fsynced apart (a send's
+    /// fsync flushes only `queue.db`), which changes none of this: a claim or completion lost
+    /// with its message's delete means a replay, and one lost while the delete survived
+    /// means nothing, the message being gone.
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
         private_files::create_private_dir(dir).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -157,17 +145,19 @@ impl SqliteStore {
             ))
         })?;
         let path = dir.join(DB_FILE);
-        private_files::prepare_private_file(&path).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
-        })?;
-        let conn = Connection::open(&path).map_err(db("open"))?;
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let conn = open_writer_connection(&path)?;
         configure(&conn)?;
+        let queue_path = dir.join(QUEUE_DB_FILE);
+        let queue_conn = open_writer_connection(&queue_path)?;
+        queue::configure_queue(&queue_conn)?;
+        queue::move_queue_to_its_own_file(&conn, &queue_path)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 writer: writer::Writer::new(conn),
                 readers: Readers::new(path),
+                queue_writer: writer::Writer::new(queue_conn),
+                queue_readers: Readers::new(queue_path),
                 max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
                 snapshot_ttl_ms: AtomicI64::new(duration_ms(
                     relay_core::config::DEFAULT_SNAPSHOT_TTL,
@@ -236,6 +226,27 @@ impl SqliteStore {
         self.inner.writer.write(false, work).await
     }
 
+    /// `with_conn` on `queue.db`'s writer.
+    async fn with_queue_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.queue_writer.write(false, work).await
+    }
+
+    /// `with_reader` on `queue.db`.
+    async fn with_queue_reader<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.queue_readers.run(work))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("sqlite reader failed: {e}")))?
+    }
+
     /// Runs one read-only point lookup (a row by its key) on a reader connection, on the
     /// calling thread; it sees every write that returned before it started. A WAL reader
     /// never waits for the writer, and a cached one-row lookup takes microseconds, less than
@@ -278,7 +289,18 @@ fn keep_plans_stable(conn: &Connection) -> Result<(), StoreError> {
     .map_err(db("query planner stability"))
 }
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
+/// A writer connection on `path`, its file (and WAL) private to the owner.
+fn open_writer_connection(path: &Path) -> Result<Connection, StoreError> {
+    private_files::prepare_private_file(path)
+        .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", path.display())))?;
+    let conn = Connection::open(path).map_err(db("open"))?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    configure_connection(&conn)?;
+    Ok(conn)
+}
+
+/// What every writer connection sets, whichever file it writes.
+fn configure_connection(conn: &Connection) -> Result<(), StoreError> {
     keep_plans_stable(conn)?;
     // A second process (relay replay while serve runs) waits for the lock instead of failing.
     conn.busy_timeout(Duration::from_secs(5))
@@ -303,7 +325,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     // `relay replay`, only makes SQLite drop it), and a deep backlog's random-key indexes do not fit SQLite's default 2 MiB: each
     // miss is a read syscall in the middle of a commit round.
     conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
-        .map_err(db("cache_size"))?;
+        .map_err(db("cache_size"))
+}
+
+/// `relay.db`'s tables, and its schema steps.
+fn configure(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .map_err(db("user_version"))?;
@@ -329,7 +355,6 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     }
     // Attempts logged before routes existed have no route; any store may predate them.
     add_column_if_missing(&tx, "attempts", "route", "TEXT")?;
-    queue::index_group_heads(&tx)?;
     snapshots::add_change_time(&tx, unix_ms_now())?;
     add_column_if_missing(&tx, "snapshots", "delivered", "TEXT NOT NULL DEFAULT '[]'")?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)

@@ -18,51 +18,179 @@ pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 /// at least one message, so this only bounds a pathological backlog of poison messages.
 const MAX_DEAD_LETTER_ROUNDS: usize = 1000;
 
+/// `queue.db`'s schema version (its own `PRAGMA user_version`).
+const QUEUE_SCHEMA_VERSION: i64 = 1;
+
+/// `queue.db`: the queue, the send deduplication window and the dead letters.
+///
 /// Group heads: `is_head` marks the oldest message of each group, and a partial index over
 /// the heads by (visible_at_ms, seq) lets `receive` read the next visible heads directly
 /// instead of grouping the whole queue per call. `seq` only grows, so a new message is a head
 /// exactly when its group was empty: `INSERT_MESSAGE` sets the mark as it inserts. A removed
 /// head hands the mark to the next oldest of its group, by a trigger, so every path that
 /// removes a message (delete, park, dead-letter) keeps the heads right.
-///
-/// The insert trigger marks only a message inserted unmarked: one inserted by a relay built
-/// before `INSERT_MESSAGE` set the mark, which may still be running on this directory. It
-/// replaces `queue_head_on_insert`, which marked every new head with an `UPDATE` after the
-/// insert: a second write of the whole row (body included) for every event.
-const GROUP_HEADS: &str = "
+const QUEUE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT UNIQUE,
+    is_head INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS queue_group_order ON queue(group_id, seq);
 CREATE INDEX IF NOT EXISTS queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
-DROP TRIGGER IF EXISTS queue_head_on_insert;
-CREATE TRIGGER IF NOT EXISTS queue_head_on_unmarked_insert AFTER INSERT ON queue
-WHEN NEW.is_head = 0
-    AND NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
-BEGIN
-    UPDATE queue SET is_head = 1 WHERE seq = NEW.seq;
-END;
 CREATE TRIGGER IF NOT EXISTS queue_head_on_delete AFTER DELETE ON queue
 WHEN OLD.is_head = 1
 BEGIN
     UPDATE queue SET is_head = 1
     WHERE seq = (SELECT MIN(seq) FROM queue WHERE group_id = OLD.group_id);
 END;
+CREATE TABLE IF NOT EXISTS sent_dedup (
+    dedup_id TEXT PRIMARY KEY,
+    sent_at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_dedup_age ON sent_dedup(sent_at_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    parked_at_ms INTEGER NOT NULL
+);
 ";
 
-/// Schema 2: adds `is_head` to a queue written by schema 1 (marking the heads of what is
-/// already queued), then the index and triggers that keep it.
-pub(super) fn index_group_heads(conn: &Connection) -> Result<(), StoreError> {
-    let has_column = conn
-        .prepare("SELECT 1 FROM pragma_table_info('queue') WHERE name = 'is_head'")
-        .and_then(|mut stmt| stmt.exists([]))
-        .map_err(db("schema: queue columns"))?;
-    if !has_column {
-        conn.execute_batch(
-            "ALTER TABLE queue ADD COLUMN is_head INTEGER NOT NULL DEFAULT 0;
-             UPDATE queue SET is_head = 1
-             WHERE seq IN (SELECT MIN(seq) FROM queue GROUP BY group_id);",
-        )
-        .map_err(db("schema: queue heads"))?;
+/// Creates `queue.db`'s tables; one transaction, so a second process opening the same
+/// directory never sees half a schema.
+pub(super) fn configure_queue(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db("queue user_version"))?;
+    if version > QUEUE_SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "queue.db was written by a newer relay (schema {version}, this build knows {QUEUE_SCHEMA_VERSION})"
+        )));
     }
-    conn.execute_batch(GROUP_HEADS)
-        .map_err(db("schema: queue heads"))
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+        .map_err(db("queue schema: begin"))?;
+    tx.execute_batch(QUEUE_SCHEMA).map_err(db("queue schema"))?;
+    tx.pragma_update(None, "user_version", QUEUE_SCHEMA_VERSION)
+        .map_err(db("queue user_version"))?;
+    tx.commit().map_err(db("queue schema: commit"))
+}
+
+/// The tables that moved to `queue.db` at schema 5, each with the statement that copies
+/// its rows from `relay.db` (`OR IGNORE`: a copy interrupted after its commit is simply done
+/// again; the queue oldest first, each group's oldest message marked as its head, since a
+/// schema-1 queue has no marks) and the one that counts the rows not copied yet.
+const MOVED_TABLES: [(&str, &str, &str); 3] = [
+    (
+        "queue",
+        "INSERT OR IGNORE INTO moved.queue (seq, message_id, dedup_id, group_id, body,
+             visible_at_ms, receive_count, receipt, is_head)
+         SELECT seq, message_id, dedup_id, group_id, body, visible_at_ms, receive_count,
+             receipt,
+             seq = (SELECT MIN(seq) FROM main.queue AS older
+                    WHERE older.group_id = main.queue.group_id)
+         FROM main.queue ORDER BY seq",
+        "SELECT COUNT(*) FROM main.queue
+         WHERE message_id NOT IN (SELECT message_id FROM moved.queue)",
+    ),
+    (
+        "sent_dedup",
+        "INSERT OR IGNORE INTO moved.sent_dedup (dedup_id, sent_at_ms)
+         SELECT dedup_id, sent_at_ms FROM main.sent_dedup",
+        "SELECT COUNT(*) FROM main.sent_dedup
+         WHERE dedup_id NOT IN (SELECT dedup_id FROM moved.sent_dedup)",
+    ),
+    (
+        "dead_letters",
+        "INSERT OR IGNORE INTO moved.dead_letters
+             (seq, message_id, dedup_id, group_id, body, reason, parked_at_ms)
+         SELECT seq, message_id, dedup_id, group_id, body, reason, parked_at_ms
+         FROM main.dead_letters ORDER BY seq",
+        "SELECT COUNT(*) FROM main.dead_letters
+         WHERE seq NOT IN (SELECT seq FROM moved.dead_letters)",
+    ),
+];
+
+/// Schema 5: a `relay.db` that still holds the queue (written before the queue had a file of
+/// its own) hands it to `queue.db`. Two transactions, each writing one file, because a
+/// transaction over two WAL databases is atomic per file only: first the copy into
+/// `queue.db`; then, with `relay.db` locked against writers, a check that every row arrived
+/// and the old tables dropped. A crash in between leaves both copies, and the next open
+/// copies again (no row twice) and drops. Nothing is lost if another process added a row
+/// after the copy: the check sees it and the copy runs again.
+pub(super) fn move_queue_to_its_own_file(
+    main: &Connection,
+    queue_path: &std::path::Path,
+) -> Result<(), StoreError> {
+    let mut present = Vec::new();
+    for table in MOVED_TABLES {
+        let holds = main
+            .prepare("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?1")
+            .and_then(|mut stmt| stmt.exists(params![table.0]))
+            .map_err(db("move queue: find"))?;
+        if holds {
+            present.push(table);
+        }
+    }
+    if present.is_empty() {
+        return Ok(());
+    }
+    let queue_path = queue_path
+        .to_str()
+        .ok_or_else(|| StoreError::Unavailable("move queue: data path is not UTF-8".into()))?;
+    main.execute("ATTACH DATABASE ?1 AS moved", params![queue_path])
+        .map_err(db("move queue: attach"))?;
+    let moved = copy_then_drop(main, &present);
+    let detached = main
+        .execute_batch("DETACH DATABASE moved")
+        .map_err(db("move queue: detach"));
+    moved.and(detached)
+}
+
+fn copy_then_drop(main: &Connection, tables: &[(&str, &str, &str)]) -> Result<(), StoreError> {
+    const ATTEMPTS: usize = 5;
+    let immediate = || {
+        rusqlite::Transaction::new_unchecked(main, rusqlite::TransactionBehavior::Immediate)
+            .map_err(db("move queue: begin"))
+    };
+    for _ in 0..ATTEMPTS {
+        let copy = immediate()?;
+        for (_, copy_rows, _) in tables {
+            copy.execute(copy_rows, [])
+                .map_err(db("move queue: copy"))?;
+        }
+        copy.commit().map_err(db("move queue: commit copy"))?;
+
+        let check_and_drop = immediate()?;
+        let mut missing = 0;
+        for (_, _, count_missing) in tables {
+            missing += check_and_drop
+                .query_row(count_missing, [], |row| row.get::<_, i64>(0))
+                .map_err(db("move queue: check"))?;
+        }
+        if missing > 0 {
+            continue; // rolled back as it goes out of scope: copy what arrived meanwhile
+        }
+        for (table, _, _) in tables {
+            check_and_drop
+                .execute_batch(&format!("DROP TABLE main.{table}"))
+                .map_err(db("move queue: drop"))?;
+        }
+        return check_and_drop
+            .commit()
+            .map_err(db("move queue: commit drop"));
+    }
+    Err(StoreError::Unavailable(
+        "move queue: relay.db's queue kept changing; is an older relay still running on this directory?".into(),
+    ))
 }
 
 /// Appends a message to its group, marked as the group's head when the group is empty
@@ -133,7 +261,7 @@ impl Queue for SqliteStore {
             fresh_dedup_id: true,
         };
         self.inner
-            .writer
+            .queue_writer
             .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
             .await
     }
@@ -146,14 +274,14 @@ impl Queue for SqliteStore {
             fresh_dedup_id: false,
         };
         self.inner
-            .writer
+            .queue_writer
             .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
             .await
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
         let receipt = receipt.to_string();
-        self.with_conn(move |conn| {
+        self.with_queue_conn(move |conn| {
             let changed = conn
                 .execute_cached(
                     "UPDATE queue SET visible_at_ms = ?1 WHERE receipt = ?2",
@@ -178,7 +306,7 @@ impl Queue for SqliteStore {
     /// CRM asked for never moves a message toward the dead-letter table.
     async fn defer(&self, receipt: &str, wait: Duration) -> Result<(), StoreError> {
         let receipt = receipt.to_string();
-        self.with_conn(move |conn| {
+        self.with_queue_conn(move |conn| {
             conn.execute_cached(
                 "UPDATE queue SET visible_at_ms = ?1, receive_count = MAX(receive_count - 1, 0)
                  WHERE receipt = ?2",
@@ -197,7 +325,7 @@ impl Queue for SqliteStore {
     ) -> Result<(), StoreError> {
         let message = message.clone();
         let reason = reason.to_string();
-        self.with_conn(move |tx| {
+        self.with_queue_conn(move |tx| {
             let dedup_id: Option<String> = tx
                 .query_row(
                     "SELECT dedup_id FROM queue WHERE message_id = ?1",
@@ -286,7 +414,7 @@ impl PollingQueue for SqliteStore {
         now_ms: i64,
     ) -> Result<Vec<QueueMessage>, StoreError> {
         let max_receive_count = self.max_receive_count();
-        self.with_conn(move |tx| {
+        self.with_queue_conn(move |tx| {
             let mut out = Vec::new();
             for _ in 0..MAX_DEAD_LETTER_ROUNDS {
                 if out.len() >= max {
@@ -347,7 +475,7 @@ impl PollingQueue for SqliteStore {
 
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
         let receipt = receipt.to_string();
-        self.with_conn(move |conn| {
+        self.with_queue_conn(move |conn| {
             conn.execute_cached("DELETE FROM queue WHERE receipt = ?1", params![receipt])
                 .map_err(db("delete"))?;
             Ok(())
@@ -356,7 +484,7 @@ impl PollingQueue for SqliteStore {
     }
 
     async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.with_reader(|conn| {
+        self.with_queue_reader(|conn| {
             Ok(dead_letter_rows(conn)?
                 .into_iter()
                 .map(|(_, _, letter)| letter)
@@ -367,7 +495,7 @@ impl PollingQueue for SqliteStore {
 
     async fn redrive(&self, filter: &RedriveFilter) -> Result<usize, StoreError> {
         let filter = filter.clone();
-        self.with_conn(move |tx| {
+        self.with_queue_conn(move |tx| {
             let mut moved = 0;
             for (seq, dedup_id, letter) in dead_letter_rows(tx)? {
                 // The body names the event (a fan-out delivery's dedup id is its own, and a
@@ -439,7 +567,7 @@ impl SqliteStore {
         if receipts.is_empty() {
             return Ok(());
         }
-        self.with_conn(move |conn| {
+        self.with_queue_conn(move |conn| {
             for receipt in &receipts {
                 conn.execute_cached("DELETE FROM queue WHERE receipt = ?1", params![receipt])
                     .map_err(db("delete"))?;
@@ -451,7 +579,7 @@ impl SqliteStore {
 
     /// Messages in the queue, in flight or not (for `relay` status lines and tests).
     pub async fn queue_depth(&self) -> Result<usize, StoreError> {
-        self.with_reader(|conn| {
+        self.with_queue_reader(|conn| {
             let n: i64 = conn
                 .query_row("SELECT COUNT(*) FROM queue", [], |row| row.get(0))
                 .map_err(db("queue depth"))?;
@@ -470,16 +598,7 @@ mod tests {
     #[test]
     fn receive_reads_heads_from_the_index_without_sorting() {
         let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE queue (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
-                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
-                visible_at_ms INTEGER NOT NULL DEFAULT 0,
-                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE);
-             CREATE INDEX queue_group_order ON queue(group_id, seq);",
-        )
-        .unwrap();
-        index_group_heads(&conn).unwrap();
+        configure_queue(&conn).unwrap();
         for sql in [NEVER_RECEIVED_HEADS, RETURNED_HEADS] {
             let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = stmt
@@ -539,57 +658,127 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// A store last opened by a build whose insert trigger marked every head loses that
-    /// trigger on open, and a message inserted unmarked (as that build inserts, should it
-    /// still be running on the directory) is still its group's head: it comes out, and the
-    /// message behind it in its group waits for it.
-    #[tokio::test]
-    async fn a_message_inserted_unmarked_still_heads_its_group() {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-relay-unmarked-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let db_path = dir.join(super::super::DB_FILE);
-        drop(SqliteStore::open(&dir).unwrap());
-        {
-            let conn = Connection::open(&db_path).unwrap();
-            conn.execute_batch(
-                "DROP TRIGGER queue_head_on_unmarked_insert;
-                 CREATE TRIGGER queue_head_on_insert AFTER INSERT ON queue
-                 WHEN NOT EXISTS (SELECT 1 FROM queue WHERE group_id = NEW.group_id AND seq < NEW.seq)
-                 BEGIN UPDATE queue SET is_head = 1 WHERE seq = NEW.seq; END;",
-            )
-            .unwrap();
-        }
-        let store = SqliteStore::open(&dir).unwrap();
-        let old_style_inserts = Connection::open(&db_path).unwrap();
-        let triggers: Vec<String> = old_style_inserts
-            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+    /// `relay.db` as a schema-4 relay left it: the queue tables in it, with one message in
+    /// flight in group `a` behind nothing, one waiting behind it, one in group `b`, a send
+    /// dedup id from a minute ago and a dead letter.
+    fn write_schema_4_queue(db_path: &std::path::Path, now_ms: i64) {
+        let conn = Connection::open(db_path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                visible_at_ms INTEGER NOT NULL DEFAULT 0,
+                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE,
+                is_head INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX queue_group_order ON queue(group_id, seq);
+             CREATE TABLE sent_dedup (dedup_id TEXT PRIMARY KEY, sent_at_ms INTEGER NOT NULL);
+             CREATE TABLE dead_letters (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL,
+                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                reason TEXT NOT NULL, parked_at_ms INTEGER NOT NULL);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO queue (seq, message_id, dedup_id, group_id, body, visible_at_ms,
+                                receive_count, receipt, is_head) VALUES
+                (7, 'a1', 'a1', 'a', 'a1', ?1, 1, 'a1.1.x', 1),
+                (8, 'a2', 'a2', 'a', 'a2', 0, 0, NULL, 0),
+                (9, 'b1', 'b1', 'b', 'b1', 0, 0, NULL, 1)",
+            params![now_ms + 30_000],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sent_dedup VALUES ('seen', ?1)",
+            params![now_ms - 60_000],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO dead_letters (message_id, dedup_id, group_id, body, reason, parked_at_ms)
+             VALUES ('d1', 'd1', 'd', 'd1', 'gone', 1)",
+            [],
+        )
+        .unwrap();
+    }
+
+    fn table_names(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
             .unwrap()
             .query_map([], |row| row.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(
-            triggers,
-            ["queue_head_on_delete", "queue_head_on_unmarked_insert"]
-        );
-        old_style_inserts
-            .execute_batch(
-                "INSERT INTO queue (message_id, dedup_id, group_id, body) VALUES
-                    ('o1', 'o1', 'old', 'o1'), ('o2', 'o2', 'old', 'o2');",
-            )
-            .unwrap();
+            .unwrap()
+    }
+
+    /// A schema-4 directory opens with its queue moved to `queue.db`: the message in flight
+    /// stays in flight and holds its group, the rest come out in order, the dedup window
+    /// still drops a repeat, the dead letter is still listed, a new message goes behind the
+    /// old ones, and `relay.db` no longer has the tables.
+    #[tokio::test]
+    async fn a_schema_4_queue_moves_to_its_own_file_intact() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-move-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = unix_ms_now();
+        write_schema_4_queue(&dir.join(super::super::DB_FILE), now);
+        let store = SqliteStore::open(&dir).unwrap();
+        let tables = table_names(&Connection::open(dir.join(super::super::DB_FILE)).unwrap());
+        for moved in ["queue", "sent_dedup", "dead_letters"] {
+            assert!(!tables.contains(&moved.to_string()), "{tables:?}");
+        }
+        assert_eq!(store.list_dead_letters().await.unwrap().len(), 1);
+        let repeat = OutgoingMessage {
+            body: "repeat".into(),
+            group_id: "r".into(),
+            dedup_id: "seen".into(),
+        };
+        store.send_message(&repeat).await.unwrap();
+        let fresh = OutgoingMessage {
+            body: "a3".into(),
+            group_id: "a".into(),
+            dedup_id: "a3".into(),
+        };
+        store.send_message(&fresh).await.unwrap();
         let hide = Duration::from_secs(30);
-        let first = store.receive(10, hide, 1).await.unwrap();
+        let first = store.receive(10, hide, now).await.unwrap();
         let bodies: Vec<&str> = first.iter().map(|m| m.body.as_str()).collect();
-        assert_eq!(bodies, ["o1"]);
+        assert_eq!(bodies, ["b1"], "a1 is still in flight and holds a2 and a3");
         store.delete(&first[0].receipt).await.unwrap();
-        let second = store.receive(10, hide, 1).await.unwrap();
-        let bodies: Vec<&str> = second.iter().map(|m| m.body.as_str()).collect();
-        assert_eq!(bodies, ["o2"]);
+        let later = store.receive(10, hide, now + 31_000).await.unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!((later[0].body.as_str(), later[0].receive_count), ("a1", 2));
+        store.delete(&later[0].receipt).await.unwrap();
+        let next = store.receive(10, hide, now + 31_000).await.unwrap();
+        assert_eq!(next[0].body, "a2");
+        store.delete(&next[0].receipt).await.unwrap();
+        let last = store.receive(10, hide, now + 31_000).await.unwrap();
+        assert_eq!(last[0].body, "a3");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A move interrupted after its copy committed (both files hold the queue) finishes on
+    /// the next open without a message twice.
+    #[tokio::test]
+    async fn an_interrupted_move_finishes_without_duplicates() {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-move-again-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let now = unix_ms_now();
+        let db_path = dir.join(super::super::DB_FILE);
+        write_schema_4_queue(&db_path, now);
+        drop(SqliteStore::open(&dir).unwrap());
+        write_schema_4_queue(&db_path, now);
+        let store = SqliteStore::open(&dir).unwrap();
+        assert_eq!(store.queue_depth().await.unwrap(), 3);
+        assert_eq!(store.list_dead_letters().await.unwrap().len(), 1);
+        assert!(!table_names(&Connection::open(&db_path).unwrap()).contains(&"queue".into()));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

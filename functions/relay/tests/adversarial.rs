@@ -421,13 +421,14 @@ async fn the_data_folder_and_database_files_are_private() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("relay.db")
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("relay.db") || name.starts_with("queue.db")
         })
         .collect();
-    assert!(files.len() >= 2, "relay.db and its WAL: {files:?}");
+    assert!(
+        files.len() >= 4,
+        "relay.db, queue.db and their WALs: {files:?}"
+    );
     for file in files {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
     }
