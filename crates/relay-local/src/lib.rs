@@ -322,8 +322,7 @@ fn configure_connection(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(db("wal_autocheckpoint"))?;
     // The writer's cache outlives its transactions (a write by another process, such as
-    // `relay replay`, only makes SQLite drop it), and a deep backlog's random-key indexes do not fit SQLite's default 2 MiB: each
-    // miss is a read syscall in the middle of a commit round.
+    // `relay replay`, only makes SQLite drop it); see WRITER_CACHE_KIB for its size.
     conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
         .map_err(db("cache_size"))
 }
@@ -411,8 +410,13 @@ impl CachedStatements for Connection {
 /// Pages of WAL (4 KiB each) after which a commit checkpoints them into the database file.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 8192;
 
-/// The writer's page cache, in KiB (a negative `cache_size` counts KiB, not pages).
-const WRITER_CACHE_KIB: i64 = -65_536;
+/// Each writer's page cache, in KiB (a negative `cache_size` counts KiB, not pages). Enough
+/// for a round's dirty pages and the indexes' upper levels; a miss is a read from the OS's
+/// page cache. Not larger: SQLite's cache scans its whole hash table at many COMMITs (a page
+/// split briefly renumbers a page to the pending-byte page, 262,145 with 4 KiB pages, so the
+/// cache believes it holds a page that far out and truncates it away), and that scan was
+/// 14% of the writer thread's CPU with 64 MiB (`perf` under `scripts/load.py`).
+const WRITER_CACHE_KIB: i64 = -8_192;
 
 /// Statements kept prepared per connection: every distinct statement of the ports fits.
 const STATEMENT_CACHE: usize = 64;
