@@ -252,10 +252,13 @@ def main():
 
     sink, sink_port = start_sink()
     tmp = tempfile.TemporaryDirectory(prefix="relay-load-")
-    db_path = os.path.join(tmp.name, "relay.db")
     relay = None
     try:
         relay, url = start_relay(args.binary, tmp.name, sink_port, 0 if args.drain_only else args.consumers)
+        # The queue's own file; a relay built before it had one keeps the queue in relay.db.
+        db_path = os.path.join(tmp.name, "queue.db")
+        if not os.path.exists(db_path):
+            db_path = os.path.join(tmp.name, "relay.db")
         print("relay %s (%s), sink 127.0.0.1:%d, %d events, wrk %d threads x %d connections%s"
               % (url, args.binary, sink_port, events, args.threads, args.connections,
                  ", drain only" if args.drain_only else ""))
