@@ -68,14 +68,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 /// Creates `queue.db`'s tables; one transaction, so a second process opening the same
 /// directory never sees half a schema.
 pub(super) fn configure_queue(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(db("queue user_version"))?;
-    if version > QUEUE_SCHEMA_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "queue.db was written by a newer relay (schema {version}, this build knows {QUEUE_SCHEMA_VERSION})"
-        )));
-    }
+    super::schema_version_known(conn, super::QUEUE_DB_FILE, QUEUE_SCHEMA_VERSION)?;
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
         .map_err(db("queue schema: begin"))?;
     tx.execute_batch(QUEUE_SCHEMA).map_err(db("queue schema"))?;
@@ -84,63 +77,95 @@ pub(super) fn configure_queue(conn: &Connection) -> Result<(), StoreError> {
     tx.commit().map_err(db("queue schema: commit"))
 }
 
-/// The tables that moved to `queue.db` at schema 5, each with the statement that copies
-/// its rows from `relay.db` (`OR IGNORE`: a copy interrupted after its commit is simply done
-/// again; the queue oldest first, each group's oldest message marked as its head, since a
-/// schema-1 queue has no marks) and the one that counts the rows not copied yet.
-const MOVED_TABLES: [(&str, &str, &str); 3] = [
-    (
-        "queue",
-        "INSERT OR IGNORE INTO moved.queue (seq, message_id, dedup_id, group_id, body,
-             visible_at_ms, receive_count, receipt, is_head)
-         SELECT seq, message_id, dedup_id, group_id, body, visible_at_ms, receive_count,
-             receipt,
-             seq = (SELECT MIN(seq) FROM main.queue AS older
-                    WHERE older.group_id = main.queue.group_id)
-         FROM main.queue ORDER BY seq",
-        "SELECT COUNT(*) FROM main.queue
-         WHERE message_id NOT IN (SELECT message_id FROM moved.queue)",
-    ),
-    (
-        "sent_dedup",
-        "INSERT OR IGNORE INTO moved.sent_dedup (dedup_id, sent_at_ms)
-         SELECT dedup_id, sent_at_ms FROM main.sent_dedup",
-        "SELECT COUNT(*) FROM main.sent_dedup
-         WHERE dedup_id NOT IN (SELECT dedup_id FROM moved.sent_dedup)",
-    ),
-    (
-        "dead_letters",
-        "INSERT OR IGNORE INTO moved.dead_letters
-             (seq, message_id, dedup_id, group_id, body, reason, parked_at_ms)
-         SELECT seq, message_id, dedup_id, group_id, body, reason, parked_at_ms
-         FROM main.dead_letters ORDER BY seq",
-        "SELECT COUNT(*) FROM main.dead_letters
-         WHERE seq NOT IN (SELECT seq FROM moved.dead_letters)",
-    ),
+/// A table that moved to `queue.db` at schema 5: the columns it had in `relay.db` (every
+/// schema's), and what `queue.db`'s table adds to them.
+struct MovedTable {
+    name: &'static str,
+    columns: &'static str,
+    /// (column, value computed from the old row): the queue's `is_head`, each group's oldest
+    /// message, since a schema-1 queue has no marks.
+    added: Option<(&'static str, &'static str)>,
+}
+
+const MOVED_TABLES: [MovedTable; 3] = [
+    MovedTable {
+        name: "queue",
+        columns: "seq, message_id, dedup_id, group_id, body, visible_at_ms, receive_count, receipt",
+        added: Some((
+            "is_head",
+            "seq = (SELECT MIN(seq) FROM main.queue AS older
+                    WHERE older.group_id = main.queue.group_id)",
+        )),
+    },
+    MovedTable {
+        name: "sent_dedup",
+        columns: "dedup_id, sent_at_ms",
+        added: None,
+    },
+    MovedTable {
+        name: "dead_letters",
+        columns: "seq, message_id, dedup_id, group_id, body, reason, parked_at_ms",
+        added: None,
+    },
 ];
 
-/// Schema 5: a `relay.db` that still holds the queue (written before the queue had a file of
-/// its own) hands it to `queue.db`. Two transactions, each writing one file, because a
-/// transaction over two WAL databases is atomic per file only: first the copy into
-/// `queue.db`; then, with `relay.db` locked against writers, a check that every row arrived
-/// and the old tables dropped. A crash in between leaves both copies, and the next open
-/// copies again (no row twice) and drops. Nothing is lost if another process added a row
-/// after the copy: the check sees it and the copy runs again.
-pub(super) fn move_queue_to_its_own_file(
-    main: &Connection,
-    queue_path: &std::path::Path,
-) -> Result<(), StoreError> {
+impl MovedTable {
+    /// Replaces `queue.db`'s rows with `relay.db`'s: a copy interrupted after its commit is
+    /// simply done again, and nothing can have written `queue.db` meanwhile (every open moves
+    /// the queue before it serves).
+    fn copy_sql(&self) -> String {
+        let (name, columns) = (self.name, self.columns);
+        let (added_column, added_value) = match self.added {
+            Some((column, value)) => (format!(", {column}"), format!(", {value}")),
+            None => (String::new(), String::new()),
+        };
+        format!(
+            "DELETE FROM moved.{name};
+             INSERT INTO moved.{name} ({columns}{added_column})
+             SELECT {columns}{added_value} FROM main.{name} ORDER BY rowid;"
+        )
+    }
+
+    /// Whether the two files' rows differ in any column, either way: a row another process
+    /// added, changed (a receive, a retry delay) or removed after the copy.
+    fn differs_sql(&self) -> String {
+        let (name, columns) = (self.name, self.columns);
+        format!(
+            "SELECT EXISTS (SELECT {columns} FROM main.{name} EXCEPT SELECT {columns} FROM moved.{name})
+                 OR EXISTS (SELECT {columns} FROM moved.{name} EXCEPT SELECT {columns} FROM main.{name})"
+        )
+    }
+}
+
+/// The moved tables `relay.db` still holds.
+fn tables_still_in_main(conn: &Connection) -> Result<Vec<&'static MovedTable>, StoreError> {
     let mut present = Vec::new();
-    for table in MOVED_TABLES {
-        let holds = main
+    for table in &MOVED_TABLES {
+        let holds = conn
             .prepare("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?1")
-            .and_then(|mut stmt| stmt.exists(params![table.0]))
+            .and_then(|mut stmt| stmt.exists(params![table.name]))
             .map_err(db("move queue: find"))?;
         if holds {
             present.push(table);
         }
     }
-    if present.is_empty() {
+    Ok(present)
+}
+
+/// Schema 5: a `relay.db` that still holds the queue (written before the queue had a file of
+/// its own) hands it to `queue.db`. Two transactions, each writing one file, because a
+/// transaction over two WAL databases is atomic per file only: first the copy into
+/// `queue.db`; then, with both files locked against writers, a check that the two copies
+/// are the same and the old tables dropped. Both commits are fsynced, the copy's first: a
+/// power cut can leave both copies (the next open copies again and drops), never neither,
+/// and never an old queue that comes back after `queue.db` has moved on. If another process
+/// (an older relay) changed the old tables in between, the check sees it and the copy runs
+/// again; two new ones opening at once find the move done and leave it.
+pub(super) fn move_queue_to_its_own_file(
+    main: &Connection,
+    queue_path: &std::path::Path,
+) -> Result<(), StoreError> {
+    if tables_still_in_main(main)?.is_empty() {
         return Ok(());
     }
     let queue_path = queue_path
@@ -148,14 +173,17 @@ pub(super) fn move_queue_to_its_own_file(
         .ok_or_else(|| StoreError::Unavailable("move queue: data path is not UTF-8".into()))?;
     main.execute("ATTACH DATABASE ?1 AS moved", params![queue_path])
         .map_err(db("move queue: attach"))?;
-    let moved = copy_then_drop(main, &present);
-    let detached = main
-        .execute_batch("DETACH DATABASE moved")
+    let moved = main
+        .execute_batch("PRAGMA main.synchronous = FULL; PRAGMA moved.synchronous = FULL;")
+        .map_err(db("move queue: synchronous"))
+        .and_then(|()| copy_then_drop(main));
+    let restored = main
+        .execute_batch("PRAGMA main.synchronous = NORMAL; DETACH DATABASE moved;")
         .map_err(db("move queue: detach"));
-    moved.and(detached)
+    moved.and(restored)
 }
 
-fn copy_then_drop(main: &Connection, tables: &[(&str, &str, &str)]) -> Result<(), StoreError> {
+fn copy_then_drop(main: &Connection) -> Result<(), StoreError> {
     const ATTEMPTS: usize = 5;
     let immediate = || {
         rusqlite::Transaction::new_unchecked(main, rusqlite::TransactionBehavior::Immediate)
@@ -163,25 +191,30 @@ fn copy_then_drop(main: &Connection, tables: &[(&str, &str, &str)]) -> Result<()
     };
     for _ in 0..ATTEMPTS {
         let copy = immediate()?;
-        for (_, copy_rows, _) in tables {
-            copy.execute(copy_rows, [])
+        let tables = tables_still_in_main(&copy)?;
+        if tables.is_empty() {
+            return Ok(()); // another process moved it while we waited for the lock
+        }
+        for table in &tables {
+            copy.execute_batch(&table.copy_sql())
                 .map_err(db("move queue: copy"))?;
         }
         copy.commit().map_err(db("move queue: commit copy"))?;
 
         let check_and_drop = immediate()?;
-        let mut missing = 0;
-        for (_, _, count_missing) in tables {
-            missing += check_and_drop
-                .query_row(count_missing, [], |row| row.get::<_, i64>(0))
+        let tables = tables_still_in_main(&check_and_drop)?;
+        let mut differs = false;
+        for table in &tables {
+            differs |= check_and_drop
+                .query_row(&table.differs_sql(), [], |row| row.get::<_, bool>(0))
                 .map_err(db("move queue: check"))?;
         }
-        if missing > 0 {
-            continue; // rolled back as it goes out of scope: copy what arrived meanwhile
+        if differs {
+            continue; // rolled back as it goes out of scope: copy again
         }
-        for (table, _, _) in tables {
+        for table in &tables {
             check_and_drop
-                .execute_batch(&format!("DROP TABLE main.{table}"))
+                .execute_batch(&format!("DROP TABLE main.{}", table.name))
                 .map_err(db("move queue: drop"))?;
         }
         return check_and_drop
@@ -619,12 +652,7 @@ mod tests {
     /// parks on the second receive hands it out again; a retry (`retry_after`) counts.
     #[tokio::test]
     async fn a_deferred_receive_does_not_count_toward_the_dead_letters() {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-relay-defer-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("defer");
         let store = SqliteStore::open(&dir).unwrap();
         store.set_max_receive_count(1);
         let event: RelayEvent = serde_json::from_value(serde_json::json!({
@@ -656,6 +684,16 @@ mod tests {
         );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn scratch_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "crm-relay-{name}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     /// `relay.db` as a schema-4 relay left it: the queue tables in it, with one message in
@@ -716,12 +754,7 @@ mod tests {
     /// old ones, and `relay.db` no longer has the tables.
     #[tokio::test]
     async fn a_schema_4_queue_moves_to_its_own_file_intact() {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-relay-move-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("move");
         let now = unix_ms_now();
         write_schema_4_queue(&dir.join(super::super::DB_FILE), now);
         let store = SqliteStore::open(&dir).unwrap();
@@ -760,16 +793,48 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The check before the drop sees any change another process made to the old tables
+    /// after the copy: a receive (new receipt), a delete, a send, a dead letter.
+    #[test]
+    fn the_move_check_sees_every_change_after_the_copy() {
+        let dir = scratch_dir("move-check");
+        let now = unix_ms_now();
+        write_schema_4_queue(&dir.join(super::super::DB_FILE), now);
+        let main = Connection::open(dir.join(super::super::DB_FILE)).unwrap();
+        main.execute_batch("ATTACH DATABASE ':memory:' AS moved")
+            .unwrap();
+        main.execute_batch(&QUEUE_SCHEMA.replace("EXISTS ", "EXISTS moved."))
+            .unwrap();
+        let differs = |main: &Connection| {
+            MOVED_TABLES.iter().any(|table| {
+                main.query_row(&table.differs_sql(), [], |row| row.get::<_, bool>(0))
+                    .unwrap()
+            })
+        };
+        let changes = [
+            "UPDATE main.queue SET receipt = 'a1.2.y', receive_count = 2 WHERE seq = 7",
+            "DELETE FROM main.queue WHERE seq = 9",
+            "INSERT INTO main.queue (message_id, dedup_id, group_id, body) VALUES ('c1', 'c1', 'c', 'c1')",
+            "INSERT INTO main.sent_dedup VALUES ('other', 1)",
+            "UPDATE main.dead_letters SET reason = 'redriven elsewhere'",
+        ];
+        for change in changes {
+            for table in &MOVED_TABLES {
+                main.execute_batch(&table.copy_sql()).unwrap();
+            }
+            assert!(!differs(&main), "right after the copy");
+            main.execute_batch(change).unwrap();
+            assert!(differs(&main), "{change}");
+        }
+        drop(main);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A move interrupted after its copy committed (both files hold the queue) finishes on
     /// the next open without a message twice.
     #[tokio::test]
     async fn an_interrupted_move_finishes_without_duplicates() {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-relay-move-again-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("move-again");
         let now = unix_ms_now();
         let db_path = dir.join(super::super::DB_FILE);
         write_schema_4_queue(&db_path, now);
@@ -787,12 +852,7 @@ mod tests {
     /// marked: one message per group comes out, oldest first, and the rest follow in order.
     #[tokio::test]
     async fn a_schema_1_queue_keeps_its_group_order_after_the_upgrade() {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-relay-schema1-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = scratch_dir("schema1");
         {
             let conn = Connection::open(dir.join(super::super::DB_FILE)).unwrap();
             conn.execute_batch(
