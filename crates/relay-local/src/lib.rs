@@ -99,7 +99,8 @@ CREATE TABLE IF NOT EXISTS destinations (
 );
 ";
 
-/// Every port on one SQLite database. Cheap to clone: clones share the connections.
+/// Every port on the embedded store's two SQLite files. Cheap to clone: clones share the
+/// connections.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -226,6 +227,15 @@ impl SqliteStore {
         self.inner.writer.write(false, work).await
     }
 
+    /// `with_conn` in a round that is fsynced before it returns.
+    async fn with_durable_conn<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner.writer.write(true, work).await
+    }
+
     /// `with_conn` on `queue.db`'s writer.
     async fn with_queue_conn<T, F>(&self, work: F) -> Result<T, StoreError>
     where
@@ -241,10 +251,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.queue_readers.run(work))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("sqlite reader failed: {e}")))?
+        self.read_on_pool(|inner| &inner.queue_readers, work).await
     }
 
     /// Runs one read-only point lookup (a row by its key) on a reader connection, on the
@@ -267,8 +274,21 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.read_on_pool(|inner| &inner.readers, work).await
+    }
+
+    /// Runs `work` on one of `readers`' connections on the blocking pool.
+    async fn read_on_pool<T, F>(
+        &self,
+        readers: fn(&Inner) -> &Readers,
+        work: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || inner.readers.run(work))
+        tokio::task::spawn_blocking(move || readers(&inner).run(work))
             .await
             .map_err(|e| StoreError::Unavailable(format!("sqlite reader failed: {e}")))?
     }
@@ -329,14 +349,7 @@ fn configure_connection(conn: &Connection) -> Result<(), StoreError> {
 
 /// `relay.db`'s tables, and its schema steps.
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(db("user_version"))?;
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Corrupt(format!(
-            "data directory was written by a newer relay (schema {version}, this build knows {SCHEMA_VERSION})"
-        )));
-    }
+    let version = schema_version_known(conn, DB_FILE, SCHEMA_VERSION)?;
     // One transaction: a second process opening the same directory never sees half a schema.
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
         .map_err(db("schema: begin"))?;
@@ -359,6 +372,19 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(db("user_version"))?;
     tx.commit().map_err(db("schema: commit"))
+}
+
+/// The file's schema version (`PRAGMA user_version`), refused if a newer relay wrote it.
+fn schema_version_known(conn: &Connection, file: &str, known: i64) -> Result<i64, StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(db("user_version"))?;
+    if version > known {
+        return Err(StoreError::Corrupt(format!(
+            "{file} in the data directory was written by a newer relay (schema {version}, this build knows {known})"
+        )));
+    }
+    Ok(version)
 }
 
 /// Schema steps that add a column run once per column, whatever order the steps of earlier
@@ -384,7 +410,7 @@ fn add_column_if_missing(
 
 /// The statements of every hot path go through the connection's statement cache: parsing
 /// and planning a statement costs more CPU than running one of these one-row statements,
-/// and the writer runs every write of every port on one thread.
+/// and each writer runs every write to its file on one thread.
 trait CachedStatements {
     fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
     fn query_row_cached<T, P, F>(&self, sql: &str, params: P, row: F) -> rusqlite::Result<T>
