@@ -29,7 +29,7 @@ pub struct AppStores {
 }
 
 impl AppStores {
-    /// All three on one store (one DynamoDB table, one SQLite file).
+    /// All three on one store (one DynamoDB table, or the embedded store's `relay.db`).
     pub fn on<S>(store: Arc<S>) -> AppStores
     where
         S: TokenStore + SnapshotStore + BindPlanStore + 'static,

@@ -1,4 +1,5 @@
-//! The embedded store's one writer: every write of every port runs on one connection, and
+//! A writer of the embedded store, one per database file: every write to its file runs on its
+//! one connection, and
 //! the writes that arrive while a commit runs are committed together in the next transaction
 //! (group commit), each in its own savepoint so one failing write undoes only itself.
 

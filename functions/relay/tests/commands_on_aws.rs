@@ -85,10 +85,12 @@ async fn replay_moves_the_sqs_dead_letter_back_to_the_queue() {
         serde_json::from_str::<RelayEvent>(&back[0].body).unwrap(),
         ev
     );
-    assert!(
-        !dir.path().join("relay.db").exists(),
-        "the embedded store is not touched when AWS is configured"
-    );
+    for file in ["relay.db", "queue.db"] {
+        assert!(
+            !dir.path().join(file).exists(),
+            "the embedded store is not touched when AWS is configured: {file}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,8 +193,10 @@ async fn invoke_runs_the_handlers_on_sqs_and_dynamodb_when_they_are_configured()
         3,
         "three events in the sample batch, each once"
     );
-    assert!(
-        !dir.path().join("relay.db").exists(),
-        "the embedded store is not touched"
-    );
+    for file in ["relay.db", "queue.db"] {
+        assert!(
+            !dir.path().join(file).exists(),
+            "the embedded store is not touched: {file}"
+        );
+    }
 }

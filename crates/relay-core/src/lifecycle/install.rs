@@ -153,7 +153,7 @@ impl AppLifecycle {
             .await?;
         // Tokens go last: an uninstall cut short (a 5xx, Bitrix24 sends it again)
         // still authenticates on its retry, which finds only what is left to delete.
-        // Snapshots live in the same store as the tokens (one table, one SQLite file).
+        // Snapshots live in the same store as the tokens (one DynamoDB table, or `relay.db`).
         let snapshots_deleted = self
             .snapshots
             .delete_portal(crate::event::Source::Bitrix24, &portal)
