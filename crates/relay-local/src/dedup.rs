@@ -18,7 +18,7 @@ impl DedupStore for SqliteStore {
         now_ms: i64,
     ) -> Result<Claim, StoreError> {
         let (id, owner) = (id.to_string(), owner.to_string());
-        self.with_conn(move |conn| {
+        self.with_conn_one_statement(move |conn| {
             let claimed = conn
                 .execute_cached(
                     "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms, owner)
@@ -62,7 +62,7 @@ impl DedupStore for SqliteStore {
         lease_until_ms: i64,
     ) -> Result<Ownership, StoreError> {
         let (id, owner) = (id.to_string(), owner.to_string());
-        self.with_conn(move |conn| {
+        self.with_conn_one_statement(move |conn| {
             let changed = conn
                 .execute_cached(
                     "UPDATE dedup SET lease_until_ms = ?3
@@ -82,7 +82,7 @@ impl DedupStore for SqliteStore {
         expires_at_ms: i64,
     ) -> Result<Ownership, StoreError> {
         let (id, owner) = (id.to_string(), owner.to_string());
-        self.with_conn(move |conn| {
+        self.with_conn_one_statement(move |conn| {
             let changed = conn
                 .execute_cached(
                     "INSERT INTO dedup (id, status, lease_until_ms, expires_at_ms, owner)

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+use writer::Undo;
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "relay.db";
@@ -210,7 +211,7 @@ impl SqliteStore {
     where
         P: rusqlite::Params + Send + 'static,
     {
-        self.with_conn(move |conn| {
+        self.with_conn_one_statement(move |conn| {
             conn.execute_cached(sql, params).map_err(db(operation))?;
             Ok(())
         })
@@ -224,7 +225,20 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.writer.write(false, work).await
+        self.inner.writer.write(false, Undo::Savepoint, work).await
+    }
+
+    /// `with_conn` for a write that is one statement changing the database (any others only
+    /// read): SQLite undoes it alone if it fails, so it needs no savepoint (`writer::Undo`).
+    async fn with_conn_one_statement<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.inner
+            .writer
+            .write(false, Undo::OneStatement, work)
+            .await
     }
 
     /// `with_conn` in a round that is fsynced before it returns.
@@ -233,7 +247,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.writer.write(true, work).await
+        self.inner.writer.write(true, Undo::Savepoint, work).await
     }
 
     /// `with_conn` on `queue.db`'s writer.
@@ -242,7 +256,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.inner.queue_writer.write(false, work).await
+        self.inner
+            .queue_writer
+            .write(false, Undo::Savepoint, work)
+            .await
     }
 
     /// `with_reader` on `queue.db`.

@@ -2,7 +2,7 @@
 //! cloud build. Per-group order with one message in flight per group, visibility timeouts,
 //! receive counts, a dead-letter table after too many receives, and redrive.
 
-use super::{db, duration_ms, unix_ms_now, CachedStatements, SqliteStore};
+use super::{db, duration_ms, unix_ms_now, CachedStatements, SqliteStore, Undo};
 use async_trait::async_trait;
 use relay_core::error::StoreError;
 use relay_core::event::RelayEvent;
@@ -293,9 +293,12 @@ impl Queue for SqliteStore {
             body,
             fresh_dedup_id: true,
         };
+        // A fresh id makes `enqueue` one INSERT.
         self.inner
             .queue_writer
-            .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
+            .write(true, Undo::OneStatement, move |conn| {
+                enqueue(conn, &message, unix_ms_now())
+            })
             .await
     }
 
@@ -308,7 +311,9 @@ impl Queue for SqliteStore {
         };
         self.inner
             .queue_writer
-            .write(true, move |conn| enqueue(conn, &message, unix_ms_now()))
+            .write(true, Undo::Savepoint, move |conn| {
+                enqueue(conn, &message, unix_ms_now())
+            })
             .await
     }
 

@@ -27,10 +27,24 @@ const GATHER: Duration = Duration::from_millis(2);
 /// sqlite_burst bench's receive-and-delete) would only wait, with nobody to share a round.
 const GATHER_MIN_JOBS: usize = 4;
 
+/// How a failing write is undone while the rest of its round goes on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Undo {
+    /// In a savepoint of its own: for a write of several statements.
+    Savepoint,
+    /// By SQLite itself: the write is one statement that changes the database (any others
+    /// only read), and a failing statement is undone by SQLite with the transaction left
+    /// going. A savepoint around it would only cost two more statements and a copy of every
+    /// page it touches into the savepoint's journal; most writes (claims, attempts,
+    /// completions, ingest's sends) are one statement.
+    OneStatement,
+}
+
 /// One write waiting for the next round.
 struct Job {
     /// The caller answers a client on this write (ingress's 202): the round is fsynced.
     durable: bool,
+    undo: Undo,
     work: Work,
     done: oneshot::Sender<Outcome>,
 }
@@ -70,7 +84,12 @@ impl Writer {
     /// Runs `work` in the next round and returns once that round is committed. `durable`:
     /// the round commits with `synchronous=FULL` (the WAL is fsynced before anyone hears Ok);
     /// one such commit also makes every earlier WAL frame durable.
-    pub(super) async fn write<T, F>(&self, durable: bool, work: F) -> Result<T, StoreError>
+    pub(super) async fn write<T, F>(
+        &self,
+        durable: bool,
+        undo: Undo,
+        work: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -78,6 +97,7 @@ impl Writer {
         let (done, committed) = oneshot::channel();
         let job = Job {
             durable,
+            undo,
             work: Box::new(move |conn| {
                 work(conn).map(|value| Box::new(value) as Box<dyn Any + Send>)
             }),
@@ -185,7 +205,18 @@ fn run_round(
         }
     };
     for job in jobs {
-        let outcome = in_savepoint(tx.conn, job.work);
+        // An error that ends the whole transaction (a full disk, an I/O error) leaves the
+        // connection in autocommit: the writes after it would each commit on their own, then
+        // be told the round failed. They fail without running instead.
+        if tx.conn.is_autocommit() {
+            let ended = StoreError::Unavailable("sqlite write: the round was rolled back".into());
+            finished.push((job.done, Err(ended)));
+            continue;
+        }
+        let outcome = match job.undo {
+            Undo::Savepoint => in_savepoint(tx.conn, job.work),
+            Undo::OneStatement => (job.work)(tx.conn),
+        };
         finished.push((job.done, outcome));
     }
     tx.commit()
@@ -263,7 +294,7 @@ mod tests {
 
     async fn values(writer: &Writer) -> Vec<i64> {
         writer
-            .write(false, |conn| {
+            .write(false, Undo::Savepoint, |conn| {
                 let mut stmt = conn.prepare("SELECT v FROM t ORDER BY v").unwrap();
                 let rows = stmt.query_map([], |row| row.get(0)).unwrap();
                 Ok(rows.map(Result::unwrap).collect())
@@ -278,7 +309,7 @@ mod tests {
     async fn a_panicking_write_leaves_the_connection_usable() {
         let writer = writer_on_a_fresh_table();
         let lost = writer
-            .write(false, |conn| {
+            .write(false, Undo::Savepoint, |conn| {
                 conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
                 if conn.is_autocommit() {
                     return Ok(());
@@ -288,7 +319,7 @@ mod tests {
             .await;
         assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
         writer
-            .write(true, |conn| {
+            .write(true, Undo::Savepoint, |conn| {
                 conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
                 Ok(())
             })
@@ -306,11 +337,11 @@ mod tests {
     async fn a_failing_write_undoes_only_itself() {
         let writer = writer_on_a_fresh_table();
         let (kept, failed) = tokio::join!(
-            writer.write(false, |conn| {
+            writer.write(false, Undo::Savepoint, |conn| {
                 conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
                 Ok(())
             }),
-            writer.write(false, |conn| {
+            writer.write(false, Undo::Savepoint, |conn| {
                 conn.execute("INSERT INTO t VALUES (9)", []).unwrap();
                 Err::<(), _>(StoreError::Unavailable("refused".into()))
             }),
@@ -318,5 +349,29 @@ mod tests {
         kept.unwrap();
         assert!(failed.is_err());
         assert_eq!(values(&writer).await, [1]);
+    }
+
+    /// A one-statement write that fails half-way (its first row inserted, its second
+    /// refused) is undone whole by SQLite, without a savepoint, and the writes around it in
+    /// its round are committed.
+    #[tokio::test]
+    async fn a_failing_one_statement_write_undoes_only_itself() {
+        let writer = writer_on_a_fresh_table();
+        let insert = |sql: &'static str| {
+            writer.write(false, Undo::OneStatement, move |conn| {
+                conn.execute(sql, [])
+                    .map(|_| ())
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))
+            })
+        };
+        let (before, failed, after) = tokio::join!(
+            insert("INSERT INTO t VALUES (1)"),
+            insert("INSERT INTO t VALUES (5), (NULL)"),
+            insert("INSERT INTO t VALUES (7)"),
+        );
+        before.unwrap();
+        assert!(failed.is_err());
+        after.unwrap();
+        assert_eq!(values(&writer).await, [1, 7]);
     }
 }
