@@ -280,6 +280,25 @@ fn enqueue(conn: &Connection, m: &NewMessage, now_ms: i64) -> Result<(), StoreEr
     Ok(())
 }
 
+impl SqliteStore {
+    /// Runs `enqueue` in the queue writer's next fsynced round. With a fresh dedup id it is
+    /// one INSERT and needs no savepoint; otherwise it also writes the dedup window, and an
+    /// insert that fails must take that write back with it.
+    async fn enqueue_durably(&self, message: NewMessage) -> Result<(), StoreError> {
+        let undo = if message.fresh_dedup_id {
+            Undo::OneStatement
+        } else {
+            Undo::Savepoint
+        };
+        self.inner
+            .queue_writer
+            .write(true, undo, move |conn| {
+                enqueue(conn, &message, unix_ms_now())
+            })
+            .await
+    }
+}
+
 #[async_trait]
 impl Queue for SqliteStore {
     /// Returns once the event is committed (and fsynced). Sends that arrive while a commit
@@ -293,13 +312,7 @@ impl Queue for SqliteStore {
             body,
             fresh_dedup_id: true,
         };
-        // A fresh id makes `enqueue` one INSERT.
-        self.inner
-            .queue_writer
-            .write(true, Undo::OneStatement, move |conn| {
-                enqueue(conn, &message, unix_ms_now())
-            })
-            .await
+        self.enqueue_durably(message).await
     }
 
     async fn send_message(&self, message: &OutgoingMessage) -> Result<(), StoreError> {
@@ -309,12 +322,7 @@ impl Queue for SqliteStore {
             body: message.body.clone(),
             fresh_dedup_id: false,
         };
-        self.inner
-            .queue_writer
-            .write(true, Undo::Savepoint, move |conn| {
-                enqueue(conn, &message, unix_ms_now())
-            })
-            .await
+        self.enqueue_durably(message).await
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), StoreError> {
