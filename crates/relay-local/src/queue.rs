@@ -813,11 +813,14 @@ mod tests {
         let dir = scratch_dir("move-check");
         let now = unix_ms_now();
         write_schema_4_queue(&dir.join(super::super::DB_FILE), now);
+        let queue_path = dir.join(super::super::QUEUE_DB_FILE);
+        configure_queue(&Connection::open(&queue_path).unwrap()).unwrap();
         let main = Connection::open(dir.join(super::super::DB_FILE)).unwrap();
-        main.execute_batch("ATTACH DATABASE ':memory:' AS moved")
-            .unwrap();
-        main.execute_batch(&QUEUE_SCHEMA.replace("EXISTS ", "EXISTS moved."))
-            .unwrap();
+        main.execute(
+            "ATTACH DATABASE ?1 AS moved",
+            params![queue_path.to_str().unwrap()],
+        )
+        .unwrap();
         let differs = |main: &Connection| {
             MOVED_TABLES.iter().any(|table| {
                 main.query_row(&table.differs_sql(), [], |row| row.get::<_, bool>(0))
