@@ -45,8 +45,9 @@ impl TokenStore for SqliteStore {
 
     /// Fsynced before it returns: a refresh replaces the refresh token, and once the OAuth
     /// server has handed out a new one the old one may no longer be taken, so tokens lost to
-    /// a power cut could leave the portal to be installed again. Sends no longer flush `relay.db` (the queue has its own file), and installs and
-    /// refreshes are rare enough for a commit of their own.
+    /// a power cut could leave the portal to be installed again. Sends no longer flush
+    /// `relay.db` (the queue has its own file), and installs and refreshes are rare enough for
+    /// a commit of their own.
     async fn put(&self, tokens: &PortalTokens) -> Result<(), StoreError> {
         let t = tokens.clone();
         self.with_durable_conn(move |conn| {
