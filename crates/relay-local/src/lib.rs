@@ -156,9 +156,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
-                writer: writer::Writer::new(conn),
+                writer: writer::Writer::new(conn, DB_FILE)?,
                 readers: Readers::new(path),
-                queue_writer: writer::Writer::new(queue_conn),
+                queue_writer: writer::Writer::new(queue_conn, QUEUE_DB_FILE)?,
                 queue_readers: Readers::new(queue_path),
                 max_receive_count: AtomicU32::new(DEFAULT_MAX_RECEIVE_COUNT),
                 snapshot_ttl_ms: AtomicI64::new(duration_ms(

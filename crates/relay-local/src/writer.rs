@@ -1,14 +1,14 @@
 //! A writer of the embedded store, one per database file: every write to its file runs on its
-//! one connection, and
-//! the writes that arrive while a commit runs are committed together in the next transaction
-//! (group commit), each in its own savepoint so one failing write undoes only itself.
+//! one connection, on the writer's own thread, and the writes that arrive while a commit runs
+//! are committed together in the next transaction (group commit), each undone alone if it
+//! fails (`Undo`).
 
 use super::{db, lock};
 use relay_core::error::StoreError;
 use rusqlite::Connection;
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -49,36 +49,79 @@ struct Job {
     done: oneshot::Sender<Outcome>,
 }
 
-/// Writes not yet committed, and whether a committer is running. One committer at a time
-/// takes everything that queued up while it committed, so a burst costs one commit per round
-/// instead of one per write.
+/// Writes not yet committed. The committer takes everything that queued up while it
+/// committed, so a burst costs one commit per round instead of one per write.
 #[derive(Default)]
 struct Pending {
     jobs: Vec<Job>,
-    committer_running: bool,
+    /// The committer is asleep waiting for a job: the next write wakes it.
+    committer_idle: bool,
+    /// The committer is pausing to gather a round: a durable write wakes it.
+    committer_gathering: bool,
+    /// Every `Writer` is gone: the committer finishes what is queued and ends.
+    closed: bool,
 }
 
 struct Shared {
     conn: Mutex<Connection>,
     pending: Mutex<Pending>,
-    /// Signalled when a durable write arrives: it ends a gathering pause at once.
-    durable_arrived: Condvar,
+    /// Signalled when a job arrives for an idle committer, when a durable write arrives (it
+    /// ends a gathering pause at once) and when the writer closes.
+    job_arrived: Condvar,
 }
 
+/// Cheap to clone: clones share the connection and its committer thread.
 #[derive(Clone)]
 pub(super) struct Writer {
     shared: Arc<Shared>,
+    _committer: Arc<Committer>,
+}
+
+/// The committer thread of a writer: a thread of its own, started with the writer, not a
+/// task on the caller's runtime. It runs at the process's normal priority whichever runtime
+/// its writers run on (`relay serve`'s consumers run at a lower one; intake's fsynced sends
+/// must not wait for their CPU), and a write never pays for starting a blocking task. Ends
+/// once every clone of its `Writer` is dropped and what they queued is committed.
+struct Committer {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).closed = true;
+        self.shared.job_arrived.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // Joined, so the file is closed once its store is: a test or a command that opens
+            // the directory next finds no connection left over. Never joined from the thread
+            // itself (a job holding the last clone), which would wait forever.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
 }
 
 impl Writer {
-    pub(super) fn new(conn: Connection) -> Writer {
-        Writer {
-            shared: Arc::new(Shared {
-                conn: Mutex::new(conn),
-                pending: Mutex::new(Pending::default()),
-                durable_arrived: Condvar::new(),
+    /// `name` names the committer thread (the file it writes), for `top -H` and profiles.
+    pub(super) fn new(conn: Connection, name: &str) -> Result<Writer, StoreError> {
+        let shared = Arc::new(Shared {
+            conn: Mutex::new(conn),
+            pending: Mutex::new(Pending::default()),
+            job_arrived: Condvar::new(),
+        });
+        let committing = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name(format!("writer-{name}"))
+            .spawn(move || run_committer(&committing))
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer {
+            _committer: Arc::new(Committer {
+                shared: Arc::clone(&shared),
+                thread: Some(thread),
             }),
-        }
+            shared,
+        })
     }
 
     /// Runs `work` in the next round and returns once that round is committed. `durable`:
@@ -103,18 +146,16 @@ impl Writer {
             }),
             done,
         };
-        let start_committer = {
+        {
             let mut pending = lock(&self.shared.pending);
             pending.jobs.push(job);
-            if durable {
-                self.shared.durable_arrived.notify_one();
+            // One wake-up per sleep, not per write: a busy committer finds the job anyway,
+            // and each wake-up is a system call.
+            if pending.committer_idle || (durable && pending.committer_gathering) {
+                pending.committer_idle = false;
+                pending.committer_gathering = false;
+                self.shared.job_arrived.notify_one();
             }
-            !std::mem::replace(&mut pending.committer_running, true)
-        };
-        if start_committer {
-            let shared = Arc::clone(&self.shared);
-            // Detached on purpose: it keeps committing for later writers after ours is done.
-            tokio::task::spawn_blocking(move || run_committer(&shared));
         }
         match committed.await {
             Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
@@ -128,25 +169,38 @@ impl Writer {
     }
 }
 
-/// Commits rounds of pending writes until none are left, then steps down.
+/// Commits rounds of pending writes; sleeps while there are none; ends once the writer is
+/// closed and nothing is left.
 fn run_committer(shared: &Shared) {
     let mut last_round = Instant::now();
     let mut last_round_jobs = 0;
     loop {
         let jobs = {
             let mut pending = lock(&shared.pending);
-            if pending.jobs.is_empty() {
-                pending.committer_running = false;
-                return;
+            while pending.jobs.is_empty() {
+                if pending.closed {
+                    return;
+                }
+                pending.committer_idle = true;
+                pending = shared
+                    .job_arrived
+                    .wait(pending)
+                    .unwrap_or_else(PoisonError::into_inner);
+                last_round_jobs = 0;
             }
+            pending.committer_idle = false;
             let gather = GATHER.saturating_sub(last_round.elapsed());
             let concurrent = last_round_jobs >= GATHER_MIN_JOBS;
             if concurrent && !gather.is_zero() && !pending.jobs.iter().any(|job| job.durable) {
+                pending.committer_gathering = true;
                 pending = shared
-                    .durable_arrived
-                    .wait_timeout_while(pending, gather, |p| !p.jobs.iter().any(|j| j.durable))
+                    .job_arrived
+                    .wait_timeout_while(pending, gather, |p| {
+                        !p.closed && !p.jobs.iter().any(|j| j.durable)
+                    })
                     .map(|(pending, _)| pending)
                     .unwrap_or_else(|e| e.into_inner().0);
+                pending.committer_gathering = false;
             }
             std::mem::take(&mut pending.jobs)
         };
@@ -154,8 +208,7 @@ fn run_committer(shared: &Shared) {
         last_round_jobs = jobs.len();
         // A write that panics loses its round, not the committer: the round's transaction is
         // rolled back and its writers see their channel closed (the store unavailable), and
-        // the writes queued meanwhile still get their rounds. A committer that died instead
-        // would leave them waiting forever: they found one running, so none was started.
+        // the writes queued meanwhile still get their rounds.
         let round = AssertUnwindSafe(|| commit_round(&mut lock(&shared.conn), jobs));
         let _ = std::panic::catch_unwind(round);
     }
@@ -289,7 +342,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
             .unwrap();
-        Writer::new(conn)
+        Writer::new(conn, "test").unwrap()
     }
 
     async fn values(writer: &Writer) -> Vec<i64> {
