@@ -9,6 +9,7 @@ mod bind;
 mod cli_error;
 mod dead_letters;
 mod drain;
+mod drain_runtime;
 mod http_server;
 mod invoke;
 mod logs;

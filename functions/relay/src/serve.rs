@@ -101,9 +101,11 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let settings = DrainSettings {
         batch_timeout: args.batch_timeout,
     };
+    let drain_runtime = crate::drain_runtime::build()
+        .map_err(|e| CliError::io("starting the consumers' threads", e))?;
     let drains: Vec<_> = (0..args.consumers)
         .map(|_| {
-            tokio::spawn(drain_queue(
+            drain_runtime.spawn(drain_queue(
                 backend.embedded_queue(),
                 consumer.clone(),
                 queued.clone(),
@@ -124,6 +126,9 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     if let Some(poller) = offline_poller {
         let _ = poller.await;
     }
+    // Its loops have ended; what is left (idle pooled connections) needs no waiting for, and
+    // a runtime cannot be dropped from inside another's task.
+    drain_runtime.shutdown_background();
     served.map_err(|e| CliError::io("serving HTTP", e))?;
     println!("relay: stopped");
     Ok(())
