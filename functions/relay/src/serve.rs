@@ -7,6 +7,7 @@ use crate::cli_error::CliError;
 use crate::drain::{drain_queue, DrainSettings};
 use crate::routes::{router, RouteState};
 use relay_core::config::RelayConfig;
+use relay_core::consume::Consumer;
 use relay_core::event::Family;
 use relay_core::forward::{redact_url, RetrySchedule};
 use relay_core::routes::Routes;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
 #[derive(clap::Args)]
 pub struct ServeArgs {
@@ -102,19 +104,14 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     let settings = DrainSettings {
         batch_timeout: args.batch_timeout,
     };
-    let drain_runtime = crate::drain_runtime::build()
-        .map_err(|e| CliError::io("starting the consumers' threads", e))?;
-    let drains: Vec<_> = (0..args.consumers)
-        .map(|_| {
-            drain_runtime.spawn(drain_queue(
-                backend.embedded_queue(),
-                consumer.clone(),
-                queued.clone(),
-                stop_rx.clone(),
-                settings,
-            ))
-        })
-        .collect();
+    let (drain_runtime, drains) = start_drains(
+        args.consumers,
+        &backend,
+        &consumer,
+        &queued,
+        &stop_rx,
+        settings,
+    )?;
     let app = router(RouteState { ingress, queued });
     let served = crate::http_server::serve(listener, app, shutdown_signal()).await;
     println!("relay: stopping: no new requests; finishing the batch in flight");
@@ -133,6 +130,31 @@ pub async fn run(args: ServeArgs, data_dir: &Path) -> Result<(), CliError> {
     served.map_err(|e| CliError::io("serving HTTP", e))?;
     println!("relay: stopped");
     Ok(())
+}
+
+/// The consumers: `count` drain loops on a runtime of their own (`drain_runtime`).
+fn start_drains(
+    count: u16,
+    backend: &LocalBackend,
+    consumer: &Arc<Consumer>,
+    queued: &Arc<Notify>,
+    stop: &watch::Receiver<bool>,
+    settings: DrainSettings,
+) -> Result<(tokio::runtime::Runtime, Vec<JoinHandle<()>>), CliError> {
+    let runtime = crate::drain_runtime::build()
+        .map_err(|e| CliError::io("starting the consumers' threads", e))?;
+    let drains = (0..count)
+        .map(|_| {
+            runtime.spawn(drain_queue(
+                backend.embedded_queue(),
+                consumer.clone(),
+                queued.clone(),
+                stop.clone(),
+                settings,
+            ))
+        })
+        .collect();
+    Ok((runtime, drains))
 }
 
 /// The first line (`relay: listening on http://…`) is what scripts and tests wait for.
