@@ -356,6 +356,46 @@ mod tests {
             .unwrap()
     }
 
+    /// The last clone of a writer to go ends its thread and closes its connection before the
+    /// drop returns (a file's last connection to close removes its WAL); any other clone
+    /// keeps both.
+    #[tokio::test]
+    async fn dropping_the_last_writer_closes_its_file() {
+        let dir = std::env::temp_dir().join(format!(
+            "relay-writer-close-{}-{:x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (path, wal) = (dir.join("w.db"), dir.join("w.db-wal"));
+        let conn = Connection::open(&path).unwrap();
+        conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+            .unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER NOT NULL)")
+            .unwrap();
+        let writer = Writer::new(conn, "test").unwrap();
+        let clone = writer.clone();
+        clone
+            .write(false, Undo::OneStatement, |conn| {
+                conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+                Ok(())
+            })
+            .await
+            .unwrap();
+        drop(writer);
+        assert!(wal.exists(), "a clone is left: the file stays open");
+        let (dropped, returned) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(clone);
+            let _ = dropped.send(());
+        });
+        returned
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the drop returned: the writer's thread ended");
+        assert!(!wal.exists(), "the last drop closed the connection");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A write that panics loses its round (its caller hears the store is unavailable), and
     /// leaves no transaction open behind it: the next round begins, commits and is kept.
     #[tokio::test]
