@@ -78,10 +78,11 @@ pub(super) struct Writer {
 }
 
 /// The committer thread of a writer: a thread of its own, started with the writer, not a
-/// task on the caller's runtime. It runs at the process's normal priority whichever runtime
-/// its writers run on (`relay serve`'s consumers run at a lower one; intake's fsynced sends
-/// must not wait for their CPU), and a write never pays for starting a blocking task. Ends
-/// once every clone of its `Writer` is dropped and what they queued is committed.
+/// task on the caller's runtime. `relay serve` runs intake and the consumers on runtimes of
+/// their own, and both write to `queue.db`: its committer belongs to neither, so intake's
+/// fsynced sends never depend on a thread of the consumers' pool, and a write never pays for
+/// starting a blocking task. Ends once every clone of its `Writer` is dropped and what they
+/// queued is committed; the connection closes as the last clone's drop returns.
 struct Committer {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
