@@ -127,12 +127,7 @@ mod tests {
     /// column, and its old claims still answer; new claims carry owners.
     #[tokio::test]
     async fn a_schema_1_store_is_migrated_to_owned_claims() {
-        let dir = std::env::temp_dir().join(format!(
-            "relay-schema1-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch_dir("schema1-claims");
         {
             let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
             conn.execute_batch(

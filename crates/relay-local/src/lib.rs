@@ -487,3 +487,15 @@ use relay_core::clock::now_unix_ms as unix_ms_now;
 fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+/// A new, empty folder under the system's temporary folder for one test; `name` says which.
+#[cfg(test)]
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "crm-relay-{name}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

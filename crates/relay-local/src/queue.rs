@@ -638,6 +638,7 @@ impl SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch_dir;
 
     /// The receive queries read the visible-heads index in its own order: no scan of the
     /// queue and no sort, which is what keeps a receive O(batch) in a deep backlog.
@@ -697,16 +698,6 @@ mod tests {
         );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn scratch_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "crm-relay-{name}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 
     /// `relay.db` as a schema-4 relay left it: the queue tables in it, with one message in

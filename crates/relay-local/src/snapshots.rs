@@ -138,20 +138,10 @@ impl SnapshotStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DB_FILE;
+    use crate::{scratch_dir, DB_FILE};
     use relay_core::catalogue::EntityType;
     use relay_core::event::Family;
     use std::time::Duration;
-
-    fn temp_dir(label: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "relay-{label}-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     fn deal(id: &str) -> SnapshotKey {
         SnapshotKey {
@@ -174,7 +164,7 @@ mod tests {
     /// the next save removes it from the file; with no TTL it stays.
     #[tokio::test]
     async fn snapshots_expire_after_their_ttl() {
-        let dir = temp_dir("snap-ttl");
+        let dir = scratch_dir("snap-ttl");
         let store = SqliteStore::open(&dir).unwrap();
         store.set_snapshot_ttl(Some(Duration::from_secs(86_400)));
         let snap = Snapshot {
@@ -212,7 +202,7 @@ mod tests {
     /// A schema-2 store's snapshots count as changed at the upgrade: none is lost on opening.
     #[tokio::test]
     async fn a_schema_2_store_keeps_its_snapshots() {
-        let dir = temp_dir("schema2");
+        let dir = scratch_dir("schema2");
         {
             let conn = rusqlite::Connection::open(dir.join(DB_FILE)).unwrap();
             conn.execute_batch(&format!(

@@ -357,17 +357,23 @@ mod tests {
             .unwrap()
     }
 
+    /// Inserts `value` and waits for its round's commit.
+    async fn insert_committed(writer: &Writer, durable: bool, undo: Undo, value: i64) {
+        writer
+            .write(durable, undo, move |conn| {
+                conn.execute("INSERT INTO t VALUES (?1)", [value]).unwrap();
+                Ok(())
+            })
+            .await
+            .unwrap()
+    }
+
     /// The last clone of a writer to go ends its thread and closes its connection before the
     /// drop returns (a file's last connection to close removes its WAL); any other clone
     /// keeps both.
     #[tokio::test]
     async fn dropping_the_last_writer_closes_its_file() {
-        let dir = std::env::temp_dir().join(format!(
-            "relay-writer-close-{}-{:x}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::scratch_dir("writer-close");
         let (path, wal) = (dir.join("w.db"), dir.join("w.db-wal"));
         let conn = Connection::open(&path).unwrap();
         conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
@@ -376,13 +382,7 @@ mod tests {
             .unwrap();
         let writer = Writer::new(conn, "test").unwrap();
         let clone = writer.clone();
-        clone
-            .write(false, Undo::OneStatement, |conn| {
-                conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
-                Ok(())
-            })
-            .await
-            .unwrap();
+        insert_committed(&clone, false, Undo::OneStatement, 1).await;
         drop(writer);
         assert!(wal.exists(), "a clone is left: the file stays open");
         let (dropped, returned) = std::sync::mpsc::channel();
@@ -412,13 +412,7 @@ mod tests {
             })
             .await;
         assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
-        writer
-            .write(true, Undo::Savepoint, |conn| {
-                conn.execute("INSERT INTO t VALUES (2)", []).unwrap();
-                Ok(())
-            })
-            .await
-            .unwrap();
+        insert_committed(&writer, true, Undo::Savepoint, 2).await;
         assert_eq!(
             values(&writer).await,
             [2],
