@@ -73,8 +73,7 @@ struct Shared {
 /// Cheap to clone: clones share the connection and its committer thread.
 #[derive(Clone)]
 pub(super) struct Writer {
-    shared: Arc<Shared>,
-    _committer: Arc<Committer>,
+    committer: Arc<Committer>,
 }
 
 /// The committer thread of a writer: a thread of its own, started with the writer, not a
@@ -117,11 +116,10 @@ impl Writer {
             .spawn(move || run_committer(&committing))
             .map_err(|e| StoreError::Unavailable(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
-            _committer: Arc::new(Committer {
-                shared: Arc::clone(&shared),
+            committer: Arc::new(Committer {
+                shared,
                 thread: Some(thread),
             }),
-            shared,
         })
     }
 
@@ -148,14 +146,15 @@ impl Writer {
             done,
         };
         {
-            let mut pending = lock(&self.shared.pending);
+            let shared = &self.committer.shared;
+            let mut pending = lock(&shared.pending);
             pending.jobs.push(job);
             // One wake-up per sleep, not per write: a busy committer finds the job anyway,
             // and each wake-up is a system call.
             if pending.committer_idle || (durable && pending.committer_gathering) {
                 pending.committer_idle = false;
                 pending.committer_gathering = false;
-                self.shared.job_arrived.notify_one();
+                shared.job_arrived.notify_one();
             }
         }
         match committed.await {
