@@ -11,9 +11,9 @@ release `relay serve` on a temporary data directory, then drives the relay with 
   3. waits until the sink has every accepted event, sampling the backlog (rows in the
      relay's queue table, read-only) and the sink's count every 0.5 s.
 
-Prints: healthz baseline, accepted/s with p50/p99, delivered/s overall and by backlog band
-(>= 50,000 and <= 5,000 queued, counted only after the burst so intake does not share the
-CPU), lost (accepted, never delivered), duplicated (delivered more than once), and the
+Prints: healthz baseline, accepted/s with p50/p99 and as a ratio to the healthz baseline of
+the same run, delivered/s overall and by backlog band (>= 50,000 and <= 5,000 queued, counted
+only after the burst so intake does not share the CPU), lost (accepted, never delivered), duplicated (delivered more than once), and the
 relay's CPU (user + system) per accepted event, from the burst's start to the last delivery.
 
   --drain-only: fill the queue with `relay serve --consumers 0` first, restart the relay
@@ -296,6 +296,9 @@ def main():
               "p50 %.2f ms  p99 %.2f ms  (%d /healthz fillers in the tail)"
               % (accepted, events, result["refused"], result["socket_errors"], burst_s, accept_rate,
                  result["p50_us"] / 1e3, result["p99_us"] / 1e3, result["fillers"]))
+        # The same machine's speed moves by a third between runs minutes apart (healthz alone
+        # 47,000-111,000 req/s here); the ratio to the baseline of the same run moves less.
+        print("accepted / healthz     : %.3f" % (accept_rate / base_rate if base_rate else float("nan")))
         print("delivered              : %d in %.1f s from the %s: %.0f delivered/s (%.2f of the acceptance rate)"
               % (stats["distinct"], delivered_s, "drain start" if args.drain_only else "first request",
                  delivery_rate, delivery_rate / accept_rate if not args.drain_only else float("nan")))
