@@ -3,12 +3,14 @@
 //! The entity comes back exactly as the CRM answered; gone or unconfigured gives `None`.
 
 pub mod bitrix24;
+mod missing_credentials;
 pub mod salesman;
 
 use crate::catalogue::{self, Arg, Pick};
 use crate::error::EnrichError;
 use crate::event::{Family, RelayEvent, Source};
 use crate::ports::Bitrix24Rest;
+use missing_credentials::MissingCredentialsLog;
 use salesman::{InfoOutcome, SalesmanClient};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
@@ -179,10 +181,12 @@ fn plan_salesman(name: &str, id: String) -> Plan {
     }
 }
 
-/// Asks the CRMs for entities. Holds no state between batches.
+/// Asks the CRMs for entities. The only state it keeps between batches is when it last
+/// warned about each portal without credentials.
 pub struct Enricher {
     bitrix24: Option<Arc<dyn Bitrix24Rest>>,
     salesman: Option<SalesmanClient>,
+    missing_credentials: MissingCredentialsLog,
 }
 
 /// Entities fetched ahead for one queue batch, by (portal, lookup). `None`: gone.
@@ -190,7 +194,11 @@ pub type Prefetched = HashMap<(String, B24Lookup), Option<Value>>;
 
 impl Enricher {
     pub fn new(bitrix24: Option<Arc<dyn Bitrix24Rest>>, salesman: Option<SalesmanClient>) -> Self {
-        Enricher { bitrix24, salesman }
+        Enricher {
+            bitrix24,
+            salesman,
+            missing_credentials: MissingCredentialsLog::default(),
+        }
     }
 
     /// The entity for one event, or why there is none; an error only when retrying (or a
@@ -234,8 +242,8 @@ impl Enricher {
         match result {
             Ok(Some(entity)) => Ok(Enriched::Fetched(entity)),
             Ok(None) | Err(EnrichError::NotFound) => Ok(Enriched::NotFound),
-            Err(EnrichError::NoCredentials(what)) => {
-                tracing::warn!(%what, "no CRM credentials for this portal; forwarding without entity");
+            Err(EnrichError::NoCredentials(portal)) => {
+                self.missing_credentials.warn(&portal);
                 Ok(Enriched::NoCredentials)
             }
             Err(other) => Err(other),
