@@ -179,10 +179,16 @@ impl Consumer {
                     Sent::NotDelivered(outcome) => outcome,
                 }
             }
-            several => {
-                self.fan_out(message, event, prepared, several, now_ms)
-                    .await
-            }
+            several => match self
+                .fan_out(message, event, &prepared, several, now_ms)
+                .await
+            {
+                Ok(()) => {
+                    self.finish_delivered(event, prepared.hold, prepared.snapshot, now_ms)
+                        .await
+                }
+                Err(outcome) => outcome,
+            },
         }
     }
 
@@ -219,17 +225,18 @@ impl Consumer {
         }
     }
 
-    /// One delivery message per destination, then the event is done (snapshot, COMPLETED).
-    /// A send that fails retries the whole event: the messages already sent are dropped by
-    /// the queue's deduplication or, later than its window, by their claim once delivered.
+    /// One delivery message per destination; `Ok` once all are queued, and the event is then
+    /// done (snapshot, COMPLETED). A send that fails retries the whole event (`Err`): the
+    /// messages already sent are dropped by the queue's deduplication or, later than its
+    /// window, by their claim once delivered.
     async fn fan_out(
         &self,
         message: &QueueMessage,
         event: &RelayEvent,
-        prepared: PreparedDelivery<'_>,
+        prepared: &PreparedDelivery<'_>,
         deliveries: &[RouteDelivery<'_>],
         now_ms: i64,
-    ) -> Outcome {
+    ) -> Result<(), Outcome> {
         let webhook_id = prepared.webhook_id;
         let entity_group = event.message_group_id();
         for delivery in deliveries {
@@ -243,13 +250,13 @@ impl Consumer {
                 route: delivery.route.to_string(),
                 destination: position,
                 target: redact_url(&delivery.destination.url),
-                body: delivery.body.clone(),
+                body: delivery.body.clone().into_owned(),
             };
             let body = match serde_json::to_string(&queued) {
                 Ok(body) => body,
                 Err(e) => {
                     let reason = format!("delivery message not serialisable: {e}");
-                    return self.park_held(message, prepared.hold, &reason).await;
+                    return Err(self.park_held(message, prepared.hold, &reason).await);
                 }
             };
             let outgoing = OutgoingMessage {
@@ -259,7 +266,9 @@ impl Consumer {
             };
             if let Err(e) = self.ports.queue.send_message(&outgoing).await {
                 tracing::warn!(event_id = %event.id, route = %delivery.route, error = %e, "could not queue a destination's delivery; retrying the event");
-                return Outcome::RetryAfter(self.schedule.delay(message.receive_count, None));
+                return Err(Outcome::RetryAfter(
+                    self.schedule.delay(message.receive_count, None),
+                ));
             }
         }
         for delivery in deliveries {
@@ -269,8 +278,7 @@ impl Consumer {
             self.record(line).await;
         }
         tracing::info!(event_id = %event.id, destinations = deliveries.len(), "fanned out");
-        self.finish_delivered(event, prepared.hold, prepared.snapshot, now_ms)
-            .await
+        Ok(())
     }
 
     /// Where a delivery's destination sits in its route (its identity in the queue).

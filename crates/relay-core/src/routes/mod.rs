@@ -15,6 +15,7 @@ use crate::config::RelayConfig;
 use crate::event::Family;
 use crate::secret::Secret;
 use serde_json::{json, Value};
+use std::borrow::Cow;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +68,9 @@ pub struct RouteDestination {
 pub struct Delivery<'a> {
     pub route: &'a str,
     pub destination: &'a RouteDestination,
-    /// The forwarded body after the route's projection.
-    pub body: Value,
+    /// The forwarded body after the route's projection; without one, the body itself,
+    /// borrowed: a deep copy of every forwarded body was 1-2% of the consumers' CPU.
+    pub body: Cow<'a, Value>,
 }
 
 impl Routes {
@@ -120,12 +122,12 @@ impl Routes {
     }
 
     /// One delivery per destination of every matching route, in file order.
-    pub fn deliveries<'a>(&'a self, body: &Value) -> Vec<Delivery<'a>> {
+    pub fn deliveries<'a>(&'a self, body: &'a Value) -> Vec<Delivery<'a>> {
         let mut out = Vec::new();
         for route in self.routes.iter().filter(|r| r.pattern.matches(body)) {
             let mut shaped = match &route.projection {
-                Some(projection) => projection.apply(body),
-                None => body.clone(),
+                Some(projection) => Cow::Owned(projection.apply(body)),
+                None => Cow::Borrowed(body),
             };
             // The last destination takes the shaped body itself: one deep copy fewer per
             // delivery, where almost every route has one destination.
