@@ -13,8 +13,9 @@ release `relay serve` on a temporary data directory, then drives the relay with 
 
 Prints: healthz baseline, accepted/s with p50/p99 and as a ratio to the healthz baseline of
 the same run, delivered/s overall and by backlog band (>= 50,000 and <= 5,000 queued, counted
-only after the burst so intake does not share the CPU), lost (accepted, never delivered), duplicated (delivered more than once), and the
-relay's CPU (user + system) per accepted event, from the burst's start to the last delivery.
+only after the burst so intake does not share the CPU), lost (accepted, never delivered),
+duplicated (delivered more than once), and the relay's CPU (user + system) per accepted
+event, from the burst's start to the last delivery.
 
   --drain-only: fill the queue with `relay serve --consumers 0` first, restart the relay
   with consumers and time the drain alone (the cleanest flat-drain figure).
