@@ -25,11 +25,12 @@ struct LastWarning {
 }
 
 impl MissingCredentialsLog {
-    /// Logs the warning for `portal` unless it was logged less than a minute ago; a repeat
+    /// Logs the warning for `what` (the portal as `EnrichError::NoCredentials` names it, in
+    /// the log field it always had) unless it was logged less than a minute ago; a repeat
     /// says how many of the portal's events went out without a line in between.
-    pub(super) fn warn(&self, portal: &str) {
-        if let Some(events_since) = self.due(portal, Instant::now()) {
-            tracing::warn!(%portal, events_since_last_warning = events_since,
+    pub(super) fn warn(&self, what: &str) {
+        if let Some(events_since) = self.due(what, Instant::now()) {
+            tracing::warn!(%what, events_since_last_warning = events_since,
                 "no CRM credentials for this portal; forwarding without entity");
         }
     }

@@ -242,8 +242,8 @@ impl Enricher {
         match result {
             Ok(Some(entity)) => Ok(Enriched::Fetched(entity)),
             Ok(None) | Err(EnrichError::NotFound) => Ok(Enriched::NotFound),
-            Err(EnrichError::NoCredentials(portal)) => {
-                self.missing_credentials.warn(&portal);
+            Err(EnrichError::NoCredentials(what)) => {
+                self.missing_credentials.warn(&what);
                 Ok(Enriched::NoCredentials)
             }
             Err(other) => Err(other),
