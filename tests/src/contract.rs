@@ -940,6 +940,51 @@ pub async fn polling_park_moves_group_on(queue: &dyn PollingQueue) {
     assert_eq!(body_event(&next[0]).id, a2.id);
 }
 
+/// A receipt is good for one receive only. Once the message was handed out again, the old
+/// receipt deletes nothing, delays nothing and gives nothing back (SQS refuses such a
+/// receipt too), and a receipt the queue never made matches nothing: the message is still
+/// in flight under its new receipt and only that one deletes it.
+pub async fn polling_stale_receipt_changes_nothing(queue: &dyn PollingQueue) {
+    let portal = unique("portal");
+    let event = sample_event(&portal, "stale", 1);
+    queue.send(&event).await.unwrap();
+    let first = queue.receive(10, HIDE, T0).await.unwrap();
+    let expired = T0 + HIDE.as_millis() as i64;
+    let second = queue.receive(10, HIDE, expired).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].receipt, first[0].receipt);
+    assert!(queue
+        .retry_after(&first[0].receipt, Duration::ZERO)
+        .await
+        .is_err());
+    queue
+        .defer(&first[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    queue.delete(&first[0].receipt).await.unwrap();
+    queue.delete("not-a-receipt").await.unwrap();
+    queue
+        .delete(&format!("{}x", second[0].receipt))
+        .await
+        .unwrap();
+    assert!(
+        queue.receive(10, HIDE, expired).await.unwrap().is_empty(),
+        "still in flight under the second receipt"
+    );
+    let third = queue
+        .receive(10, HIDE, expired + HIDE.as_millis() as i64)
+        .await
+        .unwrap();
+    assert_eq!(third.len(), 1, "the stale receipt deleted nothing");
+    assert_eq!(
+        (third[0].receive_count, body_event(&third[0]).id),
+        (3, event.id)
+    );
+    queue.delete(&third[0].receipt).await.unwrap();
+    let later = expired + 3 * HIDE.as_millis() as i64;
+    assert!(queue.receive(10, HIDE, later).await.unwrap().is_empty());
+}
+
 /// Hands `$on_store` (a test file's macro taking `$($name:ident),*`) the store checks every
 /// backend must pass, so SQLite and DynamoDB run the same list.
 #[macro_export]

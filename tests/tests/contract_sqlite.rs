@@ -40,6 +40,7 @@ on_sqlite! {
     polling_retry_delay_holds_group,
     polling_returned_message_is_not_overtaken,
     polling_park_moves_group_on,
+    polling_stale_receipt_changes_nothing,
 }
 
 integration_tests::queue_contract_tests!(queue_on_sqlite);

@@ -19,7 +19,27 @@ pub const DEDUP_WINDOW_MS: i64 = 5 * 60 * 1000;
 const MAX_DEAD_LETTER_ROUNDS: usize = 1000;
 
 /// `queue.db`'s schema version (its own `PRAGMA user_version`).
-const QUEUE_SCHEMA_VERSION: i64 = 1;
+/// 2: no UNIQUE index on `message_id` or `receipt` (`rebuild_queue_without_unique_indexes`).
+const QUEUE_SCHEMA_VERSION: i64 = 2;
+
+/// The queue table's columns. Neither `message_id` nor `receipt` is UNIQUE: each UNIQUE
+/// constraint is an index that every send, receive and delete would write, and nothing needs
+/// them. A receipt starts with its message's `seq` (`new_receipt`), so the receipt's lookups
+/// go by the table's own key and compare the receipt there; a message id is 64 random bits
+/// after the send time, so two never meet.
+macro_rules! queue_columns {
+    () => {
+        "seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL,
+    dedup_id TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    visible_at_ms INTEGER NOT NULL DEFAULT 0,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT,
+    is_head INTEGER NOT NULL DEFAULT 0"
+    };
+}
 
 /// `queue.db`: the queue, the send deduplication window and the dead letters.
 ///
@@ -29,18 +49,10 @@ const QUEUE_SCHEMA_VERSION: i64 = 1;
 /// exactly when its group was empty: `INSERT_MESSAGE` sets the mark as it inserts. A removed
 /// head hands the mark to the next oldest of its group, by a trigger, so every path that
 /// removes a message (delete, park, dead-letter) keeps the heads right.
-const QUEUE_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS queue (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    message_id TEXT NOT NULL UNIQUE,
-    dedup_id TEXT NOT NULL,
-    group_id TEXT NOT NULL,
-    body TEXT NOT NULL,
-    visible_at_ms INTEGER NOT NULL DEFAULT 0,
-    receive_count INTEGER NOT NULL DEFAULT 0,
-    receipt TEXT UNIQUE,
-    is_head INTEGER NOT NULL DEFAULT 0
-);
+const QUEUE_SCHEMA: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS queue (",
+    queue_columns!(),
+    ");
 CREATE INDEX IF NOT EXISTS queue_group_order ON queue(group_id, seq);
 CREATE INDEX IF NOT EXISTS queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
 CREATE TRIGGER IF NOT EXISTS queue_head_on_delete AFTER DELETE ON queue
@@ -63,18 +75,42 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     parked_at_ms INTEGER NOT NULL
 );
-";
+"
+);
 
-/// Creates `queue.db`'s tables; one transaction, so a second process opening the same
-/// directory never sees half a schema.
+/// Creates `queue.db`'s tables, or brings an older file's up to date; one transaction, so a
+/// second process opening the same directory never sees half a schema.
 pub(super) fn configure_queue(conn: &Connection) -> Result<(), StoreError> {
-    super::schema_version_known(conn, super::QUEUE_DB_FILE, QUEUE_SCHEMA_VERSION)?;
+    let version = super::schema_version_known(conn, super::QUEUE_DB_FILE, QUEUE_SCHEMA_VERSION)?;
     let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
         .map_err(db("queue schema: begin"))?;
+    if version == 1 {
+        rebuild_queue_without_unique_indexes(&tx)?;
+    }
     tx.execute_batch(QUEUE_SCHEMA).map_err(db("queue schema"))?;
     tx.pragma_update(None, "user_version", QUEUE_SCHEMA_VERSION)
         .map_err(db("queue user_version"))?;
     tx.commit().map_err(db("queue schema: commit"))
+}
+
+/// Schema 1 -> 2: SQLite drops a UNIQUE constraint only with its table, so the queue is
+/// copied into a table without them, in order, and takes the old one's name and its
+/// AUTOINCREMENT counter (a `seq` is never handed out twice). `QUEUE_SCHEMA` then puts the
+/// indexes and the trigger back. Receipts written by schema 1 match nothing afterwards:
+/// their messages come back once their visibility timeout ends, as after any restart.
+fn rebuild_queue_without_unique_indexes(tx: &Connection) -> Result<(), StoreError> {
+    const COLUMNS: &str =
+        "seq, message_id, dedup_id, group_id, body, visible_at_ms, receive_count, receipt, is_head";
+    tx.execute_batch(&format!(
+        "CREATE TABLE queue_rebuilt ({});
+         INSERT INTO queue_rebuilt ({COLUMNS}) SELECT {COLUMNS} FROM queue ORDER BY seq;
+         DELETE FROM sqlite_sequence WHERE name = 'queue_rebuilt';
+         UPDATE sqlite_sequence SET name = 'queue_rebuilt' WHERE name = 'queue';
+         DROP TABLE queue;
+         ALTER TABLE queue_rebuilt RENAME TO queue;",
+        queue_columns!()
+    ))
+    .map_err(db("queue schema 1 -> 2"))
 }
 
 /// A table that moved to `queue.db` at schema 5: the columns it had in `relay.db` (every
@@ -253,6 +289,20 @@ fn new_message_id() -> String {
     format!("{sent_us:016x}{:016x}", fastrand::u64(..))
 }
 
+/// A receipt for one receive of the message at `seq`: the key first, so every lookup by
+/// receipt finds its row by the table's key (`receipt_seq`) and then compares the whole
+/// receipt, which the next receive replaces. The random part keeps a stale receipt from
+/// ever matching a later receive, even one with the same count after a `defer`.
+fn new_receipt(seq: i64, receive_count: u32) -> String {
+    format!("{seq}.{receive_count}.{:016x}", fastrand::u64(..))
+}
+
+/// The `seq` a receipt names; `None` for anything `new_receipt` did not make, which then
+/// matches no message, as a stale receipt does.
+fn receipt_seq(receipt: &str) -> Option<i64> {
+    receipt.split('.').next()?.parse().ok()
+}
+
 /// Enqueues one send unless its deduplication id was sent within the window. Runs in the
 /// writer's round: concurrent sends share one transaction and one fsync.
 fn enqueue(conn: &Connection, m: &NewMessage, now_ms: i64) -> Result<(), StoreError> {
@@ -330,8 +380,12 @@ impl Queue for SqliteStore {
         self.with_queue_conn(move |conn| {
             let changed = conn
                 .execute_cached(
-                    "UPDATE queue SET visible_at_ms = ?1 WHERE receipt = ?2",
-                    params![unix_ms_now().saturating_add(duration_ms(delay)), receipt],
+                    "UPDATE queue SET visible_at_ms = ?1 WHERE seq = ?2 AND receipt = ?3",
+                    params![
+                        unix_ms_now().saturating_add(duration_ms(delay)),
+                        receipt_seq(&receipt),
+                        receipt
+                    ],
                 )
                 .map_err(db("retry_after"))?;
             // A stale receipt (the message was deleted or received again) changes nothing, and
@@ -355,8 +409,12 @@ impl Queue for SqliteStore {
         self.with_queue_conn(move |conn| {
             conn.execute_cached(
                 "UPDATE queue SET visible_at_ms = ?1, receive_count = MAX(receive_count - 1, 0)
-                 WHERE receipt = ?2",
-                params![unix_ms_now().saturating_add(duration_ms(wait)), receipt],
+                 WHERE seq = ?2 AND receipt = ?3",
+                params![
+                    unix_ms_now().saturating_add(duration_ms(wait)),
+                    receipt_seq(&receipt),
+                    receipt
+                ],
             )
             .map_err(db("defer"))?;
             Ok(())
@@ -372,14 +430,8 @@ impl Queue for SqliteStore {
         let message = message.clone();
         let reason = reason.to_string();
         self.with_queue_conn(move |tx| {
-            let dedup_id: Option<String> = tx
-                .query_row(
-                    "SELECT dedup_id FROM queue WHERE message_id = ?1",
-                    params![message.message_id],
-                    |row| row.get(0),
-                )
-                .optional()
-                .map_err(db("park: find"))?;
+            let found = find_received(tx, &message)?;
+            let dedup_id = found.as_ref().map(|(_, dedup_id)| dedup_id.clone());
             tx.execute(
                 "INSERT INTO dead_letters (message_id, dedup_id, group_id, body, reason, parked_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -393,11 +445,10 @@ impl Queue for SqliteStore {
                 ],
             )
             .map_err(db("park: insert"))?;
-            tx.execute(
-                "DELETE FROM queue WHERE message_id = ?1",
-                params![message.message_id],
-            )
-            .map_err(db("park: delete"))?;
+            if let Some((seq, _)) = found {
+                tx.execute("DELETE FROM queue WHERE seq = ?1", params![seq])
+                    .map_err(db("park: delete"))?;
+            }
             Ok(())
         })
         .await
@@ -489,7 +540,7 @@ impl PollingQueue for SqliteStore {
                         continue;
                     }
                     let receive_count = head.receive_count + 1;
-                    let receipt = format!("{}.{}.{:08x}", head.message_id, receive_count, fastrand::u32(..));
+                    let receipt = new_receipt(head.seq, receive_count);
                     tx.execute_cached(
                         "UPDATE queue SET receive_count = ?2, visible_at_ms = ?3, receipt = ?4 WHERE seq = ?1",
                         params![
@@ -521,12 +572,8 @@ impl PollingQueue for SqliteStore {
 
     async fn delete(&self, receipt: &str) -> Result<(), StoreError> {
         let receipt = receipt.to_string();
-        self.with_queue_conn(move |conn| {
-            conn.execute_cached("DELETE FROM queue WHERE receipt = ?1", params![receipt])
-                .map_err(db("delete"))?;
-            Ok(())
-        })
-        .await
+        self.with_queue_conn(move |conn| delete_received(conn, &receipt))
+            .await
     }
 
     async fn list_dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
@@ -566,6 +613,39 @@ impl PollingQueue for SqliteStore {
         })
         .await
     }
+}
+
+/// The row (`seq`, dedup id) of a received message, found by its receipt's key; by its id
+/// alone (a scan) only for a receipt this store did not make.
+fn find_received(
+    conn: &Connection,
+    message: &QueueMessage,
+) -> Result<Option<(i64, String)>, StoreError> {
+    let row = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
+    match receipt_seq(&message.receipt) {
+        Some(seq) => conn.query_row(
+            "SELECT seq, dedup_id FROM queue WHERE seq = ?1 AND message_id = ?2",
+            params![seq, message.message_id],
+            row,
+        ),
+        None => conn.query_row(
+            "SELECT seq, dedup_id FROM queue WHERE message_id = ?1",
+            params![message.message_id],
+            row,
+        ),
+    }
+    .optional()
+    .map_err(db("park: find"))
+}
+
+/// Removes the message `receipt` came with, if that receipt is still its current one.
+fn delete_received(conn: &Connection, receipt: &str) -> Result<(), StoreError> {
+    conn.execute_cached(
+        "DELETE FROM queue WHERE seq = ?1 AND receipt = ?2",
+        params![receipt_seq(receipt), receipt],
+    )
+    .map_err(db("delete"))?;
+    Ok(())
 }
 
 /// The `id` of a message body (the envelope id, or the event id of a fan-out delivery).
@@ -615,8 +695,7 @@ impl SqliteStore {
         }
         self.with_queue_conn(move |conn| {
             for receipt in &receipts {
-                conn.execute_cached("DELETE FROM queue WHERE receipt = ?1", params![receipt])
-                    .map_err(db("delete"))?;
+                delete_received(conn, receipt)?;
             }
             Ok(())
         })
@@ -852,6 +931,104 @@ mod tests {
         assert_eq!(store.list_dead_letters().await.unwrap().len(), 1);
         assert!(!table_names(&Connection::open(&db_path).unwrap()).contains(&"queue".into()));
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `queue.db` as its schema 1 left it: UNIQUE `message_id` and `receipt`, message `a1` in
+    /// flight under a receipt of that schema and holding `a2` back, `b1` waiting, and the
+    /// AUTOINCREMENT counter at 20 (messages up to 20 were sent and deleted).
+    fn write_queue_schema_1(queue_path: &std::path::Path, now_ms: i64) {
+        let conn = Connection::open(queue_path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE queue (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                visible_at_ms INTEGER NOT NULL DEFAULT 0,
+                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE,
+                is_head INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX queue_group_order ON queue(group_id, seq);
+             CREATE INDEX queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
+             CREATE TABLE sent_dedup (dedup_id TEXT PRIMARY KEY, sent_at_ms INTEGER NOT NULL);
+             CREATE INDEX sent_dedup_age ON sent_dedup(sent_at_ms);
+             CREATE TABLE dead_letters (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL,
+                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+                reason TEXT NOT NULL, parked_at_ms INTEGER NOT NULL);
+             INSERT INTO queue (seq, message_id, dedup_id, group_id, body) VALUES (20, 'z', 'z', 'z', 'z');
+             DELETE FROM queue;
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO queue (seq, message_id, dedup_id, group_id, body, visible_at_ms,
+                                receive_count, receipt, is_head) VALUES
+                (7, 'a1', 'a1', 'a', 'a1', ?1, 1, 'a1.1.0000abcd', 1),
+                (8, 'a2', 'a2', 'a', 'a2', 0, 0, NULL, 0),
+                (9, 'b1', 'b1', 'b', 'b1', 0, 0, NULL, 1)",
+            params![now_ms + 30_000],
+        )
+        .unwrap();
+    }
+
+    /// A schema-1 `queue.db` opens rebuilt without the two UNIQUE indexes and keeps what it
+    /// held: the message in flight stays in flight (its old receipt now matches nothing),
+    /// order within each group holds, and `seq` goes on from the old counter.
+    #[tokio::test]
+    async fn a_schema_1_queue_file_is_rebuilt_without_unique_indexes() {
+        let dir = scratch_dir("queue-schema1");
+        let now = unix_ms_now();
+        let queue_path = dir.join(super::super::QUEUE_DB_FILE);
+        write_queue_schema_1(&queue_path, now);
+        let store = SqliteStore::open(&dir).unwrap();
+        let conn = Connection::open(&queue_path).unwrap();
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'queue' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["queue_group_order", "queue_visible_heads"]);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, QUEUE_SCHEMA_VERSION);
+
+        let hide = Duration::from_secs(30);
+        let first = store.receive(10, hide, now).await.unwrap();
+        let bodies: Vec<&str> = first.iter().map(|m| m.body.as_str()).collect();
+        assert_eq!(bodies, ["b1"], "a1 is still in flight and holds a2");
+        store.delete("a1.1.0000abcd").await.unwrap();
+        store.delete(&first[0].receipt).await.unwrap();
+        let fresh = OutgoingMessage {
+            body: "c1".into(),
+            group_id: "c".into(),
+            dedup_id: "c1".into(),
+        };
+        store.send_message(&fresh).await.unwrap();
+        let seq_of_c1: i64 = conn
+            .query_row("SELECT seq FROM queue WHERE body = 'c1'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(seq_of_c1, 21, "seq goes on from the old counter");
+        let later = store.receive(10, hide, now + 31_000).await.unwrap();
+        let got: Vec<(&str, u32)> = later
+            .iter()
+            .map(|m| (m.body.as_str(), m.receive_count))
+            .collect();
+        assert_eq!(
+            got,
+            [("a1", 2), ("c1", 1)],
+            "the old receipt deleted nothing"
+        );
+        for message in &later {
+            store.delete(&message.receipt).await.unwrap();
+        }
+        let last = store.receive(10, hide, now + 31_000).await.unwrap();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].body, "a2");
+        drop((store, conn));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
