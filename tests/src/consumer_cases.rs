@@ -1057,6 +1057,21 @@ pub async fn gone_disables_the_destination(ports: ConsumerPorts, probe: Arc<dyn 
         outcomes(&world, &second.id).await,
         vec![("disabled".into(), None)]
     );
+
+    // Enabled again (`relay destinations enable`, perhaps from another process): the very
+    // next event goes there, since only "enabled" answers are remembered.
+    world
+        .ports
+        .destinations
+        .enable(&world.destination.url())
+        .await
+        .expect("destination enabled");
+    let third = b24_event(Family::Deal, "ONCRMDEALUPDATE", "1", 102);
+    let r3 = consumer
+        .process_batch(&[message(&third, 1)], REMAINING, T0_MS + 2000)
+        .await;
+    assert!(r3.failed.is_empty());
+    assert_eq!(world.destination.delivered().len(), 1, "delivered at once");
 }
 
 pub async fn batch_of_200_events_stays_under_the_portal_bucket(

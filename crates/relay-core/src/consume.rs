@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 mod attempts;
 mod claim;
 mod dispatch;
+mod enabled_destinations;
 mod fanout;
 mod groups;
 mod prepare;
@@ -154,6 +155,9 @@ pub struct Consumer {
     hard_deadline: bool,
     /// Where bodies go: `RELAY_ROUTES`, else `Routes::implicit` (the destination URLs).
     routes: Routes,
+    /// Destinations the store said were enabled a moment ago (`dispatch` asks it once a
+    /// second per destination, not per POST).
+    enabled_destinations: enabled_destinations::EnabledDestinations,
 }
 
 impl Consumer {
@@ -187,6 +191,7 @@ impl Consumer {
             forward_timeout: FORWARD_TIMEOUT,
             lease_span: DEFAULT_LEASE,
             hard_deadline: true,
+            enabled_destinations: Default::default(),
         }
     }
 

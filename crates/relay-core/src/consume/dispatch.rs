@@ -81,13 +81,8 @@ impl Consumer {
                 return ForwardResult::Held { park: None };
             }
         };
-        match self.ports.destinations.disabled(url).await {
-            Ok(None) => {}
-            Ok(Some(why)) => return ForwardResult::Disabled { why },
-            Err(e) => {
-                tracing::warn!(event_id = %target.event_id, error = %e, "destination status unavailable");
-                return ForwardResult::Held { park: None };
-            }
+        if let Some(disabled) = self.destination_disabled(target).await {
+            return disabled;
         }
         let bytes = match serde_json::to_vec(target.body) {
             Ok(bytes) => bytes,
@@ -115,6 +110,27 @@ impl Consumer {
         match answer {
             Ok(status) => ForwardResult::Delivered { status, latency_ms },
             Err(error) => ForwardResult::Failed { error, latency_ms },
+        }
+    }
+
+    /// `Some`: the destination answered 410 before and stays disabled, or its status is
+    /// unknown (the store is down: held). An "enabled" answer stands for a second.
+    async fn destination_disabled(&self, target: &Target<'_>) -> Option<ForwardResult> {
+        let url = target.destination.url.as_str();
+        let now = Instant::now();
+        if self.enabled_destinations.recently_enabled(url, now) {
+            return None;
+        }
+        match self.ports.destinations.disabled(url).await {
+            Ok(None) => {
+                self.enabled_destinations.remember(url, now);
+                None
+            }
+            Ok(Some(why)) => Some(ForwardResult::Disabled { why }),
+            Err(e) => {
+                tracing::warn!(event_id = %target.event_id, error = %e, "destination status unavailable");
+                Some(ForwardResult::Held { park: None })
+            }
         }
     }
 
@@ -190,6 +206,8 @@ impl Consumer {
                 if let Err(e) = self.ports.destinations.disable(url, &reason, now_ms).await {
                     tracing::error!(error = %e, "could not store the disabled destination");
                 }
+                // After the store knows: a delivery asking it from now on hears "disabled".
+                self.enabled_destinations.forget(url);
                 let line = line(AttemptOutcome::Disabled).answered(Some(410), latency_ms);
                 self.record(line.because(reason.clone())).await;
                 Sent::NotDelivered(self.park_held(message, hold, &reason).await)
