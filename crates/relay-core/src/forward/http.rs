@@ -113,6 +113,9 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn redirect_targets_are_resolved_and_redacted() {
@@ -126,6 +129,98 @@ mod tests {
         assert_eq!(
             redact_url("https://u:p@example.com/hook?token=s3cret#x"),
             "https://example.com/hook"
+        );
+    }
+
+    /// A destination on loopback that answers every request on a connection with `answer`,
+    /// keeps connections open (HTTP/1.1 keep-alive) and counts the connections it accepted.
+    async fn destination_answering(answer: &'static str) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(answer_each_request(stream, answer));
+            }
+        });
+        (url, connections)
+    }
+
+    /// Reads requests (head, then a Content-Length body) and writes `answer` after each.
+    async fn answer_each_request(mut stream: tokio::net::TcpStream, answer: &'static str) {
+        let mut buffer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buffer.len() < end + 4 + length {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buffer.drain(..end + 4 + length);
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn delivery(url: &str) -> Delivery<'_> {
+        Delivery {
+            url,
+            msg_id: "msg_1",
+            timestamp: 1,
+            body: b"{}",
+            signer: None,
+            timeout: Duration::from_secs(5),
+            headers: &[],
+        }
+    }
+
+    /// Destinations usually answer with a body (`{"ok":true}`), which `deliver` never reads:
+    /// hyper reads what is left of it when the answer is dropped, so the connection still
+    /// serves the next delivery instead of a new TCP (and TLS) handshake for each.
+    #[tokio::test]
+    async fn an_answer_with_a_body_keeps_its_connection_for_the_next_delivery() {
+        let (url, connections) = destination_answering(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+        )
+        .await;
+        let http = crate::http_client::outbound_client().unwrap();
+        for _ in 0..3 {
+            assert_eq!(deliver(&http, &delivery(&url)).await.unwrap(), 200);
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+    }
+
+    /// The status is the answer: a body that never ends does not turn a 2xx into a timeout
+    /// (that would forward the event again) nor hold the delivery until the forward timeout.
+    #[tokio::test]
+    async fn a_body_that_never_ends_does_not_change_a_2xx() {
+        let (url, _) =
+            destination_answering("HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\npartial")
+                .await;
+        let http = crate::http_client::outbound_client().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(deliver(&http, &delivery(&url)).await.unwrap(), 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
         );
     }
 }
