@@ -779,36 +779,46 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// The queue table (UNIQUE `message_id` and `receipt`, as every schema before `queue.db`'s
+    /// 2 had it) and the dead letters, as both old layouts wrote them.
+    const OLD_QUEUE_AND_DEAD_LETTERS: &str = "CREATE TABLE queue (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
+            dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+            visible_at_ms INTEGER NOT NULL DEFAULT 0,
+            receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE,
+            is_head INTEGER NOT NULL DEFAULT 0);
+         CREATE INDEX queue_group_order ON queue(group_id, seq);
+         CREATE TABLE dead_letters (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL,
+            dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
+            reason TEXT NOT NULL, parked_at_ms INTEGER NOT NULL);";
+
+    /// Message `a1` in flight for 30 s more under `a1_receipt`, holding `a2` back in group
+    /// `a`; `b1` waiting alone in group `b`.
+    fn insert_a1_in_flight_a2_b1(conn: &Connection, a1_receipt: &str, now_ms: i64) {
+        conn.execute(
+            "INSERT INTO queue (seq, message_id, dedup_id, group_id, body, visible_at_ms,
+                                receive_count, receipt, is_head) VALUES
+                (7, 'a1', 'a1', 'a', 'a1', ?1, 1, ?2, 1),
+                (8, 'a2', 'a2', 'a', 'a2', 0, 0, NULL, 0),
+                (9, 'b1', 'b1', 'b', 'b1', 0, 0, NULL, 1)",
+            params![now_ms + 30_000, a1_receipt],
+        )
+        .unwrap();
+    }
+
     /// `relay.db` as a schema-4 relay left it: the queue tables in it, with one message in
     /// flight in group `a` behind nothing, one waiting behind it, one in group `b`, a send
     /// dedup id from a minute ago and a dead letter.
     fn write_schema_4_queue(db_path: &std::path::Path, now_ms: i64) {
         let conn = Connection::open(db_path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE queue (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
-                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
-                visible_at_ms INTEGER NOT NULL DEFAULT 0,
-                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE,
-                is_head INTEGER NOT NULL DEFAULT 0);
-             CREATE INDEX queue_group_order ON queue(group_id, seq);
+        conn.execute_batch(&format!(
+            "{OLD_QUEUE_AND_DEAD_LETTERS}
              CREATE TABLE sent_dedup (dedup_id TEXT PRIMARY KEY, sent_at_ms INTEGER NOT NULL);
-             CREATE TABLE dead_letters (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL,
-                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
-                reason TEXT NOT NULL, parked_at_ms INTEGER NOT NULL);
-             PRAGMA user_version = 4;",
-        )
+             PRAGMA user_version = 4;"
+        ))
         .unwrap();
-        conn.execute(
-            "INSERT INTO queue (seq, message_id, dedup_id, group_id, body, visible_at_ms,
-                                receive_count, receipt, is_head) VALUES
-                (7, 'a1', 'a1', 'a', 'a1', ?1, 1, 'a1.1.x', 1),
-                (8, 'a2', 'a2', 'a', 'a2', 0, 0, NULL, 0),
-                (9, 'b1', 'b1', 'b', 'b1', 0, 0, NULL, 1)",
-            params![now_ms + 30_000],
-        )
-        .unwrap();
+        insert_a1_in_flight_a2_b1(&conn, "a1.1.x", now_ms);
         conn.execute(
             "INSERT INTO sent_dedup VALUES ('seen', ?1)",
             params![now_ms - 60_000],
@@ -939,35 +949,17 @@ mod tests {
     /// AUTOINCREMENT counter at 20 (messages up to 20 were sent and deleted).
     fn write_queue_schema_1(queue_path: &std::path::Path, now_ms: i64) {
         let conn = Connection::open(queue_path).unwrap();
-        conn.execute_batch(
-            "CREATE TABLE queue (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE,
-                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
-                visible_at_ms INTEGER NOT NULL DEFAULT 0,
-                receive_count INTEGER NOT NULL DEFAULT 0, receipt TEXT UNIQUE,
-                is_head INTEGER NOT NULL DEFAULT 0);
-             CREATE INDEX queue_group_order ON queue(group_id, seq);
+        conn.execute_batch(&format!(
+            "{OLD_QUEUE_AND_DEAD_LETTERS}
              CREATE INDEX queue_visible_heads ON queue(visible_at_ms, seq) WHERE is_head = 1;
              CREATE TABLE sent_dedup (dedup_id TEXT PRIMARY KEY, sent_at_ms INTEGER NOT NULL);
              CREATE INDEX sent_dedup_age ON sent_dedup(sent_at_ms);
-             CREATE TABLE dead_letters (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL,
-                dedup_id TEXT NOT NULL, group_id TEXT NOT NULL, body TEXT NOT NULL,
-                reason TEXT NOT NULL, parked_at_ms INTEGER NOT NULL);
              INSERT INTO queue (seq, message_id, dedup_id, group_id, body) VALUES (20, 'z', 'z', 'z', 'z');
              DELETE FROM queue;
-             PRAGMA user_version = 1;",
-        )
+             PRAGMA user_version = 1;"
+        ))
         .unwrap();
-        conn.execute(
-            "INSERT INTO queue (seq, message_id, dedup_id, group_id, body, visible_at_ms,
-                                receive_count, receipt, is_head) VALUES
-                (7, 'a1', 'a1', 'a', 'a1', ?1, 1, 'a1.1.0000abcd', 1),
-                (8, 'a2', 'a2', 'a', 'a2', 0, 0, NULL, 0),
-                (9, 'b1', 'b1', 'b', 'b1', 0, 0, NULL, 1)",
-            params![now_ms + 30_000],
-        )
-        .unwrap();
+        insert_a1_in_flight_a2_b1(&conn, "a1.1.0000abcd", now_ms);
     }
 
     /// A schema-1 `queue.db` opens rebuilt without the two UNIQUE indexes and keeps what it
