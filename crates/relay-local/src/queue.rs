@@ -615,25 +615,20 @@ impl PollingQueue for SqliteStore {
     }
 }
 
-/// The row (`seq`, dedup id) of a received message, found by its receipt's key; by its id
-/// alone (a scan) only for a receipt this store did not make.
+/// The row (`seq`, dedup id) of a received message, by its receipt's key and its id. A
+/// receipt this store did not make names no row: the message is not in this queue.
 fn find_received(
     conn: &Connection,
     message: &QueueMessage,
 ) -> Result<Option<(i64, String)>, StoreError> {
-    let row = |row: &rusqlite::Row<'_>| Ok((row.get(0)?, row.get(1)?));
-    match receipt_seq(&message.receipt) {
-        Some(seq) => conn.query_row(
-            "SELECT seq, dedup_id FROM queue WHERE seq = ?1 AND message_id = ?2",
-            params![seq, message.message_id],
-            row,
-        ),
-        None => conn.query_row(
-            "SELECT seq, dedup_id FROM queue WHERE message_id = ?1",
-            params![message.message_id],
-            row,
-        ),
-    }
+    let Some(seq) = receipt_seq(&message.receipt) else {
+        return Ok(None);
+    };
+    conn.query_row(
+        "SELECT seq, dedup_id FROM queue WHERE seq = ?1 AND message_id = ?2",
+        params![seq, message.message_id],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )
     .optional()
     .map_err(db("park: find"))
 }
